@@ -1,0 +1,1 @@
+"""Metrics declared once, tracing, the request-record writer."""

@@ -1,0 +1,91 @@
+"""Every metric, declared once, in a registry owned by the app (no global registry).
+
+Label values are bounded: routes come from configuration (an unknown route is ``-``), arms
+and statuses are small fixed sets. Never keys or request ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+UNKNOWN = "-"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "loragate_requests",
+            "Inference requests by route, target, arm and HTTP status.",
+            ["route", "target", "arm", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "loragate_request_duration_seconds",
+            "Time from request received to response finished.",
+            ["route", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "loragate_time_to_first_token_seconds",
+            "Time from request received to the first streamed token.",
+            ["route", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "loragate_tokens",
+            "Tokens by route and direction (prompt or completion).",
+            ["route", "direction"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "loragate_in_flight_requests", "Inference requests being served.", registry=r
+        )
+        self.replica_healthy = Gauge(
+            "loragate_engine_replica_healthy",
+            "1 when the replica passed its last generation probe, else 0.",
+            ["pool", "replica"],
+            registry=r,
+        )
+        self.replica_in_flight = Gauge(
+            "loragate_engine_replica_in_flight",
+            "Requests in flight per engine replica.",
+            ["pool", "replica"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "loragate_upstream_retries",
+            "Requests retried on another replica before the first byte.",
+            ["pool"],
+            registry=r,
+        )
+        self.records_written = Counter(
+            "loragate_records_written", "Request records written to the database.", registry=r
+        )
+        self.records_dropped = Counter(
+            "loragate_records_dropped",
+            "Request records dropped because the writer queue was full.",
+            registry=r,
+        )
+        self.record_write_failures = Counter(
+            "loragate_record_write_failures",
+            "Request records lost because a batch insert failed.",
+            registry=r,
+        )
+        self.record_queue_depth = Gauge(
+            "loragate_record_queue_depth", "Request records waiting to be written.", registry=r
+        )
+        self.engine_restarts = Counter(
+            "loragate_managed_engine_restarts",
+            "Times the managed local engine was restarted after it exited.",
+            registry=r,
+        )
+
+    def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        self.record_queue_depth.set_function(lambda: float(depth()))

@@ -1,0 +1,63 @@
+"""Process health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import JSONResponse, Response
+
+from service.api.deps import gateway
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up", description="Always 200 while serving.")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Ready to serve",
+    description=(
+        "200 when the database answers and at least one engine replica passed its generation "
+        "probe; 503 with the failing checks otherwise."
+    ),
+    responses={503: {"description": "Not ready; the body says which check failed."}},
+)
+async def readyz(request: Request) -> Response:
+    gw = gateway(request)
+    checks: dict[str, Any] = {}
+    try:
+        async with gw.db.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except (SQLAlchemyError, OSError) as exc:
+        checks["database"] = f"failed: {type(exc).__name__}"
+    pools = {}
+    for pool in gw.engines.pools.values():
+        pools[pool.name] = {
+            "healthy_replicas": pool.healthy_count(),
+            "replicas": [
+                {"url": r.url, "state": r.state.value, "last_error": r.last_error}
+                for r in pool.replicas
+            ],
+        }
+    checks["engines"] = pools
+    engines_ok = any(p["healthy_replicas"] > 0 for p in pools.values())
+    ready = checks["database"] == "ok" and engines_ok
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", description="Text exposition format.")
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(gateway(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

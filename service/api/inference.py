@@ -1,0 +1,94 @@
+"""OpenAI-compatible inference endpoints. ``model`` names a route, never an engine model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service import pipeline
+from service.api.deps import gateway
+from service.request_rules import FIELDS, Endpoint
+
+router = APIRouter(tags=["inference"])
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid request: unknown field, value out of range, malformed JSON."},
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The key's role or route list does not allow this call."},
+    404: {"description": "No route with that name."},
+    413: {"description": "Body larger than the configured limit."},
+    502: {"description": "The engine failed or answered with something unusable."},
+    503: {"description": "No healthy engine replica."},
+    504: {"description": "The engine did not answer in time."},
+}
+
+
+def _body_doc(endpoint: Endpoint) -> dict[str, Any]:
+    properties: dict[str, Any] = {name: {} for name in sorted(FIELDS[endpoint])}
+    properties["model"] = {"type": "string", "description": "Route name."}
+    required = ["model", "messages" if endpoint is Endpoint.CHAT else "prompt"]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": properties,
+                        "required": required,
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
+    }
+
+
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completion on a route",
+    description=(
+        "OpenAI chat completions. `model` is a route name. Standard sampling fields pass "
+        "through; any other field is refused with 400. `n` must be 1, `max_tokens` is capped "
+        "per route (a default applies when absent), `top_logprobs` is at most 20. With "
+        "`stream: true` the answer is relayed as server-sent events; a failure after the "
+        "stream started ends with an error event and `data: [DONE]`."
+    ),
+    responses=ERROR_RESPONSES,
+    openapi_extra=_body_doc(Endpoint.CHAT),
+)
+async def chat_completions(request: Request) -> Response:
+    return await pipeline.handle(gateway(request), request, Endpoint.CHAT)
+
+
+@router.post(
+    "/v1/completions",
+    summary="Text completion on a route",
+    description="OpenAI completions (single string prompt); same rules as chat completions.",
+    responses=ERROR_RESPONSES,
+    openapi_extra=_body_doc(Endpoint.COMPLETIONS),
+)
+async def completions(request: Request) -> Response:
+    return await pipeline.handle(gateway(request), request, Endpoint.COMPLETIONS)
+
+
+@router.get(
+    "/v1/models",
+    summary="Routes this key may call",
+    description="The routes the caller's key may use, in the OpenAI model-list shape.",
+    responses={401: ERROR_RESPONSES[401], 403: ERROR_RESPONSES[403]},
+)
+async def list_models(request: Request) -> dict[str, Any]:
+    gw = gateway(request)
+    principal = await pipeline.authenticate(gw, request)
+    routes = gw.snapshot.current.routes.values()
+    return {
+        "object": "list",
+        "data": [
+            {"id": r.name, "object": "model", "created": 0, "owned_by": "loragate"}
+            for r in sorted(routes, key=lambda r: r.name)
+            if principal.may_use_route(r.name)
+        ],
+    }

@@ -1,0 +1,48 @@
+"""Run Alembic migrations and check that a database is at the newest revision."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from alembic import command
+from service.errors import DatabaseNotMigrated
+
+ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Blocking: runs in its own event loop (env.py), so call it outside a running loop."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def _current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def ensure_migrated(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        current = await connection.run_sync(_current)
+    head = await asyncio.to_thread(head_revision)
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"database is at revision {current or 'none'}, the code needs {head}: "
+            "run `loragate db upgrade` first"
+        )

@@ -1,0 +1,263 @@
+"""Upstream calls to vLLM over aiohttp (the hot path), with one retry before the first byte.
+
+Failure classes map to the error tree: connect failures and 5xx are retried once on another
+replica of the pool (and eject the failing one); a timeout ejects but is not retried (its time
+budget is spent); a 4xx is the engine refusing the request and goes back to the client as 400.
+Nothing is retried once a byte has reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from monitoring.metrics import Metrics
+from service.engine.pool import EnginePool, Replica
+from service.errors import (
+    EngineBadResponse,
+    EngineConnectFailed,
+    EngineError,
+    EngineRejected,
+    EngineServerError,
+    EngineStreamBroken,
+    EngineTimeout,
+    EngineUnavailable,
+)
+from service.settings import Settings
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+MAX_ENGINE_MESSAGE = 500
+
+
+@dataclass(slots=True)
+class EngineReply:
+    body: bytes
+    replica: Replica
+    attempts: int
+
+
+@dataclass(slots=True)
+class EngineStream:
+    """An open streaming response; iterate ``lines()`` and always ``close()``."""
+
+    response: aiohttp.ClientResponse
+    replica: Replica
+    attempts: int
+    pool: EnginePool
+    first_byte_timeout_s: float
+    idle_timeout_s: float
+    _closed: bool = field(default=False)
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """Non-empty SSE lines; raises EngineTimeout / EngineStreamBroken on failure."""
+        timeout = self.first_byte_timeout_s
+        content = self.response.content
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    line = await content.readline()
+            except TimeoutError as exc:
+                self.pool.eject(self.replica, "stream stalled")
+                raise EngineTimeout(
+                    f"The engine sent nothing for {timeout:g}s in the middle of the stream."
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise EngineStreamBroken("The engine connection broke during the stream.") from exc
+            if not line:
+                return
+            timeout = self.idle_timeout_s
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            # Closing (not releasing) drops the connection, which makes vLLM abort the request.
+            self.response.close()
+            self.pool.release(self.replica)
+
+
+class EngineClient:
+    def __init__(
+        self, pools: dict[str, EnginePool], metrics: Metrics, settings: Settings
+    ) -> None:
+        self._http: aiohttp.ClientSession | None = None
+        self.pools = pools
+        self._metrics = metrics
+        self._first_byte_s = settings.first_byte_timeout_s
+        self._idle_s = settings.idle_timeout_s
+        # Non-streaming: vLLM sends headers only when the whole answer is ready.
+        self._unary_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=self._first_byte_s
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=None
+        )
+
+    def attach(self, http: aiohttp.ClientSession) -> None:
+        """Use this session (created on the serving event loop, in the app's lifespan)."""
+        self._http = http
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("EngineClient used before the app started")
+        return self._http
+
+    def pool(self, name: str) -> EnginePool:
+        pool = self.pools.get(name)
+        if pool is None:
+            raise EngineUnavailable(f"No engine pool named '{name}' is configured.")
+        return pool
+
+    async def complete(
+        self, pool_name: str, path: str, body: bytes, request_id: str
+    ) -> EngineReply:
+        pool = self.pool(pool_name)
+        tried: list[Replica] = []
+        while True:
+            replica = self._next_replica(pool, tried)
+            pool.acquire(replica)
+            try:
+                payload = await self._post_unary(pool, replica, path, body, request_id)
+            except EngineError as exc:
+                if not self._may_retry(pool, exc, tried):
+                    raise
+                continue
+            finally:
+                pool.release(replica)
+            return EngineReply(payload, replica, len(tried))
+
+    async def open_stream(
+        self, pool_name: str, path: str, body: bytes, request_id: str
+    ) -> EngineStream:
+        pool = self.pool(pool_name)
+        tried: list[Replica] = []
+        while True:
+            replica = self._next_replica(pool, tried)
+            pool.acquire(replica)
+            try:
+                response = await self._post_stream(pool, replica, path, body, request_id)
+            except EngineError as exc:
+                pool.release(replica)
+                if not self._may_retry(pool, exc, tried):
+                    raise
+                continue
+            except BaseException:
+                pool.release(replica)
+                raise
+            return EngineStream(
+                response, replica, len(tried), pool, self._first_byte_s, self._idle_s
+            )
+
+    def _next_replica(self, pool: EnginePool, tried: list[Replica]) -> Replica:
+        replica = pool.choose(exclude=tried)
+        if replica is None:
+            raise EngineUnavailable(
+                f"No healthy engine replica in pool '{pool.name}'; try again shortly."
+            )
+        tried.append(replica)
+        return replica
+
+    def _may_retry(self, pool: EnginePool, exc: EngineError, tried: list[Replica]) -> bool:
+        if not exc.retryable or len(tried) >= 2 or pool.choose(exclude=tried) is None:
+            return False
+        self._metrics.upstream_retries.labels(pool.name).inc()
+        return True
+
+    async def _post_unary(
+        self, pool: EnginePool, replica: Replica, path: str, body: bytes, request_id: str
+    ) -> bytes:
+        try:
+            async with self.http.post(
+                replica.url + path,
+                data=body,
+                headers={**JSON_HEADERS, "X-Request-Id": request_id},
+                timeout=self._unary_timeout,
+            ) as response:
+                payload = await response.read()
+                status = response.status
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise self._ejected(pool, replica, EngineConnectFailed, "connect timed out") from exc
+        except TimeoutError as exc:
+            raise self._ejected(pool, replica, EngineTimeout, "no answer in time") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise self._ejected(pool, replica, EngineConnectFailed, "connect failed") from exc
+        except aiohttp.ClientError as exc:
+            raise self._ejected(pool, replica, EngineServerError, "connection lost") from exc
+        self._check_status(pool, replica, status, payload)
+        return payload
+
+    async def _post_stream(
+        self, pool: EnginePool, replica: Replica, path: str, body: bytes, request_id: str
+    ) -> aiohttp.ClientResponse:
+        try:
+            async with asyncio.timeout(self._first_byte_s):
+                response = await self.http.post(
+                    replica.url + path,
+                    data=body,
+                    headers={**JSON_HEADERS, "X-Request-Id": request_id},
+                    timeout=self._stream_timeout,
+                )
+                if response.status != 200:
+                    payload = await response.read()
+                    response.release()
+                    self._check_status(pool, replica, response.status, payload)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise self._ejected(pool, replica, EngineConnectFailed, "connect timed out") from exc
+        except TimeoutError as exc:
+            raise self._ejected(pool, replica, EngineTimeout, "no answer in time") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise self._ejected(pool, replica, EngineConnectFailed, "connect failed") from exc
+        except aiohttp.ClientError as exc:
+            raise self._ejected(pool, replica, EngineServerError, "connection lost") from exc
+        return response
+
+    def _ejected(
+        self, pool: EnginePool, replica: Replica, kind: type[EngineError], reason: str
+    ) -> EngineError:
+        pool.eject(replica, reason)
+        messages = {
+            EngineConnectFailed: "Could not connect to an engine replica.",
+            EngineTimeout: "The engine did not answer in time.",
+            EngineServerError: "The engine closed the connection before answering.",
+        }
+        return kind(messages.get(kind, "The engine failed."))
+
+    def _check_status(self, pool: EnginePool, replica: Replica, status: int, body: bytes) -> None:
+        if status < 400:
+            return
+        if status >= 500:
+            pool.eject(replica, f"HTTP {status}")
+            raise EngineServerError(f"The engine failed with HTTP {status}.")
+        raise EngineRejected(f"The engine refused the request: {engine_message(body)}")
+
+
+def engine_message(body: bytes) -> str:
+    """vLLM's error text from ``{"error": {"message"}}`` or ``{"message"}``, bounded."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "no details"
+    if isinstance(payload, dict):
+        inner = payload.get("error", payload)
+        message = inner.get("message") if isinstance(inner, dict) else None
+        if isinstance(message, str) and message:
+            return message[:MAX_ENGINE_MESSAGE]
+    return "no details"
+
+
+def parse_reply(body: bytes) -> dict[str, object]:
+    """An engine's non-streaming answer, checked to look like an OpenAI completion."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EngineBadResponse("The engine answered with something that is not JSON.") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        raise EngineBadResponse("The engine's answer has no 'choices'.")
+    return payload

@@ -1,0 +1,159 @@
+"""The managed local engine: vLLM as a child process of the gateway, when no pool is configured.
+
+It prepares the bundled model once (cached under ``data_dir/models``), starts vLLM with runtime
+LoRA updating on, logs a progress line while waiting for ``/health``, restarts vLLM when it
+exits, and stops it (the whole process group) on shutdown. Its output goes to
+``data_dir/logs/engine.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from monitoring.metrics import Metrics
+from service.settings import ManagedEngineSettings
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 5.0
+STOP_GRACE_S = 20.0
+BUNDLED_MODEL_DIR = "smollm2-135m-instruct"
+
+
+class ManagedEngineError(RuntimeError):
+    pass
+
+
+def vllm_command(config: ManagedEngineSettings, model_dir: Path) -> list[str]:
+    python = config.python or sys.executable
+    return [
+        python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir),
+        "--served-model-name", config.served_model_name,
+        "--enable-lora",
+        "--max-lora-rank", str(config.max_lora_rank),
+        "--max-loras", str(config.max_loras),
+        "--max-model-len", str(config.max_model_len),
+        "--dtype", config.dtype,
+        "--host", config.host,
+        "--port", str(config.port),
+        # Without this the JSON grammar allows endless whitespace (see ENGINE.md).
+        "--structured-outputs-config",
+        '{"backend": "xgrammar", "disable_any_whitespace": true}',
+    ]  # fmt: skip
+
+
+def vllm_environment(config: ManagedEngineSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
+        VLLM_CPU_KVCACHE_SPACE=str(config.kv_cache_gib),
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+async def prepare_model(config: ManagedEngineSettings, data_dir: Path) -> Path:
+    """The model directory, converting the bundled GGUF first if needed (own process: torch)."""
+    if config.model_dir is not None:
+        return config.model_dir
+    out = data_dir / "models" / BUNDLED_MODEL_DIR
+    if (out / ".complete").is_file():
+        return out
+    log.info("preparing the bundled model into %s (once, about a minute)", out)
+    python = config.python or sys.executable
+    process = await asyncio.create_subprocess_exec(
+        python, "-m", "service.engine.model_prep", str(out),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    async for line in process.stdout:
+        message = line.decode(errors="replace").rstrip()
+        if message:
+            log.info("model prep: %s", message[-300:])
+    if await process.wait() != 0:
+        raise ManagedEngineError(
+            "preparing the bundled model failed; run `loragate engine install` first"
+        )
+    return out
+
+
+class ManagedEngine:
+    def __init__(self, config: ManagedEngineSettings, data_dir: Path, metrics: Metrics) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.url = f"http://{config.host}:{config.port}"
+        self._metrics = metrics
+        self._process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Prepare, start, supervise: restarts vLLM whenever it exits until ``stop``."""
+        model_dir = await prepare_model(self.config, self.data_dir)
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        starts = 0
+        while not self._stopping:
+            if starts:
+                self._metrics.engine_restarts.inc()
+                await asyncio.sleep(self.config.restart_backoff_s)
+            starts += 1
+            with (log_dir / "engine.log").open("ab") as engine_log:
+                self._process = await asyncio.create_subprocess_exec(
+                    *vllm_command(self.config, model_dir),
+                    stdout=engine_log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=vllm_environment(self.config),
+                    start_new_session=True,
+                )
+            log.info("started vLLM (pid %d), log at %s", self._process.pid, log_dir / "engine.log")
+            waiting = asyncio.ensure_future(self._report_until_healthy())
+            code = await self._process.wait()
+            waiting.cancel()
+            if not self._stopping:
+                log.error("vLLM exited with code %s; restarting", code)
+
+    async def _report_until_healthy(self) -> None:
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"{self.url}/health") as response:
+                        if response.status == 200:
+                            log.info("vLLM is up after %.0fs", time.monotonic() - started)
+                            return
+                elapsed = time.monotonic() - started
+                if elapsed > self.config.startup_timeout_s:
+                    log.error("vLLM not healthy after %.0fs; stopping it", elapsed)
+                    self._signal(signal.SIGKILL)
+                    return
+                log.info("waiting for vLLM to start... %.0fs", elapsed)
+                await asyncio.sleep(PROGRESS_EVERY_S)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, sig)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("vLLM did not stop in %.0fs; killing it", STOP_GRACE_S)
+            self._signal(signal.SIGKILL)
+            await process.wait()

@@ -1,0 +1,142 @@
+"""Engine pools: replicas, least-in-flight choice, ejection of failing replicas, health probes.
+
+A replica starts ``unknown`` (usable, not yet proven), becomes ``healthy`` when a real one-token
+generation succeeds (vLLM can answer /health while generation hangs), and is ejected for
+``eject_for_s`` after a failed call or probe. Ejected replicas get traffic again once a probe
+passes or the ejection expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from enum import StrEnum
+
+import aiohttp
+
+from monitoring.metrics import Metrics
+from service.settings import EnginePoolSettings
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaState(StrEnum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    EJECTED = "ejected"
+
+
+class Replica:
+    __slots__ = ("ejected_until", "in_flight", "last_error", "pool", "state", "url")
+
+    def __init__(self, pool: str, url: str) -> None:
+        self.pool = pool
+        self.url = url.rstrip("/")
+        self.state = ReplicaState.UNKNOWN
+        self.in_flight = 0
+        self.ejected_until = 0.0
+        self.last_error: str | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.state is not ReplicaState.EJECTED or now >= self.ejected_until
+
+
+class EnginePool:
+    def __init__(self, config: EnginePoolSettings, metrics: Metrics, eject_for_s: float) -> None:
+        self.name = config.name
+        self.base_model = config.base_model
+        self.max_lora_rank = config.max_lora_rank
+        self.replicas = [Replica(config.name, url) for url in config.urls]
+        self._metrics = metrics
+        self._eject_for_s = eject_for_s
+        for replica in self.replicas:
+            self._publish(replica)
+
+    def choose(self, exclude: Iterable[Replica] = ()) -> Replica | None:
+        """The usable replica with the fewest requests in flight (healthy before unknown)."""
+        now = time.monotonic()
+        best: Replica | None = None
+        for replica in self.replicas:
+            if replica in exclude or not replica.usable(now):
+                continue
+            if best is None or (
+                replica.state is ReplicaState.HEALTHY,
+                -replica.in_flight,
+            ) > (best.state is ReplicaState.HEALTHY, -best.in_flight):
+                best = replica
+        return best
+
+    def eject(self, replica: Replica, reason: str) -> None:
+        if replica.state is not ReplicaState.EJECTED:
+            log.warning("ejecting engine replica %s of pool %s: %s", replica.url, self.name, reason)
+        replica.state = ReplicaState.EJECTED
+        replica.ejected_until = time.monotonic() + self._eject_for_s
+        replica.last_error = reason
+        self._publish(replica)
+
+    def mark_healthy(self, replica: Replica) -> None:
+        if replica.state is not ReplicaState.HEALTHY:
+            log.info("engine replica %s of pool %s is healthy", replica.url, self.name)
+        replica.state = ReplicaState.HEALTHY
+        replica.last_error = None
+        self._publish(replica)
+
+    def acquire(self, replica: Replica) -> None:
+        replica.in_flight += 1
+        self._metrics.replica_in_flight.labels(self.name, replica.url).inc()
+
+    def release(self, replica: Replica) -> None:
+        replica.in_flight -= 1
+        self._metrics.replica_in_flight.labels(self.name, replica.url).dec()
+
+    def healthy_count(self) -> int:
+        return sum(r.state is ReplicaState.HEALTHY for r in self.replicas)
+
+    def _publish(self, replica: Replica) -> None:
+        healthy = 1.0 if replica.state is ReplicaState.HEALTHY else 0.0
+        self._metrics.replica_healthy.labels(self.name, replica.url).set(healthy)
+
+
+class HealthProber:
+    """Sends a one-token completion to every replica on an interval."""
+
+    def __init__(
+        self,
+        pools: list[EnginePool],
+        http: aiohttp.ClientSession,
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._pools = pools
+        self._http = http
+        self._interval_s = interval_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def probe(self, pool: EnginePool, replica: Replica) -> bool:
+        body = {"model": pool.base_model, "prompt": "ping", "max_tokens": 1, "temperature": 0}
+        try:
+            async with self._http.post(
+                f"{replica.url}/v1/completions", json=body, timeout=self._timeout
+            ) as response:
+                payload = await response.json(content_type=None)
+                ok = response.status == 200 and bool(payload.get("choices"))
+                reason = f"probe answered HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+            ok, reason = False, f"probe failed: {type(exc).__name__}"
+        if ok:
+            pool.mark_healthy(replica)
+        else:
+            pool.eject(replica, reason)
+        return ok
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(
+            *(self.probe(pool, replica) for pool in self._pools for replica in pool.replicas)
+        )
+
+    async def run(self) -> None:
+        while True:
+            await self.probe_all()
+            await asyncio.sleep(self._interval_s)

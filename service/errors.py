@@ -1,0 +1,163 @@
+"""One exception tree; each class knows its HTTP status and its OpenAI error ``type``/``code``.
+
+Bodies never carry stack traces, file paths or keys: only ``message``, ``type`` and ``code``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_response(self) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return Response(
+            orjson.dumps(self.body()),
+            status_code=self.status,
+            media_type="application/json",
+            headers=headers,
+        )
+
+    def sse_event(self) -> bytes:
+        """The error as a server-sent event, followed by the stream terminator."""
+        return b"data: " + orjson.dumps(self.body()) + b"\n\ndata: [DONE]\n\n"
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class MalformedJSON(InvalidRequest):
+    code = "malformed_json"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class LegacyGuidedField(InvalidRequest):
+    code = "legacy_guided_field"
+
+
+class ValueOutOfRange(InvalidRequest):
+    code = "value_out_of_range"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "body_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class MissingAPIKey(AuthenticationFailed):
+    code = "missing_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RouteNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class ClientClosedRequest(GatewayError):
+    """Not sent to anyone (the client is gone); recorded with nginx's 499."""
+
+    status = 499
+    type = "client_closed"
+    code = "client_closed_request"
+
+
+class EngineError(GatewayError):
+    """Base of everything that went wrong between the gateway and an engine."""
+
+    status = 502
+    type = "upstream_error"
+    code = "engine_error"
+    retryable: ClassVar[bool] = False
+
+
+class EngineUnavailable(EngineError):
+    status = 503
+    code = "engine_unavailable"
+    retryable = True
+
+
+class EngineConnectFailed(EngineUnavailable):
+    code = "engine_connect_failed"
+
+
+class EngineServerError(EngineError):
+    code = "engine_server_error"
+    retryable = True
+
+
+class EngineTimeout(EngineError):
+    status = 504
+    code = "engine_timeout"
+
+
+class EngineBadResponse(EngineError):
+    code = "engine_bad_response"
+
+
+class EngineStreamBroken(EngineError):
+    code = "engine_stream_broken"
+
+
+class EngineRejected(EngineError):
+    """The engine refused the request itself (4xx), e.g. a prompt longer than the context."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "engine_rejected_request"
+
+
+class FrameworkHTTPError(GatewayError):
+    """Errors raised by the web framework itself (405, ...), in the same envelope."""
+
+    type = "invalid_request_error"
+    code = "http_error"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DatabaseNotMigrated(RuntimeError):
+    """Raised at start when the schema is not at the newest migration."""

@@ -1,0 +1,158 @@
+"""The composition root: ``create_app(settings)`` builds every part and wires the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from opentelemetry.sdk.trace.export import SpanExporter
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from monitoring.metrics import Metrics
+from monitoring.record_writer import RecordWriter
+from monitoring.tracing import build_provider, tracer_from
+from service.api import health, inference
+from service.db import repositories
+from service.db.migrations import ensure_migrated
+from service.db.session import create_engine, session_factory
+from service.engine.client import EngineClient
+from service.engine.managed import ManagedEngine
+from service.engine.pool import EnginePool, HealthProber
+from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, RouteNotFound
+from service.gateway import Gateway
+from service.routes_config import DEFAULT_ROUTES, load_routes_file, sync_routes
+from service.settings import Settings
+from service.snapshot import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+An inference gateway for fine-tuned models. Applications call the OpenAI-compatible API with a
+**route** name as `model`; the gateway checks the key, bounds the request, sends it to a vLLM
+engine, relays the answer and records every request.
+
+Authenticate with `Authorization: Bearer <key>`. Errors use the OpenAI envelope
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+async def _sync_routes(gw: Gateway) -> None:
+    pools = gw.settings.engine_pools()
+    async with gw.sessions.begin() as session:
+        if gw.settings.routes_file is not None:
+            names = await sync_routes(session, load_routes_file(gw.settings.routes_file), pools)
+            log.info("routes synced from %s: %s", gw.settings.routes_file, ", ".join(names))
+        elif not await repositories.list_routes(session):
+            await sync_routes(session, DEFAULT_ROUTES, pools)
+            log.info("no routes configured; created the default route 'chat'")
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    gw: Gateway = app.state.gateway
+    settings = gw.settings
+    await ensure_migrated(gw.db)
+    await _sync_routes(gw)
+    await gw.snapshot.reload()
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    gw.engines.attach(http)
+    tasks: list[asyncio.Task[Any]] = []
+    managed: ManagedEngine | None = None
+    if settings.uses_managed_engine:
+        managed = ManagedEngine(settings.managed_engine, settings.data_dir, gw.metrics)
+        tasks.append(asyncio.create_task(managed.run(), name="managed-engine"))
+    prober = HealthProber(
+        list(gw.engines.pools.values()),
+        http,
+        settings.health_probe_interval_s,
+        settings.health_probe_timeout_s,
+    )
+    tasks.append(asyncio.create_task(prober.run(), name="health-prober"))
+    tasks.append(asyncio.create_task(gw.snapshot.run(), name="snapshot-refresh"))
+    gw.writer.start()
+    try:
+        yield
+    finally:
+        if managed is not None:
+            await managed.stop()
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("background task %s had failed: %r", task.get_name(), result)
+        await gw.writer.close()
+        await http.close()
+        await gw.db.dispose()
+        if app.state.tracer_provider is not None:
+            app.state.tracer_provider.shutdown()
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return exc.to_response()
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return RouteNotFound("No such endpoint.").to_response()
+        return FrameworkHTTPError(str(exc.detail), exc.status_code).to_response()
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return InvalidRequest(f"Invalid request: {exc.errors()[:3]}").to_response()
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+    metrics = Metrics()
+    provider = build_provider(settings.otlp_endpoint, span_exporter)
+    tracer = tracer_from(provider)
+    db = create_engine(settings.effective_database_url)
+    sessions = session_factory(db)
+    pools = {
+        cfg.name: EnginePool(cfg, metrics, settings.eject_for_s)
+        for cfg in settings.engine_pools()
+    }
+    engines = EngineClient(pools, metrics, settings)
+    writer = RecordWriter(
+        sessions,
+        metrics,
+        tracer,
+        queue_size=settings.record_queue_size,
+        batch_size=settings.record_batch_size,
+        flush_interval_s=settings.record_flush_interval_s,
+    )
+    app = FastAPI(
+        title="loragate",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.gateway = Gateway(
+        settings=settings,
+        db=db,
+        sessions=sessions,
+        snapshot=SnapshotStore(sessions, settings.snapshot_refresh_s),
+        engines=engines,
+        writer=writer,
+        metrics=metrics,
+        tracer=tracer,
+    )
+    app.state.tracer_provider = provider
+    _install_error_handlers(app)
+    app.include_router(inference.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,201 @@
+"""The whole request path, top to bottom.
+
+    auth -> read and bound the body -> route -> check and rewrite the request
+         -> engine call (stream or not; cancelled if the client leaves)
+         -> response -> record (queued, written in batches after the response) and metrics
+
+No database session is open while the engine works: the only reads are the key lookup for a
+key id not yet in the snapshot, before the engine call; the record is written afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import INFERENCE_ROLES, Principal, bearer_token, require_role, split_key, verify
+from service.engine.client import EngineStream, parse_reply
+from service.errors import (
+    BodyTooLarge,
+    ClientClosedRequest,
+    EngineBadResponse,
+    EngineStreamBroken,
+    GatewayError,
+    PermissionDenied,
+    RouteNotFound,
+)
+from service.gateway import Gateway
+from service.record import RecordDraft
+from service.relay import RelayResponse, until_disconnected
+from service.request_rules import Endpoint, Limits, Prepared, parse_body, prepare, route_name
+from service.snapshot import RouteView
+
+JSON = "application/json"
+log = logging.getLogger(__name__)
+
+
+async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
+    record = RecordDraft(endpoint.value)
+    handed_to_stream = False
+    gw.metrics.in_flight.inc()
+    with gw.tracer.start_as_current_span("gateway.request") as span:
+        span.set_attribute("loragate.request_id", record.id)
+        try:
+            principal = await authenticate(gw, request)
+            record.key_id = principal.key_id
+            raw = await read_body(request, gw.settings.max_body_bytes)
+            record.request_body = raw.decode("utf-8", "replace")
+            payload = parse_body(raw)
+            route = resolve_route(gw, route_name(payload), principal)
+            record.route, record.target = route.name, route.target
+            span.set_attribute("loragate.route", route.name)
+            prepared = prepare(endpoint, payload, route.target, Limits.for_route(gw.settings, route))
+            record.stream = prepared.stream
+            if prepared.stream:
+                stream = await until_disconnected(
+                    request.receive,
+                    gw.engines.open_stream(route.pool, endpoint.path, prepared.upstream_body, record.id),
+                )
+                record.replica, record.attempts = stream.replica.url, stream.attempts
+                handed_to_stream = True
+                return RelayResponse(relay(gw, stream, prepared, record, endpoint))
+            with gw.tracer.start_as_current_span("engine.call"):
+                reply = await until_disconnected(
+                    request.receive,
+                    gw.engines.complete(route.pool, endpoint.path, prepared.upstream_body, record.id),
+                )
+            record.replica, record.attempts = reply.replica.url, reply.attempts
+            answer = parse_reply(reply.body)
+            record.take_usage(answer.get("usage"))
+            record.finish_reason = first_finish_reason(answer)
+            record.response_body = reply.body.decode("utf-8", "replace")
+            return Response(reply.body, media_type=JSON)
+        except GatewayError as error:
+            record.fail(error)
+            span.set_attribute("loragate.error", error.code)
+            return error.to_response()
+        except Exception:
+            log.exception("request %s failed inside the gateway", record.id)
+            internal = GatewayError("The gateway failed to serve this request.")
+            record.fail(internal)
+            return internal.to_response()
+        finally:
+            if not handed_to_stream:
+                gw.metrics.in_flight.dec()
+                gw.finish(record)
+
+
+async def authenticate(gw: Gateway, request: Request) -> Principal:
+    key_id, secret = split_key(bearer_token(request.headers.get("authorization")))
+    principal = verify(await gw.snapshot.find_key(key_id), secret)
+    require_role(principal, INFERENCE_ROLES)
+    return principal
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def resolve_route(gw: Gateway, name: str, principal: Principal) -> RouteView:
+    route = gw.snapshot.current.routes.get(name)
+    if route is None:
+        raise RouteNotFound(f"The route '{name}' does not exist.", param="model")
+    if not principal.may_use_route(name):
+        raise PermissionDenied(f"This key may not use the route '{name}'.", param="model")
+    return route
+
+
+def first_finish_reason(answer: dict[str, object]) -> str | None:
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    return None
+
+
+async def relay(
+    gw: Gateway, stream: EngineStream, prepared: Prepared, record: RecordDraft, endpoint: Endpoint
+) -> AsyncGenerator[bytes, None]:
+    """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE]."""
+    text: list[str] = []
+    finished = False
+    try:
+        async for line in stream.lines():
+            if not line.startswith(b"data:"):
+                continue  # SSE comments and keep-alives
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                finished = True
+                yield b"data: [DONE]\n\n"
+                break
+            event = parse_event(data)
+            choices = event.get("choices") or []
+            if "usage" in event and event["usage"]:
+                record.take_usage(event["usage"])
+                if not choices and not prepared.client_wants_usage:
+                    continue
+            for choice in choices:
+                piece = delta_text(choice, endpoint)
+                if piece:
+                    record.mark_first_token()
+                    text.append(piece)
+                if choice.get("finish_reason"):
+                    record.finish_reason = choice["finish_reason"]
+            yield b"data: " + data + b"\n\n"
+        if not finished:
+            raise EngineStreamBroken("The engine closed the stream before it finished.")
+    except GatewayError as error:
+        record.fail(error)
+        yield error.sse_event()
+    except (asyncio.CancelledError, GeneratorExit):
+        # Cancelled or closed because the client left: there is nobody to tell.
+        record.fail(ClientClosedRequest("The client closed the connection."))
+        raise
+    except Exception:
+        log.exception("relaying the stream of request %s failed", record.id)
+        internal = GatewayError("The gateway failed while relaying the stream.")
+        record.fail(internal)
+        yield internal.sse_event()
+    finally:
+        stream.close()
+        record.response_body = "".join(text)
+        gw.metrics.in_flight.dec()
+        gw.finish(record)
+
+
+def parse_event(data: bytes) -> dict[str, object]:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EngineBadResponse("The engine sent a stream event that is not JSON.") from exc
+    if not isinstance(event, dict):
+        raise EngineBadResponse("The engine sent a stream event that is not an object.")
+    if "error" in event:
+        raise EngineStreamBroken("The engine reported an error in the middle of the stream.")
+    return event
+
+
+def delta_text(choice: object, endpoint: Endpoint) -> str | None:
+    if not isinstance(choice, dict):
+        return None
+    if endpoint is Endpoint.CHAT:
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+    else:
+        content = choice.get("text")
+    return content if isinstance(content, str) else None

@@ -1,0 +1,81 @@
+"""The request record being built while a request is served, turned into a row at the end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from service.errors import GatewayError
+
+ARM_STABLE = "stable"
+
+
+class RecordDraft:
+    __slots__ = (
+        "arm", "attempts", "created_at", "endpoint", "error", "finish_reason", "id", "key_id",
+        "replica", "request_body", "response_body", "route", "started", "status_code", "stream",
+        "target", "tokens_in", "tokens_out", "ttft_s",
+    )  # fmt: skip
+
+    def __init__(self, endpoint: str) -> None:
+        self.id = str(uuid.uuid4())
+        self.created_at = datetime.now(UTC)
+        self.started = time.perf_counter()
+        self.endpoint = endpoint
+        self.key_id: str | None = None
+        self.route: str | None = None
+        self.target: str | None = None
+        self.arm = ARM_STABLE
+        self.replica: str | None = None
+        self.stream = False
+        self.status_code = 200
+        self.error: GatewayError | None = None
+        self.ttft_s: float | None = None
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+        self.finish_reason: str | None = None
+        self.attempts = 0
+        self.request_body: str | None = None
+        self.response_body: str | None = None
+
+    def fail(self, error: GatewayError) -> None:
+        self.error = error
+        self.status_code = error.status
+
+    def mark_first_token(self) -> None:
+        if self.ttft_s is None:
+            self.ttft_s = time.perf_counter() - self.started
+
+    def take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.tokens_in = usage.get("prompt_tokens")
+            self.tokens_out = usage.get("completion_tokens")
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def row(self, latency_s: float, redact: bool) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "endpoint": self.endpoint,
+            "key_id": self.key_id,
+            "route": self.route,
+            "target": self.target,
+            "arm": self.arm,
+            "replica": self.replica,
+            "stream": self.stream,
+            "status_code": self.status_code,
+            "error_type": self.error.type if self.error else None,
+            "error_code": self.error.code if self.error else None,
+            "latency_ms": latency_s * 1000.0,
+            "ttft_ms": self.ttft_s * 1000.0 if self.ttft_s is not None else None,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "finish_reason": self.finish_reason,
+            "attempts": self.attempts,
+            "request_body": None if redact else self.request_body,
+            "response_body": None if redact else self.response_body,
+        }

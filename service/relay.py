@@ -1,0 +1,80 @@
+"""Client-disconnect handling: an upstream call or a relayed stream stops when the client goes.
+
+Starlette's own StreamingResponse only notices a gone client at the next write (ASGI 2.4); a
+generation can run for minutes between writes, so both helpers listen for ``http.disconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable
+from typing import TypeVar
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from service.errors import ClientClosedRequest
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientClosedRequest."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    await asyncio.wait((task,))
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("upstream call ended with %r after the client left", task.exception())
+    raise ClientClosedRequest("The client closed the connection.")
+
+
+class RelayResponse(Response):
+    """Sends an async generator of SSE bytes; cancels it as soon as the client disconnects."""
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(status_code=200)
+        self._chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            async for chunk in self._chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        pumping = asyncio.ensure_future(pump())
+        watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((pumping, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not pumping.done():
+                pumping.cancel()
+                await asyncio.wait((pumping,))
+            # Runs the generator's own cleanup (record written, upstream closed) in every case.
+            await self._chunks.aclose()
+        failure = None if pumping.cancelled() else pumping.exception()
+        # OSError: the client went away between two writes; the generator already recorded it.
+        if failure is not None and not isinstance(failure, OSError):
+            raise failure
