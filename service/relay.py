@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -31,22 +31,44 @@ async def wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
+class _Watch:
+    __slots__ = ("finished", "gone")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.gone = False
+
+
+async def _cancel_on_disconnect(
+    receive: Receive, handler: asyncio.Task[Any], watch: _Watch
+) -> None:
+    await wait_for_disconnect(receive)
+    # `finished` is set in the handler's own step, so a cancel can only land on the await below.
+    if not watch.finished:
+        watch.gone = True
+        handler.cancel()
+
+
 async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise ClientClosedRequest."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientClosedRequest.
+
+    One watcher task per request (cheaper than running ``work`` as a task of its own): on
+    ``http.disconnect`` it cancels the handler's task while the handler waits on ``work``.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    watch = _Watch()
+    watcher = asyncio.create_task(_cancel_on_disconnect(receive, handler, watch))
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if watch.gone:
+            handler.uncancel()
+            raise ClientClosedRequest("The client closed the connection.") from None
+        raise
     finally:
+        watch.finished = True
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.done() and not task.cancelled():
-        return task.result()
-    await asyncio.wait((task,))
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("upstream call ended with %r after the client left", task.exception())
-    raise ClientClosedRequest("The client closed the connection.")
 
 
 class RelayResponse(Response):

@@ -103,9 +103,7 @@ def route_name(payload: dict[str, Any]) -> str:
     return model
 
 
-def prepare(
-    endpoint: Endpoint, payload: dict[str, Any], target: str, limits: Limits
-) -> Prepared:
+def prepare(endpoint: Endpoint, payload: dict[str, Any], target: str, limits: Limits) -> Prepared:
     """Check the client's body and build the engine's body (route name replaced by target)."""
     _refuse_unknown_fields(endpoint, payload)
     body = dict(payload)
@@ -140,7 +138,11 @@ def prepare(
         body["stream_options"] = {"include_usage": True}
     elif "stream_options" in body:
         raise InvalidRequest("'stream_options' needs 'stream': true.", param="stream_options")
-    return Prepared(orjson.dumps(body), stream, wants_usage)
+    try:
+        upstream_body = orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:  # nested past orjson's limit of 254 levels
+        raise InvalidRequest("The request body nests too deeply.") from exc
+    return Prepared(upstream_body, stream, wants_usage)
 
 
 def _refuse_unknown_fields(endpoint: Endpoint, payload: dict[str, Any]) -> None:
@@ -301,10 +303,6 @@ def _check_response_format(value: Any) -> None:
 
 def check_schema_bounds(schema: dict[str, Any]) -> None:
     """Refuse schemas that are too big, too deep, invalid, or that point at remote documents."""
-    if len(orjson.dumps(schema)) > MAX_SCHEMA_BYTES:
-        raise ValueOutOfRange(
-            f"The JSON schema is larger than {MAX_SCHEMA_BYTES} bytes.", param="response_format"
-        )
     stack: list[tuple[Any, int]] = [(schema, 1)]
     while stack:
         node, depth = stack.pop()
@@ -323,6 +321,11 @@ def check_schema_bounds(schema: dict[str, Any]) -> None:
             stack.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
+    # Measured after the depth walk: orjson refuses to encode anything nested past 254 levels.
+    if len(orjson.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise ValueOutOfRange(
+            f"The JSON schema is larger than {MAX_SCHEMA_BYTES} bytes.", param="response_format"
+        )
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:

@@ -41,9 +41,7 @@ class RouteSpec(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not ROUTE_NAME.match(value) or "@" in value:
-            raise ValueError(
-                "route names are 1-128 letters, digits, '.', '_', ':' or '-' (no '@')"
-            )
+            raise ValueError("route names are 1-128 letters, digits, '.', '_', ':' or '-' (no '@')")
         return value
 
     @model_validator(mode="after")

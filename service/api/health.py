@@ -38,7 +38,7 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except (SQLAlchemyError, OSError) as exc:
         checks["database"] = f"failed: {type(exc).__name__}"
-    pools = {}
+    pools: dict[str, dict[str, Any]] = {}
     for pool in gw.engines.pools.values():
         pools[pool.name] = {
             "healthy_replicas": pool.healthy_count(),

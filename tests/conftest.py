@@ -1,0 +1,218 @@
+"""Shared fixtures: migrated databases (SQLite and PostgreSQL), fake engines, a running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from service.auth import Role, generate_key
+from service.db.migrations import upgrade
+from service.db.models import ApiKey, RequestRecord
+from service.db.session import create_engine, session_factory
+from service.main import create_app
+from service.settings import EnginePoolSettings, Settings
+from tests.fake_engine import MODEL, FakeEngine
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def _create_pg_database() -> str:
+    name = f"lg_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_pg_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(kind: str, tmp_path: Path, *, migrate: bool = True) -> AsyncIterator[str]:
+    """A new, empty database URL of the given kind ("sqlite" or "postgres")."""
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / f'lg-{uuid.uuid4().hex[:8]}.db'}"
+        if migrate:
+            await asyncio.to_thread(upgrade, url)
+        yield url
+        return
+    name = await _create_pg_database()
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    try:
+        if migrate:
+            await asyncio.to_thread(upgrade, url)
+        yield url
+    finally:
+        await _drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated database, once on SQLite and once on PostgreSQL."""
+    async with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> AsyncIterator[str]:
+    async with fresh_database("sqlite", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[FakeEngine]:
+    fake = await FakeEngine().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def engine2() -> AsyncIterator[FakeEngine]:
+    fake = await FakeEngine().start()
+    yield fake
+    await fake.stop()
+
+
+async def insert_key(url: str, role: Role, routes: list[str] | None = None) -> str:
+    new = generate_key()
+    db = create_engine(url)
+    try:
+        async with session_factory(db).begin() as session:
+            session.add(
+                ApiKey(
+                    id=new.key_id,
+                    name=f"test {role.value}",
+                    role=role.value,
+                    secret_hash=new.secret_hash,
+                    allowed_routes=routes,
+                    created_at=datetime.now(UTC),
+                )
+            )
+    finally:
+        await db.dispose()
+    return new.plaintext
+
+
+def make_settings(url: str, tmp_path: Path, engine_urls: list[str], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": url,
+        "data_dir": tmp_path,
+        "engines": [EnginePoolSettings(name="default", base_model=MODEL, urls=engine_urls)],
+        "health_probe_interval_s": 0.2,
+        "eject_for_s": 30.0,
+        "record_flush_interval_s": 0.02,
+        "snapshot_refresh_s": 0.2,
+        "first_byte_timeout_s": 5.0,
+        "idle_timeout_s": 1.0,
+        "connect_timeout_s": 1.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclass
+class Harness:
+    """A started gateway app, an httpx client on it, and keys of every role."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    url: str
+    keys: dict[Role, str] = field(default_factory=dict)
+
+    def auth(self, role: Role = Role.APP) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+    async def records(self, expected: int, timeout_s: float = 5.0) -> list[RequestRecord]:
+        """Wait until at least ``expected`` records are written, then return them, oldest first."""
+        gw = self.app.state.gateway
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            async with gw.sessions() as session:
+                query = select(RequestRecord).order_by(RequestRecord.created_at)
+                rows = list((await session.scalars(query)).all())
+            if len(rows) >= expected or asyncio.get_running_loop().time() > deadline:
+                return rows
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings, **app_kwargs: Any) -> AsyncIterator[Harness]:
+    url = settings.effective_database_url
+    keys = {role: await insert_key(url, role) for role in Role}
+    app = create_app(settings, **app_kwargs)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield Harness(app, client, url, keys)
+
+
+@pytest.fixture
+async def gateway(sqlite_url: str, tmp_path: Path, engine: FakeEngine) -> AsyncIterator[Harness]:
+    """The gateway on SQLite in front of one fake engine."""
+    async with running_gateway(make_settings(sqlite_url, tmp_path, [engine.url])) as harness:
+        yield harness
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a real port (for tests that need real disconnects)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def chat_body(route: str = "chat", **extra: Any) -> dict[str, Any]:
+    return {"model": route, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+async def wait_until(
+    predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "the condition"
+) -> None:
+    """Poll ``predicate`` (sync or async) until it is truthy; fail the test after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(0.01)

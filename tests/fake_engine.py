@@ -1,0 +1,197 @@
+"""A fake vLLM server on a real socket whose behaviour each test scripts.
+
+The gateway talks to engines over aiohttp, so the fake listens on 127.0.0.1. Each request pops
+the next ``Behaviour`` (or uses the default) and the fake keeps every body it received, plus a
+count of requests whose client went away before the answer was finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MODEL = "fake-base"
+
+
+@dataclass
+class Behaviour:
+    """What the next request gets.
+
+    kind: ok | status | garbage | broken_stream | stall | error_event | close
+    """
+
+    kind: str = "ok"
+    status: int = 200
+    delay_s: float = 0.0
+    tokens: list[str] = field(default_factory=lambda: ["Hello", " from", " the", " fake"])
+    token_delay_s: float = 0.0
+    cut_after: int = 2
+    body: bytes = b""
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.script: deque[Behaviour] = deque()
+        self.default = Behaviour()
+        self.requests: list[dict[str, Any]] = []
+        self.probes = 0
+        self.cancelled = 0
+        self.completed = 0
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def then(self, *behaviours: Behaviour) -> FakeEngine:
+        self.script.extend(behaviours)
+        return self
+
+    async def start(self) -> FakeEngine:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/v1/completions", self._handle)
+        app.router.add_get("/health", self._health)
+        # Cancel a handler when its client goes away (as vLLM aborts the request), and do not
+        # wait for stalled handlers at shutdown.
+        self._runner = web.AppRunner(
+            app, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("prompt") == "ping" and body.get("max_tokens") == 1:
+            self.probes += 1
+            return web.json_response(_completion(body, ["ok"], "length", next(self._ids)))
+        self.requests.append(body)
+        behaviour = self.script.popleft() if self.script else self.default
+        try:
+            response = await self._respond(request, body, behaviour)
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The client left: cancelled while waiting, or a write found the connection closed.
+            self.cancelled += 1
+            raise
+        self.completed += 1
+        return response
+
+    async def _respond(
+        self, request: web.Request, body: dict[str, Any], b: Behaviour
+    ) -> web.StreamResponse:
+        if b.delay_s:
+            await asyncio.sleep(b.delay_s)
+        if b.kind == "close":
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
+        if b.kind == "status":
+            return web.json_response(
+                {"error": {"message": f"scripted failure {b.status}", "code": b.status}},
+                status=b.status,
+            )
+        if b.kind == "garbage" and not body.get("stream"):  # streams get one bad event instead
+            return web.Response(body=b.body or b"<html>not json</html>", content_type="text/html")
+        if not body.get("stream"):
+            return web.json_response(_completion(body, b.tokens, "stop", next(self._ids)))
+        return await self._stream(request, body, b)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], b: Behaviour
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        rid = next(self._ids)
+        chat = "messages" in body
+        await response.write(_event(_chunk(body, rid, chat, None, role=True)))
+        for index, token in enumerate(b.tokens):
+            if b.kind == "broken_stream" and index == b.cut_after:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if b.kind == "stall" and index == b.cut_after:
+                await asyncio.sleep(3600)
+            if b.kind == "error_event" and index == b.cut_after:
+                await response.write(_event({"error": {"message": "engine died", "code": 500}}))
+                await response.write(b"data: [DONE]\n\n")
+                return response
+            if b.kind == "garbage" and index == b.cut_after:
+                await response.write(b"data: {not json\n\n")
+            if b.token_delay_s:
+                await asyncio.sleep(b.token_delay_s)
+            last = index == len(b.tokens) - 1
+            await response.write(
+                _event(_chunk(body, rid, chat, token, finish="stop" if last else None))
+            )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(_event(_usage_chunk(body, rid, len(b.tokens))))
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _usage(count: int) -> dict[str, int]:
+    return {"prompt_tokens": 7, "completion_tokens": count, "total_tokens": 7 + count}
+
+
+def _completion(body: dict[str, Any], tokens: list[str], finish: str, rid: int) -> dict[str, Any]:
+    text = "".join(tokens)
+    if "messages" in body:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish,
+        }
+        kind = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": finish}
+        kind = "text_completion"
+    return {
+        "id": f"cmpl-{rid}",
+        "object": kind,
+        "created": 0,
+        "model": body["model"],
+        "choices": [choice],
+        "usage": _usage(len(tokens)),
+    }
+
+
+def _chunk(
+    body: dict[str, Any],
+    rid: int,
+    chat: bool,
+    token: str | None,
+    *,
+    role: bool = False,
+    finish: str | None = None,
+) -> dict[str, Any]:
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {"content": token}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        kind = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": token or "", "finish_reason": finish}
+        kind = "text_completion"
+    return {"id": f"cmpl-{rid}", "object": kind, "model": body["model"], "choices": [choice]}
+
+
+def _usage_chunk(body: dict[str, Any], rid: int, count: int) -> dict[str, Any]:
+    return {"id": f"cmpl-{rid}", "model": body["model"], "choices": [], "usage": _usage(count)}

@@ -1,0 +1,298 @@
+"""The real thing: `loragate serve` with its managed vLLM and the bundled model, driven with the
+official `openai` client. Slow (vLLM starts in about a minute on these CPUs); one gateway for
+the whole module, started exactly as the README says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveGateway:
+    def __init__(self, workdir: Path, model_cache: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.engine_port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = workdir / "loragate.db"
+        self.env = dict(os.environ)
+        self.env.update(
+            LORAGATE_DATA_DIR=str(workdir),
+            LORAGATE_DATABASE_URL=f"sqlite+aiosqlite:///{self.db_path}",
+            LORAGATE_MANAGED_ENGINE__PORT=str(self.engine_port),
+            LORAGATE_MANAGED_ENGINE__MODEL_DIR=str(model_cache),
+            LORAGATE_MANAGED_ENGINE__RESTART_BACKOFF_S="0.5",
+            LORAGATE_HEALTH_PROBE_INTERVAL_S="1",
+            LORAGATE_FIRST_BYTE_TIMEOUT_S="120",
+            LORAGATE_IDLE_TIMEOUT_S="60",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = (workdir / "gateway.log").open("wb")
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            env=self.env, cwd=self.workdir, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
+            env=self.env, cwd=self.workdir, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.tail()
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise AssertionError(f"gateway not ready in {timeout_s}s\n{self.tail()}")
+
+    def engine_pid(self) -> int:
+        out = subprocess.run(
+            ["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*--port {self.engine_port}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return int(out.split()[0])
+
+    def tail(self) -> str:
+        self.log.flush()
+        text = (self.workdir / "gateway.log").read_text(errors="replace")
+        engine_log = self.workdir / "logs" / "engine.log"
+        engine = engine_log.read_text(errors="replace")[-3000:] if engine_log.exists() else ""
+        return text[-4000:] + "\n--- engine ---\n" + engine
+
+    def records(self) -> list[dict[str, Any]]:
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            query = "SELECT * FROM request_records ORDER BY created_at"
+            return [dict(r) for r in conn.execute(query)]
+
+    def wait_record(
+        self, match: Callable[[dict[str, Any]], bool], timeout_s: float = 20.0
+    ) -> dict[str, Any]:
+        """The newest record that matches, waiting for the batched writer to write it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [r for r in self.records() if match(r)]
+            if found:
+                return found[-1]
+            assert time.monotonic() < deadline, "no matching request record"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+def _model_cache() -> Path:
+    """The bundled model, converted once per machine (about 40 s) and reused by later runs."""
+    cache = Path(
+        os.environ.get("LORAGATE_TEST_MODEL_CACHE", Path.home() / ".cache" / "loragate-test")
+    )
+    out = cache / "smollm2-135m-instruct"
+    subprocess.run([sys.executable, "-m", "service.engine.model_prep", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    gateway = LiveGateway(tmp_path_factory.mktemp("live"), _model_cache())
+    gateway.cli("db", "upgrade")
+    gateway.start()
+    try:
+        gateway.wait_ready()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def app_key(live: LiveGateway) -> str:
+    out = live.cli("keys", "create", "--role", "app", "--name", "real-tests")
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("key:"))
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveGateway, app_key: str) -> openai.OpenAI:
+    warm = openai.OpenAI(base_url=f"{live.url}/v1", api_key=app_key, timeout=180, max_retries=0)
+    # The first generation after a start is slow once; warm the engine before timing anything.
+    warm.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    return warm
+
+
+def test_chat_completion_with_openai_client(live: LiveGateway, client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model="chat",
+        messages=[{"role": "user", "content": "What is the capital of France? One word."}],
+        max_tokens=12,
+        temperature=0,
+    )
+    assert answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+    assert answer.choices[0].finish_reason in {"stop", "length"}
+    assert [m.id for m in client.models.list().data] == ["chat"]
+
+
+def test_streaming_with_openai_client(live: LiveGateway, client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="chat",
+        messages=[{"role": "user", "content": "Count from one to five."}],
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    streamed = live.wait_record(lambda r: r["stream"] and r["response_body"] == text)
+    assert streamed["status_code"] == 200 and streamed["ttft_ms"] is not None
+    assert streamed["tokens_out"] == chunks[-1].usage.completion_tokens
+
+
+def test_completions_endpoint(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="chat", prompt="The sky is", max_tokens=5)
+    assert answer.choices[0].text
+
+
+def test_json_schema_answer_is_valid_json(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    answer = client.chat.completions.create(
+        model="chat",
+        messages=[{"role": "user", "content": "Name a city in Italy as JSON."}],
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+    )
+    assert "city" in json.loads(answer.choices[0].message.content or "")
+
+
+def test_documented_errors_through_openai_client(live: LiveGateway, client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-route", messages=messages)  # type: ignore[arg-type]
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as legacy:
+        client.chat.completions.create(
+            model="chat",
+            messages=messages,
+            extra_body={"guided_json": {"type": "object"}},  # type: ignore[arg-type]
+        )
+    assert legacy.value.code == "legacy_guided_field"
+    with pytest.raises(openai.BadRequestError) as many:
+        client.chat.completions.create(model="chat", messages=messages, n=2)  # type: ignore[arg-type]
+    assert many.value.code == "value_out_of_range"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "word " * 3000}],
+            max_tokens=5,
+        )
+    assert too_long.value.code == "engine_rejected_request"
+    wrong = openai.OpenAI(base_url=f"{live.url}/v1", api_key="lg-nope-nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="chat", messages=messages)  # type: ignore[arg-type]
+    codes = {r["error_code"] for r in live.records(5)}
+    assert {
+        "model_not_found",
+        "legacy_guided_field",
+        "engine_rejected_request",
+        "invalid_api_key",
+    } <= codes
+
+
+def test_client_disconnect_cancels_and_is_recorded(live: LiveGateway, app_key: str) -> None:
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "Write a very long story about a ship."}],
+        "max_tokens": 1000,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {app_key}"}
+    with httpx.stream(
+        "POST", f"{live.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+    ) as response:
+        for _ in zip(range(3), response.iter_lines(), strict=False):
+            pass
+    gone = live.wait_record(lambda r: r["error_code"] == "client_closed_request")
+    assert gone["status_code"] == 499
+    assert (gone["tokens_out"] or 0) < 1000
+
+
+def test_engine_killed_mid_stream_then_restarted(
+    live: LiveGateway, client: openai.OpenAI, app_key: str
+) -> None:
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "Write a very long story about a ship."}],
+        "max_tokens": 1000,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {app_key}"}
+    lines: list[str] = []
+    with httpx.stream(
+        "POST", f"{live.url}/v1/chat/completions", json=body, headers=headers, timeout=120
+    ) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if len(lines) == 4:
+                os.killpg(live.engine_pid(), signal.SIGKILL)
+    events = [line for line in lines if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))
+    assert error["error"]["type"] == "upstream_error"
+    broken = live.wait_record(lambda r: r["error_type"] == "upstream_error" and r["stream"])
+    assert broken["status_code"] in {502, 504}
+    # The probe notices the dead engine, then the managed engine comes back by itself.
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{live.url}/readyz", timeout=5).status_code == 200:
+        assert time.monotonic() < deadline, "readyz never reported the dead engine"
+        time.sleep(0.5)
+    live.wait_ready(timeout_s=START_TIMEOUT_S)
+    answer = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert answer.choices[0].message.content is not None
