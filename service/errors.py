@@ -110,6 +110,9 @@ class EngineError(GatewayError):
     type = "upstream_error"
     code = "engine_error"
     retryable: ClassVar[bool] = False
+    # Filled in by the engine client: the last replica tried and how many were tried.
+    replica: str | None = None
+    attempts: int = 0
 
 
 class EngineUnavailable(EngineError):

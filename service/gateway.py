@@ -32,7 +32,7 @@ class Gateway:
     tracing: bool
 
     def span(self, name: str) -> AbstractContextManager[Span]:
-        """A tracing span, or a shared no-op context when tracing is off (cheaper than NoOp spans)."""
+        """A tracing span, or a shared no-op context when tracing is off."""
         if self.tracing:
             return self.tracer.start_as_current_span(name)
         return NO_SPAN

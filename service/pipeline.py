@@ -25,6 +25,7 @@ from service.errors import (
     BodyTooLarge,
     ClientClosedRequest,
     EngineBadResponse,
+    EngineError,
     EngineStreamBroken,
     GatewayError,
     PermissionDenied,
@@ -47,8 +48,9 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
     with gw.span("gateway.request") as span:
         span.set_attribute("loragate.request_id", record.id)
         try:
-            principal = await authenticate(gw, request)
+            principal = await identify(gw, request)
             record.key_id = principal.key_id
+            require_role(principal, INFERENCE_ROLES)
             raw = await read_body(request, gw.settings.max_body_bytes)
             record.request_body = raw.decode("utf-8", "replace")
             payload = parse_body(raw)
@@ -84,6 +86,8 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
             return Response(reply.body, media_type=JSON)
         except GatewayError as error:
             record.fail(error)
+            if isinstance(error, EngineError):
+                record.replica, record.attempts = error.replica, error.attempts
             span.set_attribute("loragate.error", error.code)
             return error.to_response()
         except Exception:
@@ -97,9 +101,15 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
                 gw.finish(record)
 
 
-async def authenticate(gw: Gateway, request: Request) -> Principal:
+async def identify(gw: Gateway, request: Request) -> Principal:
+    """The principal behind the request's bearer key (any role)."""
     key_id, secret = split_key(bearer_token(request.headers.get("authorization")))
-    principal = verify(await gw.snapshot.find_key(key_id), secret)
+    return verify(await gw.snapshot.find_key(key_id), secret)
+
+
+async def authenticate(gw: Gateway, request: Request) -> Principal:
+    """A principal allowed to call inference endpoints."""
+    principal = await identify(gw, request)
     require_role(principal, INFERENCE_ROLES)
     return principal
 

@@ -23,7 +23,7 @@ MODEL = "fake-base"
 class Behaviour:
     """What the next request gets.
 
-    kind: ok | status | garbage | broken_stream | stall | error_event | close
+    kind: ok | status | garbage | html | broken_stream | stall | error_event | close
     """
 
     kind: str = "ok"
@@ -105,6 +105,8 @@ class FakeEngine:
                 {"error": {"message": f"scripted failure {b.status}", "code": b.status}},
                 status=b.status,
             )
+        if b.kind == "html":
+            return web.Response(body=b"<html>a proxy error page</html>", content_type="text/html")
         if b.kind == "garbage" and not body.get("stream"):  # streams get one bad event instead
             return web.Response(body=b.body or b"<html>not json</html>", content_type="text/html")
         if not body.get("stream"):

@@ -41,6 +41,10 @@ def _known(scripts: ScriptDirectory, revision: str) -> bool:
         return False
 
 
+def head_revision() -> str | None:
+    return _scripts().get_current_head()
+
+
 def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 

@@ -9,8 +9,9 @@ Nothing is retried once a byte has reached the client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -29,6 +30,7 @@ from service.errors import (
 )
 from service.settings import Settings
 
+T = TypeVar("T")
 JSON_HEADERS = {"Content-Type": "application/json"}
 MAX_ENGINE_MESSAGE = 500
 
@@ -116,42 +118,46 @@ class EngineClient:
     async def complete(
         self, pool_name: str, path: str, body: bytes, request_id: str
     ) -> EngineReply:
-        pool = self.pool(pool_name)
-        tried: list[Replica] = []
-        while True:
-            replica = self._next_replica(pool, tried)
-            pool.acquire(replica)
+        async def send(pool: EnginePool, replica: Replica) -> bytes:
             try:
-                payload = await self._post_unary(pool, replica, path, body, request_id)
-            except EngineError as exc:
-                if not self._may_retry(pool, exc, tried):
-                    raise
-                continue
+                return await self._post_unary(pool, replica, path, body, request_id)
             finally:
                 pool.release(replica)
-            return EngineReply(payload, replica, len(tried))
+
+        payload, replica, attempts = await self._with_retry(pool_name, send)
+        return EngineReply(payload, replica, attempts)
 
     async def open_stream(
         self, pool_name: str, path: str, body: bytes, request_id: str
     ) -> EngineStream:
+        """Headers received with status 200; the replica stays acquired until ``close()``."""
+
+        async def send(pool: EnginePool, replica: Replica) -> aiohttp.ClientResponse:
+            try:
+                return await self._post_stream(pool, replica, path, body, request_id)
+            except BaseException:
+                pool.release(replica)
+                raise
+
+        response, replica, attempts = await self._with_retry(pool_name, send)
+        pool = self.pools[pool_name]
+        return EngineStream(response, replica, attempts, pool, self._first_byte_s, self._idle_s)
+
+    async def _with_retry(
+        self, pool_name: str, send: Callable[[EnginePool, Replica], Awaitable[T]]
+    ) -> tuple[T, Replica, int]:
+        """``send`` on the least busy replica; once more on another one if it may be retried."""
         pool = self.pool(pool_name)
         tried: list[Replica] = []
         while True:
             replica = self._next_replica(pool, tried)
             pool.acquire(replica)
             try:
-                response = await self._post_stream(pool, replica, path, body, request_id)
+                return await send(pool, replica), replica, len(tried)
             except EngineError as exc:
-                pool.release(replica)
                 if not self._may_retry(pool, exc, tried):
+                    exc.replica, exc.attempts = replica.url, len(tried)
                     raise
-                continue
-            except BaseException:
-                pool.release(replica)
-                raise
-            return EngineStream(
-                response, replica, len(tried), pool, self._first_byte_s, self._idle_s
-            )
 
     def _next_replica(self, pool: EnginePool, tried: list[Replica]) -> Replica:
         replica = pool.choose(exclude=tried)
@@ -180,14 +186,8 @@ class EngineClient:
             ) as response:
                 payload = await response.read()
                 status = response.status
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise self._ejected(pool, replica, EngineConnectFailed, "connect timed out") from exc
-        except TimeoutError as exc:
-            raise self._ejected(pool, replica, EngineTimeout, "no answer in time") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise self._ejected(pool, replica, EngineConnectFailed, "connect failed") from exc
-        except aiohttp.ClientError as exc:
-            raise self._ejected(pool, replica, EngineServerError, "connection lost") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(pool, replica, exc) from exc
         self._check_status(pool, replica, status, payload)
         return payload
 
@@ -206,26 +206,26 @@ class EngineClient:
                     payload = await response.read()
                     response.release()
                     self._check_status(pool, replica, response.status, payload)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise self._ejected(pool, replica, EngineConnectFailed, "connect timed out") from exc
-        except TimeoutError as exc:
-            raise self._ejected(pool, replica, EngineTimeout, "no answer in time") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise self._ejected(pool, replica, EngineConnectFailed, "connect failed") from exc
-        except aiohttp.ClientError as exc:
-            raise self._ejected(pool, replica, EngineServerError, "connection lost") from exc
+                if not response.content_type.startswith("text/event-stream"):
+                    response.close()
+                    raise EngineBadResponse("The engine did not answer with an event stream.")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(pool, replica, exc) from exc
         return response
 
-    def _ejected(
-        self, pool: EnginePool, replica: Replica, kind: type[EngineError], reason: str
+    def _transport_error(
+        self, pool: EnginePool, replica: Replica, exc: aiohttp.ClientError | TimeoutError
     ) -> EngineError:
-        pool.eject(replica, reason)
-        messages = {
-            EngineConnectFailed: "Could not connect to an engine replica.",
-            EngineTimeout: "The engine did not answer in time.",
-            EngineServerError: "The engine closed the connection before answering.",
-        }
-        return kind(messages.get(kind, "The engine failed."))
+        """Map a transport failure to the error tree and eject the replica."""
+        error: EngineError
+        if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+            error = EngineConnectFailed("Could not connect to an engine replica.")
+        elif isinstance(exc, TimeoutError):
+            error = EngineTimeout("The engine did not answer in time.")
+        else:
+            error = EngineServerError("The engine closed the connection before answering.")
+        pool.eject(replica, f"{error.code}: {type(exc).__name__}")
+        return error
 
     def _check_status(self, pool: EnginePool, replica: Replica, status: int, body: bytes) -> None:
         if status < 400:
