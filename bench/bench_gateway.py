@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ def wrk_load(
     figures: dict[str, Any] = {"errors": 0, "ttft_p50_ms": float("nan")}
     for line in out.splitlines():
         parts = line.split()
-        if line.startswith("Requests/sec:"):
+        if "requests in" in line:
+            figures["completed"] = int(parts[0])
+        elif line.startswith("Requests/sec:"):
             figures["rps"] = float(parts[1])
         elif parts[:1] == ["50%"]:
             figures["p50_ms"] = _wrk_ms(parts[1])
@@ -109,6 +112,21 @@ def wrk_load(
             figures["p99_ms"] = _wrk_ms(parts[1])
         elif "Non-2xx" in line or "Socket errors" in line:
             figures["errors"] += sum(int(p.rstrip(",")) for p in parts if p.rstrip(",").isdigit())
+    return figures
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int | None, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run``'s figures plus the server's CPU microseconds per completed request."""
+    before = cpu_seconds(pid) if pid else 0.0
+    figures = run()
+    if pid and figures.get("completed"):
+        figures["cpu_us"] = (cpu_seconds(pid) - before) / figures["completed"] * 1e6
     return figures
 
 
@@ -143,7 +161,7 @@ def row(name: str, figures: dict[str, Any], direct: dict[str, Any] | None) -> st
     return (
         f"{name:<34} {figures['rps']:>9.0f} {ratio('rps'):>6} {figures['p50_ms']:>8.2f} "
         f"{ratio('p50_ms'):>6} {figures['p99_ms']:>8.2f} {figures['ttft_p50_ms']:>9.2f} "
-        f"{figures['errors']:>6}"
+        f"{figures['errors']:>6} {figures.get('cpu_us', float('nan')):>8.0f}"
     )
 
 
@@ -185,17 +203,23 @@ def main() -> None:
             ("streaming, concurrency 1", True, 1),
         ]
         results = []
+        gateway_pid, bare_pid = processes[1].pid, processes[2].pid
         for name, stream, conc in scenarios:
-            base = load(
-                upstream + path, model=BASE_MODEL, stream=stream, concurrency=conc, duration=d
-            )
+
+            def run(
+                url: str,
+                key: str = "",
+                model: str = BASE_MODEL,
+                stream: bool = stream,
+                conc: int = conc,
+            ) -> dict[str, Any]:
+                return load(url, key=key, model=model, stream=stream, concurrency=conc, duration=d)
+
+            base = run(upstream + path)
             bare = None
             if not stream:
-                bare_url = f"http://127.0.0.1:{bare_port}{path}"
-                bare = load(bare_url, model=BASE_MODEL, stream=False, concurrency=conc, duration=d)
-            ours = load(
-                gateway + path, key=key, model="chat", stream=stream, concurrency=conc, duration=d
-            )
+                bare = measured(bare_pid, lambda: run(f"http://127.0.0.1:{bare_port}{path}"))
+            ours = measured(gateway_pid, lambda: run(gateway + path, key, "chat"))
             results.append((name, base, bare, ours))
         metrics = httpx.get(f"{gateway}/metrics").text
     finally:
@@ -211,7 +235,7 @@ def report(
 ) -> None:
     header = (
         f"{'scenario':<44} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'ratio':>6} "
-        f"{'p99 ms':>8} {'ttft p50':>9} {'errors':>6}"
+        f"{'p99 ms':>8} {'ttft p50':>9} {'errors':>6} {'CPU us/req':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -220,10 +244,14 @@ def report(
         if bare is not None:
             print(row(f"bare relay        {name}", bare, base))
         print(row(f"loragate          {name}", ours, base))
+    print("(CPU us/req: the server process's CPU time per completed request, all threads)")
     print()
     for name, base, bare, ours in results:
         if bare is not None and "concurrency 1" not in name:
             print(f"loragate / bare relay throughput ({name}): x{ours['rps'] / bare['rps']:.2f}")
+            if "cpu_us" in ours and "cpu_us" in bare:
+                added = ours["cpu_us"] - bare["cpu_us"]
+                print(f"loragate CPU per request over the bare relay ({name}): {added:+.0f} us")
         if name.endswith("concurrency 1"):
             line = f"added p50 per request ({name}): {ours['p50_ms'] - base['p50_ms']:.2f} ms"
             if not name.startswith("non"):

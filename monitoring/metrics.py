@@ -7,6 +7,7 @@ and statuses are small fixed sets. Never keys or request ids.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,6 +18,8 @@ UNKNOWN = "-"
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # labels() takes a lock and builds tuples; the hot path reuses children per label set.
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         r = self.registry
         self.requests = Counter(
             "loragate_requests",
@@ -86,6 +89,36 @@ class Metrics:
             "Times the managed local engine was restarted after it exited.",
             registry=r,
         )
+
+    def request_done(
+        self,
+        labels: tuple[str, str, str, str],
+        latency_s: float,
+        ttft_s: float | None,
+        tokens_in: int | None,
+        tokens_out: int | None,
+    ) -> None:
+        """Count one finished request; ``labels`` is (route, target, arm, status)."""
+        children = self._request_children.get(labels)
+        if children is None:
+            route, _, arm, _ = labels
+            children = (
+                self.requests.labels(*labels),
+                self.latency.labels(route, arm),
+                self.ttft.labels(route, arm),
+                self.tokens.labels(route, "prompt"),
+                self.tokens.labels(route, "completion"),
+            )
+            self._request_children[labels] = children
+        requests, latency, ttft, prompt, completion = children
+        requests.inc()
+        latency.observe(latency_s)
+        if ttft_s is not None:
+            ttft.observe(ttft_s)
+        if tokens_in:
+            prompt.inc(tokens_in)
+        if tokens_out:
+            completion.inc(tokens_out)
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         self.record_queue_depth.set_function(lambda: float(depth()))

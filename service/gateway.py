@@ -40,16 +40,13 @@ class Gateway:
     def finish(self, record: RecordDraft) -> None:
         """Count and queue the record of a request that has ended (never blocks)."""
         latency = record.elapsed_s()
-        route = record.route or UNKNOWN
-        m = self.metrics
-        m.requests.labels(
-            route, record.target or UNKNOWN, record.arm, str(record.status_code)
-        ).inc()
-        m.latency.labels(route, record.arm).observe(latency)
-        if record.ttft_s is not None:
-            m.ttft.labels(route, record.arm).observe(record.ttft_s)
-        if record.tokens_in:
-            m.tokens.labels(route, "prompt").inc(record.tokens_in)
-        if record.tokens_out:
-            m.tokens.labels(route, "completion").inc(record.tokens_out)
+        labels = (
+            record.route or UNKNOWN,
+            record.target or UNKNOWN,
+            record.arm,
+            str(record.status_code),
+        )
+        self.metrics.request_done(
+            labels, latency, record.ttft_s, record.tokens_in, record.tokens_out
+        )
         self.writer.submit(record.row(latency, self.settings.redact_bodies))

@@ -16,8 +16,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from service.auth import INFERENCE_ROLES, Principal, bearer_token, require_role, split_key, verify
 from service.engine.client import EngineStream, parse_reply
@@ -41,17 +41,17 @@ JSON = "application/json"
 log = logging.getLogger(__name__)
 
 
-async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
+async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint) -> Response:
     record = RecordDraft(endpoint.value)
     handed_to_stream = False
     gw.metrics.in_flight.inc()
     with gw.span("gateway.request") as span:
         span.set_attribute("loragate.request_id", record.id)
         try:
-            principal = await identify(gw, request)
+            principal = await identify(gw, header(scope, b"authorization"))
             record.key_id = principal.key_id
             require_role(principal, INFERENCE_ROLES)
-            raw = await read_body(request, gw.settings.max_body_bytes)
+            raw = await read_body(scope, receive, gw.settings.max_body_bytes)
             record.request_body = raw.decode("utf-8", "replace")
             payload = parse_body(raw)
             route = resolve_route(gw, route_name(payload), principal)
@@ -63,7 +63,7 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
             record.stream = prepared.stream
             if prepared.stream:
                 stream = await until_disconnected(
-                    request.receive,
+                    receive,
                     gw.engines.open_stream(
                         route.pool, endpoint.path, prepared.upstream_body, record.id
                     ),
@@ -73,17 +73,17 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
                 return RelayResponse(relay(gw, stream, prepared, record, endpoint))
             with gw.span("engine.call"):
                 reply = await until_disconnected(
-                    request.receive,
+                    receive,
                     gw.engines.complete(
                         route.pool, endpoint.path, prepared.upstream_body, record.id
                     ),
                 )
             record.replica, record.attempts = reply.replica.url, reply.attempts
-            answer = parse_reply(reply.body)
+            answer = parse_reply(reply.value)
             record.take_usage(answer.get("usage"))
             record.finish_reason = first_finish_reason(answer)
-            record.response_body = reply.body.decode("utf-8", "replace")
-            return Response(reply.body, media_type=JSON)
+            record.response_body = reply.value.decode("utf-8", "replace")
+            return Response(reply.value, media_type=JSON)
         except GatewayError as error:
             record.fail(error)
             if isinstance(error, EngineError):
@@ -101,31 +101,47 @@ async def handle(gw: Gateway, request: Request, endpoint: Endpoint) -> Response:
                 gw.finish(record)
 
 
-async def identify(gw: Gateway, request: Request) -> Principal:
-    """The principal behind the request's bearer key (any role)."""
-    key_id, secret = split_key(bearer_token(request.headers.get("authorization")))
-    return verify(await gw.snapshot.find_key(key_id), secret)
+def header(scope: Scope, name: bytes) -> str | None:
+    """One request header (lower-case name) straight from the ASGI scope."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
-async def authenticate(gw: Gateway, request: Request) -> Principal:
+async def identify(gw: Gateway, authorization: str | None) -> Principal:
+    """The principal behind a bearer key (any role); the database only for unknown key ids."""
+    key_id, secret = split_key(bearer_token(authorization))
+    stored = gw.snapshot.current.keys.get(key_id)
+    if stored is None:
+        stored = await gw.snapshot.find_key(key_id)
+    return verify(stored, secret)
+
+
+async def authenticate(gw: Gateway, authorization: str | None) -> Principal:
     """A principal allowed to call inference endpoints."""
-    principal = await identify(gw, request)
+    principal = await identify(gw, authorization)
     require_role(principal, INFERENCE_ROLES)
     return principal
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientClosedRequest("The client closed the connection.")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def resolve_route(gw: Gateway, name: str, principal: Principal) -> RouteView:

@@ -60,7 +60,7 @@ def _body_doc(endpoint: Endpoint) -> dict[str, Any]:
     openapi_extra=_body_doc(Endpoint.CHAT),
 )
 async def chat_completions(request: Request) -> Response:
-    return await pipeline.handle(gateway(request), request, Endpoint.CHAT)
+    return await pipeline.handle(gateway(request), request.scope, request.receive, Endpoint.CHAT)
 
 
 @router.post(
@@ -71,7 +71,9 @@ async def chat_completions(request: Request) -> Response:
     openapi_extra=_body_doc(Endpoint.COMPLETIONS),
 )
 async def completions(request: Request) -> Response:
-    return await pipeline.handle(gateway(request), request, Endpoint.COMPLETIONS)
+    return await pipeline.handle(
+        gateway(request), request.scope, request.receive, Endpoint.COMPLETIONS
+    )
 
 
 @router.get(
@@ -82,7 +84,7 @@ async def completions(request: Request) -> Response:
 )
 async def list_models(request: Request) -> dict[str, Any]:
     gw = gateway(request)
-    principal = await pipeline.authenticate(gw, request)
+    principal = await pipeline.authenticate(gw, request.headers.get("authorization"))
     routes = gw.snapshot.current.routes.values()
     return {
         "object": "list",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import aiohttp
 import orjson
@@ -36,8 +36,10 @@ MAX_ENGINE_MESSAGE = 500
 
 
 @dataclass(slots=True)
-class EngineReply:
-    body: bytes
+class Attempted(Generic[T]):
+    """What a call gave, the replica that gave it, and how many replicas were tried."""
+
+    value: T
     replica: Replica
     attempts: int
 
@@ -115,49 +117,59 @@ class EngineClient:
             raise EngineUnavailable(f"No engine pool named '{name}' is configured.")
         return pool
 
-    async def complete(
+    def complete(
         self, pool_name: str, path: str, body: bytes, request_id: str
-    ) -> EngineReply:
-        async def send(pool: EnginePool, replica: Replica) -> bytes:
-            try:
-                return await self._post_unary(pool, replica, path, body, request_id)
-            finally:
-                pool.release(replica)
-
-        payload, replica, attempts = await self._with_retry(pool_name, send)
-        return EngineReply(payload, replica, attempts)
+    ) -> Awaitable[Attempted[bytes]]:
+        """The engine's whole answer (status < 400)."""
+        return self._with_retry(pool_name, self._post_unary, path, body, request_id, hold=False)
 
     async def open_stream(
         self, pool_name: str, path: str, body: bytes, request_id: str
     ) -> EngineStream:
         """Headers received with status 200; the replica stays acquired until ``close()``."""
-
-        async def send(pool: EnginePool, replica: Replica) -> aiohttp.ClientResponse:
-            try:
-                return await self._post_stream(pool, replica, path, body, request_id)
-            except BaseException:
-                pool.release(replica)
-                raise
-
-        response, replica, attempts = await self._with_retry(pool_name, send)
-        pool = self.pools[pool_name]
-        return EngineStream(response, replica, attempts, pool, self._first_byte_s, self._idle_s)
+        opened = await self._with_retry(
+            pool_name, self._post_stream, path, body, request_id, hold=True
+        )
+        return EngineStream(
+            opened.value, opened.replica, opened.attempts, self.pools[pool_name],
+            self._first_byte_s, self._idle_s,
+        )  # fmt: skip
 
     async def _with_retry(
-        self, pool_name: str, send: Callable[[EnginePool, Replica], Awaitable[T]]
-    ) -> tuple[T, Replica, int]:
-        """``send`` on the least busy replica; once more on another one if it may be retried."""
+        self,
+        pool_name: str,
+        post: Callable[[EnginePool, Replica, str, bytes, str], Awaitable[T]],
+        path: str,
+        body: bytes,
+        request_id: str,
+        *,
+        hold: bool,
+    ) -> Attempted[T]:
+        """``post`` on the least busy replica; once more on another one if it may be retried.
+
+        The replica is released when ``post`` returns, or on success kept when ``hold`` is set
+        (an open stream releases it on close). One coroutine frame for the whole retry loop:
+        every frame is passed again on each resume of an await inside.
+        """
         pool = self.pool(pool_name)
         tried: list[Replica] = []
         while True:
             replica = self._next_replica(pool, tried)
             pool.acquire(replica)
             try:
-                return await send(pool, replica), replica, len(tried)
+                value = await post(pool, replica, path, body, request_id)
             except EngineError as exc:
+                pool.release(replica)
                 if not self._may_retry(pool, exc, tried):
                     exc.replica, exc.attempts = replica.url, len(tried)
                     raise
+                continue
+            except BaseException:
+                pool.release(replica)
+                raise
+            if not hold:
+                pool.release(replica)
+            return Attempted(value, replica, len(tried))
 
     def _next_replica(self, pool: EnginePool, tried: list[Replica]) -> Replica:
         replica = pool.choose(exclude=tried)

@@ -96,6 +96,13 @@ class ManagedEngine:
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
 
+    @property
+    def pid(self) -> int | None:
+        """The running vLLM process, if any."""
+        if self._process is None or self._process.returncode is not None:
+            return None
+        return self._process.pid
+
     async def run(self) -> None:
         """Prepare, start, supervise: restarts vLLM whenever it exits until ``stop``."""
         model_dir = await prepare_model(self.config, self.data_dir)

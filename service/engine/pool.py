@@ -29,11 +29,14 @@ class ReplicaState(StrEnum):
 
 
 class Replica:
-    __slots__ = ("ejected_until", "in_flight", "last_error", "pool", "state", "url")
+    __slots__ = (
+        "ejected_until", "in_flight", "in_flight_gauge", "last_error", "pool", "state", "url",
+    )  # fmt: skip
 
-    def __init__(self, pool: str, url: str) -> None:
+    def __init__(self, pool: str, url: str, metrics: Metrics) -> None:
         self.pool = pool
         self.url = url.rstrip("/")
+        self.in_flight_gauge = metrics.replica_in_flight.labels(pool, self.url)
         self.state = ReplicaState.UNKNOWN
         self.in_flight = 0
         self.ejected_until = 0.0
@@ -48,7 +51,7 @@ class EnginePool:
         self.name = config.name
         self.base_model = config.base_model
         self.max_lora_rank = config.max_lora_rank
-        self.replicas = [Replica(config.name, url) for url in config.urls]
+        self.replicas = [Replica(config.name, url, metrics) for url in config.urls]
         self._metrics = metrics
         self._eject_for_s = eject_for_s
         for replica in self.replicas:
@@ -85,11 +88,11 @@ class EnginePool:
 
     def acquire(self, replica: Replica) -> None:
         replica.in_flight += 1
-        self._metrics.replica_in_flight.labels(self.name, replica.url).inc()
+        replica.in_flight_gauge.inc()
 
     def release(self, replica: Replica) -> None:
         replica.in_flight -= 1
-        self._metrics.replica_in_flight.labels(self.name, replica.url).dec()
+        replica.in_flight_gauge.dec()
 
     def healthy_count(self) -> int:
         return sum(r.state is ReplicaState.HEALTHY for r in self.replicas)
