@@ -20,7 +20,6 @@ from service.db import repositories
 
 log = logging.getLogger(__name__)
 
-_STOP: dict[str, Any] = {}
 DROP_LOG_EVERY_S = 10.0
 
 
@@ -38,7 +37,8 @@ class RecordWriter:
         self._sessions = sessions
         self._metrics = metrics
         self._tracer = tracer
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        # None on the queue wakes the writer at close.
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._closing = False
@@ -70,7 +70,7 @@ class RecordWriter:
     async def close(self, timeout_s: float = 15.0) -> None:
         self._closing = True
         try:
-            self._queue.put_nowait(_STOP)
+            self._queue.put_nowait(None)
         except asyncio.QueueFull:
             # A full queue means the writer is not parked on get(); it sees _closing by itself.
             log.debug("record queue full at close; the writer drains it")
@@ -93,7 +93,7 @@ class RecordWriter:
 
     async def _next_batch(self) -> list[dict[str, Any]]:
         first = await self._queue.get()
-        batch = [] if first is _STOP else [first]
+        batch = [] if first is None else [first]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._flush_interval_s
         while len(batch) < self._batch_size:
@@ -105,7 +105,7 @@ class RecordWriter:
                     break
                 await asyncio.sleep(min(remaining, 0.02))
                 continue
-            if row is not _STOP:
+            if row is not None:
                 batch.append(row)
         return batch
 

@@ -31,8 +31,10 @@ class GatewayError(Exception):
             }
         }
 
-    def to_response(self) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+    def to_response(self, request_id: str | None = None) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if request_id is not None:
+            headers["x-request-id"] = request_id
         return Response(
             orjson.dumps(self.body()),
             status_code=self.status,

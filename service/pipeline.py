@@ -38,6 +38,8 @@ from service.request_rules import Endpoint, Limits, Prepared, parse_body, prepar
 from service.snapshot import RouteView
 
 JSON = "application/json"
+# Every answer names its request record, so a client's report can be matched to it.
+REQUEST_ID = "x-request-id"
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 )
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
-                return RelayResponse(relay(gw, stream, prepared, record, endpoint))
+                return RelayResponse(relay(gw, stream, prepared, record, endpoint), record.id)
             with gw.span("engine.call"):
                 reply = await until_disconnected(
                     receive,
@@ -83,18 +85,18 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.take_usage(answer.get("usage"))
             record.finish_reason = first_finish_reason(answer)
             record.response_body = reply.value.decode("utf-8", "replace")
-            return Response(reply.value, media_type=JSON)
+            return Response(reply.value, media_type=JSON, headers={REQUEST_ID: record.id})
         except GatewayError as error:
             record.fail(error)
             if isinstance(error, EngineError):
                 record.replica, record.attempts = error.replica, error.attempts
             span.set_attribute("loragate.error", error.code)
-            return error.to_response()
+            return error.to_response(record.id)
         except Exception:
             log.exception("request %s failed inside the gateway", record.id)
             internal = GatewayError("The gateway failed to serve this request.")
             record.fail(internal)
-            return internal.to_response()
+            return internal.to_response(record.id)
         finally:
             if not handed_to_stream:
                 gw.metrics.in_flight.dec()

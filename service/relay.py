@@ -74,13 +74,14 @@ async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
 class RelayResponse(Response):
     """Sends an async generator of SSE bytes; cancels it as soon as the client disconnects."""
 
-    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
+    def __init__(self, chunks: AsyncGenerator[bytes, None], request_id: str) -> None:
         super().__init__(status_code=200)
         self._chunks = chunks
+        self._sse_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def pump() -> None:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers})
             async for chunk in self._chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -411,3 +411,14 @@ async def test_spans_are_exported(sqlite_url: str, tmp_path: Path, engine: FakeE
     request, call = spans["gateway.request"], spans["engine.call"]
     assert call.parent is not None and call.parent.span_id == request.context.span_id
     assert request.attributes is not None and request.attributes["loragate.route"] == "chat"
+
+
+async def test_every_answer_names_its_request_record(gateway: Harness) -> None:
+    ok = await gateway.client.post(CHAT, json=chat_body(), headers=gateway.auth())
+    streamed = await gateway.client.post(CHAT, json=chat_body(stream=True), headers=gateway.auth())
+    refused = await gateway.client.post(CHAT, json=chat_body("nope"), headers=gateway.auth())
+    ids = [r.headers["x-request-id"] for r in (ok, streamed, refused)]
+    records = await gateway.records(3)
+    assert sorted(ids) == sorted(r.id for r in records)
+    by_id = {r.id: r for r in records}
+    assert (by_id[ids[1]].stream, by_id[ids[2]].status_code) == (True, 404)

@@ -42,9 +42,10 @@ async def readyz(request: Request) -> Response:
     for pool in gw.engines.pools.values():
         pools[pool.name] = {
             "healthy_replicas": pool.healthy_count(),
+            # Unauthenticated endpoint: replica addresses stay out (they are in /metrics labels).
             "replicas": [
-                {"url": r.url, "state": r.state.value, "last_error": r.last_error}
-                for r in pool.replicas
+                {"replica": i, "state": r.state.value, "last_error": r.last_error}
+                for i, r in enumerate(pool.replicas)
             ],
         }
     checks["engines"] = pools
