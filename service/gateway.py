@@ -9,9 +9,11 @@ from typing import Any
 from opentelemetry.trace import INVALID_SPAN, Span, Tracer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from adapters.registry import Registry
 from monitoring.metrics import UNKNOWN, Metrics
 from monitoring.record_writer import RecordWriter
 from service.engine.client import EngineClient
+from service.engine.reconciler import AdapterReconciler
 from service.record import RecordDraft
 from service.settings import Settings
 from service.snapshot import SnapshotStore
@@ -30,6 +32,8 @@ class Gateway:
     metrics: Metrics
     tracer: Tracer
     tracing: bool
+    reconciler: AdapterReconciler
+    adapters: Registry
 
     def span(self, name: str) -> AbstractContextManager[Span]:
         """A tracing span, or a shared no-op context when tracing is off."""

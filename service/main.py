@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -16,22 +16,27 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from adapters.inspect import Inspector
 from monitoring.metrics import Metrics
 from monitoring.record_writer import RecordWriter
 from monitoring.tracing import build_provider, tracer_from
-from service.api import health, inference
+from service.api import adapters as adapters_api
+from service.api import health, inference, routes_admin
 from service.db import repositories
 from service.db.migrations import ensure_migrated
 from service.db.session import create_engine, session_factory
+from service.engine.adapter_host import AdapterHost
 from service.engine.client import EngineClient
 from service.engine.managed import ManagedEngine
 from service.engine.pool import EnginePool, HealthProber
+from service.engine.reconciler import AdapterReconciler
 from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, RouteNotFound
 from service.fast_path import GatewayApp
 from service.gateway import Gateway
+from service.registration import build_registry
 from service.routes_config import DEFAULT_ROUTES, load_routes_file, sync_routes
 from service.settings import Settings
-from service.snapshot import SnapshotStore
+from service.snapshot import Snapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     tasks.append(asyncio.create_task(prober.run(), name="health-prober"))
     tasks.append(asyncio.create_task(gw.snapshot.run(), name="snapshot-refresh"))
+    tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
     gw.writer.start()
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
     # scans, which otherwise walk the whole framework heap and showed up as p99 spikes.
@@ -125,7 +131,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
-def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+def _wake_on_new_versions(reconciler: AdapterReconciler) -> Callable[[Snapshot, Snapshot], None]:
+    def listener(old: Snapshot, new: Snapshot) -> None:
+        pools = {r.pool for r in new.routes.values()}
+        if any(old.wanted_adapters(p) != new.wanted_adapters(p) for p in pools):
+            reconciler.wake()
+
+    return listener
+
+
+def create_app(
+    settings: Settings,
+    *,
+    span_exporter: SpanExporter | None = None,
+    adapter_inspector: Inspector | None = None,
+) -> FastAPI:
     metrics = Metrics()
     provider = build_provider(settings.otlp_endpoint, span_exporter)
     tracer = tracer_from(provider)
@@ -143,16 +163,28 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None)
         batch_size=settings.record_batch_size,
         flush_interval_s=settings.record_flush_interval_s,
     )
+    snapshot = SnapshotStore(sessions, settings.snapshot_refresh_s)
+    reconciler = AdapterReconciler(
+        list(pools.values()),
+        AdapterHost(lambda: engines.http),
+        snapshot,
+        metrics,
+        interval_s=settings.adapter_reconcile_interval_s,
+        unload_grace_s=settings.adapter_unload_grace_s,
+    )
+    snapshot.on_reload.append(_wake_on_new_versions(reconciler))
     gateway = Gateway(
         settings=settings,
         db=db,
         sessions=sessions,
-        snapshot=SnapshotStore(sessions, settings.snapshot_refresh_s),
+        snapshot=snapshot,
         engines=engines,
         writer=writer,
         metrics=metrics,
         tracer=tracer,
         tracing=provider is not None,
+        reconciler=reconciler,
+        adapters=build_registry(settings, sessions, adapter_inspector),
     )
     app = GatewayApp(
         gateway,
@@ -165,4 +197,6 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None)
     _install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(health.router)
+    app.include_router(routes_admin.router)
+    app.include_router(adapters_api.router)
     return app

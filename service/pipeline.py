@@ -67,7 +67,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 stream = await until_disconnected(
                     receive,
                     gw.engines.open_stream(
-                        route.pool, endpoint.path, prepared.upstream_body, record.id
+                        route.pool, route.target, endpoint.path, prepared.upstream_body, record.id
                     ),
                 )
                 record.replica, record.attempts = stream.replica.url, stream.attempts
@@ -77,11 +77,14 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 reply = await until_disconnected(
                     receive,
                     gw.engines.complete(
-                        route.pool, endpoint.path, prepared.upstream_body, record.id
+                        route.pool, route.target, endpoint.path, prepared.upstream_body, record.id
                     ),
                 )
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)
+            echoed = answer.get("model")
+            if isinstance(echoed, str):
+                record.target = echoed  # the exact version that answered
             record.take_usage(answer.get("usage"))
             record.finish_reason = first_finish_reason(answer)
             record.response_body = reply.value.decode("utf-8", "replace")

@@ -4,7 +4,8 @@
 routes:
   - name: chat                 # what clients send as `model`
     pool: default              # engine pool (default: the first pool)
-    target: base               # `base` = the pool's base model
+    target: base               # `base`, or an adapter version NAME@N; omit it to keep
+                               # the target an SRE switched to (routes set-target)
     max_tokens_cap: 512        # optional, else the global cap
     default_max_tokens: 128    # optional, used when the client sends none
     description: General chat
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import repositories
+from service.db.models import AdapterVersion, Route
 from service.settings import EnginePoolSettings
 
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -32,7 +34,7 @@ BASE_TARGET = "base"
 class RouteSpec(BaseModel):
     name: str
     pool: str | None = None
-    target: str = BASE_TARGET
+    target: str | None = None  # base, or NAME@N; omitted: keep the route's current target
     max_tokens_cap: int | None = Field(default=None, ge=1)
     default_max_tokens: int | None = Field(default=None, ge=1)
     description: str = ""
@@ -76,35 +78,54 @@ def load_routes_file(path: Path) -> list[RouteSpec]:
 
 
 def resolve(spec: RouteSpec, pools: list[EnginePoolSettings]) -> dict[str, Any]:
-    """The database row for a spec: pool checked, `base` replaced by the pool's model name."""
+    """The database row for a spec: pool checked, `base` replaced by the pool's model name.
+
+    Without a `target` the row has none: an existing route keeps the target it was switched to.
+    """
     by_name = {p.name: p for p in pools}
     pool = by_name.get(spec.pool) if spec.pool else pools[0]
     if pool is None:
         raise RoutesConfigError(
             f"route {spec.name!r} names pool {spec.pool!r}; known pools: {sorted(by_name)}"
         )
-    target = pool.base_model if spec.target in (BASE_TARGET, pool.base_model) else None
-    if target is None:
-        raise RoutesConfigError(
-            f"route {spec.name!r}: target {spec.target!r} is not served by pool {pool.name!r} "
-            f"(only '{BASE_TARGET}' / {pool.base_model!r} until adapter versions exist)"
-        )
-    return {
+    row: dict[str, Any] = {
         "name": spec.name,
         "pool": pool.name,
-        "target": target,
         "max_tokens_cap": spec.max_tokens_cap,
         "default_max_tokens": spec.default_max_tokens,
         "description": spec.description,
         "updated_at": datetime.now(UTC),
     }
+    if spec.target is None:
+        return row
+    if spec.target in (BASE_TARGET, pool.base_model):
+        row["target"] = pool.base_model
+    elif "@" in spec.target:
+        row["target"] = spec.target  # an adapter version, checked against the database
+    else:
+        raise RoutesConfigError(
+            f"route {spec.name!r}: target {spec.target!r} is not served by pool {pool.name!r} "
+            f"(use '{BASE_TARGET}', {pool.base_model!r} or an adapter version NAME@N)"
+        )
+    return row
 
 
 async def sync_routes(
     session: AsyncSession, specs: list[RouteSpec], pools: list[EnginePoolSettings]
 ) -> list[str]:
     rows = [resolve(spec, pools) for spec in specs]
+    base_models = {p.name: p.base_model for p in pools}
     for row in rows:
+        target = row.get("target")
+        if target is not None and target != base_models[row["pool"]]:
+            version = await session.get(AdapterVersion, target)
+            if version is None or version.pool != row["pool"]:
+                raise RoutesConfigError(
+                    f"route {row['name']!r}: no adapter version {target!r} in pool {row['pool']!r}"
+                )
+        existing = await session.get(Route, row["name"])
+        if existing is None and target is None:
+            row["target"] = base_models[row["pool"]]
         await repositories.upsert_route(session, row)
     return [row["name"] for row in rows]
 

@@ -11,6 +11,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Where the managed engine keeps the converted bundled model, under data_dir/models.
+BUNDLED_MODEL_DIR = "smollm2-135m-instruct"
+
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "loragate"
@@ -23,6 +26,11 @@ class EnginePoolSettings(BaseModel):
     base_model: str = Field(description="Model name the replicas serve (vLLM --served-model-name).")
     urls: list[str] = Field(description="Base URLs of the replicas, e.g. http://10.0.0.5:8000.")
     max_lora_rank: int = Field(default=16, ge=1, le=512)
+    model_dir: Path | None = Field(
+        default=None,
+        description="Local copy of the base model (safetensors), used to validate adapters; "
+        "adapters cannot be registered for a pool without it.",
+    )
 
 
 class ManagedEngineSettings(BaseModel):
@@ -85,6 +93,31 @@ class Settings(BaseSettings):
     record_flush_interval_s: float = 0.2
     snapshot_refresh_s: float = 2.0
 
+    adapter_import_root: Path | None = Field(
+        default=None,
+        description="Adapters are registered only from directories under this root "
+        "(default: data_dir/imports).",
+    )
+    max_adapter_bytes: int = Field(
+        default=512 * 1024 * 1024, description="Largest adapter directory accepted."
+    )
+    adapter_inspect_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Time allowed to the peft worker process that reads an adapter's config.",
+    )
+    adapter_inspect_concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="peft worker processes run at once (each takes about 420 MB).",
+    )
+
+    adapter_reconcile_interval_s: float = 5.0
+    adapter_unload_grace_s: float = Field(
+        default=60.0,
+        description="An adapter version no route uses is unloaded after this long, once idle.",
+    )
+
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces endpoint; tracing is off when unset."
     )
@@ -106,6 +139,15 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'loragate.db'}"
 
     @property
+    def effective_import_root(self) -> Path:
+        return self.adapter_import_root or self.data_dir / "imports"
+
+    @property
+    def adapter_store_dir(self) -> Path:
+        """Content-addressed adapter store: one immutable directory per sha256."""
+        return self.data_dir / "adapters"
+
+    @property
     def uses_managed_engine(self) -> bool:
         return not self.engines
 
@@ -120,5 +162,6 @@ class Settings(BaseSettings):
                 base_model=managed.served_model_name,
                 urls=[f"http://{managed.host}:{managed.port}"],
                 max_lora_rank=managed.max_lora_rank,
+                model_dir=managed.model_dir or self.data_dir / "models" / BUNDLED_MODEL_DIR,
             )
         ]

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service.auth import StoredKey, stored_key
 from service.db import repositories
+from service.db.models import AdapterVersion
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,23 @@ class RouteView:
 
 
 @dataclass(frozen=True, slots=True)
+class AdapterView:
+    id: str  # name@version, the name engines serve it under
+    pool: str
+    store_path: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     routes: Mapping[str, RouteView] = field(default_factory=lambda: MappingProxyType({}))
     keys: Mapping[str, StoredKey] = field(default_factory=lambda: MappingProxyType({}))
+    adapters: Mapping[str, AdapterView] = field(default_factory=lambda: MappingProxyType({}))
+
+    def wanted_adapters(self, pool: str) -> frozenset[str]:
+        """Adapter versions that routes of ``pool`` serve: they must be on all its replicas."""
+        return frozenset(
+            r.target for r in self.routes.values() if r.pool == pool and r.target in self.adapters
+        )
 
 
 class SnapshotStore:
@@ -43,11 +59,14 @@ class SnapshotStore:
         self._refresh_s = refresh_s
         self.current = Snapshot()
         self.loaded = False
+        # Called with (old, new) after each reload, e.g. to place newly wanted adapters at once.
+        self.on_reload: list[Callable[[Snapshot, Snapshot], None]] = []
 
     async def reload(self) -> None:
         async with self._sessions() as session:
             routes = await repositories.list_routes(session)
             keys = await repositories.active_keys(session)
+            versions = (await session.scalars(select(AdapterVersion))).all()
         route_views = {
             r.name: RouteView(r.name, r.pool, r.target, r.max_tokens_cap, r.default_max_tokens)
             for r in routes
@@ -57,7 +76,13 @@ class SnapshotStore:
             for k in keys
             if (sk := stored_key(k.id, k.name, k.role, k.secret_hash, k.allowed_routes))
         }
-        self.current = Snapshot(MappingProxyType(route_views), MappingProxyType(stored))
+        adapters = {v.id: AdapterView(v.id, v.pool, v.store_path) for v in versions}
+        old = self.current
+        self.current = Snapshot(
+            MappingProxyType(route_views), MappingProxyType(stored), MappingProxyType(adapters)
+        )
+        for listener in self.on_reload:
+            listener(old, self.current)
         self.loaded = True
 
     async def find_key(self, key_id: str) -> StoredKey | None:

@@ -46,6 +46,14 @@ class FakeEngine:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        # Runtime LoRA: loaded adapters (name -> path); paths in `inert` act like the base model.
+        self.adapters: dict[str, str] = {}
+        self.inert: set[str] = set()
+        self.adapter_calls: list[tuple[str, str]] = []
+
+    def restart(self) -> None:
+        """What a vLLM restart does to runtime-loaded adapters: they are gone."""
+        self.adapters.clear()
 
     def then(self, *behaviours: Behaviour) -> FakeEngine:
         self.script.extend(behaviours)
@@ -56,6 +64,9 @@ class FakeEngine:
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/load_lora_adapter", self._load)
+        app.router.add_post("/v1/unload_lora_adapter", self._unload)
         # Cancel a handler when its client goes away (as vLLM aborts the request), and do not
         # wait for stalled handlers at shutdown.
         self._runner = web.AppRunner(
@@ -75,11 +86,44 @@ class FakeEngine:
     async def _health(self, _: web.Request) -> web.Response:
         return web.Response(text="")
 
+    async def _models(self, _: web.Request) -> web.Response:
+        names = [MODEL, *self.adapters]
+        return web.json_response({"object": "list", "data": [{"id": n} for n in names]})
+
+    async def _load(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.adapter_calls.append(("load", body["lora_name"]))
+        if body["lora_name"] in self.adapters:
+            return _error(400, f"The lora adapter '{body['lora_name']}' has already been loaded.")
+        self.adapters[body["lora_name"]] = body["lora_path"]
+        return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.adapter_calls.append(("unload", body["lora_name"]))
+        if self.adapters.pop(body["lora_name"], None) is None:
+            return _error(404, f"The lora adapter '{body['lora_name']}' cannot be found.")
+        return web.Response(text="Success")
+
+    def _probe_answer(self, body: dict[str, Any]) -> web.Response:
+        """Greedy tokens with logprobs; an adapter (unless inert) shifts the logprobs."""
+        model = body["model"]
+        shifted = model != MODEL and self.adapters.get(model) not in self.inert
+        tokens = ["Billing", " issue", "."]
+        logprobs = [-0.5 if shifted else -0.1] * len(tokens)
+        answer = _completion(body, tokens, "length", next(self._ids))
+        answer["choices"][0]["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs}
+        return web.json_response(answer)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if body.get("model") != MODEL and body.get("model") not in self.adapters:
+            return _error(404, f"The model `{body.get('model')}` does not exist.")
         if body.get("prompt") == "ping" and body.get("max_tokens") == 1:
             self.probes += 1
             return web.json_response(_completion(body, ["ok"], "length", next(self._ids)))
+        if body.get("logprobs") and "prompt" in body and body.get("temperature") == 0:
+            return self._probe_answer(body)
         self.requests.append(body)
         behaviour = self.script.popleft() if self.script else self.default
         try:
@@ -144,6 +188,10 @@ class FakeEngine:
             await response.write(_event(_usage_chunk(body, rid, len(b.tokens))))
         await response.write(b"data: [DONE]\n\n")
         return response
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
 def _event(payload: dict[str, Any]) -> bytes:

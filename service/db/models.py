@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -63,3 +74,29 @@ class RequestRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     request_body: Mapped[str | None] = mapped_column(Text, nullable=True)
     response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AdapterVersion(Base):
+    """An immutable LoRA adapter version ``name@version``, stored by content (sha256)."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_adapter_versions_name_version"),
+        UniqueConstraint("name", "sha256", name="uq_adapter_versions_name_sha256"),
+    )
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # "name@version"
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    pool: Mapped[str] = mapped_column(String(200))
+    base_model: Mapped[str] = mapped_column(String(300))
+    rank: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column(Float)
+    target_modules: Mapped[list[str]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    store_path: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    data_snapshot_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    changelog: Mapped[str] = mapped_column(Text, default="")

@@ -52,6 +52,7 @@ class EngineStream:
     replica: Replica
     attempts: int
     pool: EnginePool
+    target: str
     first_byte_timeout_s: float
     idle_timeout_s: float
     _closed: bool = field(default=False)
@@ -83,7 +84,7 @@ class EngineStream:
             self._closed = True
             # Closing (not releasing) drops the connection, which makes vLLM abort the request.
             self.response.close()
-            self.pool.release(self.replica)
+            self.pool.release(self.replica, self.target)
 
 
 class EngineClient:
@@ -118,26 +119,29 @@ class EngineClient:
         return pool
 
     def complete(
-        self, pool_name: str, path: str, body: bytes, request_id: str
+        self, pool_name: str, target: str, path: str, body: bytes, request_id: str
     ) -> Awaitable[Attempted[bytes]]:
         """The engine's whole answer (status < 400)."""
-        return self._with_retry(pool_name, self._post_unary, path, body, request_id, hold=False)
+        return self._with_retry(
+            pool_name, target, self._post_unary, path, body, request_id, hold=False
+        )
 
     async def open_stream(
-        self, pool_name: str, path: str, body: bytes, request_id: str
+        self, pool_name: str, target: str, path: str, body: bytes, request_id: str
     ) -> EngineStream:
         """Headers received with status 200; the replica stays acquired until ``close()``."""
         opened = await self._with_retry(
-            pool_name, self._post_stream, path, body, request_id, hold=True
+            pool_name, target, self._post_stream, path, body, request_id, hold=True
         )
         return EngineStream(
-            opened.value, opened.replica, opened.attempts, self.pools[pool_name],
+            opened.value, opened.replica, opened.attempts, self.pools[pool_name], target,
             self._first_byte_s, self._idle_s,
         )  # fmt: skip
 
     async def _with_retry(
         self,
         pool_name: str,
+        target: str,
         post: Callable[[EnginePool, Replica, str, bytes, str], Awaitable[T]],
         path: str,
         body: bytes,
@@ -154,34 +158,37 @@ class EngineClient:
         pool = self.pool(pool_name)
         tried: list[Replica] = []
         while True:
-            replica = self._next_replica(pool, tried)
-            pool.acquire(replica)
+            replica = self._next_replica(pool, target, tried)
+            pool.acquire(replica, target)
             try:
                 value = await post(pool, replica, path, body, request_id)
             except EngineError as exc:
-                pool.release(replica)
-                if not self._may_retry(pool, exc, tried):
+                pool.release(replica, target)
+                if not self._may_retry(pool, target, exc, tried):
                     exc.replica, exc.attempts = replica.url, len(tried)
                     raise
                 continue
             except BaseException:
-                pool.release(replica)
+                pool.release(replica, target)
                 raise
             if not hold:
-                pool.release(replica)
+                pool.release(replica, target)
             return Attempted(value, replica, len(tried))
 
-    def _next_replica(self, pool: EnginePool, tried: list[Replica]) -> Replica:
-        replica = pool.choose(exclude=tried)
+    def _next_replica(self, pool: EnginePool, target: str, tried: list[Replica]) -> Replica:
+        replica = pool.choose(exclude=tried, target=target)
         if replica is None:
+            what = "" if target == pool.base_model else f" serving '{target}'"
             raise EngineUnavailable(
-                f"No healthy engine replica in pool '{pool.name}'; try again shortly."
+                f"No healthy engine replica{what} in pool '{pool.name}'; try again shortly."
             )
         tried.append(replica)
         return replica
 
-    def _may_retry(self, pool: EnginePool, exc: EngineError, tried: list[Replica]) -> bool:
-        if not exc.retryable or len(tried) >= 2 or pool.choose(exclude=tried) is None:
+    def _may_retry(
+        self, pool: EnginePool, target: str, exc: EngineError, tried: list[Replica]
+    ) -> bool:
+        if not exc.retryable or len(tried) >= 2 or pool.choose(tried, target) is None:
             return False
         self._metrics.upstream_retries.labels(pool.name).inc()
         return True

@@ -20,13 +20,12 @@ from pathlib import Path
 import aiohttp
 
 from monitoring.metrics import Metrics
-from service.settings import ManagedEngineSettings
+from service.settings import BUNDLED_MODEL_DIR, ManagedEngineSettings
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 5.0
 STOP_GRACE_S = 20.0
-BUNDLED_MODEL_DIR = "smollm2-135m-instruct"
 
 
 class ManagedEngineError(RuntimeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from enum import StrEnum
 
@@ -30,7 +31,8 @@ class ReplicaState(StrEnum):
 
 class Replica:
     __slots__ = (
-        "ejected_until", "in_flight", "in_flight_gauge", "last_error", "pool", "state", "url",
+        "ejected_until", "in_flight", "in_flight_gauge", "last_error", "loaded", "pool", "state",
+        "url",
     )  # fmt: skip
 
     def __init__(self, pool: str, url: str, metrics: Metrics) -> None:
@@ -41,6 +43,8 @@ class Replica:
         self.in_flight = 0
         self.ejected_until = 0.0
         self.last_error: str | None = None
+        # Adapter versions the replica was last seen serving (kept by the reconcile loop).
+        self.loaded: frozenset[str] = frozenset()
 
     def usable(self, now: float) -> bool:
         return self.state is not ReplicaState.EJECTED or now >= self.ejected_until
@@ -52,17 +56,24 @@ class EnginePool:
         self.base_model = config.base_model
         self.max_lora_rank = config.max_lora_rank
         self.replicas = [Replica(config.name, url, metrics) for url in config.urls]
+        self.in_flight_by_target: Counter[str] = Counter()
         self._metrics = metrics
         self._eject_for_s = eject_for_s
         for replica in self.replicas:
             self._publish(replica)
 
-    def choose(self, exclude: Iterable[Replica] = ()) -> Replica | None:
-        """The usable replica with the fewest requests in flight (healthy before unknown)."""
+    def choose(self, exclude: Iterable[Replica] = (), target: str | None = None) -> Replica | None:
+        """The usable replica with the fewest requests in flight (healthy before unknown).
+
+        For an adapter version, only replicas that have it loaded are candidates.
+        """
         now = time.monotonic()
+        adapter = target is not None and target != self.base_model
         best: Replica | None = None
         for replica in self.replicas:
             if replica in exclude or not replica.usable(now):
+                continue
+            if adapter and target not in replica.loaded:
                 continue
             if best is None or (
                 replica.state is ReplicaState.HEALTHY,
@@ -86,13 +97,17 @@ class EnginePool:
         replica.last_error = None
         self._publish(replica)
 
-    def acquire(self, replica: Replica) -> None:
+    def acquire(self, replica: Replica, target: str) -> None:
         replica.in_flight += 1
         replica.in_flight_gauge.inc()
+        self.in_flight_by_target[target] += 1
 
-    def release(self, replica: Replica) -> None:
+    def release(self, replica: Replica, target: str) -> None:
         replica.in_flight -= 1
         replica.in_flight_gauge.dec()
+        self.in_flight_by_target[target] -= 1
+        if not self.in_flight_by_target[target]:
+            del self.in_flight_by_target[target]
 
     def healthy_count(self) -> int:
         return sum(r.state is ReplicaState.HEALTHY for r in self.replicas)

@@ -1,0 +1,453 @@
+"""Fine-tune a LoRA adapter with peft from chat-format JSONL, ready to register.
+
+Each line is ``{"messages": [{"role", "content"}, ...]}`` ending with the assistant's answer (the
+format the review export produces). Only the final assistant message is learned: everything before
+it is the prompt, masked out of the loss. A seeded shuffle holds out a validation split whose loss
+is measured before training and after every epoch.
+
+torch, transformers and peft are imported inside :func:`train` only, so the data helpers (and the
+CLI that imports this module) stay light; the gateway process never imports this module at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from importlib import metadata, resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+ROLES = frozenset({"system", "user", "assistant"})
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+IGNORE_INDEX = -100  # the label torch's cross-entropy skips
+MANIFEST = "manifest.json"
+
+DEFAULT_EPOCHS = 2
+DEFAULT_LR = 1e-3
+DEFAULT_RANK = 8
+DEFAULT_SEED = 0
+DEFAULT_VAL_FRACTION = 0.15
+DEFAULT_MAX_LEN = 256
+DEFAULT_BATCH_SIZE = 1
+
+
+class DatasetError(ValueError):
+    """The training data is unusable; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Example:
+    line: int
+    messages: tuple[Message, ...]
+
+    @property
+    def prompt(self) -> tuple[Message, ...]:
+        return self.messages[:-1]
+
+    @property
+    def answer(self) -> Message:
+        return self.messages[-1]
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One step of work done: ``stage`` is "evaluate" (held-out loss) or "train"."""
+
+    stage: Literal["evaluate", "train"]
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float | None
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+@dataclass(frozen=True)
+class EpochLoss:
+    epoch: int
+    train_loss: float
+    val_loss: float
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    out_dir: Path
+    data_sha256: str
+    train_examples: int
+    validation_examples: int
+    val_loss_before: float
+    val_loss_after: float
+    epochs: tuple[EpochLoss, ...]
+    seconds: float
+
+
+def example_data(name: str = "tickets.jsonl") -> Traversable:
+    """A file shipped in ``adapters/data`` (the ticket-triage dataset and its JSON schema)."""
+    return resources.files("adapters").joinpath("data", name)
+
+
+def _parse_message(raw: object, where: str, index: int) -> Message:
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where}: messages[{index}] is not an object")
+    role, content = raw.get("role"), raw.get("content")
+    if not isinstance(role, str) or role not in ROLES:
+        raise DatasetError(
+            f"{where}: messages[{index}].role must be one of {sorted(ROLES)}, got {role!r}"
+        )
+    if not isinstance(content, str):
+        raise DatasetError(f"{where}: messages[{index}].content must be a string")
+    return Message(role=role, content=content)
+
+
+def parse_example(text: str, where: str, line: int) -> Example:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from exc
+    messages = raw.get("messages") if isinstance(raw, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise DatasetError(f'{where}: expected an object with a non-empty "messages" list')
+    parsed = tuple(_parse_message(m, where, i) for i, m in enumerate(messages))
+    if parsed[-1].role != "assistant":
+        raise DatasetError(f"{where}: the last message must be the assistant's answer")
+    if not parsed[-1].content.strip():
+        raise DatasetError(f"{where}: the assistant's answer is empty")
+    if not any(m.role == "user" for m in parsed[:-1]):
+        raise DatasetError(f"{where}: no user message before the answer")
+    return Example(line=line, messages=parsed)
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Every example in a chat JSONL file; blank lines are skipped, anything else must parse."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from exc
+    examples = [
+        parse_example(text, f"{path}:{number}", number)
+        for number, text in enumerate(lines, start=1)
+        if text.strip()
+    ]
+    if len(examples) < 2:
+        raise DatasetError(f"{path}: need at least 2 examples (one to train, one to validate)")
+    return examples
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_examples(
+    examples: Sequence[Example], *, val_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """(train, validation) after a seeded shuffle; each side keeps at least one example."""
+    if not 0 < val_fraction < 1:
+        raise ValueError("val_fraction must be between 0 and 1")
+    if len(examples) < 2:
+        raise DatasetError("need at least 2 examples (one to train, one to validate)")
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    n_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
+    return order[n_val:], order[:n_val]
+
+
+def shuffle_labels(examples: Sequence[Example], *, seed: int) -> list[Example]:
+    """Give each example another example's answer (a worse dataset on purpose, for demos).
+
+    The answers are passed along one random cycle through the examples, so with two or more
+    examples no example keeps its own answer.
+    """
+    cycle = list(range(len(examples)))
+    random.Random(f"shuffle-labels-{seed}").shuffle(cycle)
+    answers = {cycle[i]: examples[cycle[i - 1]].answer for i in range(len(cycle))}
+    return [
+        replace(example, messages=(*example.prompt, answers[i]))
+        for i, example in enumerate(examples)
+    ]
+
+
+@dataclass(frozen=True)
+class _Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def _tokenize(tokenizer: Any, example: Example, max_len: int, where: str) -> _Tokenized:
+    def render(messages: Sequence[Message], *, generation_prompt: bool) -> str:
+        text = tokenizer.apply_chat_template(
+            [asdict(m) for m in messages],
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+        )
+        return str(text)
+
+    prompt = render(example.prompt, generation_prompt=True)
+    full = render(example.messages, generation_prompt=False)
+    if not full.startswith(prompt):
+        raise DatasetError(f"{where}: the chat template does not extend the prompt with the answer")
+    # Tokenized apart, as at inference: the engine tokenizes the prompt and generates the rest.
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    total = len(prompt_ids) + len(answer_ids)
+    if total > max_len:
+        raise DatasetError(f"{where}: {total} tokens, longer than max_len {max_len}")
+    return _Tokenized(
+        input_ids=[*prompt_ids, *answer_ids],
+        labels=[IGNORE_INDEX] * len(prompt_ids) + list(answer_ids),
+    )
+
+
+def _batches(items: Sequence[_Tokenized], size: int) -> Iterator[Sequence[_Tokenized]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _collate(batch: Sequence[_Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
+    import torch
+
+    width = max(len(item.input_ids) for item in batch)
+
+    def padded(values: list[int], fill: int) -> list[int]:
+        return values + [fill] * (width - len(values))
+
+    return {
+        "input_ids": torch.tensor([padded(i.input_ids, pad_id) for i in batch]),
+        "attention_mask": torch.tensor([padded([1] * len(i.input_ids), 0) for i in batch]),
+        "labels": torch.tensor([padded(i.labels, IGNORE_INDEX) for i in batch]),
+    }
+
+
+def _summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of the answer tokens' cross-entropy, and how many tokens it covers."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+class _Fit:
+    """The LoRA-wrapped model, its optimizer and schedule: one training run in memory."""
+
+    def __init__(
+        self,
+        base_model_dir: Path,
+        *,
+        rank: int,
+        alpha: int,
+        lr: float,
+        batch_size: int,
+        total_steps: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        # float32: these CPUs have no fast bfloat16, and small LoRA updates get lost in it.
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        config = LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM"
+        )
+        self.model: Any = get_peft_model(base, config)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=lr)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 1 - step / total_steps
+        )
+        self.batch_size = batch_size
+        self.total_steps = total_steps
+        self.step = 0
+        self.progress = progress
+
+    def evaluate(self, items: Sequence[_Tokenized], pad_id: int, epoch: int) -> float:
+        """Mean cross-entropy per answer token over ``items``."""
+        import torch
+
+        self.model.eval()
+        total, count = 0.0, 0
+        steps = math.ceil(len(items) / self.batch_size)
+        with torch.no_grad():
+            for step, batch in enumerate(_batches(items, self.batch_size), start=1):
+                loss, tokens = _summed_loss(self.model, _collate(batch, pad_id))
+                total, count = total + loss.item(), count + tokens
+                if self.progress:
+                    self.progress(TrainingProgress("evaluate", epoch, step, steps, None))
+        self.model.train()
+        return total / count
+
+    def train_epoch(self, items: Sequence[_Tokenized], pad_id: int, epoch: int) -> float:
+        """One pass over ``items`` (already shuffled); the mean training loss per answer token."""
+        import torch
+
+        total, count = 0.0, 0
+        for batch in _batches(items, self.batch_size):
+            summed, tokens = _summed_loss(self.model, _collate(batch, pad_id))
+            mean: Any = summed / tokens
+            mean.backward()
+            torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+            self.optimizer.step()
+            self.schedule.step()
+            self.optimizer.zero_grad()
+            self.step += 1
+            total, count = total + summed.item(), count + tokens
+            if self.progress:
+                loss = summed.item() / tokens
+                self.progress(TrainingProgress("train", epoch, self.step, self.total_steps, loss))
+        return total / count
+
+    def save(self, out_dir: Path, base_model_name: str) -> None:
+        self.model.peft_config["default"].base_model_name_or_path = base_model_name
+        # Not "auto": that looks the base model up on the hub to see if the vocabulary changed.
+        self.model.save_pretrained(str(out_dir), save_embedding_layers=False)
+        # peft also writes a model card of placeholders; the manifest is the description.
+        (out_dir / "README.md").unlink(missing_ok=True)
+
+
+def train(
+    data_path: Path,
+    out_dir: Path,
+    base_model_dir: Path,
+    *,
+    base_model_name: str,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    rank: int = DEFAULT_RANK,
+    alpha: int | None = None,
+    seed: int = DEFAULT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    max_len: int = DEFAULT_MAX_LEN,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    labels_shuffled: bool = False,
+    progress: ProgressCallback | None = None,
+) -> TrainingResult:
+    """Train a LoRA adapter and write it with its manifest to ``out_dir`` (which must not exist).
+
+    ``base_model_name`` is the name the engines serve the base model under; it goes into
+    ``adapter_config.json`` in place of the local directory. ``alpha`` defaults to twice the rank.
+    With ``labels_shuffled`` the training answers are swapped between examples (the validation
+    split keeps the true answers, so its loss shows how much worse the result is).
+    """
+    if epochs < 1 or rank < 1 or batch_size < 1 or lr <= 0 or max_len < 1:
+        raise ValueError("epochs, rank, batch_size, max_len and lr must be positive")
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists already; adapter directories are never reused")
+    started = time.monotonic()
+    alpha = alpha if alpha is not None else 2 * rank
+    train_set, val_set = split_examples(
+        load_examples(data_path), val_fraction=val_fraction, seed=seed
+    )
+    if labels_shuffled:
+        train_set = shuffle_labels(train_set, seed=seed)
+
+    from transformers import AutoTokenizer, set_seed
+    from transformers import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    set_seed(seed)  # python, numpy and torch generators: the LoRA initialisation
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def tokenized(items: Sequence[Example]) -> list[_Tokenized]:
+        return [_tokenize(tokenizer, e, max_len, f"{data_path}:{e.line}") for e in items]
+
+    train_items, val_items = tokenized(train_set), tokenized(val_set)
+    fit = _Fit(
+        base_model_dir,
+        rank=rank,
+        alpha=alpha,
+        lr=lr,
+        batch_size=batch_size,
+        total_steps=epochs * math.ceil(len(train_items) / batch_size),
+        progress=progress,
+    )
+    val_before = fit.evaluate(val_items, pad_id, 0)
+    history: list[EpochLoss] = []
+    rng = random.Random(seed)
+    for epoch in range(1, epochs + 1):
+        rng.shuffle(train_items)
+        train_loss = fit.train_epoch(train_items, pad_id, epoch)
+        history.append(EpochLoss(epoch, train_loss, fit.evaluate(val_items, pad_id, epoch)))
+
+    result = TrainingResult(
+        out_dir=out_dir,
+        data_sha256=file_sha256(data_path),
+        train_examples=len(train_set),
+        validation_examples=len(val_set),
+        val_loss_before=val_before,
+        val_loss_after=history[-1].val_loss,
+        epochs=tuple(history),
+        seconds=round(time.monotonic() - started, 1),
+    )
+    hyperparameters = {
+        "epochs": epochs,
+        "lr": lr,
+        "rank": rank,
+        "alpha": alpha,
+        "target_modules": list(TARGET_MODULES),
+        "batch_size": batch_size,
+        "max_len": max_len,
+        "val_fraction": val_fraction,
+        "optimizer": "AdamW",
+        "schedule": "linear decay to 0",
+        "labels_shuffled": labels_shuffled,
+    }
+    # Written beside the final name and renamed at the end: a directory that exists is complete.
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    fit.save(partial, base_model_name)
+    manifest = _manifest(result, hyperparameters, base_model_name, seed)
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    partial.rename(out_dir)
+    return result
+
+
+def _manifest(
+    result: TrainingResult, hyperparameters: dict[str, object], base_model: str, seed: int
+) -> dict[str, object]:
+    try:
+        version = metadata.version("loragate")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "data_sha256": result.data_sha256,
+        "examples": {"train": result.train_examples, "validation": result.validation_examples},
+        "hyperparameters": hyperparameters,
+        "base_model": base_model,
+        "seed": seed,
+        "val_loss_before": result.val_loss_before,
+        "val_loss_after": result.val_loss_after,
+        "epochs": [asdict(e) for e in result.epochs],
+        "seconds": result.seconds,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loragate_version": version,
+    }

@@ -1,0 +1,98 @@
+"""Routes for SREs: list them, and switch a route's target to another version atomically."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.auth import Principal
+from service.db import repositories
+from service.db.models import AdapterVersion, Route
+from service.errors import AdapterNotFound, InvalidRequest, RouteNotFound
+
+router = APIRouter(prefix="/v1/admin/routes", tags=["routes"])
+SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
+
+
+class RouteOut(BaseModel):
+    name: str
+    pool: str
+    target: str = Field(description="The base model name or an adapter version `name@N`.")
+    max_tokens_cap: int | None
+    default_max_tokens: int | None
+    description: str
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, route: Route) -> RouteOut:
+        return cls.model_validate(route, from_attributes=True)
+
+
+class TargetIn(BaseModel):
+    target: str = Field(
+        description="An adapter version `name@N` registered for the route's pool, or `base`.",
+        examples=["ticket-triage@3", "base"],
+    )
+
+
+@router.get("", summary="List routes", response_model=list[RouteOut])
+async def list_routes(request: Request, _: SreKey) -> list[RouteOut]:
+    async with gateway(request).sessions() as session:
+        return [RouteOut.of(r) for r in await repositories.list_routes(session)]
+
+
+@router.put(
+    "/{name}/target",
+    summary="Switch a route to another target",
+    description=(
+        "Loads the version on every replica of the route's pool and probes it first; only "
+        "then is the route switched. Requests in flight finish on the version they started "
+        "with; new requests use the new one. Idempotent. A version that answers exactly like "
+        "the base model is refused (422) and unloaded."
+    ),
+    response_model=RouteOut,
+    responses={
+        404: {"description": "No such route or adapter version."},
+        422: {"description": "The adapter version changes nothing."},
+        502: {"description": "A replica could not load the version."},
+    },
+)
+async def set_target(name: str, body: TargetIn, request: Request, _: SreKey) -> RouteOut:
+    gw = gateway(request)
+    async with gw.sessions() as session:
+        route = await session.get(Route, name)
+        if route is None:
+            raise RouteNotFound(f"The route '{name}' does not exist.")
+        pool = gw.engines.pool(route.pool)
+        if body.target in ("base", pool.base_model):
+            target, version = pool.base_model, None
+        else:
+            version = await session.scalar(
+                select(AdapterVersion).where(AdapterVersion.id == body.target)
+            )
+            if version is None:
+                raise AdapterNotFound(f"No adapter version '{body.target}'.")
+            if version.pool != route.pool:
+                raise InvalidRequest(
+                    f"'{body.target}' was registered for pool '{version.pool}', "
+                    f"the route serves from pool '{route.pool}'."
+                )
+            target = version.id
+    # Placement talks to engines: no database session is open meanwhile.
+    if version is not None:
+        await gw.reconciler.place(pool, version.id, version.store_path)
+    async with gw.sessions.begin() as session:
+        route = await session.get(Route, name)
+        if route is None:
+            raise RouteNotFound(f"The route '{name}' does not exist.")
+        if route.target != target:
+            route.target = target
+            route.updated_at = datetime.now(UTC)
+        out = RouteOut.of(route)
+    await gw.snapshot.reload()
+    return out

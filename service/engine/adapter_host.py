@@ -1,0 +1,110 @@
+"""vLLM's runtime LoRA endpoints: what a replica has loaded, load, unload, and the probe.
+
+Needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` on the replicas (the managed engine sets it).
+Success is judged by what ``GET /v1/models`` shows afterwards, not by vLLM's error texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from service.engine.pool import EnginePool, Replica
+from service.errors import EngineError, EngineUnavailable
+
+PROBE_PROMPT = "Classify this support ticket: my invoice is wrong and I was charged twice."
+PROBE_TOKENS = 6
+PROBE_LOGPROBS = 5
+# Logprobs that differ less than this are the same model (run-to-run float noise on CPU).
+PROBE_TOLERANCE = 1e-3
+
+
+class AdapterHostError(EngineError):
+    code = "adapter_placement_failed"
+
+
+class AdapterHost:
+    def __init__(self, http: Callable[[], aiohttp.ClientSession], timeout_s: float = 120.0) -> None:
+        self._http = http
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def loaded(self, pool: EnginePool, replica: Replica) -> set[str]:
+        """Adapter names the replica serves now (everything in /v1/models but the base model)."""
+        payload = await self._call("GET", replica, "/v1/models")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise AdapterHostError(f"{replica.url}/v1/models answered without a model list")
+        names = {m.get("id") for m in data if isinstance(m, dict)}
+        return {n for n in names if isinstance(n, str) and n != pool.base_model}
+
+    async def load(self, pool: EnginePool, replica: Replica, name: str, path: str) -> None:
+        body = {"lora_name": name, "lora_path": path}
+        await self._call("POST", replica, "/v1/load_lora_adapter", body, expect_json=False)
+        if name not in await self.loaded(pool, replica):
+            raise AdapterHostError(f"{name} is not listed by the replica after loading")
+
+    async def unload(self, pool: EnginePool, replica: Replica, name: str) -> None:
+        body = {"lora_name": name}
+        await self._call("POST", replica, "/v1/unload_lora_adapter", body, expect_json=False)
+        if name in await self.loaded(pool, replica):
+            raise AdapterHostError(f"{name} is still listed by the replica after unloading")
+
+    async def changes_output(self, pool: EnginePool, replica: Replica, name: str) -> bool:
+        """Whether ``name`` answers a fixed prompt differently from the base model.
+
+        An adapter that targets nothing (or has zero weights) silently serves the base model;
+        comparing greedy tokens and their logprobs catches it.
+        """
+        base = await self._probe(replica, pool.base_model)
+        adapted = await self._probe(replica, name)
+        if [token for token, _ in base] != [token for token, _ in adapted]:
+            return True
+        return any(
+            abs(a - b) > PROBE_TOLERANCE for (_, a), (_, b) in zip(base, adapted, strict=True)
+        )
+
+    async def _probe(self, replica: Replica, model: str) -> list[tuple[str, float]]:
+        body = {
+            "model": model,
+            "prompt": PROBE_PROMPT,
+            "max_tokens": PROBE_TOKENS,
+            "temperature": 0,
+            "logprobs": PROBE_LOGPROBS,
+        }
+        payload = await self._call("POST", replica, "/v1/completions", body)
+        try:
+            logprobs = payload["choices"][0]["logprobs"]
+            return list(zip(logprobs["tokens"], logprobs["token_logprobs"], strict=True))
+        except (KeyError, IndexError, TypeError) as exc:
+            raise AdapterHostError(f"{replica.url} answered the probe without logprobs") from exc
+
+    async def _call(
+        self,
+        method: str,
+        replica: Replica,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        expect_json: bool = True,
+    ) -> Any:
+        try:
+            async with self._http().request(
+                method, replica.url + path, json=body, timeout=self._timeout
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EngineUnavailable(
+                f"engine replica {replica.url} unreachable: {type(exc).__name__}"
+            ) from exc
+        if status != 200:
+            raise AdapterHostError(f"{method} {path} on {replica.url}: HTTP {status}: {text[:300]}")
+        if not expect_json:
+            return None
+        try:
+            return orjson.loads(text) if text else None
+        except orjson.JSONDecodeError as exc:
+            raise AdapterHostError(f"{path} on {replica.url} answered with non-JSON") from exc

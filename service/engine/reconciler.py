@@ -1,0 +1,150 @@
+"""Keeps every replica serving the adapter versions its routes need.
+
+Each pass observes every replica (``GET /v1/models``), records what it serves (the engine
+client only sends a version to replicas that have it), loads what is missing, probes each new
+load against the base model, and unloads versions nobody wants any more once they have been
+unwanted for a grace period and no request on them is in flight. After a vLLM restart the next
+pass loads its adapters again with nobody acting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from adapters.placement import Action, Change, UnwantedSince, plan
+from monitoring.metrics import Metrics
+from service.engine.adapter_host import AdapterHost, AdapterHostError
+from service.engine.pool import EnginePool, Replica
+from service.errors import EngineError, GatewayError
+from service.snapshot import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+class AdapterChangesNothing(GatewayError):
+    status = 422
+    type = "invalid_request_error"
+    code = "adapter_changes_nothing"
+
+
+class AdapterReconciler:
+    def __init__(
+        self,
+        pools: list[EnginePool],
+        host: AdapterHost,
+        snapshot: SnapshotStore,
+        metrics: Metrics,
+        *,
+        interval_s: float,
+        unload_grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pools = pools
+        self._host = host
+        self._snapshot = snapshot
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._grace_s = unload_grace_s
+        self._clock = clock
+        self._unwanted = {pool.name: UnwantedSince() for pool in pools}
+        # Versions whose probe showed no effect: not loaded again until the process restarts.
+        self.refused: set[str] = set()
+        self._locks = {pool.name: asyncio.Lock() for pool in pools}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Reconcile now (e.g. a route switched to another version), not at the next tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.reconcile()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+
+    async def reconcile(self) -> None:
+        for pool in self._pools:
+            async with self._locks[pool.name]:
+                await self._reconcile_pool(pool)
+
+    async def place(self, pool: EnginePool, version: str, path: str) -> None:
+        """Load ``version`` on every usable replica of ``pool`` and probe it, or raise.
+
+        Used before a route is switched to the version, so the switch only happens once every
+        replica can serve it. A version that changes nothing is unloaded again and refused.
+        """
+        async with self._locks[pool.name]:
+            replicas = [r for r in pool.replicas if r.usable(self._clock())]
+            if not replicas:
+                raise AdapterHostError(f"pool '{pool.name}' has no usable replica to load on")
+            for replica in replicas:
+                await self._load(pool, replica, version, path)
+
+    async def _reconcile_pool(self, pool: EnginePool) -> None:
+        snapshot = self._snapshot.current
+        wanted = {v for v in snapshot.wanted_adapters(pool.name) if v not in self.refused}
+        loaded: dict[str, set[str]] = {}
+        by_url = {r.url: r for r in pool.replicas}
+        for replica in pool.replicas:
+            try:
+                have = await self._host.loaded(pool, replica)
+            except EngineError as exc:
+                replica.loaded = frozenset()
+                log.debug("cannot list adapters on %s: %s", replica.url, exc.message)
+                continue
+            replica.loaded = frozenset(have)
+            loaded[replica.url] = have
+        now = self._clock()
+        unwanted = self._unwanted[pool.name]
+        unwanted.update(wanted, set().union(*loaded.values()), now)
+
+        def may_unload(version: str) -> bool:
+            idle = pool.in_flight_by_target.get(version, 0) == 0
+            return idle and unwanted.unwanted_for(version, now) >= self._grace_s
+
+        for action in plan(wanted, loaded, may_unload):
+            await self._apply(pool, by_url[action.replica], action)
+        self._publish(pool)
+
+    async def _apply(self, pool: EnginePool, replica: Replica, action: Action) -> None:
+        try:
+            if action.change is Change.LOAD:
+                view = self._snapshot.current.adapters[action.version]
+                await self._load(pool, replica, action.version, view.store_path)
+            else:
+                await self._host.unload(pool, replica, action.version)
+                replica.loaded = replica.loaded - {action.version}
+                log.info("unloaded %s from %s", action.version, replica.url)
+        except AdapterChangesNothing as exc:
+            log.error("refusing %s: %s", action.version, exc.message)
+        except EngineError as exc:
+            log.warning(
+                "%s %s on %s failed: %s", action.change, action.version, replica.url, exc.message
+            )
+
+    async def _load(self, pool: EnginePool, replica: Replica, version: str, path: str) -> None:
+        if version not in replica.loaded:
+            await self._host.load(pool, replica, version, path)
+            if not await self._host.changes_output(pool, replica, version):
+                await self._host.unload(pool, replica, version)
+                self.refused.add(version)
+                raise AdapterChangesNothing(
+                    f"Adapter version '{version}' answers exactly like the base model: "
+                    "it targets nothing or its weights are zero. It was unloaded."
+                )
+            log.info("loaded %s on %s", version, replica.url)
+        replica.loaded = replica.loaded | {version}
+        self._metrics.adapter_loaded.labels(pool.name, replica.url, version).set(1)
+
+    def _publish(self, pool: EnginePool) -> None:
+        for replica in pool.replicas:
+            for version in self._snapshot.current.adapters:
+                if self._snapshot.current.adapters[version].pool != pool.name:
+                    continue
+                state = 1.0 if version in replica.loaded else 0.0
+                self._metrics.adapter_loaded.labels(pool.name, replica.url, version).set(state)
