@@ -1,4 +1,5 @@
-# The gateway alone (no engine): point it at vLLM replicas with LORAGATE_ENGINES.
+# The gateway (no engine): point it at vLLM replicas with LORAGATE_ENGINES. peft (with the CPU
+# build of torch) is only used by the short-lived worker that checks adapters at registration.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -7,7 +8,9 @@ COPY adapters ./adapters
 COPY rollout ./rollout
 COPY monitoring ./monitoring
 COPY alembic ./alembic
-RUN pip install --no-cache-dir -e . && useradd --create-home loragate
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+ && pip install --no-cache-dir -e . peft==0.21.2 \
+ && useradd --create-home loragate
 USER loragate
 ENV LORAGATE_HOST=0.0.0.0 LORAGATE_PORT=8080 LORAGATE_DATA_DIR=/home/loragate/data
 EXPOSE 8080

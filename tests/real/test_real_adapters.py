@@ -118,6 +118,8 @@ def key_for(gateway: LiveGateway, role: str) -> str:
     return next(line.split()[1] for line in out.splitlines() if line.startswith("key:"))
 
 
+# Two vLLM processes share two cores here; a restart alone can take minutes under load.
+@pytest.mark.timeout(1800)
 def test_versions_are_placed_switched_under_load_and_restored(
     setup: tuple[LiveGateway, list[Replica]],
 ) -> None:
@@ -151,7 +153,7 @@ def test_versions_are_placed_switched_under_load_and_restored(
 
     assert ask(0) == "triage@1"
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        answers = pool.map(ask, range(24))
+        answers = pool.map(ask, range(16))
         switched = set_target("triage@2")
         models = list(answers)  # raises if any request failed
     assert switched.returncode == 0, switched.stderr
