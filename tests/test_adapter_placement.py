@@ -197,3 +197,16 @@ async def test_routes_file_without_target_keeps_the_switched_version(
     with pytest.raises(RoutesConfigError, match="no adapter version 'triage@7'"):
         async with gw.sessions.begin() as session:
             await sync_routes(session, [RouteSpec(name="chat", target="triage@7")], pools)
+
+
+async def test_version_listing_shows_where_each_version_is_loaded(
+    two: Harness, engine: FakeEngine, engine2: FakeEngine, tmp_path: Path
+) -> None:
+    await add_version(two, "triage", 1, tmp_path)
+    await add_version(two, "triage", 2, tmp_path)
+    assert (await set_target(two, "triage@2"))["status"] == 200
+    r = await two.client.get("/v1/admin/adapters", headers=two.auth(Role.SRE))
+    loaded = {v["id"]: sorted(v["loaded_on"]) for v in r.json()["data"]}
+    assert loaded == {"triage@1": [], "triage@2": sorted([engine.url, engine2.url])}
+    one = await two.client.get("/v1/admin/adapters/triage@2", headers=two.auth(Role.SRE))
+    assert sorted(one.json()["loaded_on"]) == sorted([engine.url, engine2.url])

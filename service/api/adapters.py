@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest
 from service.api.deps import SRE_ROLES, gateway, require_roles
 from service.auth import Principal
+from service.gateway import Gateway
 
 router = APIRouter(prefix="/v1/admin/adapters", tags=["adapters"])
 SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
@@ -66,10 +67,17 @@ class AdapterVersionOut(BaseModel):
     created_at: datetime
     data_snapshot_id: str | None
     changelog: str
+    loaded_on: list[str] = Field(
+        default_factory=list,
+        description="Replicas serving this version, as of the last reconcile pass.",
+    )
 
     @classmethod
-    def of(cls, record: AdapterVersionRecord) -> AdapterVersionOut:
+    def of(
+        cls, record: AdapterVersionRecord, loaded_on: list[str] | None = None
+    ) -> AdapterVersionOut:
         return cls(
+            loaded_on=loaded_on or [],
             id=record.id,
             name=record.name,
             version=record.version,
@@ -150,8 +158,9 @@ async def list_versions(
     _: SreKey,
     name: Annotated[str | None, Query(description="Only this adapter's versions.")] = None,
 ) -> AdapterListOut:
-    records = await gateway(request).adapters.list_versions(name)
-    return AdapterListOut(data=[AdapterVersionOut.of(r) for r in records])
+    gw = gateway(request)
+    records = await gw.adapters.list_versions(name)
+    return AdapterListOut(data=[AdapterVersionOut.of(r, loaded_on(gw, r.id)) for r in records])
 
 
 @router.get(
@@ -161,4 +170,15 @@ async def list_versions(
     responses={**ERRORS, 404: {"description": "No such version."}},
 )
 async def get_version(version_id: str, request: Request, _: SreKey) -> AdapterVersionOut:
-    return AdapterVersionOut.of(await gateway(request).adapters.get_version(version_id))
+    gw = gateway(request)
+    record = await gw.adapters.get_version(version_id)
+    return AdapterVersionOut.of(record, loaded_on(gw, record.id))
+
+
+def loaded_on(gw: Gateway, version_id: str) -> list[str]:
+    return [
+        replica.url
+        for pool in gw.engines.pools.values()
+        for replica in pool.replicas
+        if version_id in replica.loaded
+    ]
