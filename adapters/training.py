@@ -34,6 +34,9 @@ IGNORE_INDEX = -100  # the label torch's cross-entropy skips
 MANIFEST = "manifest.json"
 
 DEFAULT_EPOCHS = 2
+# The bundled demo: one epoch over its 48 training examples gets most of the held-out gain for
+# half the time (measured on two CPU cores: 2.84 -> 1.29 in 69 s; two epochs 1.21).
+DEMO_EPOCHS = 1
 DEFAULT_LR = 1e-3
 DEFAULT_RANK = 8
 DEFAULT_SEED = 0
@@ -243,15 +246,23 @@ def _summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     """Sum of the answer tokens' cross-entropy, and how many tokens it covers."""
     import torch
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
+    labels = batch["labels"]
+    answer = (labels != IGNORE_INDEX).int()
+    # Logits only from the last position before the first answer token on: the vocabulary
+    # projection of every prompt position would be about a fifth of the work, for nothing.
+    start = max(int(answer.argmax(dim=1).min()) - 1, 0)
+    keep = labels.shape[1] - start
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits
+    targets = labels[:, start + 1 :]
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        labels.reshape(-1),
+        targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return loss, int((labels != IGNORE_INDEX).sum())
+    return loss, int(answer.sum())
 
 
 class _Fit:

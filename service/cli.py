@@ -526,7 +526,7 @@ def adapters_demo(
             help="New directory for good/ and bad/ (default: import root/trained/demo-TIMESTAMP)."
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = training.DEFAULT_EPOCHS,
+    epochs: Annotated[int, typer.Option(min=1)] = training.DEMO_EPOCHS,
     seed: Annotated[int, typer.Option()] = training.DEFAULT_SEED,
     pool: Annotated[str | None, typer.Option(help="Engine pool (default: the first).")] = None,
     base_model_dir: Annotated[
