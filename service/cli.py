@@ -386,13 +386,34 @@ def adapters_register(
 @adapters_app.command("list")
 def adapters_list(
     name: Annotated[str | None, typer.Option(help="Only this adapter's versions.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            envvar="LORAGATE_API_KEY",
+            help="An sre key: ask the running gateway, which also knows where each is loaded.",
+        ),
+    ] = None,
+    url: UrlOption = None,
 ) -> None:
-    """List adapter versions: id, pool, rank, sha256, when and by whom."""
-    for v in _with_registry(Settings(), lambda registry: registry.list_versions(name)):
-        when = v.created_at.strftime("%Y-%m-%d %H:%M")
+    """List adapter versions: id, pool, rank, sha256, when and by whom (and where loaded)."""
+    if key:
+        query = f"?name={name}" if name else ""
+        payload = _call_gateway("GET", url, key, f"/v1/admin/adapters{query}", None)
+        assert isinstance(payload, dict)
+        for v in payload["data"]:
+            loaded = ",".join(v["loaded_on"]) or "nowhere"
+            typer.echo(
+                f"{v['id']:<32} pool={v['pool']} rank={v['rank']} sha256={v['sha256'][:12]} "
+                f"loaded_on={loaded}  {v['changelog'][:60]}"
+            )
+        return
+    for record in _with_registry(Settings(), lambda registry: registry.list_versions(name)):
+        when = record.created_at.strftime("%Y-%m-%d %H:%M")
         typer.echo(
-            f"{v.id:<32} pool={v.pool} rank={v.rank} sha256={v.sha256[:12]} "
-            f"{when} by={v.created_by or '-'}  {v.changelog[:60]}"
+            f"{record.id:<32} pool={record.pool} rank={record.rank} "
+            f"sha256={record.sha256[:12]} {when} by={record.created_by or '-'}  "
+            f"{record.changelog[:60]}"
         )
 
 

@@ -172,6 +172,7 @@ async def relay(
     """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE]."""
     text: list[str] = []
     finished = False
+    echoed = False
     try:
         async for line in stream.lines():
             if not line.startswith(b"data:"):
@@ -182,6 +183,8 @@ async def relay(
                 yield b"data: [DONE]\n\n"
                 break
             event = parse_event(data)
+            if not echoed and isinstance(event.get("model"), str):
+                record.target, echoed = event["model"], True  # the exact version that answered
             choices = event.get("choices") or []
             if event.get("usage"):
                 record.take_usage(event["usage"])

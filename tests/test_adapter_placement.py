@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from adapters.placement import Action, Change, UnwantedSince, plan
 from service.auth import Role
+from service.cli import app as cli
 from service.db.models import AdapterVersion, Route
 from service.routes_config import RoutesConfigError, RouteSpec, sync_routes
-from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
+from tests.conftest import Harness, chat_body, make_settings, running_gateway, served, wait_until
 from tests.fake_engine import MODEL, FakeEngine
 
 CHAT = "/v1/chat/completions"
@@ -210,3 +212,31 @@ async def test_version_listing_shows_where_each_version_is_loaded(
     assert loaded == {"triage@1": [], "triage@2": sorted([engine.url, engine2.url])}
     one = await two.client.get("/v1/admin/adapters/triage@2", headers=two.auth(Role.SRE))
     assert sorted(one.json()["loaded_on"]) == sorted([engine.url, engine2.url])
+
+
+async def test_cli_switches_a_route_and_lists_placements_through_the_gateway(
+    two: Harness, engine: FakeEngine, engine2: FakeEngine, tmp_path: Path
+) -> None:
+    await add_version(two, "triage", 1, tmp_path)
+    sre = two.keys[Role.SRE]
+    runner = CliRunner()
+    async with served(two.app) as url:
+        switched = await asyncio.to_thread(
+            runner.invoke,
+            cli,
+            ["routes", "set-target", "chat", "triage@1", "--key", sre, "--url", url],
+        )
+        listed = await asyncio.to_thread(
+            runner.invoke, cli, ["adapters", "list", "--key", sre, "--url", url]
+        )
+        refused = await asyncio.to_thread(
+            runner.invoke,
+            cli,
+            ["routes", "set-target", "chat", "triage@5", "--key", sre, "--url", url],
+        )
+    assert switched.exit_code == 0, switched.output
+    assert "chat -> triage@1" in switched.output
+    assert listed.exit_code == 0, listed.output
+    line = next(x for x in listed.output.splitlines() if x.startswith("triage@1"))
+    assert engine.url in line and engine2.url in line
+    assert refused.exit_code == 1 and "HTTP 404" in refused.output
