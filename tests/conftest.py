@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -216,3 +219,11 @@ async def wait_until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def prepared_model() -> Path:
+    """The bundled model, converted once per machine (about 40 s) and reused by later runs."""
+    default = Path.home() / ".cache" / "loragate-test"
+    out = Path(os.environ.get("LORAGATE_TEST_MODEL_CACHE", default)) / "smollm2-135m-instruct"
+    subprocess.run([sys.executable, "-m", "service.engine.model_prep", str(out)], check=True)
+    return out

@@ -44,7 +44,7 @@ from service.errors import (
 from service.registration import build_registry
 from service.settings import EnginePoolSettings, Settings
 from tests.adapter_factory import write_adapter, write_base_model
-from tests.conftest import Harness, insert_key, make_settings, running_gateway
+from tests.conftest import Harness, insert_key, make_settings, prepared_model, running_gateway
 from tests.fake_engine import MODEL, FakeEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -675,19 +675,10 @@ class PeftAdapters:
     out: Path
 
 
-def _model_cache() -> Path:
-    cache = Path(
-        os.environ.get("LORAGATE_TEST_MODEL_CACHE", Path.home() / ".cache" / "loragate-test")
-    )
-    out = cache / "smollm2-135m-instruct"
-    subprocess.run([sys.executable, "-m", "service.engine.model_prep", str(out)], check=True)
-    return out
-
-
 @pytest.fixture(scope="session")
 def peft_adapters(tmp_path_factory: pytest.TempPathFactory) -> PeftAdapters:
     pytest.importorskip("peft")
-    model_dir = _model_cache()
+    model_dir = prepared_model()
     out = tmp_path_factory.mktemp("peft")
     done = subprocess.run(
         [sys.executable, "-m", "tests.make_peft_adapters", str(out), str(model_dir)],

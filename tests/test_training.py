@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -27,6 +26,7 @@ from adapters.training import (
     split_examples,
 )
 from service.cli import app
+from tests.conftest import prepared_model
 
 SYSTEM = {"role": "system", "content": "Answer in JSON."}
 runner = CliRunner()
@@ -195,16 +195,6 @@ def test_cli_refuses_a_bad_name_and_an_existing_output(
 # --- slow: a real run ------------------------------------------------------------------------
 
 
-def model_cache() -> Path:
-    """The bundled model converted once per machine, like tests/real (about 40 s the first time)."""
-    cache = Path(
-        os.environ.get("LORAGATE_TEST_MODEL_CACHE", Path.home() / ".cache" / "loragate-test")
-    )
-    out = cache / "smollm2-135m-instruct"
-    subprocess.run([sys.executable, "-m", "service.engine.model_prep", str(out)], check=True)
-    return out
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Result]]:
     """12 short bundled examples (9 trained on, 3 held out), 2 epochs, via the CLI."""
@@ -217,7 +207,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     result = train_cli(
         "--data", str(data), "--name", "triage", "--out", str(out), "--epochs", "2",
         "--max-len", "128", "--val-fraction", "0.25", "--seed", "7",
-        "--base-model-dir", str(model_cache()),
+        "--base-model-dir", str(prepared_model()),
     )  # fmt: skip
     assert result.exit_code == 0, (result.output, result.exception)
     yield data, out, result
@@ -264,7 +254,7 @@ def test_real_run_loads_back_with_peft(trained: tuple[Path, Path, Result]) -> No
     from transformers import AutoModelForCausalLM
 
     _, out, _ = trained
-    base = AutoModelForCausalLM.from_pretrained(model_cache(), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(prepared_model(), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, out)
     saved = load_file(out / "adapter_model.safetensors")
     loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}

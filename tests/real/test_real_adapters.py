@@ -20,7 +20,8 @@ import pytest
 
 from service.engine.managed import vllm_command, vllm_environment
 from service.settings import ManagedEngineSettings
-from tests.real.test_real_engine import START_TIMEOUT_S, LiveGateway, _free_port, _model_cache
+from tests.conftest import prepared_model
+from tests.real.test_real_engine import START_TIMEOUT_S, LiveGateway, _free_port
 
 pytestmark = pytest.mark.slow
 BASE = "smollm2-135m-instruct"
@@ -84,7 +85,7 @@ get_peft_model(model, config).save_pretrained({str(out)!r})
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, list[Replica]]]:
-    model = _model_cache()
+    model = prepared_model()
     work = tmp_path_factory.mktemp("adapters")
     replicas = [Replica(model, work, i) for i in range(2)]
     for replica in replicas:

@@ -21,6 +21,8 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import prepared_model
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,19 +123,9 @@ class LiveGateway:
         self.log.close()
 
 
-def _model_cache() -> Path:
-    """The bundled model, converted once per machine (about 40 s) and reused by later runs."""
-    cache = Path(
-        os.environ.get("LORAGATE_TEST_MODEL_CACHE", Path.home() / ".cache" / "loragate-test")
-    )
-    out = cache / "smollm2-135m-instruct"
-    subprocess.run([sys.executable, "-m", "service.engine.model_prep", str(out)], check=True)
-    return out
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    gateway = LiveGateway(tmp_path_factory.mktemp("live"), _model_cache())
+    gateway = LiveGateway(tmp_path_factory.mktemp("live"), prepared_model())
     gateway.cli("db", "upgrade")
     gateway.start()
     try:
