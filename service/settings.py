@@ -51,6 +51,11 @@ class ManagedEngineSettings(BaseModel):
     model_dir: Path | None = Field(
         default=None, description="Use this model directory instead of the bundled model."
     )
+    cpu_bind: str | None = Field(
+        default=None,
+        description="CPU build only: cores for vLLM's worker threads (VLLM_CPU_OMP_THREADS_BIND, "
+        "e.g. '1' or '0-3'); default: vLLM picks. Give replicas on one machine separate cores.",
+    )
     startup_timeout_s: float = 600.0
     restart_backoff_s: float = 2.0
 

@@ -58,6 +58,8 @@ def vllm_environment(config: ManagedEngineSettings) -> dict[str, str]:
         VLLM_CPU_KVCACHE_SPACE=str(config.kv_cache_gib),
         HF_HUB_OFFLINE="1",
     )
+    if config.cpu_bind is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_bind
     return env
 
 

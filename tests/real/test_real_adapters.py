@@ -29,7 +29,11 @@ BASE = "smollm2-135m-instruct"
 
 class Replica:
     def __init__(self, model_dir: Path, log_dir: Path, index: int) -> None:
-        self.config = ManagedEngineSettings(port=_free_port())
+        # vLLM's CPU build binds its busy-polling worker to core 0 by default: two replicas on
+        # one core starve each other (a restart took minutes), so each gets its own core.
+        self.config = ManagedEngineSettings(
+            port=_free_port(), cpu_bind=str(index % (os.cpu_count() or 1))
+        )
         self.model_dir = model_dir
         self.log_path = log_dir / f"vllm-{index}.log"
         self.url = f"http://127.0.0.1:{self.config.port}"
