@@ -65,22 +65,11 @@ class NewVersion:
 
 
 @dataclass(frozen=True, slots=True)
-class AdapterVersionRecord:
-    id: str  # NAME@N
-    name: str
+class AdapterVersionRecord(NewVersion):
+    """A recorded version: what was registered, plus its number and ``NAME@N`` id."""
+
+    id: str
     version: int
-    sha256: str
-    pool: str
-    base_model: str
-    rank: int
-    alpha: float
-    target_modules: tuple[str, ...]
-    size_bytes: int
-    store_path: Path
-    created_by: str | None
-    created_at: datetime
-    data_snapshot_id: str | None
-    changelog: str
 
 
 class VersionConflict(Exception):
