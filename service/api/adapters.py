@@ -76,23 +76,8 @@ class AdapterVersionOut(BaseModel):
     def of(
         cls, record: AdapterVersionRecord, loaded_on: list[str] | None = None
     ) -> AdapterVersionOut:
-        return cls(
-            loaded_on=loaded_on or [],
-            id=record.id,
-            name=record.name,
-            version=record.version,
-            sha256=record.sha256,
-            pool=record.pool,
-            base_model=record.base_model,
-            rank=record.rank,
-            alpha=record.alpha,
-            target_modules=list(record.target_modules),
-            size_bytes=record.size_bytes,
-            created_by=record.created_by,
-            created_at=record.created_at,
-            data_snapshot_id=record.data_snapshot_id,
-            changelog=record.changelog,
-        )
+        fields = {name: getattr(record, name) for name in cls.model_fields if name != "loaded_on"}
+        return cls(**fields, loaded_on=loaded_on or [])
 
 
 class RegisteredAdapterOut(AdapterVersionOut):

@@ -125,21 +125,13 @@ class SqlAdapterVersions:
         statement = (
             insert(AdapterVersion)
             .values(
-                id=literal(f"{new.name}@", String) + sql_cast(next_version, String),
-                version=next_version,
-                name=new.name,
-                sha256=new.sha256,
-                pool=new.pool,
-                base_model=new.base_model,
-                rank=new.rank,
-                alpha=new.alpha,
-                target_modules=list(new.target_modules),
-                size_bytes=new.size_bytes,
-                store_path=str(new.store_path),
-                created_by=new.created_by,
-                created_at=new.created_at,
-                data_snapshot_id=new.data_snapshot_id,
-                changelog=new.changelog,
+                {
+                    **_fields(new),
+                    "id": literal(f"{new.name}@", String) + sql_cast(next_version, String),
+                    "version": next_version,
+                    "target_modules": list(new.target_modules),
+                    "store_path": str(new.store_path),
+                }
             )
             .returning(AdapterVersion.id, AdapterVersion.version)
         )
