@@ -1,0 +1,133 @@
+"""What an SRE asks for when starting a rollout: the steps, the gates and the limits.
+
+Every field has a default, so ``{"candidate": "triage@4"}`` is a complete request: shadow the
+candidate on all traffic, then give it 5 %, 25 % and 50 % of the subjects, each step judged by
+the gates, then promote it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StepKind(StrEnum):
+    SHADOW = "shadow"
+    CANARY = "canary"
+
+
+class GateName(StrEnum):
+    ERROR_RATE = "error_rate"
+    LATENCY_P95_RATIO = "latency_p95_ratio"
+    AGREEMENT = "agreement"
+    SCHEMA_VALID_RATE = "schema_valid_rate"
+    ESCALATION_RATE = "escalation_rate"
+    MEAN_CONFIDENCE = "mean_confidence"
+
+
+DEFAULT_GATES = (GateName.ERROR_RATE, GateName.LATENCY_P95_RATIO, GateName.AGREEMENT)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    kind: StepKind = Field(description="`shadow`: the candidate gets copies; `canary`: a share.")
+    weight: Annotated[int, Field(ge=1, le=100)] = Field(
+        description="Canary: percent of subjects served by the candidate. "
+        "Shadow: percent of requests copied to the candidate."
+    )
+    min_duration_s: Annotated[float, Field(ge=0, le=7 * 86400)] = Field(
+        default=300, description="The step lasts at least this long."
+    )
+    min_samples: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=100,
+        description="Candidate requests needed in the step's window before its gates can pass.",
+    )
+
+
+def _default_steps() -> tuple[Step, ...]:
+    return (
+        Step(kind=StepKind.SHADOW, weight=100),
+        Step(kind=StepKind.CANARY, weight=5),
+        Step(kind=StepKind.CANARY, weight=25),
+        Step(kind=StepKind.CANARY, weight=50),
+    )
+
+
+class Thresholds(_Strict):
+    """Each gate compares the candidate with stable over the same window."""
+
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.02, description="Candidate error rate minus stable's, at most."
+    )
+    max_latency_p95_ratio: Annotated[float, Field(gt=0, le=100)] = Field(
+        default=1.5, description="Candidate p95 latency divided by stable's, at most."
+    )
+    min_agreement: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.8,
+        description="Shadow only: the mean share of compared JSON fields (or whole answers, "
+        "when not JSON) where the candidate's answer equals stable's, at least.",
+    )
+    agreement_fields: tuple[str, ...] | None = Field(
+        default=None,
+        description="Top-level JSON fields to compare; all of stable's fields when unset.",
+        max_length=64,
+    )
+    max_schema_valid_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.02, description="Stable's schema-valid rate minus the candidate's, at most."
+    )
+    max_escalation_rate_increase: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.05, description="Candidate escalation rate minus stable's, at most."
+    )
+    max_confidence_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.05, description="Stable's mean confidence minus the candidate's, at most."
+    )
+
+
+class RolloutSpec(_Strict):
+    candidate: str = Field(
+        min_length=3, max_length=300, description="The adapter version `name@N` to roll out."
+    )
+    steps: tuple[Step, ...] = Field(
+        default_factory=_default_steps, min_length=1, max_length=20,
+        description="In order; after the last step passes, the candidate is promoted.",
+    )  # fmt: skip
+    gates: tuple[GateName, ...] = Field(
+        default=DEFAULT_GATES,
+        min_length=1,
+        description="Gates judged at each analysis. `agreement` applies to shadow steps only.",
+    )
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    failure_limit: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=2, description="Analyses with a failed gate before the rollout is rolled back."
+    )
+    inconclusive_limit: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=30,
+        description="Inconclusive analyses in a row, once a step's minimum duration has passed, "
+        "before the rollout pauses for a person.",
+    )
+    progress_deadline_s: Annotated[float, Field(gt=0, le=30 * 86400)] = Field(
+        default=3600, description="A step that has not passed after this long is rolled back."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if "@" not in self.candidate:
+            raise ValueError("'candidate' must be an adapter version 'name@N'")
+        if len(set(self.gates)) != len(self.gates):
+            raise ValueError("'gates' lists a gate twice")
+        canary = [s.weight for s in self.steps if s.kind is StepKind.CANARY]
+        if canary != sorted(canary):
+            raise ValueError("canary weights must not decrease from one step to the next")
+        kinds = [s.kind for s in self.steps]
+        first_canary = kinds.index(StepKind.CANARY) if StepKind.CANARY in kinds else len(kinds)
+        if StepKind.SHADOW in kinds[first_canary:]:
+            raise ValueError("shadow steps must come before canary steps")
+        for step in self.steps:
+            if step.min_duration_s >= self.progress_deadline_s:
+                raise ValueError("each step's min_duration_s must be below progress_deadline_s")
+        return self
