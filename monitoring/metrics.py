@@ -96,6 +96,31 @@ class Metrics:
             registry=r,
         )
 
+        self.shadow_calls = Counter(
+            "loragate_shadow_calls",
+            "Shadow calls to a rollout's candidate: started, or shed at the concurrency cap.",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.rollout_phase = Gauge(
+            "loragate_rollout_phase",
+            "1 for the phase of the route's latest rollout, 0 for the other phases.",
+            ["route", "phase"],
+            registry=r,
+        )
+        self.rollout_weight = Gauge(
+            "loragate_rollout_weight_percent",
+            "Percent of the route's traffic the candidate takes: canary share or shadow sample.",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.rollout_transitions = Counter(
+            "loragate_rollout_transitions",
+            "Rollout transitions made by this replica, by the event kind.",
+            ["route", "kind"],
+            registry=r,
+        )
+
     def request_done(
         self,
         labels: tuple[str, str, str, str],

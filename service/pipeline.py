@@ -1,7 +1,8 @@
 """The whole request path, top to bottom.
 
-    auth -> read and bound the body -> route -> check and rewrite the request
-         -> engine call (stream or not; cancelled if the client leaves)
+    auth -> read and bound the body -> route -> arm (stable or canary, maybe a shadow copy)
+         -> check and rewrite the request
+         -> engine call (stream or not; cancelled if the client leaves) | shadow call, detached
          -> response -> record (queued, written in batches after the response) and metrics
 
 No database session is open while the engine works: the only reads are the key lookup for a
@@ -19,6 +20,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
+from rollout.split import decide
 from service.auth import INFERENCE_ROLES, Principal, bearer_token, require_role, split_key, verify
 from service.engine.client import EngineStream, parse_reply
 from service.errors import (
@@ -35,17 +37,21 @@ from service.gateway import Gateway
 from service.record import RecordDraft
 from service.relay import RelayResponse, until_disconnected
 from service.request_rules import Endpoint, Limits, Prepared, parse_body, prepare, route_name
+from service.shadow import ShadowCall, answer_text
 from service.snapshot import RouteView
 
 JSON = "application/json"
 # Every answer names its request record, so a client's report can be matched to it.
 REQUEST_ID = "x-request-id"
+# Rollouts keep a subject on one arm: the body's `user`, else this header, else the request.
+SUBJECT = b"x-loragate-subject"
 log = logging.getLogger(__name__)
 
 
 async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint) -> Response:
     record = RecordDraft(endpoint.value)
     handed_to_stream = False
+    shadow: ShadowCall | None = None
     gw.metrics.in_flight.inc()
     with gw.span("gateway.request") as span:
         span.set_attribute("loragate.request_id", record.id)
@@ -57,31 +63,42 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.request_body = raw.decode("utf-8", "replace")
             payload = parse_body(raw)
             route = resolve_route(gw, route_name(payload), principal)
-            record.route, record.target = route.name, route.target
+            subject = rollout_subject(payload, scope, record.id)
+            decision = decide(route.split, route.target, subject, record.id)
+            record.route, record.target, record.arm = route.name, decision.target, decision.arm
+            if route.split is not None:
+                record.rollout_id = route.split.rollout_id
             span.set_attribute("loragate.route", route.name)
-            prepared = prepare(
-                endpoint, payload, route.target, Limits.for_route(gw.settings, route)
-            )
+            limits = Limits.for_route(gw.settings, route)
+            prepared = prepare(endpoint, payload, decision.target, limits)
             record.stream = prepared.stream
+            if decision.shadow_target is not None:
+                shadow = launch_shadow(gw, record, route, decision.shadow_target, payload, limits)
             if prepared.stream:
                 stream = await until_disconnected(
                     receive,
                     gw.engines.open_stream(
-                        route.pool, route.target, endpoint.path, prepared.upstream_body, record.id
+                        route.pool, decision.target, endpoint.path, prepared.upstream_body,
+                        record.id,
                     ),
-                )
+                )  # fmt: skip
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
-                return RelayResponse(relay(gw, stream, prepared, record, endpoint), record.id)
+                return RelayResponse(
+                    relay(gw, stream, prepared, record, endpoint, shadow), record.id
+                )
             with gw.span("engine.call"):
                 reply = await until_disconnected(
                     receive,
                     gw.engines.complete(
-                        route.pool, route.target, endpoint.path, prepared.upstream_body, record.id
+                        route.pool, decision.target, endpoint.path, prepared.upstream_body,
+                        record.id,
                     ),
-                )
+                )  # fmt: skip
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)
+            if shadow is not None:
+                shadow.primary_answered(answer_text(answer, endpoint))
             echoed = answer.get("model")
             if isinstance(echoed, str):
                 record.target = echoed  # the exact version that answered
@@ -102,8 +119,33 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             return internal.to_response(record.id)
         finally:
             if not handed_to_stream:
+                if shadow is not None:
+                    shadow.primary_answered(None)  # no-op when it already has the answer
                 gw.metrics.in_flight.dec()
                 gw.finish(record)
+
+
+def rollout_subject(payload: dict[str, Any], scope: Scope, request_id: str) -> str:
+    """Whom a rollout keeps on one arm: the OpenAI ``user``, else ``x-loragate-subject``."""
+    user = payload.get("user")
+    if isinstance(user, str) and user:
+        return user
+    return header(scope, SUBJECT) or request_id
+
+
+def launch_shadow(
+    gw: Gateway,
+    record: RecordDraft,
+    route: RouteView,
+    candidate: str,
+    payload: dict[str, Any],
+    limits: Limits,
+) -> ShadowCall | None:
+    """Send the candidate a non-streamed copy of the request; it never affects this one."""
+    copy = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+    endpoint = Endpoint(record.endpoint)
+    body = prepare(endpoint, copy, candidate, limits).upstream_body
+    return gw.shadow.launch(record, route.pool, candidate, endpoint, body)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -167,7 +209,12 @@ def first_finish_reason(answer: dict[str, object]) -> str | None:
 
 
 async def relay(
-    gw: Gateway, stream: EngineStream, prepared: Prepared, record: RecordDraft, endpoint: Endpoint
+    gw: Gateway,
+    stream: EngineStream,
+    prepared: Prepared,
+    record: RecordDraft,
+    endpoint: Endpoint,
+    shadow: ShadowCall | None,
 ) -> AsyncGenerator[bytes, None]:
     """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE]."""
     text: list[str] = []
@@ -215,6 +262,8 @@ async def relay(
     finally:
         stream.close()
         record.response_body = "".join(text)
+        if shadow is not None:
+            shadow.primary_answered(record.response_body if record.error is None else None)
         gw.metrics.in_flight.dec()
         gw.finish(record)
 

@@ -7,16 +7,35 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from rollout.split import Arm
 from service.errors import GatewayError
-
-ARM_STABLE = "stable"
 
 
 class RecordDraft:
     __slots__ = (
-        "arm", "attempts", "created_at", "endpoint", "error", "finish_reason", "id", "key_id",
-        "replica", "request_body", "response_body", "route", "started", "status_code", "stream",
-        "target", "tokens_in", "tokens_out", "ttft_s",
+        "agreement",
+        "arm",
+        "attempts",
+        "created_at",
+        "ended",
+        "endpoint",
+        "error",
+        "finish_reason",
+        "id",
+        "key_id",
+        "replica",
+        "request_body",
+        "response_body",
+        "rollout_id",
+        "route",
+        "shadow_of",
+        "started",
+        "status_code",
+        "stream",
+        "target",
+        "tokens_in",
+        "tokens_out",
+        "ttft_s",
     )  # fmt: skip
 
     def __init__(self, endpoint: str) -> None:
@@ -27,7 +46,7 @@ class RecordDraft:
         self.key_id: str | None = None
         self.route: str | None = None
         self.target: str | None = None
-        self.arm = ARM_STABLE
+        self.arm: str = Arm.STABLE.value
         self.replica: str | None = None
         self.stream = False
         self.status_code = 200
@@ -39,6 +58,10 @@ class RecordDraft:
         self.attempts = 0
         self.request_body: str | None = None
         self.response_body: str | None = None
+        self.rollout_id: str | None = None
+        self.shadow_of: str | None = None
+        self.agreement: dict[str, bool] | None = None
+        self.ended: float | None = None
 
     def fail(self, error: GatewayError) -> None:
         self.error = error
@@ -53,8 +76,13 @@ class RecordDraft:
             self.tokens_in = usage.get("prompt_tokens")
             self.tokens_out = usage.get("completion_tokens")
 
+    def stop_clock(self) -> None:
+        """Fix the latency now, e.g. before a shadow call waits to compare its answer."""
+        if self.ended is None:
+            self.ended = time.perf_counter()
+
     def elapsed_s(self) -> float:
-        return time.perf_counter() - self.started
+        return (self.ended or time.perf_counter()) - self.started
 
     def row(self, latency_s: float, redact: bool) -> dict[str, Any]:
         return {
@@ -78,4 +106,7 @@ class RecordDraft:
             "attempts": self.attempts,
             "request_body": None if redact else self.request_body,
             "response_body": None if redact else self.response_body,
+            "rollout_id": self.rollout_id,
+            "shadow_of": self.shadow_of,
+            "agreement": self.agreement,
         }

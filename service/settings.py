@@ -123,6 +123,16 @@ class Settings(BaseSettings):
         description="An adapter version no route uses is unloaded after this long, once idle.",
     )
 
+    rollout_tick_s: float = Field(
+        default=10.0, gt=0, description="Seconds between analyses of each active rollout."
+    )
+    shadow_max_concurrency: int = Field(
+        default=32, ge=1, description="Shadow calls in flight at once; more are shed and counted."
+    )
+    shadow_timeout_s: float = Field(
+        default=120.0, gt=0, description="A shadow call (and its comparison) is dropped after this."
+    )
+
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces endpoint; tracing is off when unset."
     )

@@ -1,4 +1,4 @@
-"""The in-memory view each gateway replica serves from: routes and API keys.
+"""The in-memory view each gateway replica serves from: routes, rollouts and API keys.
 
 Requests never read the database for these; a background loop reloads them every
 ``snapshot_refresh_s``. A key id that is not in the snapshot is looked up once in the
@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from rollout.machine import traffic
+from rollout.split import Split
 from service.auth import StoredKey, stored_key
-from service.db import repositories
+from service.db import repositories, rollout_store
 from service.db.models import AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class RouteView:
     target: str
     max_tokens_cap: int | None
     default_max_tokens: int | None
+    split: Split | None = None  # the route's active rollout, as traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +50,20 @@ class Snapshot:
     adapters: Mapping[str, AdapterView] = field(default_factory=lambda: MappingProxyType({}))
 
     def wanted_adapters(self, pool: str) -> frozenset[str]:
-        """Adapter versions that routes of ``pool`` serve: they must be on all its replicas."""
-        return frozenset(
-            r.target for r in self.routes.values() if r.pool == pool and r.target in self.adapters
-        )
+        """Versions that routes of ``pool`` serve or roll out: they must be on all its replicas."""
+        wanted = set()
+        for route in self.routes.values():
+            if route.pool == pool:
+                wanted.add(route.target)
+                if route.split is not None:
+                    wanted.add(route.split.candidate)
+        return frozenset(wanted & self.adapters.keys())
+
+
+def split_of(rollout: rollout_store.StoredRollout) -> Split:
+    """The traffic an active rollout takes now (none yet while pending)."""
+    now = traffic(rollout.state, rollout.spec)
+    return Split(rollout.id, rollout.candidate, now.canary_weight, now.shadow_percent)
 
 
 class SnapshotStore:
@@ -67,8 +80,17 @@ class SnapshotStore:
             routes = await repositories.list_routes(session)
             keys = await repositories.active_keys(session)
             versions = (await session.scalars(select(AdapterVersion))).all()
+            rollouts = await rollout_store.active(session)
+        splits = {r.route: split_of(r) for r in rollouts}
         route_views = {
-            r.name: RouteView(r.name, r.pool, r.target, r.max_tokens_cap, r.default_max_tokens)
+            r.name: RouteView(
+                r.name,
+                r.pool,
+                r.target,
+                r.max_tokens_cap,
+                r.default_max_tokens,
+                splits.get(r.name),
+            )
             for r in routes
         }
         stored = {

@@ -50,6 +50,8 @@ class FakeEngine:
         self.adapters: dict[str, str] = {}
         self.inert: set[str] = set()
         self.adapter_calls: list[tuple[str, str]] = []
+        # What requests for one model get when nothing is scripted (e.g. a worse candidate).
+        self.by_model: dict[str, Behaviour] = {}
 
     def restart(self) -> None:
         """What a vLLM restart does to runtime-loaded adapters: they are gone."""
@@ -125,7 +127,8 @@ class FakeEngine:
         if body.get("logprobs") and "prompt" in body and body.get("temperature") == 0:
             return self._probe_answer(body)
         self.requests.append(body)
-        behaviour = self.script.popleft() if self.script else self.default
+        model = str(body.get("model"))
+        behaviour = self.script.popleft() if self.script else self.by_model.get(model, self.default)
         try:
             response = await self._respond(request, body, behaviour)
         except (asyncio.CancelledError, ConnectionResetError):

@@ -7,13 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from service.api.deps import SRE_ROLES, gateway, require_roles
 from service.auth import Principal
-from service.db import repositories
-from service.db.models import AdapterVersion, Route
-from service.errors import AdapterNotFound, InvalidRequest, RouteNotFound
+from service.db import repositories, rollout_store
+from service.db.models import Route
+from service.errors import RolloutConflict
+from service.route_targets import get_route, version_for
 
 router = APIRouter(prefix="/v1/admin/routes", tags=["routes"])
 SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
@@ -58,6 +58,7 @@ async def list_routes(request: Request, _: SreKey) -> list[RouteOut]:
     response_model=RouteOut,
     responses={
         404: {"description": "No such route or adapter version."},
+        409: {"description": "The route has an active rollout."},
         422: {"description": "The adapter version changes nothing."},
         502: {"description": "A replica could not load the version."},
     },
@@ -65,31 +66,22 @@ async def list_routes(request: Request, _: SreKey) -> list[RouteOut]:
 async def set_target(name: str, body: TargetIn, request: Request, _: SreKey) -> RouteOut:
     gw = gateway(request)
     async with gw.sessions() as session:
-        route = await session.get(Route, name)
-        if route is None:
-            raise RouteNotFound(f"The route '{name}' does not exist.")
+        route = await get_route(session, name)
+        if await rollout_store.active_for_route(session, name) is not None:
+            raise RolloutConflict(
+                f"The route '{name}' has an active rollout; promote or abort it first."
+            )
         pool = gw.engines.pool(route.pool)
         if body.target in ("base", pool.base_model):
             target, version = pool.base_model, None
         else:
-            version = await session.scalar(
-                select(AdapterVersion).where(AdapterVersion.id == body.target)
-            )
-            if version is None:
-                raise AdapterNotFound(f"No adapter version '{body.target}'.")
-            if version.pool != route.pool:
-                raise InvalidRequest(
-                    f"'{body.target}' was registered for pool '{version.pool}', "
-                    f"the route serves from pool '{route.pool}'."
-                )
+            version = await version_for(session, route, body.target)
             target = version.id
     # Placement talks to engines: no database session is open meanwhile.
     if version is not None:
         await gw.reconciler.place(pool, version.id, version.store_path)
     async with gw.sessions.begin() as session:
-        route = await session.get(Route, name)
-        if route is None:
-            raise RouteNotFound(f"The route '{name}' does not exist.")
+        route = await get_route(session, name)
         if route.target != target:
             route.target = target
             route.updated_at = datetime.now(UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -52,6 +53,7 @@ class RequestRecord(Base):
     __table_args__ = (
         Index("ix_request_records_route_created", "route", "created_at"),
         Index("ix_request_records_created", "created_at"),
+        Index("ix_request_records_rollout_created", "rollout_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -74,6 +76,14 @@ class RequestRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     request_body: Mapped[str | None] = mapped_column(Text, nullable=True)
     response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rollout_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    shadow_of: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Per top-level JSON field of stable's answer: did this shadow answer agree?
+    agreement: Mapped[dict[str, bool] | None] = mapped_column(JSON, nullable=True)
+    # Filled by the output guard (schema, confidence, review); null where nothing judged them.
+    schema_valid: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    escalated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class AdapterVersion(Base):
@@ -100,3 +110,54 @@ class AdapterVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     data_snapshot_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     changelog: Mapped[str] = mapped_column(Text, default="")
+
+
+class Rollout(Base):
+    """A route's move from its stable target to a candidate; ``version`` guards every update."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        # At most one active rollout per route: ``active_route`` is the route while active.
+        UniqueConstraint("active_route", name="uq_rollouts_active_route"),
+        Index("ix_rollouts_route_created", "route", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    route: Mapped[str] = mapped_column(String(200))
+    active_route: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    stable: Mapped[str] = mapped_column(String(300))
+    candidate: Mapped[str] = mapped_column(String(300))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    phase: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(Integer)
+    step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    failures: Mapped[int] = mapped_column(Integer)
+    inconclusive: Mapped[int] = mapped_column(Integer)
+    paused_phase: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    verdicts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RolloutEvent(Base):
+    """Append-only history of a rollout: every transition and command, with actor and reason."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "version", name="uq_rollout_events_rollout_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(32))
+    from_phase: Mapped[str] = mapped_column(String(16))
+    to_phase: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    # The state version this event produced: (rollout_id, version) is unique, so a transition
+    # can be recorded only once even when two replicas race.
+    version: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,46 @@
+"""How CLI commands call a running gateway's admin API, and how they fail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+import typer
+
+from service.settings import Settings
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", envvar="LORAGATE_URL", help="Gateway base URL (default: from host and port)."
+    ),
+]
+KeyOption = Annotated[
+    str, typer.Option("--key", envvar="LORAGATE_API_KEY", help="An sre or admin API key.")
+]
+
+
+def call_gateway(method: str, url: str | None, key: str, path: str, body: object) -> object:
+    settings = Settings()
+    base = url or f"http://{settings.host}:{settings.port}"
+    try:
+        response = httpx.request(
+            method,
+            base.rstrip("/") + path,
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=600,
+        )
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the gateway at {base}: {exc}") from exc
+    payload = response.json() if response.content else None
+    if response.status_code >= 400:
+        message = payload["error"]["message"] if isinstance(payload, dict) else response.text
+        raise fail(f"HTTP {response.status_code}: {message}")
+    return payload

@@ -1,0 +1,221 @@
+"""Rollouts in the database: state rows guarded by a version column, and their event history.
+
+``save`` writes a new state only if the row still has the version it was read at, and inserts
+the transition's event in the same transaction: a transition is applied and recorded together
+or not at all, and of two replicas racing on one rollout exactly one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rollout.figures import Sample
+from rollout.gates import GateResult
+from rollout.machine import ACTIVE, Event, Phase, State
+from rollout.spec import RolloutSpec
+from rollout.split import Arm
+from service.db.models import RequestRecord, Rollout, RolloutEvent
+
+ACTIVE_PHASES = tuple(p.value for p in ACTIVE)
+# An analysis reads at most this many records per arm window (the newest).
+MAX_WINDOW_RECORDS = 50_000
+
+
+class StaleRollout(Exception):
+    """Another replica (or command) changed the rollout since it was read."""
+
+
+class RouteBusy(Exception):
+    """The route already has an active rollout."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRollout:
+    id: str
+    route: str
+    stable: str
+    candidate: str
+    spec: RolloutSpec
+    state: State
+    verdicts: tuple[dict[str, Any], ...]
+    version: int
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _state(row: Rollout) -> State:
+    return State(
+        Phase(row.phase), row.step, as_utc(row.step_started_at), row.failures, row.inconclusive,
+        Phase(row.paused_phase) if row.paused_phase else None,
+    )  # fmt: skip
+
+
+def stored(row: Rollout) -> StoredRollout:
+    return StoredRollout(
+        row.id, row.route, row.stable, row.candidate, RolloutSpec.model_validate(row.spec),
+        _state(row), tuple(row.verdicts), row.version, row.created_by, as_utc(row.created_at),
+        as_utc(row.updated_at),
+    )  # fmt: skip
+
+
+def _state_values(state: State) -> dict[str, Any]:
+    return {
+        "phase": state.phase.value,
+        "step": state.step,
+        "step_started_at": state.step_started_at,
+        "failures": state.failures,
+        "inconclusive": state.inconclusive,
+        "paused_phase": state.paused_phase.value if state.paused_phase else None,
+    }
+
+
+def verdict_rows(verdicts: Sequence[GateResult]) -> list[dict[str, Any]]:
+    return [{**asdict(v), "gate": v.gate.value, "verdict": v.verdict.value} for v in verdicts]
+
+
+async def insert(
+    session: AsyncSession, *, rollout_id: str, route: str, stable: str, spec: RolloutSpec,
+    state: State, actor: str, created_by: str | None, now: datetime,
+) -> None:  # fmt: skip
+    """Insert a new active rollout and its creation event; ``RouteBusy`` if one is active."""
+    session.add(
+        Rollout(
+            id=rollout_id, route=route, active_route=route, stable=stable,
+            candidate=spec.candidate, spec=spec.model_dump(mode="json"), verdicts=[], version=1,
+            created_by=created_by, created_at=now, updated_at=now, **_state_values(state),
+        )
+    )  # fmt: skip
+    session.add(
+        RolloutEvent(
+            rollout_id=rollout_id, at=now, kind="created", from_phase=state.phase.value,
+            to_phase=state.phase.value, step=0, actor=actor,
+            reason=f"{stable} -> {spec.candidate}", version=1,
+        )
+    )  # fmt: skip
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise RouteBusy(route) from exc
+
+
+async def save(
+    session: AsyncSession,
+    current: StoredRollout,
+    state: State,
+    event: Event | None,
+    verdicts: Sequence[GateResult] | None,
+    now: datetime,
+) -> int:
+    """Write ``state`` if the row is still at ``current.version``; returns the new version."""
+    values = _state_values(state)
+    values["active_route"] = current.route if state.active else None
+    if verdicts is not None:
+        values["verdicts"] = verdict_rows(verdicts)
+    version = current.version + 1
+    result = await session.execute(
+        update(Rollout)
+        .where(Rollout.id == current.id, Rollout.version == current.version)
+        .values(**values, version=version, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleRollout(current.id)
+    if event is not None:
+        session.add(
+            RolloutEvent(
+                rollout_id=current.id, at=now, kind=event.kind, from_phase=event.from_phase.value,
+                to_phase=event.to_phase.value, step=event.step, actor=event.actor,
+                reason=event.reason[:4000], version=version,
+            )
+        )  # fmt: skip
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        # A retry re-activating a rollout on a route that has another active one.
+        raise RouteBusy(current.route) from exc
+    return version
+
+
+async def active(session: AsyncSession) -> list[StoredRollout]:
+    rows = await session.scalars(select(Rollout).where(Rollout.phase.in_(ACTIVE_PHASES)))
+    return [stored(r) for r in rows]
+
+
+async def active_for_route(session: AsyncSession, route: str) -> StoredRollout | None:
+    row = await session.scalar(select(Rollout).where(Rollout.active_route == route))
+    return stored(row) if row is not None else None
+
+
+async def latest_for_route(session: AsyncSession, route: str) -> StoredRollout | None:
+    row = await session.scalar(
+        select(Rollout)
+        .where(Rollout.route == route)
+        .order_by(Rollout.created_at.desc(), Rollout.id.desc())
+        .limit(1)
+    )
+    return stored(row) if row is not None else None
+
+
+async def latest_per_route(session: AsyncSession) -> list[StoredRollout]:
+    newest = (
+        select(Rollout.route, func.max(Rollout.created_at).label("at"))
+        .group_by(Rollout.route)
+        .subquery()
+    )
+    rows = await session.scalars(
+        select(Rollout).join(
+            newest, (Rollout.route == newest.c.route) & (Rollout.created_at == newest.c.at)
+        )
+    )
+    return [stored(r) for r in rows]
+
+
+async def get(session: AsyncSession, rollout_id: str) -> StoredRollout | None:
+    row = await session.get(Rollout, rollout_id, populate_existing=True)
+    return stored(row) if row is not None else None
+
+
+async def events(session: AsyncSession, rollout_id: str) -> Sequence[RolloutEvent]:
+    query = (
+        select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id).order_by(RolloutEvent.id)
+    )
+    return (await session.scalars(query)).all()
+
+
+async def samples(
+    session: AsyncSession, rollout: StoredRollout, since: datetime, arms: Sequence[Arm]
+) -> list[Sample]:
+    """The window's request records of the rollout, as gate samples (newest first, bounded)."""
+    query = (
+        select(
+            RequestRecord.arm, RequestRecord.status_code, RequestRecord.latency_ms,
+            RequestRecord.schema_valid, RequestRecord.escalated, RequestRecord.confidence,
+            RequestRecord.agreement,
+        )
+        .where(
+            RequestRecord.rollout_id == rollout.id,
+            RequestRecord.created_at >= since,
+            RequestRecord.arm.in_([a.value for a in arms]),
+        )
+        .order_by(RequestRecord.created_at.desc())
+        .limit(MAX_WINDOW_RECORDS)
+    )  # fmt: skip
+    rows = (await session.execute(query)).all()
+    return [
+        Sample(Arm(r.arm), r.status_code, r.latency_ms, r.schema_valid, r.escalated,
+               r.confidence, r.agreement)
+        for r in rows
+    ]  # fmt: skip
