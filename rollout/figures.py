@@ -57,11 +57,22 @@ class Window:
     agreements: tuple[Mapping[str, bool], ...] = ()
 
 
+def p95_index(count: int) -> int:
+    """The 0-based rank of the 95th percentile among ``count`` sorted values (nearest rank)."""
+    return max(0, math.ceil(0.95 * count) - 1)
+
+
 def p95(values: Sequence[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return sorted(values)[p95_index(len(values))] if values else None
+
+
+def agreement_rates(marks: Iterable[Mapping[str, bool]]) -> dict[str, Rate]:
+    """Per field, how many of the compared answers agreed."""
+    fields: dict[str, list[bool]] = {}
+    for mark in marks:
+        for name, same in mark.items():
+            fields.setdefault(name, []).append(same)
+    return {n: Rate(sum(v), len(v)) for n, v in sorted(fields.items())}
 
 
 def _rate(flags: Iterable[bool | None]) -> Rate:
@@ -74,10 +85,6 @@ def arm_figures(samples: Sequence[Sample]) -> ArmFigures:
     served = [s for s in samples if s.status_code != CLIENT_CLOSED]
     ok_latency = [s.latency_ms for s in served if s.status_code < 400]
     confidences = [s.confidence for s in served if s.confidence is not None]
-    fields: dict[str, list[bool]] = {}
-    for s in served:
-        for name, same in (s.agreement or {}).items():
-            fields.setdefault(name, []).append(same)
     return ArmFigures(
         samples=len(served),
         errors=Rate(sum(s.status_code >= 500 for s in served), len(served)),
@@ -86,7 +93,9 @@ def arm_figures(samples: Sequence[Sample]) -> ArmFigures:
         escalated=_rate(s.escalated for s in served),
         confidence_mean=sum(confidences) / len(confidences) if confidences else None,
         confidence_n=len(confidences),
-        agreement_fields={n: Rate(sum(v), len(v)) for n, v in sorted(fields.items())},
+        agreement_fields=agreement_rates(
+            s.agreement for s in served if s.agreement and s.status_code < 400
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from monitoring.metrics import Metrics
-from rollout import figures
+from rollout.figures import Window
 from rollout.gates import GateResult, judge
 from rollout.machine import Command, NotAllowed, Outcome, Phase, State, command, tick, traffic
 from rollout.spec import RolloutSpec, StepKind
@@ -49,7 +49,7 @@ class Analysis:
 
     rollout: StoredRollout
     since: datetime
-    window: figures.Window
+    window: Window
     verdicts: tuple[GateResult, ...]
 
 
@@ -160,8 +160,7 @@ class RolloutControl:
         arm = Arm.SHADOW if step.kind is StepKind.SHADOW else Arm.CANARY
         since = state.step_started_at
         async with self._sessions() as session:
-            samples = await rollout_store.samples(session, rollout, since, (Arm.STABLE, arm))
-        window = figures.window(samples, arm)
+            window = await rollout_store.window(session, rollout, since, arm)
         return Analysis(rollout, since, window, judge(rollout.spec, step, window))
 
     async def tick_all(self) -> None:

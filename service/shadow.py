@@ -50,7 +50,8 @@ class ShadowCall:
             self._primary.set_result(text)
 
     async def primary(self, timeout_s: float) -> str | None:
-        return await asyncio.wait_for(asyncio.shield(self._primary), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.shield(self._primary)
 
 
 class ShadowCaller:
@@ -97,10 +98,10 @@ class ShadowCaller:
         self, call: ShadowCall, record: RecordDraft, pool: str, endpoint: Endpoint, body: bytes
     ) -> None:
         try:
-            reply = await asyncio.wait_for(
-                self._engines.complete(pool, record.target or "", endpoint.path, body, record.id),
-                self._timeout_s,
-            )
+            async with asyncio.timeout(self._timeout_s):
+                reply = await self._engines.complete(
+                    pool, record.target or "", endpoint.path, body, record.id
+                )
             record.stop_clock()
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)

@@ -137,6 +137,15 @@ async def tick(h: Harness, clock: Clock, seconds: float = 11) -> dict[str, Any]:
     return await status(h)
 
 
+async def shadowed(h: Harness, clock: Clock, requests: int) -> None:
+    """Start the quick rollout, enter its shadow step and serve ``requests`` requests there."""
+    assert (await start(h, quick_spec())).status_code == 200
+    await tick(h, clock, 0)
+    if requests:
+        await send(h, requests)
+        await flushed(h, "shadow", requests)
+
+
 async def route_target(h: Harness) -> str:
     async with h.app.state.gateway.sessions() as session:
         route = await session.get(Route, "chat")
@@ -170,14 +179,24 @@ async def test_shadow_copies_requests_to_the_candidate_and_never_returns_its_ans
     assert {a.headers["x-request-id"] for a in answers} == set(primaries)
 
 
+async def test_a_streamed_primary_is_compared_with_its_non_streamed_shadow(
+    gw: Harness, engine: FakeEngine, clock: Clock
+) -> None:
+    engine.by_model["triage@2"] = GOOD
+    await shadowed(gw, clock, 0)
+    r = await gw.client.post(CHAT, json=chat_body(stream=True), headers=gw.auth())
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    (shadow,) = await flushed(gw, "shadow", 1)
+    assert shadow.agreement == {"category": True, "urgency": True}
+    copy = next(b for b in engine.requests if b["model"] == "triage@2")
+    assert "stream" not in copy and "stream_options" not in copy
+
+
 async def test_a_worse_candidate_is_rolled_back_in_shadow(
     gw: Harness, engine: FakeEngine, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine.by_model["triage@2"] = WORSE
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
-    await send(gw, 6)
-    await flushed(gw, "shadow", 6)
+    await shadowed(gw, clock, 6)
     first = await tick(gw, clock)
     assert (first["phase"], first["failures"]) == ("shadow", 1)
     gates = {g["gate"]: g["verdict"] for g in first["last_verdicts"]}
@@ -204,10 +223,7 @@ async def test_a_good_candidate_is_promoted_without_anyone_acting(
     gw: Harness, engine: FakeEngine, clock: Clock
 ) -> None:
     engine.by_model["triage@2"] = GOOD
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
-    await send(gw, 6)
-    await flushed(gw, "shadow", 6)
+    await shadowed(gw, clock, 6)
     moved = await tick(gw, clock)
     assert (moved["phase"], moved["step"], moved["canary_weight"]) == ("canary", 1, 50)
     # Sticky canary: each user keeps its arm; both arms get users.
@@ -263,8 +279,7 @@ async def test_a_failing_candidate_counts_as_errors_and_never_fails_the_primary(
     gw: Harness, engine: FakeEngine, clock: Clock
 ) -> None:
     engine.by_model["triage@2"] = Behaviour(kind="status", status=500)
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
+    await shadowed(gw, clock, 0)
     answers = await send(gw, 6)
     assert {a.status_code for a in answers} == {200}
     shadows = await flushed(gw, "shadow", 6)
@@ -281,8 +296,7 @@ async def test_a_failing_candidate_counts_as_errors_and_never_fails_the_primary(
 async def test_commands_are_idempotent_and_409_where_the_phase_does_not_allow_them(
     gw: Harness, clock: Clock
 ) -> None:
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
+    await shadowed(gw, clock, 0)
     paused = await act(gw, "pause", "looking at a dashboard")
     assert (paused.status_code, paused.json()["phase"]) == (200, "paused")
     again = await act(gw, "pause")
@@ -314,8 +328,7 @@ async def test_commands_are_idempotent_and_409_where_the_phase_does_not_allow_th
 
 
 async def test_concurrent_promote_and_abort_exactly_one_wins(gw: Harness, clock: Clock) -> None:
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
+    await shadowed(gw, clock, 0)
     promote, abort = await asyncio.gather(act(gw, "promote"), act(gw, "abort"))
     codes = sorted([promote.status_code, abort.status_code])
     assert codes == [200, 409]
@@ -375,8 +388,7 @@ async def test_unknown_candidates_and_the_stable_target_are_refused(gw: Harness)
 async def test_clients_cannot_pick_an_arm_or_name_the_candidate(
     gw: Harness, engine: FakeEngine, clock: Clock
 ) -> None:
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
+    await shadowed(gw, clock, 0)
     direct = await gw.client.post(CHAT, json=chat_body("triage@2"), headers=gw.auth())
     assert direct.status_code == 404
     headers = {**gw.auth(), "x-loragate-arm": "canary", "x-loragate-target": "triage@2"}
@@ -392,10 +404,7 @@ async def test_a_crash_between_applying_and_recording_a_step_repeats_nothing(
     gw: Harness, engine: FakeEngine, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine.by_model["triage@2"] = GOOD
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
-    await send(gw, 6)
-    await flushed(gw, "shadow", 6)
+    await shadowed(gw, clock, 6)
     from service.db import rollout_store
 
     real_save = rollout_store.save
@@ -458,8 +467,7 @@ async def test_analysis_endpoint_is_shaped_for_argo_web_metrics(
     gw: Harness, engine: FakeEngine, clock: Clock
 ) -> None:
     engine.by_model["triage@2"] = GOOD
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
+    await shadowed(gw, clock, 0)
     early = await gw.client.get("/v1/admin/rollouts/chat/analysis", headers=gw.auth(Role.SRE))
     assert early.json()["verdict"] == "inconclusive"
     await send(gw, 6)
@@ -478,8 +486,7 @@ async def test_analysis_endpoint_is_shaped_for_argo_web_metrics(
 async def test_status_view_renders_for_the_cli(gw: Harness, clock: Clock) -> None:
     from service.cli_rollout import render
 
-    assert (await start(gw, quick_spec())).status_code == 200
-    await tick(gw, clock, 0)
+    await shadowed(gw, clock, 0)
     text = render(await status(gw))
     assert "phase shadow, step 1 of 2, canary 0%, shadow 100%" in text
     assert "gate agreement" in text and "inconclusive" in text

@@ -63,8 +63,11 @@ class AdapterReconciler:
     async def run(self) -> None:
         while True:
             await self.reconcile()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, and this loop would then never stop at shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def reconcile(self) -> None:
