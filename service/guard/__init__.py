@@ -1,0 +1,25 @@
+"""Output guards, pure functions: output contracts (JSON Schema) and confidence from logprobs."""
+
+from service.guard.confidence import Confidence, Leaf, leaf_spans, score_free, score_json
+from service.guard.schema import (
+    MAX_SCHEMA_BYTES,
+    MAX_SCHEMA_DEPTH,
+    ContractValidator,
+    SchemaRefused,
+    Validation,
+    check_contract,
+)
+
+__all__ = [
+    "MAX_SCHEMA_BYTES",
+    "MAX_SCHEMA_DEPTH",
+    "Confidence",
+    "ContractValidator",
+    "Leaf",
+    "SchemaRefused",
+    "Validation",
+    "check_contract",
+    "leaf_spans",
+    "score_free",
+    "score_json",
+]
