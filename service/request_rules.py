@@ -11,8 +11,6 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from service.errors import (
     InvalidRequest,
@@ -21,6 +19,7 @@ from service.errors import (
     UnsupportedParameter,
     ValueOutOfRange,
 )
+from service.guard import SchemaRefused, check_contract
 from service.settings import Settings
 from service.snapshot import RouteView
 
@@ -57,8 +56,6 @@ RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 MAX_STOP_CHARS = 256
 MAX_USER_CHARS = 256
 MAX_LOGIT_BIAS = 300
-MAX_SCHEMA_BYTES = 16_384
-MAX_SCHEMA_DEPTH = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,33 +299,9 @@ def _check_response_format(value: Any) -> None:
 
 
 def check_schema_bounds(schema: dict[str, Any]) -> None:
-    """Refuse schemas that are too big, too deep, invalid, or that point at remote documents."""
-    stack: list[tuple[Any, int]] = [(schema, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_SCHEMA_DEPTH:
-            raise ValueOutOfRange(
-                f"The JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels.",
-                param="response_format",
-            )
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and not ref.startswith("#"):
-                raise InvalidRequest(
-                    "Only local '$ref' (starting with '#') are allowed in a JSON schema.",
-                    param="response_format",
-                )
-            stack.extend((child, depth + 1) for child in node.values())
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node)
-    # Measured after the depth walk: orjson refuses to encode anything nested past 254 levels.
-    if len(orjson.dumps(schema)) > MAX_SCHEMA_BYTES:
-        raise ValueOutOfRange(
-            f"The JSON schema is larger than {MAX_SCHEMA_BYTES} bytes.", param="response_format"
-        )
+    """Refuse a client's schema the way a route's output contract is refused (see guard)."""
     try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise InvalidRequest(
-            f"The JSON schema is not valid: {exc.message}.", param="response_format"
-        ) from exc
+        check_contract(schema)
+    except SchemaRefused as exc:
+        error = ValueOutOfRange if exc.out_of_range else InvalidRequest
+        raise error(str(exc), param="response_format") from exc

@@ -15,9 +15,8 @@ from service.errors import (
     UnsupportedParameter,
     ValueOutOfRange,
 )
+from service.guard import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH
 from service.request_rules import (
-    MAX_SCHEMA_BYTES,
-    MAX_SCHEMA_DEPTH,
     Endpoint,
     Limits,
     Prepared,
@@ -332,3 +331,11 @@ def test_too_big_schema_is_refused() -> None:
     error = refused(chat(response_format=schema_format(schema)), ValueOutOfRange)
     assert error.param == "response_format"
     assert str(MAX_SCHEMA_BYTES) in error.message
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+b", "(a|a)+", "(.*a){20}"])
+def test_catastrophic_patterns_never_reach_the_engine(pattern: str) -> None:
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}}
+    error = refused(chat(response_format=schema_format(schema)), InvalidRequest)
+    assert error.param == "response_format"
+    assert "pattern" in error.message
