@@ -161,3 +161,67 @@ class RolloutEvent(Base):
     # The state version this event produced: (rollout_id, version) is unique, so a transition
     # can be recorded only once even when two replicas race.
     version: Mapped[int] = mapped_column(Integer)
+
+
+class ReviewItem(Base):
+    """An answer that needs a person: claimed under a lease with a fencing token, then decided.
+
+    ``claim_token`` grows by one with every claim, so a decision or heartbeat carrying an older
+    token is recognisably stale; ``expiries`` counts leases that ran out (too many parks it).
+    """
+
+    __tablename__ = "review_items"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36))
+    route: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(300))
+    reason: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    claim_token: Mapped[int] = mapped_column(Integer)
+    expiries: Mapped[int] = mapped_column(Integer)
+    answer: Mapped[str] = mapped_column(Text)
+    request_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    field_confidence: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    schema_errors: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    corrected_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# The claim order: the highest priority first, then the oldest.
+Index("ix_review_items_claim", ReviewItem.state, ReviewItem.priority.desc(), ReviewItem.created_at)
+Index("ix_review_items_route_state", ReviewItem.route, ReviewItem.state)
+Index("ix_review_items_request", ReviewItem.request_id)
+
+
+class ReviewDecision(Base):
+    """Append-only audit trail of a review item: decisions, expired leases, parking."""
+
+    __tablename__ = "review_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reviewer: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    claim_token: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+DECISION_KINDS = ("approve", "correct", "reject")
+Index("ix_review_decisions_item", ReviewDecision.item_id, ReviewDecision.id)
+# At most one decision per item, whatever races: the database itself refuses a second one.
+Index(
+    "ux_review_decisions_one_decision",
+    ReviewDecision.item_id,
+    unique=True,
+    sqlite_where=ReviewDecision.kind.in_(DECISION_KINDS),
+    postgresql_where=ReviewDecision.kind.in_(DECISION_KINDS),
+)

@@ -1,0 +1,544 @@
+"""The review queue in the database: claims under a lease with a fencing token, and decisions.
+
+An item is ``pending`` until a reviewer claims it. A claim sets a lease (``lease_until``) and
+bumps ``claim_token``, the fencing token: every later heartbeat or decision must carry it, so a
+reviewer whose lease ran out (and whose item someone else has since claimed) is refused with
+``StaleClaim`` instead of overwriting the newer claimant's work. Decisions are conditional
+UPDATEs (``WHERE claim_token = :token AND state = 'claimed' AND lease_until >= :now``), so of two
+racing decisions at most one matches, and each is appended to ``review_decisions`` in the same
+transaction. The audit trail is only ever inserted into.
+
+A lease that has run out returns its item to ``pending`` the next time anyone claims (counted in
+``expiries``, with an ``expired`` history row); the item whose expiries reach the limit is
+``parked`` for a person to look at instead of being handed out again.
+
+How a claim stays atomic:
+
+- PostgreSQL: ``UPDATE review_items SET ... WHERE id = (SELECT id ... ORDER BY priority DESC,
+  created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ...``: concurrent claimers skip the rows
+  another transaction holds instead of queueing behind it.
+- SQLite: the same single ``UPDATE ... RETURNING`` (without the locking clause) inside a
+  transaction opened with ``BEGIN IMMEDIATE``, which takes the database's write lock up front.
+  Writers are serialised; a waiting writer is bounded by the busy timeout (``db.session``).
+
+Times are always passed in (``now``), never read here, so leases can be tested tick by tick.
+Callers own nothing for the write operations (they take an ``async_sessionmaker`` and run their
+own short transaction), except ``enqueue``, which joins the caller's transaction so an item is
+written together with its request record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, and_, case, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.db.models import ReviewDecision, ReviewItem
+
+DEFAULT_MAX_EXPIRIES = 3
+# Expired leases released per claim at most (there are about as many as reviewers at work).
+RELEASE_BATCH = 100
+
+
+class ItemState(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    APPROVED = "approved"
+    CORRECTED = "corrected"
+    REJECTED = "rejected"
+    PARKED = "parked"
+
+
+class DecisionKind(StrEnum):
+    APPROVE = "approve"
+    CORRECT = "correct"
+    REJECT = "reject"
+
+
+# History kinds besides the decisions.
+EXPIRED = "expired"
+PARKED = "parked"
+
+DECIDED_STATE = {
+    DecisionKind.APPROVE: ItemState.APPROVED,
+    DecisionKind.CORRECT: ItemState.CORRECTED,
+    DecisionKind.REJECT: ItemState.REJECTED,
+}
+KIND_OF_STATE = {state.value: kind for kind, state in DECIDED_STATE.items()}
+
+
+class StaleClaim(Exception):
+    """The claim token is not the item's current one, or its lease has run out."""
+
+
+class AlreadyDecided(Exception):
+    """The item was already decided, differently (or by someone else)."""
+
+
+class ItemNotFound(Exception):
+    """No review item has this id."""
+
+
+class InvalidDecision(ValueError):
+    """The decision lacks what its kind needs (a corrected answer, a reject reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItemView:
+    id: str
+    request_id: str
+    route: str
+    target: str
+    reason: str
+    priority: int
+    state: ItemState
+    created_at: datetime
+    claimed_by: str | None
+    lease_until: datetime | None
+    claim_token: int
+    expiries: int
+    answer: str
+    request_body: str | None
+    confidence: float | None
+    field_confidence: Mapping[str, float] | None
+    schema_errors: Sequence[Any] | None
+    decided_at: datetime | None
+    decided_by: str | None
+    corrected_answer: str | None
+    reject_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    item: ReviewItemView
+    token: int
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    item_id: str
+    kind: DecisionKind
+    reviewer: str
+    token: int
+    at: datetime
+    corrected_answer: str | None
+    reject_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: int
+    item_id: str
+    at: datetime
+    reviewer: str
+    kind: str
+    claim_token: int
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    depth: Mapping[str, int]  # per route: undecided items (pending or claimed)
+    claimed: Mapping[str, int]  # per route: items held under a lease that has not run out
+    oldest_pending_age_s: float | None  # oldest item nobody holds a live lease on
+    parked: int
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _utc(now: datetime) -> datetime:
+    """SQLite stores times without their offset: every time written or compared is UTC."""
+    if now.tzinfo is None:
+        raise ValueError("times must be timezone-aware")
+    return now.astimezone(UTC)
+
+
+def _opt_utc(value: datetime | None) -> datetime | None:
+    return as_utc(value) if value is not None else None
+
+
+def _view(row: Any) -> ReviewItemView:
+    """From an ORM row or a Core row of ``review_items`` (same attribute names)."""
+    return ReviewItemView(
+        id=row.id, request_id=row.request_id, route=row.route, target=row.target,
+        reason=row.reason, priority=row.priority, state=ItemState(row.state),
+        created_at=as_utc(row.created_at), claimed_by=row.claimed_by,
+        lease_until=_opt_utc(row.lease_until), claim_token=row.claim_token,
+        expiries=row.expiries, answer=row.answer, request_body=row.request_body,
+        confidence=row.confidence, field_confidence=row.field_confidence,
+        schema_errors=row.schema_errors, decided_at=_opt_utc(row.decided_at),
+        decided_by=row.decided_by, corrected_answer=row.corrected_answer,
+        reject_reason=row.reject_reason,
+    )  # fmt: skip
+
+
+def _recorded(row: Any) -> Decision | None:
+    kind = KIND_OF_STATE.get(row.state)
+    if kind is None or row.decided_at is None or row.decided_by is None:
+        return None
+    return Decision(
+        row.id, kind, row.decided_by, row.claim_token, as_utc(row.decided_at),
+        row.corrected_answer, row.reject_reason,
+    )  # fmt: skip
+
+
+def _rowcount(result: Any) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+async def _is_postgres(session: AsyncSession) -> bool:
+    return (await session.connection()).dialect.name == "postgresql"
+
+
+@asynccontextmanager
+async def write_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """A short transaction that commits on exit; on SQLite it holds the write lock from the start.
+
+    Python's sqlite3 would open a deferred transaction, which in WAL mode can fail at once with
+    "database is locked" (no busy wait) when a read is followed by a write and another writer
+    got in between. ``BEGIN IMMEDIATE`` takes the lock first, waiting at most the busy timeout.
+    """
+    async with sessions() as session, session.begin():
+        connection = await session.connection()
+        if connection.dialect.name == "sqlite":
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield session
+
+
+async def enqueue(
+    session: AsyncSession, *, request_id: str, route: str, target: str, reason: str,
+    answer: str, now: datetime, priority: int = 0, request_body: str | None = None,
+    confidence: float | None = None, field_confidence: Mapping[str, float] | None = None,
+    schema_errors: Sequence[Any] | None = None, item_id: str | None = None,
+) -> str:  # fmt: skip
+    """Add a pending item to the caller's transaction (with its request record); returns its id.
+
+    Nothing is flushed or committed here: the caller's unit of work writes the record and the
+    item together, or neither.
+    """
+    item_id = item_id or uuid.uuid4().hex
+    session.add(
+        ReviewItem(
+            id=item_id, request_id=request_id, route=route, target=target, reason=reason,
+            priority=priority, state=ItemState.PENDING.value, created_at=_utc(now),
+            claimed_by=None, lease_until=None, claim_token=0, expiries=0, answer=answer,
+            request_body=request_body, confidence=confidence,
+            field_confidence=dict(field_confidence) if field_confidence is not None else None,
+            schema_errors=list(schema_errors) if schema_errors is not None else None,
+        )
+    )  # fmt: skip
+    return item_id
+
+
+def _claim_order() -> tuple[Any, ...]:
+    return (ReviewItem.priority.desc(), ReviewItem.created_at, ReviewItem.id)
+
+
+async def _release_expired(session: AsyncSession, now: datetime, max_expiries: int) -> int:
+    """Return items whose lease ran out to ``pending`` (or ``parked``); inside a claim."""
+    query = (
+        select(
+            ReviewItem.id, ReviewItem.claim_token, ReviewItem.claimed_by, ReviewItem.lease_until,
+            ReviewItem.expiries,
+        )
+        .where(ReviewItem.state == ItemState.CLAIMED.value, ReviewItem.lease_until < now)
+        .order_by(*_claim_order())
+        .limit(RELEASE_BATCH)
+    )  # fmt: skip
+    if await _is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    released = 0
+    for item_id, token, holder, lease_until, expiries in (await session.execute(query)).all():
+        count = expiries + 1
+        parked = count >= max_expiries
+        result = await session.execute(
+            update(ReviewItem)
+            .where(
+                ReviewItem.id == item_id,
+                ReviewItem.claim_token == token,
+                ReviewItem.state == ItemState.CLAIMED.value,
+            )
+            .values(
+                state=(ItemState.PARKED if parked else ItemState.PENDING).value,
+                expiries=count,
+                claimed_by=None,
+                lease_until=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(result) != 1:
+            continue
+        released += 1
+        reviewer = holder or ""
+        ended = as_utc(lease_until).isoformat() if lease_until is not None else None
+        session.add(
+            ReviewDecision(
+                item_id=item_id, at=now, reviewer=reviewer, kind=EXPIRED, claim_token=token,
+                payload={"lease_until": ended, "expiries": count},
+            )
+        )  # fmt: skip
+        if parked:
+            session.add(
+                ReviewDecision(
+                    item_id=item_id, at=now, reviewer=reviewer, kind=PARKED, claim_token=token,
+                    payload={"expiries": count, "limit": max_expiries},
+                )
+            )  # fmt: skip
+    if released:
+        await session.flush()
+    return released
+
+
+async def release_expired(
+    sessions: async_sessionmaker[AsyncSession], now: datetime,
+    max_expiries: int = DEFAULT_MAX_EXPIRIES,
+) -> int:  # fmt: skip
+    """Release run-out leases now (every claim does this too); returns how many it released."""
+    async with write_transaction(sessions) as session:
+        return await _release_expired(session, _utc(now), max_expiries)
+
+
+async def claim_next(
+    sessions: async_sessionmaker[AsyncSession], reviewer: str, now: datetime, lease_s: float,
+    *, route: str | None = None, reason: str | None = None,
+    max_expiries: int = DEFAULT_MAX_EXPIRIES,
+) -> ClaimedItem | None:  # fmt: skip
+    """Claim the highest-priority, oldest claimable item (optionally of one route or reason).
+
+    Claimable: ``pending``, or ``claimed`` under a lease that ran out before ``now`` (released
+    first, in the same transaction; see ``_release_expired``). Returns ``None`` when nothing
+    is claimable.
+    """
+    if lease_s <= 0:
+        raise ValueError("lease_s must be positive")
+    now = _utc(now)
+    lease_until = now + timedelta(seconds=lease_s)
+    async with write_transaction(sessions) as session:
+        await _release_expired(session, now, max_expiries)
+        pick = select(ReviewItem.id).where(ReviewItem.state == ItemState.PENDING.value)
+        if route is not None:
+            pick = pick.where(ReviewItem.route == route)
+        if reason is not None:
+            pick = pick.where(ReviewItem.reason == reason)
+        pick = pick.order_by(*_claim_order()).limit(1)
+        if await _is_postgres(session):
+            pick = pick.with_for_update(skip_locked=True)
+        claim = (
+            update(ReviewItem)
+            .where(
+                ReviewItem.id == pick.scalar_subquery(),
+                ReviewItem.state == ItemState.PENDING.value,
+            )
+            .values(
+                state=ItemState.CLAIMED.value,
+                claimed_by=reviewer,
+                lease_until=lease_until,
+                claim_token=ReviewItem.claim_token + 1,
+            )
+            .returning(*ReviewItem.__table__.columns)
+            .execution_options(synchronize_session=False)
+        )
+        row = (await session.execute(claim)).one_or_none()
+    if row is None:
+        return None
+    item = _view(row)
+    return ClaimedItem(item, item.claim_token, lease_until)
+
+
+async def _missing_or_stale(session: AsyncSession, item_id: str) -> Exception:
+    found = await session.scalar(select(ReviewItem.id).where(ReviewItem.id == item_id))
+    return ItemNotFound(item_id) if found is None else StaleClaim(item_id)
+
+
+def _holds(item_id: str, token: int, reviewer: str, now: datetime) -> tuple[Any, ...]:
+    """The claim is current: this token, this reviewer, and a lease that has not run out."""
+    return (
+        ReviewItem.id == item_id,
+        ReviewItem.claim_token == token,
+        ReviewItem.claimed_by == reviewer,
+        ReviewItem.state == ItemState.CLAIMED.value,
+        ReviewItem.lease_until >= now,
+    )
+
+
+async def heartbeat(
+    sessions: async_sessionmaker[AsyncSession], item_id: str, token: int, reviewer: str,
+    now: datetime, lease_s: float,
+) -> datetime:  # fmt: skip
+    """Extend a live claim to ``now + lease_s``; returns the new lease end.
+
+    ``StaleClaim`` when the token is not current or the lease already ran out.
+    """
+    if lease_s <= 0:
+        raise ValueError("lease_s must be positive")
+    now = _utc(now)
+    lease_until = now + timedelta(seconds=lease_s)
+    async with write_transaction(sessions) as session:
+        result = await session.execute(
+            update(ReviewItem)
+            .where(*_holds(item_id, token, reviewer, now))
+            .values(lease_until=lease_until)
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(result) != 1:
+            raise await _missing_or_stale(session, item_id)
+    return lease_until
+
+
+def _decision_values(kind: DecisionKind, payload: str | None) -> dict[str, Any]:
+    if kind is DecisionKind.APPROVE:
+        if payload is not None:
+            raise InvalidDecision("an approval carries no payload")
+        return {"corrected_answer": None, "reject_reason": None}
+    if payload is None or not payload.strip():
+        need = "the corrected answer" if kind is DecisionKind.CORRECT else "a reason"
+        raise InvalidDecision(f"{kind.value} needs {need}")
+    if kind is DecisionKind.CORRECT:
+        return {"corrected_answer": payload, "reject_reason": None}
+    return {"corrected_answer": None, "reject_reason": payload}
+
+
+def _history_payload(kind: DecisionKind, payload: str | None) -> dict[str, Any]:
+    if kind is DecisionKind.CORRECT:
+        return {"corrected_answer": payload}
+    if kind is DecisionKind.REJECT:
+        return {"reason": payload}
+    return {}
+
+
+async def decide(
+    sessions: async_sessionmaker[AsyncSession], item_id: str, token: int, reviewer: str,
+    kind: DecisionKind | str, payload: str | None, now: datetime,
+) -> Decision:  # fmt: skip
+    """Record a decision on a live claim, with its history row, in one transaction.
+
+    ``payload``: the corrected answer for ``correct`` (validated by the caller against the
+    route's schema), the reason for ``reject``, nothing for ``approve``.
+
+    Repeating the recorded decision (same reviewer, token, kind and payload) returns it again
+    without a second history row. ``AlreadyDecided`` for a different decision on a decided item;
+    ``StaleClaim`` for a token that is not current or a lease that ran out; ``ItemNotFound``;
+    ``InvalidDecision`` for a missing reason or answer.
+    """
+    kind = DecisionKind(kind)
+    values = _decision_values(kind, payload)
+    now = _utc(now)
+    async with write_transaction(sessions) as session:
+        result = await session.execute(
+            update(ReviewItem)
+            .where(*_holds(item_id, token, reviewer, now))
+            .values(
+                state=DECIDED_STATE[kind].value,
+                decided_at=now,
+                decided_by=reviewer,
+                lease_until=None,
+                **values,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(result) == 1:
+            session.add(
+                ReviewDecision(
+                    item_id=item_id, at=now, reviewer=reviewer, kind=kind.value,
+                    claim_token=token, payload=_history_payload(kind, payload),
+                )
+            )  # fmt: skip
+            return Decision(item_id, kind, reviewer, token, now, **values)
+        row = await session.get(ReviewItem, item_id)
+        if row is None:
+            raise ItemNotFound(item_id)
+        recorded = _recorded(row)
+        if recorded is None or recorded.token != token:
+            raise StaleClaim(item_id)
+        same = (
+            recorded.reviewer == reviewer
+            and recorded.kind is kind
+            and recorded.corrected_answer == values["corrected_answer"]
+            and recorded.reject_reason == values["reject_reason"]
+        )
+        if not same:
+            raise AlreadyDecided(item_id)
+        return recorded
+
+
+async def get(session: AsyncSession, item_id: str) -> ReviewItemView:
+    row = await session.get(ReviewItem, item_id, populate_existing=True)
+    if row is None:
+        raise ItemNotFound(item_id)
+    return _view(row)
+
+
+async def list_items(
+    session: AsyncSession, *, state: str | None = None, route: str | None = None,
+    reason: str | None = None, limit: int = 50, offset: int = 0,
+) -> list[ReviewItemView]:  # fmt: skip
+    """Items in claim order (priority, then age), optionally filtered."""
+    query = select(ReviewItem)
+    if state is not None:
+        query = query.where(ReviewItem.state == ItemState(state).value)
+    if route is not None:
+        query = query.where(ReviewItem.route == route)
+    if reason is not None:
+        query = query.where(ReviewItem.reason == reason)
+    query = query.order_by(*_claim_order()).limit(limit).offset(offset)
+    return [_view(row) for row in await session.scalars(query)]
+
+
+async def history(session: AsyncSession, item_id: str) -> list[HistoryEntry]:
+    query = (
+        select(ReviewDecision).where(ReviewDecision.item_id == item_id).order_by(ReviewDecision.id)
+    )
+    return [
+        HistoryEntry(
+            row.id,
+            row.item_id,
+            as_utc(row.at),
+            row.reviewer,
+            row.kind,
+            row.claim_token,
+            dict(row.payload),
+        )
+        for row in await session.scalars(query)
+    ]
+
+
+async def queue_stats(session: AsyncSession, now: datetime) -> QueueStats:
+    """Figures for metrics: depth and live claims per route, oldest waiting age, parked count."""
+    now = _utc(now)
+    state = ReviewItem.state
+    live = and_(state == ItemState.CLAIMED.value, ReviewItem.lease_until >= now)
+    open_states = (ItemState.PENDING.value, ItemState.CLAIMED.value)
+    rows = await session.execute(
+        select(ReviewItem.route, func.count(), func.sum(case((live, 1), else_=0)))
+        .where(state.in_(open_states))
+        .group_by(ReviewItem.route)
+    )
+    depth: dict[str, int] = {}
+    claimed: dict[str, int] = {}
+    for route, count, held in rows:
+        depth[route] = int(count)
+        if held:
+            claimed[route] = int(held)
+    waiting = or_(
+        state == ItemState.PENDING.value,
+        and_(state == ItemState.CLAIMED.value, ReviewItem.lease_until < now),
+    )
+    oldest = await session.scalar(select(func.min(ReviewItem.created_at)).where(waiting))
+    parked = await session.scalar(
+        select(func.count()).select_from(ReviewItem).where(state == ItemState.PARKED.value)
+    )
+    age = (now - as_utc(oldest)).total_seconds() if oldest is not None else None
+    return QueueStats(depth, claimed, age, int(parked or 0))
