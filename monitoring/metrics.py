@@ -121,6 +121,26 @@ class Metrics:
             registry=r,
         )
 
+        self.schema_checks = Counter(
+            "loragate_schema_checks",
+            "Answers of routes with an output contract, by whether they were schema-valid.",
+            ["route", "target", "valid"],
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "loragate_answer_confidence",
+            "Confidence the gateway computed from token logprobs, per route and version.",
+            ["route", "target"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=r,
+        )
+        self.escalations = Counter(
+            "loragate_escalations",
+            "Answers sent to human review, by reason.",
+            ["route", "reason"],
+            registry=r,
+        )
+
     def request_done(
         self,
         labels: tuple[str, str, str, str],

@@ -316,3 +316,33 @@ class RolloutConflict(GatewayError):
 
 class InvalidRolloutSpec(InvalidRequest):
     code = "invalid_rollout_spec"
+
+
+class ReviewItemNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "review_item_not_found"
+
+
+class ReviewConflict(GatewayError):
+    """The claim is stale (another reviewer holds the item now) or the item is decided already."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "review_conflict"
+
+
+class ReviewDecisionInvalid(GatewayError):
+    """The decision lacks what its kind needs, carries what it must not, or is not JSON."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "review_decision_invalid"
+
+
+class OutputInvalid(GatewayError):
+    """The model's answer broke the route's output schema and the route refuses such answers."""
+
+    status = 422
+    type = "invalid_response_error"
+    code = "output_schema_violation"

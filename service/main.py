@@ -22,6 +22,7 @@ from monitoring.record_writer import RecordWriter
 from monitoring.tracing import build_provider, tracer_from
 from service.api import adapters as adapters_api
 from service.api import health, inference, routes_admin
+from service.api import reviews as reviews_api
 from service.api import rollouts as rollouts_api
 from service.db import repositories
 from service.db.migrations import ensure_migrated
@@ -218,4 +219,5 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(adapters_api.router)
     app.include_router(rollouts_api.router)
+    app.include_router(reviews_api.router)
     return app

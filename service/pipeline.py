@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -30,10 +31,13 @@ from service.errors import (
     EngineError,
     EngineStreamBroken,
     GatewayError,
+    InvalidRequest,
+    OutputInvalid,
     PermissionDenied,
     RouteNotFound,
 )
 from service.gateway import Gateway
+from service.output_guard import Judgement, RouteContract, judge, present
 from service.record import RecordDraft
 from service.relay import RelayResponse, until_disconnected
 from service.request_rules import Endpoint, Limits, Prepared, parse_body, prepare, route_name
@@ -70,10 +74,13 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 record.rollout_id = route.split.rollout_id
             span.set_attribute("loragate.route", route.name)
             limits = Limits.for_route(gw.settings, route)
-            prepared = prepare(endpoint, payload, decision.target, limits)
+            forced = contract_fields(route, endpoint, payload)
+            prepared = prepare(endpoint, payload, decision.target, limits, forced)
             record.stream = prepared.stream
             if decision.shadow_target is not None:
-                shadow = launch_shadow(gw, record, route, decision.shadow_target, payload, limits)
+                shadow = launch_shadow(
+                    gw, record, route, decision.shadow_target, payload, limits, forced
+                )
             if prepared.stream:
                 stream = await until_disconnected(
                     receive,
@@ -97,6 +104,12 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 )  # fmt: skip
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)
+            body = reply.value
+            if route.contract is not None:
+                answer, body = await guard_answer(
+                    gw, receive, route, route.contract, decision.target, prepared, record,
+                    answer, keep_logprobs=bool(payload.get("logprobs")),
+                )  # fmt: skip
             if shadow is not None:
                 shadow.primary_answered(answer_text(answer, endpoint))
             echoed = answer.get("model")
@@ -104,8 +117,8 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 record.target = echoed  # the exact version that answered
             record.take_usage(answer.get("usage"))
             record.finish_reason = first_finish_reason(answer)
-            record.response_body = reply.value.decode("utf-8", "replace")
-            return Response(reply.value, media_type=JSON, headers={REQUEST_ID: record.id})
+            record.response_body = body.decode("utf-8", "replace")
+            return Response(body, media_type=JSON, headers={REQUEST_ID: record.id})
         except GatewayError as error:
             record.fail(error)
             if isinstance(error, EngineError):
@@ -140,12 +153,95 @@ def launch_shadow(
     candidate: str,
     payload: dict[str, Any],
     limits: Limits,
+    forced: dict[str, Any] | None,
 ) -> ShadowCall | None:
     """Send the candidate a non-streamed copy of the request; it never affects this one."""
     copy = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
     endpoint = Endpoint(record.endpoint)
-    body = prepare(endpoint, copy, candidate, limits).upstream_body
-    return gw.shadow.launch(record, route.pool, candidate, endpoint, body)
+    body = prepare(endpoint, copy, candidate, limits, forced).upstream_body
+    return gw.shadow.launch(record, route.pool, candidate, endpoint, body, route.contract)
+
+
+def contract_fields(
+    route: RouteView, endpoint: Endpoint, payload: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The fields a route's output contract adds to the engine's body (None without one)."""
+    if route.contract is None:
+        return None
+    if endpoint is not Endpoint.CHAT or payload.get("stream"):
+        raise InvalidRequest(
+            f"The route '{route.name}' has an output contract: answers are validated whole, "
+            "so it serves non-streamed chat completions only.",
+            param="stream" if endpoint is Endpoint.CHAT else "model",
+        )
+    return route.contract.forced_fields(payload)
+
+
+async def guard_answer(
+    gw: Gateway,
+    receive: Receive,
+    route: RouteView,
+    contract: RouteContract,
+    target: str,
+    prepared: Prepared,
+    record: RecordDraft,
+    answer: dict[str, Any],
+    *,
+    keep_logprobs: bool,
+) -> tuple[dict[str, Any], bytes]:
+    """Validate and score the answer (asking again once if the policy says so), decide on
+    review, and build the client's body. The record carries the verdict and the review item."""
+    judgement = judge(answer, contract)
+    for _ in range(contract.policy.retry_invalid):
+        if judgement.validation.valid:
+            break
+        with gw.span("engine.retry_invalid"):
+            reply = await until_disconnected(
+                receive,
+                gw.engines.complete(
+                    route.pool, target, Endpoint.CHAT.path, prepared.upstream_body, record.id
+                ),
+            )
+        record.attempts += 1 + reply.attempts
+        answer = parse_reply(reply.value)
+        judgement = judge(answer, contract)
+    valid, score = judgement.validation.valid, judgement.score
+    record.schema_valid, record.confidence = valid, score
+    version = str(answer.get("model") or target)
+    gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()
+    if score is not None:
+        gw.metrics.confidence.labels(route.name, version).observe(score)
+    reason = judgement.review_reason
+    if not valid and contract.policy.invalid == "refuse":
+        raise OutputInvalid(
+            "The model's answer does not follow the route's output schema: "
+            + "; ".join(judgement.validation.errors)
+        )
+    review_id = None
+    record.escalated = reason is not None
+    if reason is not None:
+        review_id = secrets.token_hex(16)
+        gw.metrics.escalations.labels(route.name, reason).inc()
+        record.review = review_item(record, route, version, reason, review_id, answer, judgement)
+    body = present(answer, judgement, keep_logprobs=keep_logprobs, review_id=review_id)
+    return answer, body
+
+
+def review_item(
+    record: RecordDraft, route: RouteView, version: str, reason: str, review_id: str,
+    answer: dict[str, Any], judgement: Judgement,
+) -> dict[str, Any]:  # fmt: skip
+    """The review item written with the record (see ``review.queue.enqueue``)."""
+    confidence = judgement.confidence
+    return {
+        "item_id": review_id, "request_id": record.id, "route": route.name, "target": version,
+        "reason": reason, "answer": answer_text(answer, Endpoint.CHAT) or "",
+        "now": record.created_at, "priority": 1 if reason == "invalid" else 0,
+        "request_body": record.request_body,
+        "confidence": confidence.score if confidence is not None else None,
+        "field_confidence": dict(confidence.fields) if confidence is not None else None,
+        "schema_errors": list(judgement.validation.errors) or None,
+    }  # fmt: skip
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -16,18 +16,22 @@ class RecordDraft:
         "agreement",
         "arm",
         "attempts",
+        "confidence",
         "created_at",
         "ended",
         "endpoint",
         "error",
+        "escalated",
         "finish_reason",
         "id",
         "key_id",
         "replica",
         "request_body",
         "response_body",
+        "review",
         "rollout_id",
         "route",
+        "schema_valid",
         "shadow_of",
         "started",
         "status_code",
@@ -61,6 +65,11 @@ class RecordDraft:
         self.rollout_id: str | None = None
         self.shadow_of: str | None = None
         self.agreement: dict[str, bool] | None = None
+        self.schema_valid: bool | None = None
+        self.confidence: float | None = None
+        self.escalated: bool | None = None
+        # The review item to write with this record (same transaction), when escalated.
+        self.review: dict[str, Any] | None = None
         self.ended: float | None = None
 
     def fail(self, error: GatewayError) -> None:
@@ -109,4 +118,8 @@ class RecordDraft:
             "rollout_id": self.rollout_id,
             "shadow_of": self.shadow_of,
             "agreement": self.agreement,
+            "schema_valid": self.schema_valid,
+            "confidence": self.confidence,
+            "escalated": self.escalated,
+            "review": self.review,
         }

@@ -6,6 +6,7 @@ hurt an engine never reaches one. Limits come from settings and the route.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -100,8 +101,18 @@ def route_name(payload: dict[str, Any]) -> str:
     return model
 
 
-def prepare(endpoint: Endpoint, payload: dict[str, Any], target: str, limits: Limits) -> Prepared:
-    """Check the client's body and build the engine's body (route name replaced by target)."""
+def prepare(
+    endpoint: Endpoint,
+    payload: dict[str, Any],
+    target: str,
+    limits: Limits,
+    forced: Mapping[str, Any] | None = None,
+) -> Prepared:
+    """Check the client's body and build the engine's body (route name replaced by target).
+
+    ``forced`` are fields the gateway sets itself (a route's output contract), added after the
+    client's fields are checked.
+    """
     _refuse_unknown_fields(endpoint, payload)
     body = dict(payload)
     body["model"] = target
@@ -135,6 +146,8 @@ def prepare(endpoint: Endpoint, payload: dict[str, Any], target: str, limits: Li
         body["stream_options"] = {"include_usage": True}
     elif "stream_options" in body:
         raise InvalidRequest("'stream_options' needs 'stream': true.", param="stream_options")
+    if forced:
+        body.update(forced)
     try:
         upstream_body = orjson.dumps(body)
     except orjson.JSONEncodeError as exc:  # nested past orjson's limit of 254 levels

@@ -9,11 +9,20 @@ routes:
     max_tokens_cap: 512        # optional, else the global cap
     default_max_tokens: 128    # optional, used when the client sends none
     description: General chat
+  - name: ticket-triage
+    output_schema: tickets.schema.json   # a JSON Schema (2020-12), inline or a file next to
+                                          # this one; answers are constrained and validated
+    review:                    # optional; see README "Output contracts"
+      escalate: below          # never | sample | below | always
+      threshold: 0.6
+      invalid: escalate        # escalate | refuse (422)
+      retry_invalid: 1
 ```
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import repositories
 from service.db.models import AdapterVersion, Route
+from service.guard import SchemaRefused
+from service.output_guard import RouteContract
 from service.settings import EnginePoolSettings
 
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -38,6 +49,8 @@ class RouteSpec(BaseModel):
     max_tokens_cap: int | None = Field(default=None, ge=1)
     default_max_tokens: int | None = Field(default=None, ge=1)
     description: str = ""
+    output_schema: dict[str, Any] | str | None = None  # inline, or a file relative to the YAML
+    review: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
@@ -74,7 +87,30 @@ def load_routes_file(path: Path) -> list[RouteSpec]:
     names = [r.name for r in parsed.routes]
     if len(names) != len(set(names)):
         raise RoutesConfigError(f"{path}: route names must be unique")
-    return parsed.routes
+    return [_with_contract(spec, path.parent) for spec in parsed.routes]
+
+
+def _with_contract(spec: RouteSpec, base: Path) -> RouteSpec:
+    """Read a schema file named by the spec, and refuse a bad schema or policy at load time."""
+    schema = spec.output_schema
+    if isinstance(schema, str):
+        try:
+            schema = json.loads((base / schema).read_text())
+        except RecursionError as exc:
+            raise RoutesConfigError(
+                f"route {spec.name!r}: JSON schema refused (depth): {schema} nests too deeply"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise RoutesConfigError(f"route {spec.name!r}: cannot read {schema}: {exc}") from exc
+        spec = spec.model_copy(update={"output_schema": schema})
+    if spec.output_schema is None and spec.review is not None:
+        raise RoutesConfigError(f"route {spec.name!r}: a review policy needs an output_schema")
+    if isinstance(schema, dict):
+        try:
+            RouteContract.build(schema, spec.review)
+        except (SchemaRefused, ValidationError) as exc:
+            raise RoutesConfigError(f"route {spec.name!r}: {exc}") from exc
+    return spec
 
 
 def resolve(spec: RouteSpec, pools: list[EnginePoolSettings]) -> dict[str, Any]:
@@ -95,6 +131,8 @@ def resolve(spec: RouteSpec, pools: list[EnginePoolSettings]) -> dict[str, Any]:
         "default_max_tokens": spec.default_max_tokens,
         "description": spec.description,
         "updated_at": datetime.now(UTC),
+        "output_schema": spec.output_schema,
+        "review_policy": spec.review,
     }
     if spec.target is None:
         return row

@@ -18,6 +18,7 @@ from rollout.agreement import compare
 from rollout.split import Arm
 from service.engine.client import EngineClient, parse_reply
 from service.errors import ClientClosedRequest, EngineTimeout, GatewayError
+from service.output_guard import RouteContract, judge
 from service.record import RecordDraft
 from service.request_rules import Endpoint
 
@@ -76,7 +77,13 @@ class ShadowCaller:
         return len(self._tasks)
 
     def launch(
-        self, primary: RecordDraft, pool: str, target: str, endpoint: Endpoint, body: bytes
+        self,
+        primary: RecordDraft,
+        pool: str,
+        target: str,
+        endpoint: Endpoint,
+        body: bytes,
+        contract: RouteContract | None = None,
     ) -> ShadowCall | None:
         """Start a shadow call for ``primary``; ``None`` (and counted) when at the cap."""
         route = primary.route or "-"
@@ -88,14 +95,20 @@ class ShadowCaller:
         record.arm, record.route, record.target = Arm.SHADOW.value, primary.route, target
         record.rollout_id, record.shadow_of = primary.rollout_id, primary.id
         record.request_body = primary.request_body
-        task = asyncio.create_task(self._run(call, record, pool, endpoint, body))
+        task = asyncio.create_task(self._run(call, record, pool, endpoint, body, contract))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._metrics.shadow_calls.labels(route, "started").inc()
         return call
 
     async def _run(
-        self, call: ShadowCall, record: RecordDraft, pool: str, endpoint: Endpoint, body: bytes
+        self,
+        call: ShadowCall,
+        record: RecordDraft,
+        pool: str,
+        endpoint: Endpoint,
+        body: bytes,
+        contract: RouteContract | None,
     ) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -108,6 +121,9 @@ class ShadowCaller:
             record.take_usage(answer.get("usage"))
             text = answer_text(answer, endpoint)
             record.response_body = text
+            if contract is not None:  # judged for the gates, never escalated
+                judgement = judge(answer, contract, draw=1.0)
+                record.schema_valid, record.confidence = judgement.validation.valid, judgement.score
             stable = await call.primary(self._timeout_s)
             if stable is not None and text is not None:
                 record.agreement = compare(stable, text)

@@ -21,7 +21,8 @@ from rollout.machine import traffic
 from rollout.split import Split
 from service.auth import StoredKey, stored_key
 from service.db import repositories, rollout_store
-from service.db.models import AdapterVersion
+from service.db.models import AdapterVersion, Route
+from service.output_guard import RouteContract
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class RouteView:
     max_tokens_cap: int | None
     default_max_tokens: int | None
     split: Split | None = None  # the route's active rollout, as traffic
+    contract: RouteContract | None = None  # the output schema and review policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,16 @@ class Snapshot:
         return frozenset(wanted & self.adapters.keys())
 
 
+def route_view(route: Route, split: Split | None) -> RouteView:
+    contract = None
+    if route.output_schema is not None:
+        contract = RouteContract.build(route.output_schema, route.review_policy)
+    return RouteView(
+        route.name, route.pool, route.target, route.max_tokens_cap, route.default_max_tokens,
+        split, contract,
+    )  # fmt: skip
+
+
 def split_of(rollout: rollout_store.StoredRollout) -> Split:
     """The traffic an active rollout takes now (none yet while pending)."""
     now = traffic(rollout.state, rollout.spec)
@@ -82,17 +94,7 @@ class SnapshotStore:
             versions = (await session.scalars(select(AdapterVersion))).all()
             rollouts = await rollout_store.active(session)
         splits = {r.route: split_of(r) for r in rollouts}
-        route_views = {
-            r.name: RouteView(
-                r.name,
-                r.pool,
-                r.target,
-                r.max_tokens_cap,
-                r.default_max_tokens,
-                splits.get(r.name),
-            )
-            for r in routes
-        }
+        route_views = {r.name: route_view(r, splits.get(r.name)) for r in routes}
         stored = {
             k.id: sk
             for k in keys

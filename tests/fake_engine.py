@@ -33,6 +33,8 @@ class Behaviour:
     token_delay_s: float = 0.0
     cut_after: int = 2
     body: bytes = b""
+    # Per token, when the request asks for logprobs (default -0.05 each).
+    logprobs: list[float] | None = None
 
 
 class FakeEngine:
@@ -157,7 +159,16 @@ class FakeEngine:
         if b.kind == "garbage" and not body.get("stream"):  # streams get one bad event instead
             return web.Response(body=b.body or b"<html>not json</html>", content_type="text/html")
         if not body.get("stream"):
-            return web.json_response(_completion(body, b.tokens, "stop", next(self._ids)))
+            answer = _completion(body, b.tokens, "stop", next(self._ids))
+            if body.get("logprobs") and "messages" in body:
+                values = b.logprobs or [-0.05] * len(b.tokens)
+                answer["choices"][0]["logprobs"] = {
+                    "content": [
+                        {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                        for t, lp in zip(b.tokens, values, strict=True)
+                    ]
+                }
+            return web.json_response(answer)
         return await self._stream(request, body, b)
 
     async def _stream(

@@ -46,6 +46,9 @@ class Route(Base):
     default_max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     description: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The output contract: a Draft 2020-12 JSON Schema, and the review policy (see guard.policy).
+    output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    review_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class RequestRecord(Base):

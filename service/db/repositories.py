@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.registry import AdapterVersionRecord, NewVersion, VersionConflict
 from service.db.models import AdapterVersion, ApiKey, RequestRecord, Route
+from service.review import queue
 
 
 async def list_keys(session: AsyncSession) -> Sequence[ApiKey]:
@@ -61,8 +62,12 @@ async def upsert_route(session: AsyncSession, values: dict[str, Any]) -> None:
 
 
 async def insert_records(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert request records and, in the same transaction, the review items they carry."""
+    reviews = [review for row in rows if (review := row.pop("review", None)) is not None]
     # Core insert (executemany): the ORM bulk path costs more per row on the writer's loop.
     await session.execute(insert(cast(Table, RequestRecord.__table__)), rows)
+    for review in reviews:
+        await queue.enqueue(session, **review)
 
 
 async def recent_records(session: AsyncSession, limit: int = 100) -> Sequence[RequestRecord]:

@@ -1,0 +1,53 @@
+"""A route's review policy, and which answers it sends to a person. Pure."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Escalate(StrEnum):
+    NEVER = "never"
+    SAMPLE = "sample"
+    BELOW = "below"
+    ALWAYS = "always"
+
+
+class ReviewPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    escalate: Escalate = Field(
+        default=Escalate.BELOW,
+        description="`never`, a `sample` of answers, answers `below` the threshold, or `always`.",
+    )
+    threshold: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.5, description="`below`: answers whose confidence is under this go to review."
+    )
+    sample_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0, description="`sample`: the share of answers sent to review."
+    )
+    invalid: Literal["escalate", "refuse"] = Field(
+        default="escalate",
+        description="An answer that breaks the schema (after the retry): flagged for review, "
+        "or refused with 422.",
+    )
+    retry_invalid: Annotated[int, Field(ge=0, le=1)] = Field(
+        default=1, description="Ask the engine again this many times when an answer is invalid."
+    )
+
+
+def escalation_reason(
+    policy: ReviewPolicy, valid: bool, confidence: float | None, draw: float
+) -> str | None:
+    """Why the answer goes to review (``draw`` is uniform in [0, 1)), or None."""
+    if not valid:
+        return "invalid"
+    if policy.escalate is Escalate.ALWAYS:
+        return "always"
+    if policy.escalate is Escalate.BELOW and (confidence is None or confidence < policy.threshold):
+        return "low_confidence"
+    if policy.escalate is Escalate.SAMPLE and draw < policy.sample_rate:
+        return "sample"
+    return None

@@ -1,0 +1,105 @@
+"""A route's output contract at work: the schema sent to vLLM, every answer judged.
+
+For a route with an output schema the gateway asks vLLM for ``response_format`` ``json_schema``
+and for token logprobs (stripped again when the client did not ask), validates the answer with
+jsonschema (``finish_reason`` ``length`` is invalid), scores its confidence from the value tokens,
+and decides with the route's review policy whether a person must look at it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service.errors import InvalidRequest
+from service.guard import Confidence, ContractValidator, Validation, score_free, score_json
+from service.guard.policy import ReviewPolicy, escalation_reason
+
+METADATA = "loragate"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteContract:
+    schema: Mapping[str, Any]
+    validator: ContractValidator
+    policy: ReviewPolicy
+
+    @classmethod
+    def build(cls, schema: Mapping[str, Any], policy: Mapping[str, Any] | None) -> RouteContract:
+        """Checked when routes are loaded: a bad schema or policy never reaches a request."""
+        return cls(
+            schema, ContractValidator(dict(schema)), ReviewPolicy.model_validate(policy or {})
+        )
+
+    def forced_fields(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """What the gateway adds to the engine's body; the client may not set the format."""
+        if "response_format" in payload:
+            raise InvalidRequest(
+                "This route has an output contract: the gateway sets 'response_format'.",
+                param="response_format",
+            )
+        forced: dict[str, Any] = {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": self.schema, "strict": True},
+            }
+        }
+        if not payload.get("logprobs"):
+            forced["logprobs"] = True
+        return forced
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    validation: Validation
+    confidence: Confidence | None
+    review_reason: str | None
+
+    @property
+    def score(self) -> float | None:
+        return self.confidence.score if self.confidence is not None else None
+
+
+def judge(
+    answer: Mapping[str, Any], contract: RouteContract, draw: float | None = None
+) -> Judgement:
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    validation = contract.validator.validate(text if isinstance(text, str) else "", finish)
+    if validation.valid and isinstance(text, str):
+        confidence = score_json(text, tokens)
+    else:
+        confidence = score_free(tokens)
+    score = confidence.score if confidence is not None else None
+    roll = random.random() if draw is None else draw
+    return Judgement(
+        validation, confidence, escalation_reason(contract.policy, validation.valid, score, roll)
+    )
+
+
+def present(
+    answer: dict[str, Any], judgement: Judgement, *, keep_logprobs: bool, review_id: str | None
+) -> bytes:
+    """The client's body: the engine's answer plus the documented ``loragate`` metadata."""
+    if not keep_logprobs:
+        for choice in answer.get("choices") or []:
+            if isinstance(choice, dict):
+                choice["logprobs"] = None
+    confidence = judgement.confidence
+    answer[METADATA] = {
+        "schema_valid": judgement.validation.valid,
+        "schema_errors": list(judgement.validation.errors),
+        "confidence": confidence.score if confidence is not None else None,
+        "field_confidence": dict(confidence.fields) if confidence is not None else {},
+        "review_id": review_id,
+    }
+    return orjson.dumps(answer)

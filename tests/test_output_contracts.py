@@ -1,0 +1,233 @@
+"""Routes with an output contract, against the fake engine: the schema is sent to the engine,
+answers are validated and scored from logprobs, invalid ones retried, low-confidence ones
+escalated to the review queue in the same transaction as their request record."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from adapters.training import example_data
+from service.db.models import RequestRecord, ReviewItem
+from service.routes_config import RoutesConfigError, load_routes_file
+from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
+from tests.fake_engine import Behaviour, FakeEngine
+
+CHAT = "/v1/chat/completions"
+ROUTE = "triage"
+TOKENS = ['{"', "category", '":"', "billing", '","', "urgency", '":', "2", ',"', "next_action",
+          '":"', "Refund", " the", " charge", '"}']  # fmt: skip
+SURE = [0.0] * len(TOKENS)
+
+
+def unsure_urgency() -> list[float]:
+    logprobs = list(SURE)
+    logprobs[TOKENS.index("2")] = -2.0
+    return logprobs
+
+
+def routes_file(tmp_path: Path, review: dict[str, Any] | None = None) -> Path:
+    schema_path = tmp_path / "tickets.schema.json"
+    schema_path.write_text(example_data("tickets.schema.json").read_text())
+    route: dict[str, Any] = {"name": ROUTE, "output_schema": "tickets.schema.json"}
+    if review is not None:
+        route["review"] = review
+    path = tmp_path / "routes.yaml"
+    path.write_text(yaml.safe_dump({"routes": [{"name": "chat"}, route]}))
+    return path
+
+
+@pytest.fixture
+async def gw(db_url: str, tmp_path: Path, engine: FakeEngine) -> AsyncIterator[Harness]:
+    review = {"escalate": "below", "threshold": 0.5, "invalid": "escalate", "retry_invalid": 1}
+    settings = make_settings(
+        db_url, tmp_path, [engine.url], routes_file=routes_file(tmp_path, review)
+    )
+    async with running_gateway(settings) as harness:
+        yield harness
+
+
+async def ask(h: Harness, **extra: Any) -> Any:
+    return await h.client.post(CHAT, json=chat_body(ROUTE, **extra), headers=h.auth())
+
+
+async def record_of(h: Harness, request_id: str) -> RequestRecord:
+    async def written() -> RequestRecord | None:
+        async with h.app.state.gateway.sessions() as session:
+            return await session.get(RequestRecord, request_id)
+
+    await wait_until(written, what="the request record")
+    found = await written()
+    assert found is not None
+    return found
+
+
+async def review_items(h: Harness) -> list[ReviewItem]:
+    async with h.app.state.gateway.sessions() as session:
+        return list((await session.scalars(select(ReviewItem))).all())
+
+
+async def test_the_schema_goes_to_the_engine_and_a_sure_answer_passes(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    engine.default = Behaviour(tokens=TOKENS, logprobs=SURE)
+    r = await ask(gw)
+    assert r.status_code == 200, r.text
+    sent = engine.requests[-1]
+    assert sent["response_format"]["type"] == "json_schema"
+    assert sent["response_format"]["json_schema"]["schema"]["required"] == [
+        "category", "urgency", "next_action",
+    ]  # fmt: skip
+    assert sent["logprobs"] is True
+    body = r.json()
+    assert body["choices"][0]["logprobs"] is None  # asked for by the gateway, not the client
+    meta = body["loragate"]
+    assert (meta["schema_valid"], meta["confidence"], meta["review_id"]) == (True, 1.0, None)
+    assert set(meta["field_confidence"]) == {"/category", "/urgency", "/next_action"}
+    row = await record_of(gw, r.headers["x-request-id"])
+    assert (row.schema_valid, row.confidence, row.escalated) == (True, 1.0, False)
+    assert await review_items(gw) == []
+
+
+async def test_a_low_confidence_answer_is_flagged_and_queued_with_its_record(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    engine.default = Behaviour(tokens=TOKENS, logprobs=unsure_urgency())
+    r = await ask(gw, logprobs=True)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["choices"][0]["logprobs"]["content"][0]["token"] == '{"'  # the client asked
+    meta = body["loragate"]
+    assert meta["confidence"] == pytest.approx(math.exp(-2.0))
+    assert meta["field_confidence"]["/urgency"] == pytest.approx(math.exp(-2.0))
+    assert meta["field_confidence"]["/category"] == 1.0
+    row = await record_of(gw, r.headers["x-request-id"])
+    assert row.escalated is True
+    (item,) = await review_items(gw)
+    assert (item.id, item.request_id, item.reason) == (meta["review_id"], row.id, "low_confidence")
+    assert item.state == "pending" and json.loads(item.answer)["category"] == "billing"
+    assert item.field_confidence is not None and item.field_confidence["/category"] == 1.0
+    metrics = (await gw.client.get("/metrics")).text
+    assert 'loragate_escalations_total{reason="low_confidence",route="triage"} 1.0' in metrics
+    assert 'loragate_answer_confidence_count{route="triage",target="fake-base"} 1.0' in metrics
+
+
+async def test_an_invalid_answer_is_asked_again_once(gw: Harness, engine: FakeEngine) -> None:
+    engine.then(Behaviour(tokens=["Sure", "!"]))
+    engine.default = Behaviour(tokens=TOKENS, logprobs=SURE)
+    r = await ask(gw)
+    assert r.status_code == 200
+    assert r.json()["loragate"]["schema_valid"] is True
+    assert len(engine.requests) == 2
+
+
+async def test_an_answer_still_invalid_is_escalated_first_in_the_queue(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    engine.default = Behaviour(tokens=['{"category":', '"billing"}'])
+    r = await ask(gw)
+    assert r.status_code == 200
+    meta = r.json()["loragate"]
+    assert meta["schema_valid"] is False and "urgency" in " ".join(meta["schema_errors"])
+    row = await record_of(gw, r.headers["x-request-id"])
+    assert (row.schema_valid, row.escalated) == (False, True)
+    (item,) = await review_items(gw)
+    assert (item.reason, item.priority) == ("invalid", 1)
+
+
+async def test_a_route_that_refuses_invalid_answers_answers_422(
+    db_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    review = {"invalid": "refuse", "retry_invalid": 0, "escalate": "never"}
+    settings = make_settings(
+        db_url, tmp_path, [engine.url], routes_file=routes_file(tmp_path, review)
+    )
+    engine.default = Behaviour(tokens=["not", " json"])
+    async with running_gateway(settings) as h:
+        r = await ask(h)
+        assert r.status_code == 422
+        assert r.json()["error"]["code"] == "output_schema_violation"
+        assert len(engine.requests) == 1
+        row = await record_of(h, r.headers["x-request-id"])
+        assert (row.status_code, row.schema_valid) == (422, False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"stream": True}, "stream"),
+     ({"response_format": {"type": "json_object"}}, "response_format")],
+)  # fmt: skip
+async def test_what_a_contract_route_does_not_take(
+    gw: Harness, engine: FakeEngine, extra: dict[str, Any], param: str
+) -> None:
+    r = await ask(gw, **extra)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param
+    assert engine.requests == []
+
+
+async def test_routes_without_a_contract_are_untouched(gw: Harness, engine: FakeEngine) -> None:
+    r = await gw.client.post(CHAT, json=chat_body("chat"), headers=gw.auth())
+    assert r.status_code == 200 and "loragate" not in r.json()
+    assert "response_format" not in engine.requests[-1] and "logprobs" not in engine.requests[-1]
+
+
+@pytest.mark.parametrize(
+    ("schema", "fragment"),
+    [
+        ({"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}}, "ref"),
+        ({"type": "string", "pattern": "(a+)+b"}, "pattern"),
+        ({"type": 12}, "meta-schema"),
+    ],
+)
+def test_hostile_route_schemas_are_refused_when_routes_load(
+    tmp_path: Path, schema: dict[str, Any], fragment: str
+) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(yaml.safe_dump({"routes": [{"name": "x", "output_schema": schema}]}))
+    with pytest.raises(RoutesConfigError, match=fragment):
+        load_routes_file(path)
+
+
+def test_a_schema_1000_levels_deep_is_refused_when_routes_load(tmp_path: Path) -> None:
+    text = '{"type": "array", "items": ' * 1000 + '{"type": "string"}' + "}" * 1000
+    (tmp_path / "deep.json").write_text(text)
+    path = tmp_path / "routes.yaml"
+    path.write_text(yaml.safe_dump({"routes": [{"name": "x", "output_schema": "deep.json"}]}))
+    with pytest.raises(RoutesConfigError, match="depth"):
+        load_routes_file(path)
+
+
+def test_a_review_policy_is_checked_when_routes_load(tmp_path: Path) -> None:
+    path = routes_file(tmp_path, {"escalate": "sometimes"})
+    with pytest.raises(RoutesConfigError, match="escalate"):
+        load_routes_file(path)
+
+
+async def test_a_correction_that_breaks_the_schema_is_refused(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    from service.auth import Role
+
+    engine.default = Behaviour(tokens=TOKENS, logprobs=unsure_urgency())
+    r = await ask(gw)
+    await record_of(gw, r.headers["x-request-id"])
+    reviewer = gw.auth(Role.REVIEWER)
+    claim = (await gw.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
+    item_id, token = claim["item"]["id"], claim["token"]
+    url = f"/v1/reviews/items/{item_id}/decision"
+    broken = {"token": token, "kind": "correct", "corrected_answer": '{"category": "billing"}'}
+    refused = await gw.client.post(url, json=broken, headers=reviewer)
+    assert refused.status_code == 422 and "urgency" in refused.json()["error"]["message"]
+    fixed = '{"category":"billing","urgency":3,"next_action":"Refund the charge"}'
+    ok = await gw.client.post(
+        url, json={"token": token, "kind": "correct", "corrected_answer": fixed}, headers=reviewer
+    )
+    assert ok.status_code == 200, ok.text
