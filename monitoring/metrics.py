@@ -141,6 +141,35 @@ class Metrics:
             registry=r,
         )
 
+        self.review_depth = Gauge(
+            "loragate_review_queue_depth",
+            "Undecided review items (pending or claimed) per route.",
+            ["route"],
+            registry=r,
+        )
+        self.review_oldest_age = Gauge(
+            "loragate_review_oldest_pending_age_seconds",
+            "Age of the oldest review item nobody holds a live lease on (0 when none).",
+            registry=r,
+        )
+        self.review_parked = Gauge(
+            "loragate_review_parked_items",
+            "Review items parked after leases kept expiring.",
+            registry=r,
+        )
+        self.review_decisions = Gauge(
+            "loragate_review_decisions",
+            "Review decisions recorded in the database, by adapter version and kind.",
+            ["target", "kind"],
+            registry=r,
+        )
+        self.review_approved_share = Gauge(
+            "loragate_review_approved_unchanged_share",
+            "Per adapter version: the share of reviewed answers approved unchanged.",
+            ["target"],
+            registry=r,
+        )
+
     def request_done(
         self,
         labels: tuple[str, str, str, str],

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from adapters.inspect import Inspector
 from monitoring.metrics import Metrics
 from monitoring.record_writer import RecordWriter
+from monitoring.review_stats import ReviewStats
 from monitoring.tracing import build_provider, tracer_from
 from service.api import adapters as adapters_api
 from service.api import health, inference, routes_admin
@@ -94,6 +95,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks.append(asyncio.create_task(gw.snapshot.run(), name="snapshot-refresh"))
     tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
     tasks.append(asyncio.create_task(gw.rollouts.run(), name="rollout-analysis"))
+    stats = ReviewStats(gw.sessions, gw.metrics, utc_now, settings.review_stats_interval_s)
+    tasks.append(asyncio.create_task(stats.run(), name="review-stats"))
     gw.writer.start()
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
     # scans, which otherwise walk the whole framework heap and showed up as p99 spikes.

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="A shadow call (and its comparison) is dropped after this."
     )
 
+    review_stats_interval_s: float = Field(
+        default=15.0, gt=0, description="Seconds between refreshes of the review queue gauges."
+    )
+
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces endpoint; tracing is off when unset."
     )

@@ -231,3 +231,30 @@ async def test_a_correction_that_breaks_the_schema_is_refused(
         url, json={"token": token, "kind": "correct", "corrected_answer": fixed}, headers=reviewer
     )
     assert ok.status_code == 200, ok.text
+
+
+async def test_queue_gauges_follow_the_database(gw: Harness, engine: FakeEngine) -> None:
+    from monitoring.review_stats import ReviewStats
+    from service.auth import Role
+    from service.rollout_control import utc_now
+
+    gateway = gw.app.state.gateway
+    stats = ReviewStats(gateway.sessions, gateway.metrics, utc_now, 3600)
+    engine.default = Behaviour(tokens=TOKENS, logprobs=unsure_urgency())
+    for _ in range(2):
+        r = await ask(gw)
+        await record_of(gw, r.headers["x-request-id"])
+    await stats.refresh()
+    metrics = (await gw.client.get("/metrics")).text
+    assert 'loragate_review_queue_depth{route="triage"} 2.0' in metrics
+    reviewer = gw.auth(Role.REVIEWER)
+    for _ in range(2):
+        claim = (await gw.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
+        decision = {"token": claim["token"], "kind": "approve"}
+        url = f"/v1/reviews/items/{claim['item']['id']}/decision"
+        assert (await gw.client.post(url, json=decision, headers=reviewer)).status_code == 200
+    await stats.refresh()
+    metrics = (await gw.client.get("/metrics")).text
+    assert 'loragate_review_queue_depth{route="triage"} 0.0' in metrics
+    assert 'loragate_review_decisions{kind="approve",target="fake-base"} 2.0' in metrics
+    assert 'loragate_review_approved_unchanged_share{target="fake-base"} 1.0' in metrics

@@ -542,3 +542,14 @@ async def queue_stats(session: AsyncSession, now: datetime) -> QueueStats:
     )
     age = (now - as_utc(oldest)).total_seconds() if oldest is not None else None
     return QueueStats(depth, claimed, age, int(parked or 0))
+
+
+async def decided_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """How many items each adapter version (target) had approved, corrected or rejected."""
+    decided = (ItemState.APPROVED.value, ItemState.CORRECTED.value, ItemState.REJECTED.value)
+    rows = await session.execute(
+        select(ReviewItem.target, ReviewItem.state, func.count())
+        .where(ReviewItem.state.in_(decided))
+        .group_by(ReviewItem.target, ReviewItem.state)
+    )
+    return {(target, state): int(count) for target, state, count in rows}
