@@ -50,6 +50,12 @@ An inference gateway for fine-tuned models. Applications call the OpenAI-compati
 **route** name as `model`; the gateway checks the key, bounds the request, sends it to a vLLM
 engine, relays the answer and records every request.
 
+A route may carry an output contract (JSON Schema): its answers are validated, scored for
+confidence from token logprobs (`loragate` metadata in the answer) and, per the route's review
+policy, sent to the review queue (`/v1/reviews`). New adapter versions go live through gated
+rollouts (`/v1/admin/rollouts`): shadow traffic, a sticky canary share, automatic promotion or
+rollback.
+
 Authenticate with `Authorization: Bearer <key>`. Errors use the OpenAI envelope
 `{"error": {"message", "type", "param", "code"}}`.
 """
