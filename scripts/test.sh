@@ -21,6 +21,13 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
 fi
 
+# Chromium and its driver for the reviewer UI's browser test (Debian's packages).
+if ! command -v chromium >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }
+fi
+
 ruff check .
 ruff format --check .
 mypy

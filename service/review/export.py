@@ -1,0 +1,339 @@
+"""Reviewers' decisions as training data: chat JSONL that ``loragate adapters train`` accepts.
+
+Which rows become examples:
+
+- ``approved`` review items: the model's answer, as the reviewer accepted it;
+- ``corrected`` review items: the reviewer's corrected answer;
+- optionally, answers nobody reviewed but the guard trusted: chat request records with status
+  200, not a shadow call, ``schema_valid`` true, not escalated, not under review, and
+  ``confidence >= include_unreviewed_above`` (their answer: ``choices[0].message.content`` of
+  the stored response, or the relayed text of a stream).
+
+``rejected`` items (and anything still pending, claimed or parked) never are. Time filters
+(``since`` inclusive, ``until`` exclusive) apply to ``decided_at`` for review items and to
+``created_at`` for request records.
+
+Each example is the stored request's ``messages`` (roles system, user and assistant; string
+content, or a list of text parts joined) followed by ``{"role": "assistant", "content":
+answer}``, written as one JSON object per line. Requests that cannot be parsed, have no
+messages, use other roles, lack a user message, or whose answer is empty are skipped and counted.
+
+Redaction (on by default) replaces, in every message's content (the answer included):
+
+- e-mail addresses (``name@domain.tld``) with ``<email>``;
+- phone-number-like digit runs (9 to 15 digits, with a leading ``+`` or parentheses, or split
+  into at least three groups by spaces or hyphens, e.g. ``+44 20 7946 0958``,
+  ``(555) 123-4567``, ``555-123-4567``) with ``<phone>``;
+- any other run of 9 or more digits (optionally split by single spaces or hyphens: card, IBAN,
+  account and contiguous phone numbers) with ``<number>``.
+
+Digits inside words or identifiers (``order42``, hex ids) are never touched, nor are ISO dates,
+decimals (a ``.`` ends a run) or shorter numbers. It is deliberately conservative: a safety net,
+not a guarantee; a route whose requests carry personal data needs its own scrubbing upstream.
+Redaction runs before duplicates are removed (same messages and same answer: one is kept).
+
+JSON strings keep every value verbatim: an answer starting ``=``, ``+``, ``-`` or ``@`` (a
+spreadsheet formula) or holding ``<script>`` is plain data inside the JSON string; only the
+line separators that ``str.splitlines`` would break a line on (U+0085, U+2028, U+2029) are
+written escaped, so every example stays on one line.
+
+The split is deterministic and order-free: an example goes to validation when the first 8 bytes
+of ``sha256(f"{seed}\\n{line}")``, read as a fraction of 2**64, fall below ``val_fraction``;
+when that leaves a side empty and there are two or more examples, the example with the lowest
+(or highest) hash value moves over. Lines are written in hash order, so the files (and their
+sha256) do not depend on the order the database returned rows in.
+
+The snapshot id is ``"ds-" + sha256("train:<train sha256>\\nvalidation:<validation sha256>\\n")``
+cut to 16 hex digits: the same data always has the same id, whatever the filters or the time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db.models import RequestRecord, ReviewItem, TrainingSnapshot
+
+ROLES = frozenset({"system", "user", "assistant"})
+SOURCES = ("approved", "corrected", "unreviewed")
+
+EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+)
+# A candidate run of digits: an optional "+" or "(", digits with at most one space, hyphen or
+# parenthesis between them, not inside a word, a decimal or a longer token.
+DIGIT_RUN = re.compile(r"(?<![\w.+\-/])(?:\+|\()?\d(?:(?:[ \-]|\) ?)?\d)*(?![\w]|\.\d)")
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+MIN_DIGITS = 9
+MAX_PHONE_DIGITS = 15
+
+
+def _redact_digits(match: re.Match[str]) -> str:
+    text = match.group(0)
+    digits = sum(c.isdigit() for c in text)
+    if digits < MIN_DIGITS or ISO_DATE.match(text):
+        return text
+    groups = len(re.findall(r"\d+", text))
+    phone_like = text.startswith(("+", "(")) or ")" in text or groups >= 3
+    if phone_like and digits <= MAX_PHONE_DIGITS:
+        return "<phone>"
+    return "<number>"
+
+
+def redact(text: str) -> str:
+    """E-mail addresses, phone numbers and long digit runs replaced by placeholders."""
+    return DIGIT_RUN.sub(_redact_digits, EMAIL.sub("<email>", text))
+
+
+@dataclass(frozen=True)
+class Export:
+    train_lines: list[str]
+    val_lines: list[str]
+    manifest: dict[str, Any]
+
+    @property
+    def snapshot_id(self) -> str:
+        return str(self.manifest["snapshot_id"])
+
+    @property
+    def all_lines(self) -> list[str]:
+        return [*self.train_lines, *self.val_lines]
+
+
+@dataclass
+class _Collected:
+    lines: dict[str, str] = field(default_factory=dict)  # dedupe key -> line
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((*SOURCES, "duplicates_removed", "skipped"), 0)
+    )
+
+    def add(self, source: str, line: str | None) -> None:
+        if line is None:
+            self.counts["skipped"] += 1
+            return
+        self.counts[source] += 1
+        if line in self.lines:
+            self.counts["duplicates_removed"] += 1
+        else:
+            self.lines[line] = line
+
+
+def _content(raw: object) -> str | None:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list):  # OpenAI content parts: only text parts are usable
+        texts = []
+        for part in raw:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                return None
+            text = part.get("text")
+            if not isinstance(text, str):
+                return None
+            texts.append(text)
+        return "".join(texts)
+    return None
+
+
+def prompt_messages(request_body: str | None) -> list[dict[str, str]] | None:
+    """The request's messages as ``{"role", "content"}``; ``None`` when unusable."""
+    if not request_body:
+        return None
+    try:
+        payload = json.loads(request_body)
+    except ValueError:
+        return None
+    raw = payload.get("messages") if isinstance(payload, dict) else None
+    if not isinstance(raw, list) or not raw:
+        return None
+    messages = []
+    for message in raw:
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return None
+        content = _content(message.get("content"))
+        if content is None:
+            return None
+        messages.append({"role": str(message["role"]), "content": content})
+    if not any(m["role"] == "user" for m in messages):
+        return None
+    return messages
+
+
+def _dumps(value: object) -> str:
+    line = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # json leaves these unescaped, but str.splitlines (and so the training loader) breaks on them.
+    return line.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def example_line(request_body: str | None, answer: str | None, *, redacted: bool) -> str | None:
+    """One JSONL line: the request's messages plus the answer; ``None`` when unusable."""
+    messages = prompt_messages(request_body)
+    if messages is None or answer is None or not answer.strip():
+        return None
+    messages.append({"role": "assistant", "content": answer})
+    if redacted:
+        messages = [{"role": m["role"], "content": redact(m["content"])} for m in messages]
+    return _dumps({"messages": messages})
+
+
+def response_answer(record: RequestRecord) -> str | None:
+    """The answer text of a stored chat response (or of a relayed stream)."""
+    body = record.response_body
+    if not body:
+        return None
+    if record.stream:
+        return body
+    try:
+        payload = json.loads(body)
+        content = payload["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
+
+
+def _hash_fraction(line: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}\n{line}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_lines(
+    lines: Iterable[str], *, val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """(train, validation) by each line's hash, both in hash order; see the module docstring."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError("val_fraction must be at least 0 and below 1")
+    ranked = sorted((_hash_fraction(line, seed), line) for line in set(lines))
+    train = [line for value, line in ranked if value >= val_fraction]
+    val = [line for value, line in ranked if value < val_fraction]
+    if len(ranked) >= 2 and val_fraction > 0 and not val:
+        val, train = [train[0]], train[1:]
+    elif len(ranked) >= 2 and not train:
+        train, val = [val[-1]], val[:-1]
+    return train, val
+
+
+def content_bytes(lines: Sequence[str]) -> bytes:
+    """A file's content: one line each, newline-terminated."""
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def snapshot_id_of(train_sha: str, val_sha: str) -> str:
+    digest = sha256_hex(f"train:{train_sha}\nvalidation:{val_sha}\n".encode())
+    return f"ds-{digest[:16]}"
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("since/until must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+async def build_export(
+    session: AsyncSession, *, routes: Sequence[str] | None = None, since: datetime | None = None,
+    until: datetime | None = None, include_unreviewed_above: float | None = None,
+    val_fraction: float = 0.1, seed: int = 0, redact: bool = True,
+    now: datetime | None = None,
+) -> Export:  # fmt: skip
+    """Collect the examples, remove duplicates, split them and describe them in a manifest."""
+    since, until = _utc(since), _utc(until)
+    if not 0 <= val_fraction < 1:
+        raise ValueError("val_fraction must be at least 0 and below 1")
+    collected = _Collected()
+    items = select(
+        ReviewItem.id, ReviewItem.state, ReviewItem.request_body, ReviewItem.answer,
+        ReviewItem.corrected_answer,
+    ).where(ReviewItem.state.in_(("approved", "corrected")))  # fmt: skip
+    if routes:
+        items = items.where(ReviewItem.route.in_(list(routes)))
+    if since is not None:
+        items = items.where(ReviewItem.decided_at >= since)
+    if until is not None:
+        items = items.where(ReviewItem.decided_at < until)
+    for _id, state, body, answer, corrected in await session.execute(items.order_by(ReviewItem.id)):
+        chosen = corrected if state == "corrected" else answer
+        collected.add(state, example_line(body, chosen, redacted=redact))
+    if include_unreviewed_above is not None:
+        reviewed = select(ReviewItem.request_id)
+        records = select(RequestRecord).where(
+            RequestRecord.endpoint == "chat",
+            RequestRecord.status_code == 200,
+            RequestRecord.arm != "shadow",
+            RequestRecord.shadow_of.is_(None),
+            RequestRecord.schema_valid.is_(True),
+            (RequestRecord.escalated.is_(None)) | (RequestRecord.escalated.is_(False)),
+            RequestRecord.confidence >= include_unreviewed_above,
+            RequestRecord.id.not_in(reviewed),
+        )
+        if routes:
+            records = records.where(RequestRecord.route.in_(list(routes)))
+        if since is not None:
+            records = records.where(RequestRecord.created_at >= since)
+        if until is not None:
+            records = records.where(RequestRecord.created_at < until)
+        for record in await session.scalars(records.order_by(RequestRecord.id)):
+            line = example_line(record.request_body, response_answer(record), redacted=redact)
+            collected.add("unreviewed", line)
+    train, val = split_lines(collected.lines.values(), val_fraction=val_fraction, seed=seed)
+    train_sha, val_sha = sha256_hex(content_bytes(train)), sha256_hex(content_bytes(val))
+    manifest: dict[str, Any] = {
+        "snapshot_id": snapshot_id_of(train_sha, val_sha),
+        "format": "chat-jsonl",
+        "sha256": {
+            "train": train_sha,
+            "validation": val_sha,
+            "all": sha256_hex(content_bytes([*train, *val])),
+        },
+        "counts": {**collected.counts, "train": len(train), "validation": len(val)},
+        "filters": {
+            "routes": sorted(routes) if routes else None,
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "include_unreviewed_above": include_unreviewed_above,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "redact": redact,
+        },
+        "created_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(),
+    }
+    return Export(train, val, manifest)
+
+
+async def save_snapshot(session: AsyncSession, export: Export, created_by: str | None) -> bool:
+    """Record the export's snapshot in the caller's transaction; ``False`` if it already was.
+
+    The id is the data's content, so saving the same data again (even concurrently: the insert
+    does nothing on a conflicting id) keeps the first record.
+    """
+    manifest = export.manifest
+    values = {
+        "id": export.snapshot_id,
+        "created_at": datetime.fromisoformat(manifest["created_at"]),
+        "created_by": created_by,
+        "manifest": manifest,
+        "train_sha256": manifest["sha256"]["train"],
+        "validation_sha256": manifest["sha256"]["validation"],
+        "train_examples": manifest["counts"]["train"],
+        "validation_examples": manifest["counts"]["validation"],
+    }
+    dialect = (await session.connection()).dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        insert(TrainingSnapshot).values(**values).on_conflict_do_nothing(index_elements=["id"])
+    )
+    result = await session.execute(statement)
+    return int(cast(CursorResult[Any], result).rowcount) == 1
