@@ -15,6 +15,7 @@ from monitoring.record_writer import RecordWriter
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.record import RecordDraft
+from service.review.results import ReviewCallbacks
 from service.rollout_control import RolloutControl
 from service.settings import Settings
 from service.shadow import ShadowCaller
@@ -38,6 +39,7 @@ class Gateway:
     adapters: Registry
     shadow: ShadowCaller
     rollouts: RolloutControl
+    callbacks: ReviewCallbacks
 
     def span(self, name: str) -> AbstractContextManager[Span]:
         """A tracing span, or a shared no-op context when tracing is off."""

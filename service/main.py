@@ -22,7 +22,7 @@ from monitoring.record_writer import RecordWriter
 from monitoring.review_stats import ReviewStats
 from monitoring.tracing import build_provider, tracer_from
 from service.api import adapters as adapters_api
-from service.api import health, inference, review_ui, reviews_export, routes_admin
+from service.api import health, inference, review_results, review_ui, reviews_export, routes_admin
 from service.api import reviews as reviews_api
 from service.api import rollouts as rollouts_api
 from service.db import repositories
@@ -37,6 +37,7 @@ from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, Rou
 from service.fast_path import GatewayApp
 from service.gateway import Gateway
 from service.registration import build_registry
+from service.review.results import ReviewCallbacks
 from service.rollout_control import Clock, RolloutControl, utc_now
 from service.routes_config import DEFAULT_ROUTES, load_routes_file, sync_routes
 from service.settings import Settings
@@ -86,6 +87,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
     http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     gw.engines.attach(http)
+    gw.callbacks.attach(http)
     tasks: list[asyncio.Task[Any]] = []
     managed: ManagedEngine | None = None
     if settings.uses_managed_engine:
@@ -119,6 +121,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             if isinstance(result, Exception):
                 log.error("background task %s had failed: %r", task.get_name(), result)
         await gw.shadow.close()
+        await gw.callbacks.close()
         await gw.writer.close()
         await http.close()
         await gw.db.dispose()
@@ -153,6 +156,15 @@ def _wake_on_new_versions(reconciler: AdapterReconciler) -> Callable[[Snapshot, 
             reconciler.wake()
 
     return listener
+
+
+def _hold_callback(snapshot: SnapshotStore) -> Callable[[str], str | None]:
+    def url(route_name: str) -> str | None:
+        route = snapshot.current.routes.get(route_name)
+        policy = route.contract.policy if route and route.contract else None
+        return policy.callback_url if policy and policy.delivery == "hold" else None
+
+    return url
 
 
 def create_app(
@@ -213,6 +225,9 @@ def create_app(
             timeout_s=settings.shadow_timeout_s,
         ),
         rollouts=rollouts,
+        callbacks=ReviewCallbacks(
+            sessions, _hold_callback(snapshot), settings.review_callback_allowlist
+        ),
     )
     app = GatewayApp(
         gateway,
@@ -228,6 +243,7 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(adapters_api.router)
     app.include_router(rollouts_api.router)
+    app.include_router(review_results.router)
     app.include_router(reviews_api.router)
     app.include_router(reviews_export.router)
     app.include_router(review_ui.router)

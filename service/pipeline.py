@@ -105,8 +105,9 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)
             body = reply.value
+            status = 200
             if route.contract is not None:
-                answer, body = await guard_answer(
+                answer, body, status = await guard_answer(
                     gw, receive, route, route.contract, decision.target, prepared, record,
                     answer, keep_logprobs=bool(payload.get("logprobs")),
                 )  # fmt: skip
@@ -117,8 +118,10 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 record.target = echoed  # the exact version that answered
             record.take_usage(answer.get("usage"))
             record.finish_reason = first_finish_reason(answer)
-            record.response_body = body.decode("utf-8", "replace")
-            return Response(body, media_type=JSON, headers={REQUEST_ID: record.id})
+            if record.response_body is None:
+                record.response_body = body.decode("utf-8", "replace")
+            record.status_code = status
+            return Response(body, status, media_type=JSON, headers={REQUEST_ID: record.id})
         except GatewayError as error:
             record.fail(error)
             if isinstance(error, EngineError):
@@ -188,9 +191,10 @@ async def guard_answer(
     answer: dict[str, Any],
     *,
     keep_logprobs: bool,
-) -> tuple[dict[str, Any], bytes]:
+) -> tuple[dict[str, Any], bytes, int]:
     """Validate and score the answer (asking again once if the policy says so), decide on
-    review, and build the client's body. The record carries the verdict and the review item."""
+    review, and build the client's body and status: 202 and the review id when the route holds
+    escalated answers. The record carries the verdict and the review item."""
     judgement = judge(answer, contract)
     for _ in range(contract.policy.retry_invalid):
         if judgement.validation.valid:
@@ -224,7 +228,12 @@ async def guard_answer(
         gw.metrics.escalations.labels(route.name, reason).inc()
         record.review = review_item(record, route, version, reason, review_id, answer, judgement)
     body = present(answer, judgement, keep_logprobs=keep_logprobs, review_id=review_id)
-    return answer, body
+    if review_id is not None and contract.policy.delivery == "hold":
+        record.response_body = body.decode("utf-8", "replace")  # the record keeps the answer
+        held = {"object": "loragate.review_hold", "request_id": record.id, "review_id": review_id,
+                "status": "pending", "result_url": f"/v1/review-results/{review_id}"}  # fmt: skip
+        return answer, orjson.dumps(held), 202
+    return answer, body, 200
 
 
 def review_item(

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="A shadow call (and its comparison) is dropped after this."
     )
 
+    review_callback_allowlist: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes a route's review callback may start with (e.g. "
+        "https://tickets.internal/hooks/); callbacks elsewhere are not sent.",
+    )
     review_stats_interval_s: float = Field(
         default=15.0, gt=0, description="Seconds between refreshes of the review queue gauges."
     )

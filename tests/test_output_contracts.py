@@ -258,3 +258,77 @@ async def test_queue_gauges_follow_the_database(gw: Harness, engine: FakeEngine)
     assert 'loragate_review_queue_depth{route="triage"} 0.0' in metrics
     assert 'loragate_review_decisions{kind="approve",target="fake-base"} 2.0' in metrics
     assert 'loragate_review_approved_unchanged_share{target="fake-base"} 1.0' in metrics
+
+
+async def test_a_held_answer_is_read_back_and_posted_once_decided(
+    db_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    from aiohttp import web
+
+    from service.auth import Role
+
+    posted: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hooks/review", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    review = {"escalate": "always", "delivery": "hold", "callback_url": f"{base}/hooks/review"}
+    settings = make_settings(
+        db_url, tmp_path, [engine.url], routes_file=routes_file(tmp_path, review),
+        review_callback_allowlist=[f"{base}/hooks/"],
+    )  # fmt: skip
+    engine.default = Behaviour(tokens=TOKENS, logprobs=SURE)
+    try:
+        async with running_gateway(settings) as h:
+            r = await ask(h)
+            assert r.status_code == 202
+            held = r.json()
+            assert held["status"] == "pending" and "choices" not in held
+            row = await record_of(h, held["request_id"])
+            assert row.status_code == 202 and row.response_body is not None
+            assert json.loads(row.response_body)["choices"][0]["message"]["content"]
+            result_url = held["result_url"]
+            assert (await h.client.get(result_url, headers=h.auth())).json()["status"] == "pending"
+            other = await h.client.get(result_url, headers=h.auth(Role.SRE))
+            assert other.status_code == 403
+            reviewer = h.auth(Role.REVIEWER)
+            claim = (await h.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
+            fixed = '{"category":"account","urgency":1,"next_action":"Reset the password"}'
+            decision = {"token": claim["token"], "kind": "correct", "corrected_answer": fixed}
+            url = f"/v1/reviews/items/{held['review_id']}/decision"
+            assert (await h.client.post(url, json=decision, headers=reviewer)).status_code == 200
+            result = (await h.client.get(result_url, headers=h.auth())).json()
+            assert (result["status"], result["answer"]) == ("corrected", fixed)
+            await wait_until(lambda: posted, what="the callback")
+            assert posted == [result]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_callback_outside_the_allow_list_is_not_sent(
+    db_url: str, tmp_path: Path, engine: FakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.auth import Role
+
+    review = {"escalate": "always", "delivery": "hold", "callback_url": "http://10.0.0.1/x"}
+    settings = make_settings(
+        db_url, tmp_path, [engine.url], routes_file=routes_file(tmp_path, review)
+    )
+    engine.default = Behaviour(tokens=TOKENS, logprobs=SURE)
+    async with running_gateway(settings) as h:
+        held = (await ask(h)).json()
+        await record_of(h, held["request_id"])
+        reviewer = h.auth(Role.REVIEWER)
+        claim = (await h.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
+        url = f"/v1/reviews/items/{held['review_id']}/decision"
+        decision = {"token": claim["token"], "kind": "approve"}
+        assert (await h.client.post(url, json=decision, headers=reviewer)).status_code == 200
+        await wait_until(lambda: "not in the allow-list" in caplog.text, what="the refusal")

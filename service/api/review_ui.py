@@ -384,4 +384,5 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
         return await refused(exc)
     except (ItemNotFound, StaleClaim, AlreadyDecided, InvalidDecision) as exc:
         return await refused(_decision_error(item_id, exc))
+    gw.callbacks.decided(item_id)
     return _redirect("/review", notice=kind)

@@ -408,6 +408,7 @@ async def decide(
         raise ReviewConflict(f"Review item '{item_id}' was already decided differently.") from exc
     except InvalidDecision as exc:
         raise ReviewDecisionInvalid(f"Invalid decision: {exc}.") from exc
+    gw.callbacks.decided(item_id)
     return DecisionOut.of(decision)
 
 

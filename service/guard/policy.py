@@ -36,6 +36,17 @@ class ReviewPolicy(BaseModel):
     retry_invalid: Annotated[int, Field(ge=0, le=1)] = Field(
         default=1, description="Ask the engine again this many times when an answer is invalid."
     )
+    delivery: Literal["flag", "hold"] = Field(
+        default="flag",
+        description="`flag`: the client gets an escalated answer at once, marked with its review "
+        "id; `hold`: the client gets 202 and the review id, and reads the decision later.",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="`hold`: the decision is also posted here; it must start with one of "
+        "LORAGATE_REVIEW_CALLBACK_ALLOWLIST.",
+    )
 
 
 def escalation_reason(

@@ -1,0 +1,102 @@
+"""What a client whose answer was held for review reads back, and the callback that posts it.
+
+A held answer's result is ``pending`` until a reviewer decides: then ``approved`` (the model's
+answer), ``corrected`` (the reviewer's) or ``rejected`` (no answer, a reason). A parked item is
+still ``pending`` for the client. Callbacks go only to URLs that start with an allow-listed
+prefix, once, with a short timeout; a failed callback is logged and the result stays readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.review import queue
+
+log = logging.getLogger(__name__)
+CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
+FINAL = {"approved", "corrected", "rejected"}
+
+
+class ReviewResult(BaseModel):
+    review_id: str
+    request_id: str
+    status: Literal["pending", "approved", "corrected", "rejected"] = Field(
+        description="`pending` until a reviewer decides."
+    )
+    answer: str | None = Field(
+        description="The answer to use: the model's if approved, the reviewer's if corrected."
+    )
+    reject_reason: str | None = None
+    decided_at: datetime | None = None
+
+
+async def result_of(session: AsyncSession, review_id: str) -> tuple[ReviewResult, str]:
+    """The result of a review item and the route it belongs to (``ItemNotFound`` if none)."""
+    item = await queue.get(session, review_id)
+    status = item.state if item.state in FINAL else "pending"
+    answer = {"approved": item.answer, "corrected": item.corrected_answer}.get(status)
+    result = ReviewResult(
+        review_id=item.id, request_id=item.request_id, status=status,  # type: ignore[arg-type]
+        answer=answer, reject_reason=item.reject_reason, decided_at=item.decided_at,
+    )  # fmt: skip
+    return result, item.route
+
+
+def allowed(url: str, allowlist: Sequence[str]) -> bool:
+    return url.startswith(("https://", "http://")) and any(url.startswith(p) for p in allowlist)
+
+
+class ReviewCallbacks:
+    """Posts decisions of held answers to the route's callback URL, in the background."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[Any],
+        callback_url: Callable[[str], str | None],
+        allowlist: Sequence[str],
+    ) -> None:
+        self._sessions = sessions
+        self._callback_url = callback_url  # route name -> its hold callback, if any
+        self._allowlist = tuple(allowlist)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+
+    def attach(self, http: aiohttp.ClientSession) -> None:
+        self._http = http
+
+    def decided(self, review_id: str) -> None:
+        """Called after a decision; posts it if the route holds answers and names a callback."""
+        task = asyncio.create_task(self._post(review_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, review_id: str) -> None:
+        if self._http is None:
+            raise RuntimeError("ReviewCallbacks used before the app started")
+        async with self._sessions() as session:
+            result, route = await result_of(session, review_id)
+        url = self._callback_url(route)
+        if url is None:
+            return
+        if not allowed(url, self._allowlist):
+            log.warning("review callback to %s not sent: not in the allow-list", url)
+            return
+        try:
+            async with self._http.post(
+                url, json=result.model_dump(mode="json"), timeout=CALLBACK_TIMEOUT
+            ) as response:
+                if response.status >= 400:
+                    log.warning("review callback to %s answered %d", url, response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("review callback to %s failed: %r", url, exc)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
