@@ -298,3 +298,20 @@ def test_every_leaf_is_found_at_its_span(
     text = json.dumps(value, indent=indent, ensure_ascii=ascii_only)
     found = [(leaf.pointer, decode(text, leaf)) for leaf in leaf_spans(text)]
     assert found == expected_leaves(value)
+
+
+def test_the_end_of_sequence_token_vllm_reports_is_not_part_of_any_field() -> None:
+    # Seen from vLLM: the logprobs end with `<|im_end|>`, which the answer text does not hold.
+    text = '{"category":"billing"}'
+    tokens = [token('{"', 0.0), token("category", 0.0), token('":"', 0.0), token("billing", -0.5),
+              token('"}', 0.0), token("<|im_end|>", -3.0)]  # fmt: skip
+    result = score_json(text, tokens)
+    assert result is not None and result.method == "json_values"
+    assert result.fields == {"/category": pytest.approx(math.exp(-0.5))}
+
+
+def test_tokens_that_run_past_the_text_fall_back_to_the_sequence_score() -> None:
+    text = '{"a":1}'
+    tokens = [token('{"a":', 0.0), token("1}x", -0.1)]
+    result = score_json(text, tokens)
+    assert result is not None and result.method == "sequence"

@@ -202,7 +202,8 @@ def _logprobs(tokens: Tokens | None) -> list[float] | None:
 
 def _token_spans(text: str, tokens: Tokens) -> list[tuple[int, int]] | None:
     """Character span of each token, from its `bytes` when given (exact for a token that holds
-    part of a multi-byte character) else its text; None when they do not add up to `text`."""
+    part of a multi-byte character) else its text; None when they do not spell `text` (tokens
+    after its end, such as the end-of-sequence token, get an empty span)."""
     pieces: list[bytes] = []
     for item in tokens:
         raw = item.get("bytes")
@@ -214,7 +215,10 @@ def _token_spans(text: str, tokens: Tokens) -> list[tuple[int, int]] | None:
         else:
             return None
     encoded = text.encode("utf-8", "surrogatepass")
-    if b"".join(pieces) != encoded:
+    joined = b"".join(pieces)
+    # vLLM also reports the end-of-sequence token (e.g. `<|im_end|>`), which is not in the text:
+    # tokens that start at or past the text's end write nothing of the answer.
+    if not joined.startswith(encoded):
         return None
     char_at = [0] * (len(encoded) + 1)  # byte offset -> index of the character holding it
     offset = 0
@@ -226,7 +230,11 @@ def _token_spans(text: str, tokens: Tokens) -> list[tuple[int, int]] | None:
     spans: list[tuple[int, int]] = []
     offset = 0
     for piece in pieces:
-        if piece:
+        if offset >= len(encoded):
+            spans.append((len(text), len(text)))
+        elif offset + len(piece) > len(encoded):
+            return None  # a token that runs past the end of the text: they do not match
+        elif piece:
             spans.append((char_at[offset], char_at[offset + len(piece) - 1] + 1))
         else:
             spans.append((char_at[offset], char_at[offset]))

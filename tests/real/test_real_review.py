@@ -63,7 +63,7 @@ def answers(live: tuple[LiveGateway, str, str]) -> list[dict[str, Any]]:
                 headers={"Authorization": f"Bearer {app}"},
             )
             assert r.status_code == 200, r.text
-            out.append({"id": r.headers["x-request-id"], **r.json()})
+            out.append({**r.json(), "request_id": r.headers["x-request-id"]})
     return out
 
 
@@ -89,7 +89,7 @@ def test_low_confidence_answers_are_escalated_with_their_records(
     low = [a for a in answers if a["loragate"]["confidence"] < 0.9]
     assert low, [a["loragate"]["confidence"] for a in answers]
     for answer in answers:
-        record = gateway.wait_record(lambda r, i=answer["id"]: r["id"] == i)
+        record = gateway.wait_record(lambda r, i=answer["request_id"]: r["id"] == i)
         escalated = answer["loragate"]["confidence"] < 0.9
         assert bool(record["escalated"]) is escalated
         assert (answer["loragate"]["review_id"] is not None) is escalated
