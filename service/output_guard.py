@@ -1,5 +1,8 @@
 """A route's output contract at work: the schema sent to vLLM, every answer judged.
 
+A route with only a review policy gets the same, minus the schema: its answers are scored by
+their length-normalised sequence probability.
+
 For a route with an output schema the gateway asks vLLM for ``response_format`` ``json_schema``
 and for token logprobs (stripped again when the client did not ask), validates the answer with
 jsonschema (``finish_reason`` ``length`` is invalid), scores its confidence from the value tokens,
@@ -24,40 +27,53 @@ METADATA = "loragate"
 
 @dataclass(frozen=True, slots=True)
 class RouteContract:
-    schema: Mapping[str, Any]
-    validator: ContractValidator
+    """A route's output schema (optional) and review policy: with a policy alone, answers are
+    scored by their sequence probability and reviewed, but not constrained or validated."""
+
+    schema: Mapping[str, Any] | None
+    validator: ContractValidator | None
     policy: ReviewPolicy
 
     @classmethod
-    def build(cls, schema: Mapping[str, Any], policy: Mapping[str, Any] | None) -> RouteContract:
+    def build(
+        cls, schema: Mapping[str, Any] | None, policy: Mapping[str, Any] | None
+    ) -> RouteContract:
         """Checked when routes are loaded: a bad schema or policy never reaches a request."""
-        return cls(
-            schema, ContractValidator(dict(schema)), ReviewPolicy.model_validate(policy or {})
-        )
+        validator = ContractValidator(dict(schema)) if schema is not None else None
+        return cls(schema, validator, ReviewPolicy.model_validate(policy or {}))
 
     def forced_fields(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """What the gateway adds to the engine's body; the client may not set the format."""
-        if "response_format" in payload:
-            raise InvalidRequest(
-                "This route has an output contract: the gateway sets 'response_format'.",
-                param="response_format",
-            )
-        forced: dict[str, Any] = {
-            "response_format": {
+        forced: dict[str, Any] = {}
+        if self.schema is not None:
+            if "response_format" in payload:
+                raise InvalidRequest(
+                    "This route has an output contract: the gateway sets 'response_format'.",
+                    param="response_format",
+                )
+            forced["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": self.schema, "strict": True},
             }
-        }
-        if not payload.get("logprobs"):
+        if not payload.get("logprobs"):  # asked for the score; stripped from the answer again
             forced["logprobs"] = True
+            forced["top_logprobs"] = 1
         return forced
 
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    validation: Validation
+    validation: Validation | None  # None: the route has no schema to check against
     confidence: Confidence | None
     review_reason: str | None
+
+    @property
+    def valid(self) -> bool | None:
+        return self.validation.valid if self.validation is not None else None
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return self.validation.errors if self.validation is not None else ()
 
     @property
     def score(self) -> float | None:
@@ -74,16 +90,17 @@ def judge(
     finish = choice.get("finish_reason") if isinstance(choice, dict) else None
     logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
     tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    validation = contract.validator.validate(text if isinstance(text, str) else "", finish)
-    if validation.valid and isinstance(text, str):
+    validation = None
+    if contract.validator is not None:
+        validation = contract.validator.validate(text if isinstance(text, str) else "", finish)
+    if validation is not None and validation.valid and isinstance(text, str):
         confidence = score_json(text, tokens)
     else:
         confidence = score_free(tokens)
     score = confidence.score if confidence is not None else None
     roll = random.random() if draw is None else draw
-    return Judgement(
-        validation, confidence, escalation_reason(contract.policy, validation.valid, score, roll)
-    )
+    valid = validation is None or validation.valid
+    return Judgement(validation, confidence, escalation_reason(contract.policy, valid, score, roll))
 
 
 def present(
@@ -96,8 +113,8 @@ def present(
                 choice["logprobs"] = None
     confidence = judgement.confidence
     answer[METADATA] = {
-        "schema_valid": judgement.validation.valid,
-        "schema_errors": list(judgement.validation.errors),
+        "schema_valid": judgement.valid,
+        "schema_errors": list(judgement.errors),
         "confidence": confidence.score if confidence is not None else None,
         "field_confidence": dict(confidence.fields) if confidence is not None else {},
         "review_id": review_id,

@@ -197,7 +197,7 @@ async def guard_answer(
     escalated answers. The record carries the verdict and the review item."""
     judgement = judge(answer, contract)
     for _ in range(contract.policy.retry_invalid):
-        if judgement.validation.valid:
+        if judgement.valid is not False:
             break
         with gw.span("engine.retry_invalid"):
             reply = await until_disconnected(
@@ -209,17 +209,18 @@ async def guard_answer(
         record.attempts += 1 + reply.attempts
         answer = parse_reply(reply.value)
         judgement = judge(answer, contract)
-    valid, score = judgement.validation.valid, judgement.score
+    valid, score = judgement.valid, judgement.score
     record.schema_valid, record.confidence = valid, score
     version = str(answer.get("model") or target)
-    gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()
+    if valid is not None:
+        gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()
     if score is not None:
         gw.metrics.confidence.labels(route.name, version).observe(score)
     reason = judgement.review_reason
-    if not valid and contract.policy.invalid == "refuse":
+    if valid is False and contract.policy.invalid == "refuse":
         raise OutputInvalid(
             "The model's answer does not follow the route's output schema: "
-            + "; ".join(judgement.validation.errors)
+            + "; ".join(judgement.errors)
         )
     review_id = None
     record.escalated = reason is not None
@@ -249,7 +250,7 @@ def review_item(
         "request_body": record.request_body,
         "confidence": confidence.score if confidence is not None else None,
         "field_confidence": dict(confidence.fields) if confidence is not None else None,
-        "schema_errors": list(judgement.validation.errors) or None,
+        "schema_errors": list(judgement.errors) or None,
     }  # fmt: skip
 
 

@@ -103,11 +103,9 @@ def _with_contract(spec: RouteSpec, base: Path) -> RouteSpec:
         except (OSError, ValueError) as exc:
             raise RoutesConfigError(f"route {spec.name!r}: cannot read {schema}: {exc}") from exc
         spec = spec.model_copy(update={"output_schema": schema})
-    if spec.output_schema is None and spec.review is not None:
-        raise RoutesConfigError(f"route {spec.name!r}: a review policy needs an output_schema")
-    if isinstance(schema, dict):
+    if isinstance(schema, dict) or spec.review is not None:
         try:
-            RouteContract.build(schema, spec.review)
+            RouteContract.build(schema if isinstance(schema, dict) else None, spec.review)
         except (SchemaRefused, ValidationError) as exc:
             raise RoutesConfigError(f"route {spec.name!r}: {exc}") from exc
     return spec

@@ -123,7 +123,7 @@ class ShadowCaller:
             record.response_body = text
             if contract is not None:  # judged for the gates, never escalated
                 judgement = judge(answer, contract, draw=1.0)
-                record.schema_valid, record.confidence = judgement.validation.valid, judgement.score
+                record.schema_valid, record.confidence = judgement.valid, judgement.score
             stable = await call.primary(self._timeout_s)
             if stable is not None and text is not None:
                 record.agreement = compare(stable, text)

@@ -64,7 +64,7 @@ class Snapshot:
 
 def route_view(route: Route, split: Split | None) -> RouteView:
     contract = None
-    if route.output_schema is not None:
+    if route.output_schema is not None or route.review_policy is not None:
         contract = RouteContract.build(route.output_schema, route.review_policy)
     return RouteView(
         route.name, route.pool, route.target, route.max_tokens_cap, route.default_max_tokens,

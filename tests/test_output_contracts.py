@@ -332,3 +332,26 @@ async def test_a_callback_outside_the_allow_list_is_not_sent(
         decision = {"token": claim["token"], "kind": "approve"}
         assert (await h.client.post(url, json=decision, headers=reviewer)).status_code == 200
         await wait_until(lambda: "not in the allow-list" in caplog.text, what="the refusal")
+
+
+async def test_a_route_reviewed_without_a_schema_scores_the_sequence(
+    db_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    path = tmp_path / "routes.yaml"
+    route = {"name": "free", "review": {"escalate": "below", "threshold": 0.5}}
+    path.write_text(yaml.safe_dump({"routes": [{"name": "chat"}, route]}))
+    settings = make_settings(db_url, tmp_path, [engine.url], routes_file=path)
+    engine.default = Behaviour(tokens=["Refund", " it", "."], logprobs=[-0.1, -2.0, -0.3])
+    async with running_gateway(settings) as h:
+        r = await h.client.post(
+            CHAT, json=chat_body("free", response_format={"type": "text"}), headers=h.auth()
+        )
+        assert r.status_code == 200, r.text
+        sent = engine.requests[-1]
+        assert sent["logprobs"] is True and sent["response_format"] == {"type": "text"}
+        meta = r.json()["loragate"]
+        assert meta["schema_valid"] is None and meta["field_confidence"] == {}
+        assert meta["confidence"] == pytest.approx(math.exp((-0.1 - 2.0 - 0.3) / 3))
+        assert meta["review_id"] is not None  # 0.45 is below 0.5
+        row = await record_of(h, r.headers["x-request-id"])
+        assert (row.schema_valid, row.escalated) == (None, True)
