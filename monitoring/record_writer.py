@@ -44,15 +44,21 @@ class RecordWriter:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = 0.0
+        self._overflow: list[dict[str, Any]] = []
         metrics.track_queue_depth(self._queue.qsize)
 
     def submit(self, row: dict[str, Any]) -> bool:
-        if self._closing:
+        if self._closing and row.get("review") is None:
             self._dropped("the writer is shutting down")
             return False
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
+            if row.get("review") is not None:
+                # A record that carries a review item is never dropped: a client may be waiting
+                # on that review. Escalations are a small share, so this list stays short.
+                self._overflow.append(row)
+                return True
             self._dropped("the queue is full")
             return False
         return True
@@ -88,12 +94,14 @@ class RecordWriter:
             batch = await self._next_batch()
             if batch:
                 await self._write(batch)
-            if self._closing and self._queue.empty():
+            if self._closing and self._queue.empty() and not self._overflow:
                 return
 
     async def _next_batch(self) -> list[dict[str, Any]]:
         first = await self._queue.get()
         batch = [] if first is None else [first]
+        batch.extend(self._overflow)
+        self._overflow.clear()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._flush_interval_s
         while len(batch) < self._batch_size:

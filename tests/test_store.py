@@ -502,6 +502,27 @@ async def test_full_queue_drops_and_counts(db: AsyncEngine) -> None:
     assert _sample(metrics, "loragate_records_written_total") == 2
 
 
+async def test_a_record_carrying_a_review_item_is_never_dropped(db: AsyncEngine) -> None:
+    from service.db.models import ReviewItem
+
+    metrics = Metrics()
+    writer = _writer(db, metrics, queue_size=1)
+    escalated = _row()
+    review = {
+        "item_id": "r1", "request_id": escalated["id"], "route": "chat", "target": MODEL,
+        "reason": "low_confidence", "answer": "{}", "now": datetime.now(UTC),
+    }  # fmt: skip
+    escalated["review"] = review
+    assert [writer.submit(_row()), writer.submit(_row()), writer.submit(escalated)] == [
+        True, False, True,
+    ]  # fmt: skip
+    writer.start()
+    await asyncio.wait_for(writer.close(), 10.0)
+    assert await _count(db, RequestRecord) == 2
+    assert await _count(db, ReviewItem) == 1
+    assert _sample(metrics, "loragate_records_dropped_total") == 1
+
+
 async def test_failed_insert_is_counted_and_the_writer_goes_on(db: AsyncEngine) -> None:
     metrics = Metrics()
     writer = _writer(db, metrics)
