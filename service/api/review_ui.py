@@ -32,10 +32,10 @@ from service.api.reviews import (
     DEFAULT_LEASE_S,
     REVIEW_ROLES,
     Now,
-    _not_found,
-    _stale,
     check_corrected_answer,
+    item_not_found,
     reviewer_of,
+    stale_claim,
 )
 from service.auth import Principal, require_role
 from service.errors import GatewayError, ReviewConflict, ReviewDecisionInvalid
@@ -311,7 +311,7 @@ async def _item_page(
             item = await queue.get(session, item_id)
         except ItemNotFound:
             return _render("error.html", 404, title="Not found",
-                           message=_not_found(item_id).message)  # fmt: skip
+                           message=item_not_found(item_id).message)  # fmt: skip
         history = await queue.history(session, item_id)
     messages, raw_request = _messages(item.request_body)
     fields = sorted((item.field_confidence or {}).items())
@@ -339,12 +339,12 @@ async def item_page(item_id: str, request: Request, now: Now) -> Response:
 def _decision_error(item_id: str, exc: Exception) -> GatewayError:
     """The JSON API's error for a refused decision."""
     if isinstance(exc, StaleClaim):
-        return _stale(item_id)
+        return stale_claim(item_id)
     if isinstance(exc, AlreadyDecided):
         return ReviewConflict(f"Review item '{item_id}' was already decided differently.")
     if isinstance(exc, InvalidDecision):
         return ReviewDecisionInvalid(f"Invalid decision: {exc}.")
-    return _not_found(item_id)
+    return item_not_found(item_id)
 
 
 @router.post("/items/{item_id}/decision")

@@ -266,11 +266,11 @@ def _payload(body: DecisionIn) -> str | None:
     return None
 
 
-def _not_found(item_id: str) -> ReviewItemNotFound:
+def item_not_found(item_id: str) -> ReviewItemNotFound:
     return ReviewItemNotFound(f"No review item '{item_id}'.")
 
 
-def _stale(item_id: str) -> ReviewConflict:
+def stale_claim(item_id: str) -> ReviewConflict:
     return ReviewConflict(
         f"The claim on review item '{item_id}' is not current: its token is stale or its "
         "lease ran out. Claim an item again."
@@ -312,7 +312,7 @@ async def get_item(item_id: str, request: Request, _: ReviewerKey) -> ItemDetail
         try:
             item = await queue.get(session, item_id)
         except ItemNotFound as exc:
-            raise _not_found(item_id) from exc
+            raise item_not_found(item_id) from exc
         entries = await queue.history(session, item_id)
     out = ItemOut.of(item)
     return ItemDetailOut(**out.model_dump(), history=[HistoryOut.of(e) for e in entries])
@@ -360,9 +360,9 @@ async def heartbeat(
             body.lease_s,
         )  # fmt: skip
     except ItemNotFound as exc:
-        raise _not_found(item_id) from exc
+        raise item_not_found(item_id) from exc
     except StaleClaim as exc:
-        raise _stale(item_id) from exc
+        raise stale_claim(item_id) from exc
     return HeartbeatOut(item_id=item_id, token=body.token, lease_until=lease_until)
 
 
@@ -396,7 +396,7 @@ async def decide(
             try:
                 item = await queue.get(session, item_id)
             except ItemNotFound as exc:
-                raise _not_found(item_id) from exc
+                raise item_not_found(item_id) from exc
         route = gw.snapshot.current.routes.get(item.route)
         check_corrected_answer(route.contract if route else None, payload)
     try:
@@ -404,9 +404,9 @@ async def decide(
             gw.sessions, item_id, body.token, reviewer_of(principal), body.kind, payload, now
         )
     except ItemNotFound as exc:
-        raise _not_found(item_id) from exc
+        raise item_not_found(item_id) from exc
     except StaleClaim as exc:
-        raise _stale(item_id) from exc
+        raise stale_claim(item_id) from exc
     except AlreadyDecided as exc:
         raise ReviewConflict(f"Review item '{item_id}' was already decided differently.") from exc
     except InvalidDecision as exc:

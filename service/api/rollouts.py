@@ -19,7 +19,8 @@ from rollout.spec import RolloutSpec
 from service.api.deps import SRE_ROLES, gateway, require_roles
 from service.auth import Principal
 from service.db.models import RolloutEvent
-from service.db.rollout_store import StoredRollout, as_utc, verdict_rows
+from service.db.rollout_store import StoredRollout, verdict_rows
+from service.db.session import as_utc
 from service.errors import InvalidRolloutSpec
 from service.rollout_control import Analysis
 

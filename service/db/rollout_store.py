@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select, update
@@ -29,6 +29,7 @@ from rollout.machine import ACTIVE, Event, Phase, State
 from rollout.spec import RolloutSpec
 from rollout.split import Arm
 from service.db.models import RequestRecord, Rollout, RolloutEvent
+from service.db.session import as_utc
 
 ACTIVE_PHASES = tuple(p.value for p in ACTIVE)
 # The agreement gate reads the marks of at most this many compared answers (the newest).
@@ -56,11 +57,6 @@ class StoredRollout:
     created_by: str | None
     created_at: datetime
     updated_at: datetime
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _state(row: Rollout) -> State:

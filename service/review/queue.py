@@ -41,6 +41,7 @@ from sqlalchemy import CursorResult, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.models import ReviewDecision, ReviewItem
+from service.db.session import as_utc
 
 DEFAULT_MAX_EXPIRIES = 3
 # Expired leases released per claim at most (there are about as many as reviewers at work).
@@ -150,11 +151,6 @@ class QueueStats:
     claimed: Mapping[str, int]  # per route: items held under a lease that has not run out
     oldest_pending_age_s: float | None  # oldest item nobody holds a live lease on
     parked: int
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _utc(now: datetime) -> datetime:
