@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from service.answers import first_choice, first_finish_reason
 from service.errors import InvalidRequest
 from service.guard import Confidence, ContractValidator, Validation, score_free, score_json
 from service.guard.policy import ReviewPolicy, escalation_reason
@@ -83,12 +84,11 @@ class Judgement:
 def judge(
     answer: Mapping[str, Any], contract: RouteContract, draw: float | None = None
 ) -> Judgement:
-    choices = answer.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices else {}
-    message = choice.get("message") if isinstance(choice, dict) else None
+    choice = first_choice(answer)
+    message = choice.get("message")
     text = message.get("content") if isinstance(message, dict) else None
-    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
-    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    finish = first_finish_reason(answer)
+    logprobs = choice.get("logprobs")
     tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
     validation = None
     if contract.validator is not None:

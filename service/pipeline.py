@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from rollout.split import decide
+from service.answers import first_finish_reason
 from service.auth import INFERENCE_ROLES, Principal, bearer_token, require_role, split_key, verify
 from service.engine.client import EngineStream, parse_reply
 from service.errors import (
@@ -67,7 +68,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.request_body = raw.decode("utf-8", "replace")
             payload = parse_body(raw)
             route = resolve_route(gw, route_name(payload), principal)
-            subject = rollout_subject(payload, scope, record.id)
+            subject = rollout_subject(payload, scope, record.id) if route.split else record.id
             decision = decide(route.split, route.target, subject, record.id)
             record.route, record.target, record.arm = route.name, decision.target, decision.arm
             if route.split is not None:
@@ -206,7 +207,7 @@ async def guard_answer(
                     route.pool, target, Endpoint.CHAT.path, prepared.upstream_body, record.id
                 ),
             )
-        record.attempts += 1 + reply.attempts
+        record.attempts += reply.attempts
         answer = parse_reply(reply.value)
         judgement = judge(answer, contract)
     valid, score = judgement.valid, judgement.score
@@ -304,14 +305,6 @@ def resolve_route(gw: Gateway, name: str, principal: Principal) -> RouteView:
     if not principal.may_use_route(name):
         raise PermissionDenied(f"This key may not use the route '{name}'.", param="model")
     return route
-
-
-def first_finish_reason(answer: dict[str, object]) -> str | None:
-    choices = answer.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        reason = choices[0].get("finish_reason")
-        return reason if isinstance(reason, str) else None
-    return None
 
 
 async def relay(

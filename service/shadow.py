@@ -16,6 +16,7 @@ from typing import Any
 from monitoring.metrics import Metrics
 from rollout.agreement import compare
 from rollout.split import Arm
+from service.answers import first_choice
 from service.engine.client import EngineClient, parse_reply
 from service.errors import ClientClosedRequest, EngineTimeout, GatewayError
 from service.output_guard import RouteContract, judge
@@ -27,14 +28,12 @@ log = logging.getLogger(__name__)
 
 def answer_text(answer: dict[str, Any], endpoint: Endpoint) -> str | None:
     """The first choice's text of a non-streamed chat or completions answer."""
-    choices = answer.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None
+    choice = first_choice(answer)
     if endpoint is Endpoint.CHAT:
-        message = choices[0].get("message")
+        message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
     else:
-        content = choices[0].get("text")
+        content = choice.get("text")
     return content if isinstance(content, str) else None
 
 

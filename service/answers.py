@@ -1,0 +1,19 @@
+"""Reading an engine's non-streamed answer: its first choice, the finish reason."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def first_choice(answer: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The answer's first choice, or an empty mapping when it has none."""
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return {}
+
+
+def first_finish_reason(answer: Mapping[str, Any]) -> str | None:
+    reason = first_choice(answer).get("finish_reason")
+    return reason if isinstance(reason, str) else None
