@@ -13,6 +13,11 @@ The base-model rule, both parts required:
    (``HuggingFaceTB/SmolLM2-135M-Instruct``) and the local directory the adapter was trained on
    (``/data/models/smollm2-135m-instruct``) both pass; a model of the same architecture but
    another name (the non-instruct SmolLM2, say) is refused, since its weights differ.
+
+And the adapter must change something: an adapter whose every LoRA update is zero (all of its
+``lora_B`` or ``lora_A`` matrices zeros, as peft initialises them, or ``lora_alpha`` 0) would
+serve exactly the base model. This is read from the weights, so the answer is exact and does
+not depend on an engine, its load, or what else it has loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from adapters.inspect import LoraSummary
 from adapters.tensors import Shape, TensorInfo
 from service.errors import (
     AdapterBaseModelMismatch,
+    AdapterChangesNothing,
     AdapterConfigInvalid,
     AdapterRankTooHigh,
     AdapterUnknownTargetModules,
@@ -73,7 +79,11 @@ def short_name(name: str) -> str:
 
 
 def check_adapter(
-    summary: LoraSummary, tensors: dict[str, TensorInfo], base: BaseModel, max_rank: int
+    summary: LoraSummary,
+    tensors: dict[str, TensorInfo],
+    base: BaseModel,
+    max_rank: int,
+    zero_tensors: frozenset[str] = frozenset(),
 ) -> CheckedAdapter:
     declared = summary.base_model_name_or_path
     if declared is not None and short_name(declared) not in base.names:
@@ -103,10 +113,33 @@ def check_adapter(
             _check_replaced_weight(name, tensors[name].shape, base)
         else:
             _check_lora_tensor(match, tensors[name].shape, base, summary.fan_in_fan_out)
+    _check_changes_something(summary, lora, zero_tensors)
     targets = summary.target_modules
     if isinstance(targets, str):
         targets = tuple(sorted({module.rsplit(".", 1)[-1] for module in adapted}))
     return CheckedAdapter(rank=rank, alpha=summary.lora_alpha, target_modules=targets)
+
+
+def _check_changes_something(
+    summary: LoraSummary, lora: dict[str, re.Match[str] | None], zero: frozenset[str]
+) -> None:
+    """Refuse an adapter whose every update ``scaling * B @ A`` is zero: it would serve exactly
+    the base model. Decided from the weights alone, so no engine, load or float noise enters."""
+    if summary.lora_alpha == 0:
+        raise AdapterChangesNothing(
+            "The adapter's lora_alpha is 0, so its scaling is zero: it changes nothing."
+        )
+    nonzero: dict[str, set[str]] = {}
+    for name, match in lora.items():
+        if match is None:
+            return  # a replaced base weight (modules_to_save) changes the model by itself
+        if name not in zero:
+            nonzero.setdefault(match.group("module"), set()).add(match.group("part")[-1])
+    if not any(parts == {"A", "B"} for parts in nonzero.values()):
+        raise AdapterChangesNothing(
+            "Every LoRA update of the adapter is zero (its lora_B or lora_A matrices are all "
+            "zeros, as peft initialises them before training): it changes nothing."
+        )
 
 
 def _check_targets(targets: tuple[str, ...] | str, modules: set[str]) -> None:

@@ -7,7 +7,8 @@
 3. ``stage``: the files copied once into a private directory of the store and hashed;
 4. same name and same sha256 registered already -> that version, as it is (``created=False``);
 5. ``read_adapter``: config parsed, every safetensors header checked (on the staged bytes);
-6. the peft worker process reads the config; ``check_adapter`` holds it against the pool;
+6. the peft worker process reads the config; ``check_adapter`` holds it against the pool
+   (and refuses an adapter whose LoRA updates are all zero: it would change nothing);
 7. under the name's lock: the staged copy becomes ``store/<sha256>`` and the row ``NAME@N`` with
    N = max + 1 is inserted. Another gateway replica may take the same N at the same moment: the
    database's unique constraints refuse the second insert and it is tried once more.
@@ -179,7 +180,9 @@ class Registry:
         contents = await asyncio.to_thread(read_adapter, adapter_dir)
         summary = await self.inspector(adapter_dir)
         base = await asyncio.to_thread(_base_model, pool)
-        return check_adapter(summary, contents.tensors, base, pool.max_lora_rank)
+        return check_adapter(
+            summary, contents.tensors, base, pool.max_lora_rank, contents.zero_tensors
+        )
 
     def _same_content(self, existing: AdapterVersionRecord, pool: PoolSpec) -> Registration:
         if existing.pool != pool.name:

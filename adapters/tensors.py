@@ -15,7 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeGuard
+from typing import BinaryIO, TypeGuard
 
 # Same bound as the safetensors library: a longer header is refused before it is read.
 MAX_HEADER_BYTES = 100_000_000
@@ -28,6 +28,10 @@ DTYPE_BYTES = {
 METADATA_KEY = "__metadata__"
 MODEL_INDEX = "model.safetensors.index.json"
 MODEL_FILE = "model.safetensors"
+FLOAT_DTYPES = frozenset({"F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64"})
+CHUNK_ELEMENTS = 1 << 18
+# Clears the sign bit of a float's most significant byte: -0.0 counts as zero.
+_CLEAR_SIGN = bytes(0 if b == 0x80 else b for b in range(256))
 
 Shape = tuple[int, ...]
 
@@ -91,6 +95,40 @@ def _tensors(header: dict[str, object], data_len: int) -> dict[str, TensorInfo]:
     if position != data_len:
         raise SafetensorsError("the file is longer or shorter than its tensors")
     return tensors
+
+
+def zero_tensors(path: Path) -> frozenset[str]:
+    """Names of the tensors whose every element is zero (+0 or -0), read in chunks.
+
+    For a file ``read_header`` accepted: the offsets are trusted here.
+    """
+    zero: set[str] = set()
+    with path.open("rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_len))
+        for name, entry in header.items():
+            if name == METADATA_KEY:
+                continue
+            begin, end = entry["data_offsets"]
+            handle.seek(8 + header_len + begin)
+            if _all_zero(handle, end - begin, entry["dtype"]):
+                zero.add(name)
+    return frozenset(zero)
+
+
+def _all_zero(handle: BinaryIO, length: int, dtype: str) -> bool:
+    width = DTYPE_BYTES[dtype]
+    chunk_bytes = CHUNK_ELEMENTS * width
+    while length > 0:
+        chunk = bytearray(handle.read(min(chunk_bytes, length)))
+        if not chunk:
+            raise SafetensorsError("the file ends before its tensor data")
+        length -= len(chunk)
+        if dtype in FLOAT_DTYPES:  # little-endian: the sign bit is in each element's last byte
+            chunk[width - 1 :: width] = chunk[width - 1 :: width].translate(_CLEAR_SIGN)
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
 
 
 def _int_list(value: object) -> TypeGuard[list[int]]:

@@ -5,7 +5,8 @@ its weights are whole.
 local directory under the import root, reached without ``..`` and without any symlink that
 leaves the root; it must hold ``adapter_config.json`` and ``adapter_model.safetensors``, no pickle
 weights anywhere, and at most the configured number of bytes. ``read_adapter`` then parses the
-config and every safetensors header of the staged copy (the bytes that will be stored).
+config and every safetensors header of the staged copy (the bytes that will be stored), and
+notes which LoRA tensors are all zeros.
 
 Error messages name the path as the caller gave it and file names inside the adapter, never the
 server's own directories.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from adapters.tensors import SafetensorsError, TensorInfo, read_header
+from adapters.tensors import SafetensorsError, TensorInfo, read_header, zero_tensors
 from service.errors import (
     AdapterConfigInvalid,
     AdapterConfigMissing,
@@ -62,6 +63,7 @@ class ScannedSource:
 class AdapterContents:
     config: dict[str, Any]
     tensors: dict[str, TensorInfo]  # those of adapter_model.safetensors
+    zero_tensors: frozenset[str]  # those of its tensors whose every element is zero
 
 
 def scan_source(raw: str, import_root: Path, max_bytes: int) -> ScannedSource:
@@ -152,14 +154,15 @@ def read_adapter(directory: Path) -> AdapterContents:
     if not isinstance(config, dict):
         raise AdapterConfigInvalid(f"{CONFIG_FILE} is not a JSON object.")
     tensors: dict[str, TensorInfo] = {}
+    zero: frozenset[str] = frozenset()
     for path in sorted(directory.rglob("*.safetensors")):
         relative = path.relative_to(directory).as_posix()
         try:
             header = read_header(path)
+            if relative == WEIGHTS_FILE:
+                tensors, zero = header, zero_tensors(path)
         except SafetensorsError as exc:
             raise AdapterCorruptWeights(
                 f"{relative} is not a valid safetensors file: {exc}."
             ) from exc
-        if relative == WEIGHTS_FILE:
-            tensors = header
-    return AdapterContents(config, tensors)
+    return AdapterContents(config, tensors, zero)

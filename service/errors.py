@@ -271,6 +271,12 @@ class AdapterUnknownTargetModules(AdapterRejected):
     code = "adapter_unknown_target_modules"
 
 
+class AdapterChangesNothing(AdapterRejected):
+    """Every LoRA update is zero (B or A all zeros, or lora_alpha 0): it serves the base model."""
+
+    code = "adapter_changes_nothing"
+
+
 class AdapterPoolConflict(AdapterRejected):
     """The same content is registered under this name already, for another pool."""
 

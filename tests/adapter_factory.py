@@ -19,8 +19,10 @@ Shape = tuple[int, ...]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def write_safetensors(path: Path, shapes: dict[str, Shape], seed: int | None = None) -> None:
-    """F32 tensors; random bytes with a seed, zeros without."""
+def write_safetensors(
+    path: Path, shapes: dict[str, Shape], seed: int | None = None, zero: str = "\0"
+) -> None:
+    """F32 tensors; random bytes with a seed, zeros without (and for names containing ``zero``)."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in shapes.items():
@@ -34,7 +36,12 @@ def write_safetensors(path: Path, shapes: dict[str, Shape], seed: int | None = N
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     rng = random.Random(seed)
-    data = rng.randbytes(offset) if seed is not None else bytes(offset)
+    data = b"".join(
+        rng.randbytes(math.prod(shape) * 4)
+        if seed is not None and zero not in name
+        else bytes(math.prod(shape) * 4)
+        for name, shape in shapes.items()
+    )
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
 
 
@@ -106,13 +113,14 @@ def write_adapter(
     hidden: int = 64,
     seed: int = 0,
     config: dict[str, Any] | None = None,
+    zero: str = "\0",
 ) -> Path:
-    """A LoRA adapter for the tiny Llama of ``hidden`` size (64 = the test pool's model)."""
+    """A LoRA adapter for the tiny Llama of ``hidden`` size (64 = the test pool's model); the
+    tensors whose names contain ``zero`` (e.g. "lora_B", as peft initialises them) are zeros."""
     out.mkdir(parents=True, exist_ok=True)
     wanted = targets if isinstance(targets, tuple) else TARGETS
-    write_safetensors(
-        out / "adapter_model.safetensors", lora_shapes(llama_shapes(hidden), wanted, r), seed
-    )
+    shapes = lora_shapes(llama_shapes(hidden), wanted, r)
+    write_safetensors(out / "adapter_model.safetensors", shapes, seed, zero)
     (out / "adapter_config.json").write_text(
         json.dumps(config if config is not None else peft_config(r, base_model, targets))
     )

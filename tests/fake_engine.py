@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from service.engine.adapter_host import PROBE_PROMPT
+
 MODEL = "fake-base"
 
 
@@ -48,10 +50,12 @@ class FakeEngine:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
-        # Runtime LoRA: loaded adapters (name -> path); paths in `inert` act like the base model.
+        # Runtime LoRA: loaded adapters (name -> path); names in `refuse` fail to load here
+        # (as vLLM refuses an adapter whose rank is over its --max-lora-rank).
         self.adapters: dict[str, str] = {}
-        self.inert: set[str] = set()
+        self.refuse: set[str] = set()
         self.adapter_calls: list[tuple[str, str]] = []
+        self.adapter_probes = 0
         # What requests for one model get when nothing is scripted (e.g. a worse candidate).
         self.by_model: dict[str, Behaviour] = {}
 
@@ -99,6 +103,8 @@ class FakeEngine:
         self.adapter_calls.append(("load", body["lora_name"]))
         if body["lora_name"] in self.adapters:
             return _error(400, f"The lora adapter '{body['lora_name']}' has already been loaded.")
+        if body["lora_name"] in self.refuse:
+            return _error(400, "LoRA rank 16 is greater than max_lora_rank 8.")
         self.adapters[body["lora_name"]] = body["lora_path"]
         return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
 
@@ -109,16 +115,6 @@ class FakeEngine:
             return _error(404, f"The lora adapter '{body['lora_name']}' cannot be found.")
         return web.Response(text="Success")
 
-    def _probe_answer(self, body: dict[str, Any]) -> web.Response:
-        """Greedy tokens with logprobs; an adapter (unless inert) shifts the logprobs."""
-        model = body["model"]
-        shifted = model != MODEL and self.adapters.get(model) not in self.inert
-        tokens = ["Billing", " issue", "."]
-        logprobs = [-0.5 if shifted else -0.1] * len(tokens)
-        answer = _completion(body, tokens, "length", next(self._ids))
-        answer["choices"][0]["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs}
-        return web.json_response(answer)
-
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if body.get("model") != MODEL and body.get("model") not in self.adapters:
@@ -126,8 +122,9 @@ class FakeEngine:
         if body.get("prompt") == "ping" and body.get("max_tokens") == 1:
             self.probes += 1
             return web.json_response(_completion(body, ["ok"], "length", next(self._ids)))
-        if body.get("logprobs") and "prompt" in body and body.get("temperature") == 0:
-            return self._probe_answer(body)
+        if body.get("prompt") == PROBE_PROMPT:  # the placement's smoke check
+            self.adapter_probes += 1
+            return web.json_response(_completion(body, ["Billing"], "length", next(self._ids)))
         self.requests.append(body)
         model = str(body.get("model"))
         behaviour = self.script.popleft() if self.script else self.by_model.get(model, self.default)

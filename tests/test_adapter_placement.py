@@ -144,18 +144,36 @@ async def test_a_restarted_replica_gets_its_adapters_back(
         assert r.status_code == 200
 
 
-async def test_an_adapter_that_changes_nothing_is_refused_and_unloaded(
+async def test_a_version_one_replica_refuses_is_unloaded_from_every_replica(
     two: Harness, engine: FakeEngine, engine2: FakeEngine, tmp_path: Path
 ) -> None:
-    path = await add_version(two, "noop", 1, tmp_path)
-    engine.inert.add(path)
-    engine2.inert.add(path)
-    answer = await set_target(two, "noop@1")
-    assert answer["status"] == 422
-    assert answer["error"]["code"] == "adapter_changes_nothing"  # type: ignore[index]
+    await add_version(two, "big", 1, tmp_path)
+    engine2.refuse.add("big@1")
+    answer = await set_target(two, "big@1")
+    assert answer["status"] == 502
+    assert answer["error"]["code"] == "adapter_placement_failed"  # type: ignore[index]
+    # The first replica had loaded and checked it; the refusal on the second unloads it there.
+    assert ("load", "big@1") in engine.adapter_calls and engine.adapter_probes >= 1
     assert engine.adapters == engine2.adapters == {}
     r = await two.client.get("/v1/admin/routes", headers=two.auth(Role.SRE))
     assert [route["target"] for route in r.json()] == [MODEL]
+    # Once the replica accepts it, the same switch goes through on both.
+    engine2.refuse.clear()
+    assert (await set_target(two, "big@1"))["status"] == 200
+    assert engine.adapters.keys() == engine2.adapters.keys() == {"big@1"}
+
+
+async def test_a_refused_switch_leaves_the_serving_version_loaded(
+    two: Harness, engine: FakeEngine, engine2: FakeEngine, tmp_path: Path
+) -> None:
+    await add_version(two, "triage", 1, tmp_path)
+    assert (await set_target(two, "triage@1"))["status"] == 200
+    await add_version(two, "big", 1, tmp_path)
+    engine2.refuse.add("big@1")
+    assert (await set_target(two, "big@1"))["status"] == 502
+    assert engine.adapters.keys() == engine2.adapters.keys() == {"triage@1"}
+    r = await two.client.post(CHAT, json=chat_body(), headers=two.auth())
+    assert r.status_code == 200 and (await two.records(1))[-1].target == "triage@1"
 
 
 async def test_admin_route_api_checks_roles_and_targets(two: Harness, tmp_path: Path) -> None:

@@ -17,10 +17,17 @@ from adapters import store
 from adapters.compat import BaseModel, PoolSpec, check_adapter
 from adapters.inspect import LoraSummary, SubprocessInspector
 from adapters.locks import KeyedLocks
-from adapters.tensors import SafetensorsError, TensorInfo, model_weight_shapes, read_header
+from adapters.tensors import (
+    SafetensorsError,
+    TensorInfo,
+    model_weight_shapes,
+    read_header,
+    zero_tensors,
+)
 from adapters.validation import read_adapter, scan_source
 from service.errors import (
     AdapterBaseModelMismatch,
+    AdapterChangesNothing,
     AdapterConfigInvalid,
     AdapterInspectionFailed,
     AdapterNotLora,
@@ -285,6 +292,41 @@ def test_regex_and_all_linear_targets() -> None:
 def test_weights_that_adapt_nothing_are_refused() -> None:
     with pytest.raises(AdapterUnknownTargetModules, match="no module"):
         check_adapter(summary(), {}, BASE, 16)
+
+
+def test_zero_tensors_reads_the_data_and_counts_minus_zero_as_zero(tmp_path: Path) -> None:
+    minus_zero_bf16 = b"\x00\x80" * 4
+    one_bf16 = b"\x80\x3f"  # 1.0
+    tiny_f32 = struct.pack("<f", 1e-30)
+    header = {
+        "zero": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]},
+        "minus_zero": {"dtype": "BF16", "shape": [4], "data_offsets": [8, 16]},
+        "one_at_the_end": {"dtype": "BF16", "shape": [4], "data_offsets": [16, 24]},
+        "tiny": {"dtype": "F32", "shape": [1], "data_offsets": [24, 28]},
+        "int_128": {"dtype": "U8", "shape": [1], "data_offsets": [28, 29]},
+        "empty": {"dtype": "F32", "shape": [0], "data_offsets": [29, 29]},
+    }
+    data = bytes(8) + minus_zero_bf16 + bytes(6) + one_bf16 + tiny_f32 + b"\x80"
+    path = raw_file(tmp_path / "z.safetensors", header, data)
+    assert read_header(path).keys() == header.keys()
+    assert zero_tensors(path) == {"zero", "minus_zero", "empty"}
+
+
+def test_an_adapter_whose_updates_are_all_zero_changes_nothing() -> None:
+    tensors = tensors_for()
+    lora_b = frozenset(n for n in tensors if ".lora_B." in n)
+    lora_a = frozenset(n for n in tensors if ".lora_A." in n)
+    for zero in (lora_b, lora_a, lora_a | lora_b):
+        with pytest.raises(AdapterChangesNothing, match="changes nothing"):
+            check_adapter(summary(), tensors, BASE, 16, zero)
+    with pytest.raises(AdapterChangesNothing, match="lora_alpha"):
+        check_adapter(summary(lora_alpha=0), tensors, BASE, 16)
+    # One module with both matrices non-zero is enough to change the model.
+    one_module = next(n for n in lora_b if "layers.0.self_attn.q_proj" in n)
+    assert check_adapter(summary(), tensors, BASE, 16, lora_b - {one_module})
+    # A replaced base weight (modules_to_save) changes the model by itself.
+    tensors["base_model.model.model.norm.weight"] = TensorInfo("F32", (64,))
+    assert check_adapter(summary(), tensors, BASE, 16, lora_b)
 
 
 def test_modules_to_save_must_have_the_base_shape() -> None:

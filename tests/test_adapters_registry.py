@@ -43,7 +43,7 @@ from service.errors import (
 )
 from service.registration import build_registry
 from service.settings import EnginePoolSettings, Settings
-from tests.adapter_factory import write_adapter, write_base_model
+from tests.adapter_factory import TARGETS, peft_config, write_adapter, write_base_model
 from tests.conftest import Harness, insert_key, make_settings, prepared_model, running_gateway
 from tests.fake_engine import MODEL, FakeEngine
 
@@ -396,6 +396,16 @@ def _not_lora(root: Path, out: Path) -> str:
     return "x"
 
 
+def _zero_lora_b(root: Path, out: Path) -> str:
+    write_adapter(root / "x", zero="lora_B")  # what peft writes before training
+    return "x"
+
+
+def _zero_alpha(root: Path, out: Path) -> str:
+    write_adapter(root / "x", config={**peft_config(8, "tiny-base", TARGETS), "lora_alpha": 0})
+    return "x"
+
+
 def _bad_config_json(root: Path, out: Path) -> str:
     write_adapter(root / "x")
     (root / "x" / "adapter_config.json").write_text("{not json")
@@ -423,6 +433,8 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], str], int, str]] = {
     "unknown target module": (_unknown_target, 422, "adapter_unknown_target_modules"),
     "not LoRA": (_not_lora, 422, "adapter_not_lora"),
     "config not JSON": (_bad_config_json, 422, "adapter_config_invalid"),
+    "all-zero lora_B": (_zero_lora_b, 422, "adapter_changes_nothing"),
+    "lora_alpha 0": (_zero_alpha, 422, "adapter_changes_nothing"),
 }
 
 

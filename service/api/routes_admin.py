@@ -50,16 +50,15 @@ async def list_routes(request: Request, _: SreKey) -> list[RouteOut]:
     "/{name}/target",
     summary="Switch a route to another target",
     description=(
-        "Loads the version on every replica of the route's pool and probes it first; only "
-        "then is the route switched. Requests in flight finish on the version they started "
-        "with; new requests use the new one. Idempotent. A version that answers exactly like "
-        "the base model is refused (422) and unloaded."
+        "Loads the version on every replica of the route's pool and checks that each can "
+        "generate with it; only then is the route switched. Requests in flight finish on the "
+        "version they started with; new requests use the new one. Idempotent. When any "
+        "replica fails, the version is unloaded from every replica (502)."
     ),
     response_model=RouteOut,
     responses={
         404: {"description": "No such route or adapter version."},
         409: {"description": "The route has an active rollout."},
-        422: {"description": "The adapter version changes nothing."},
         502: {"description": "A replica could not load the version."},
     },
 )

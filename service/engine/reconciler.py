@@ -1,10 +1,11 @@
 """Keeps every replica serving the adapter versions its routes need.
 
 Each pass observes every replica (``GET /v1/models``), records what it serves (the engine
-client only sends a version to replicas that have it), loads what is missing, probes each new
-load against the base model, and unloads versions nobody wants any more once they have been
-unwanted for a grace period and no request on them is in flight. After a vLLM restart the next
-pass loads its adapters again with nobody acting.
+client only sends a version to replicas that have it), loads what is missing, checks that each
+new load generates, and unloads versions nobody wants any more once they have been unwanted for
+a grace period and no request on them is in flight. After a vLLM restart the next pass loads its
+adapters again with nobody acting. (Whether a version changes anything at all is decided from
+its weights when it is registered, not here.)
 """
 
 from __future__ import annotations
@@ -19,16 +20,10 @@ from adapters.placement import Action, Change, UnwantedSince, plan
 from monitoring.metrics import Metrics
 from service.engine.adapter_host import AdapterHost, AdapterHostError
 from service.engine.pool import EnginePool, Replica
-from service.errors import EngineError, GatewayError
+from service.errors import EngineError
 from service.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
-
-
-class AdapterChangesNothing(GatewayError):
-    status = 422
-    type = "invalid_request_error"
-    code = "adapter_changes_nothing"
 
 
 class AdapterReconciler:
@@ -51,8 +46,6 @@ class AdapterReconciler:
         self._grace_s = unload_grace_s
         self._clock = clock
         self._unwanted = {pool.name: UnwantedSince() for pool in pools}
-        # Versions whose probe showed no effect: not loaded again until the process restarts.
-        self.refused: set[str] = set()
         self._locks = {pool.name: asyncio.Lock() for pool in pools}
         self._wake = asyncio.Event()
 
@@ -76,21 +69,36 @@ class AdapterReconciler:
                 await self._reconcile_pool(pool)
 
     async def place(self, pool: EnginePool, version: str, path: str) -> None:
-        """Load ``version`` on every usable replica of ``pool`` and probe it, or raise.
+        """Load ``version`` on every usable replica of ``pool`` and check it generates, or raise.
 
         Used before a route is switched to the version, so the switch only happens once every
-        replica can serve it. A version that changes nothing is unloaded again and refused.
+        replica can serve it. When any replica fails, a version no route wants is unloaded
+        again from every replica, so a refused version is served nowhere.
         """
         async with self._locks[pool.name]:
             replicas = [r for r in pool.replicas if r.usable(self._clock())]
             if not replicas:
                 raise AdapterHostError(f"pool '{pool.name}' has no usable replica to load on")
-            for replica in replicas:
-                await self._load(pool, replica, version, path)
+            try:
+                for replica in replicas:
+                    await self._load(pool, replica, version, path)
+            except EngineError:
+                if version not in self._snapshot.current.wanted_adapters(pool.name):
+                    await self._unload_everywhere(pool, version)
+                raise
+
+    async def _unload_everywhere(self, pool: EnginePool, version: str) -> None:
+        for replica in pool.replicas:
+            try:
+                if version in await self._host.loaded(pool, replica):
+                    await self._host.unload(pool, replica, version)
+            except EngineError as exc:  # the reconcile loop unloads it later: it is unwanted
+                log.warning("unloading %s from %s failed: %s", version, replica.url, exc.message)
+            replica.loaded = replica.loaded - {version}
 
     async def _reconcile_pool(self, pool: EnginePool) -> None:
         snapshot = self._snapshot.current
-        wanted = {v for v in snapshot.wanted_adapters(pool.name) if v not in self.refused}
+        wanted = set(snapshot.wanted_adapters(pool.name))
         loaded: dict[str, set[str]] = {}
         by_url = {r.url: r for r in pool.replicas}
         for replica in pool.replicas:
@@ -123,8 +131,6 @@ class AdapterReconciler:
                 await self._host.unload(pool, replica, action.version)
                 replica.loaded = replica.loaded - {action.version}
                 log.info("unloaded %s from %s", action.version, replica.url)
-        except AdapterChangesNothing as exc:
-            log.error("refusing %s: %s", action.version, exc.message)
         except EngineError as exc:
             log.warning(
                 "%s %s on %s failed: %s", action.change, action.version, replica.url, exc.message
@@ -133,13 +139,11 @@ class AdapterReconciler:
     async def _load(self, pool: EnginePool, replica: Replica, version: str, path: str) -> None:
         if version not in replica.loaded:
             await self._host.load(pool, replica, version, path)
-            if not await self._host.changes_output(pool, replica, version):
+            try:
+                await self._host.generates(replica, version)
+            except EngineError:
                 await self._host.unload(pool, replica, version)
-                self.refused.add(version)
-                raise AdapterChangesNothing(
-                    f"Adapter version '{version}' answers exactly like the base model: "
-                    "it targets nothing or its weights are zero. It was unloaded."
-                )
+                raise
             log.info("loaded %s on %s", version, replica.url)
         replica.loaded = replica.loaded | {version}
         self._metrics.adapter_loaded.labels(pool.name, replica.url, version).set(1)

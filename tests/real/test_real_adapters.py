@@ -1,5 +1,7 @@
 """Adapter versions on two real vLLM replicas: register, place, serve, switch under load,
-refuse an adapter that changes nothing, and restore adapters after a replica restarts.
+refuse an adapter that changes nothing at registration, unload from both replicas a version one
+replica refuses (the second runs with a lower --max-lora-rank), and restore adapters after a
+replica restarts.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ BASE = "smollm2-135m-instruct"
 
 
 class Replica:
-    def __init__(self, model_dir: Path, log_dir: Path, index: int) -> None:
+    def __init__(self, model_dir: Path, log_dir: Path, index: int, max_lora_rank: int) -> None:
         # vLLM's CPU build binds its busy-polling worker to core 0 by default: two replicas on
         # one core starve each other (a restart took minutes), so each gets its own core.
         self.config = ManagedEngineSettings(
-            port=_free_port(), cpu_bind=str(index % (os.cpu_count() or 1))
-        )
+            port=_free_port(), cpu_bind=str(index % (os.cpu_count() or 1)),
+            max_lora_rank=max_lora_rank,
+        )  # fmt: skip
         self.model_dir = model_dir
         self.log_path = log_dir / f"vllm-{index}.log"
         self.url = f"http://127.0.0.1:{self.config.port}"
@@ -72,7 +75,9 @@ class Replica:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
 
-def make_adapter(model_dir: Path, out: Path, seed: int, *, inert: bool = False) -> None:
+def make_adapter(
+    model_dir: Path, out: Path, seed: int, *, inert: bool = False, rank: int = 8
+) -> None:
     """A LoRA adapter on the real base model: random weights, or (inert) peft's zero B."""
     code = f"""
 import torch
@@ -80,8 +85,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 torch.manual_seed({seed})
 model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, dtype=torch.bfloat16)
-config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                    task_type="CAUSAL_LM", init_lora_weights={inert!r})
+config = LoraConfig(r={rank}, lora_alpha=16, task_type="CAUSAL_LM", init_lora_weights={inert!r},
+                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 get_peft_model(model, config).save_pretrained({str(out)!r})
 """
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -91,15 +96,20 @@ get_peft_model(model, config).save_pretrained({str(out)!r})
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, list[Replica]]]:
     model = prepared_model()
     work = tmp_path_factory.mktemp("adapters")
-    replicas = [Replica(model, work, i) for i in range(2)]
+    # The second replica accepts lower ranks than the pool promises: a rank-16 version loads on
+    # the first and is refused by the second, as after a misconfigured engine upgrade.
+    replicas = [Replica(model, work, i, max_lora_rank) for i, max_lora_rank in enumerate((16, 8))]
     for replica in replicas:
         replica.start()
     gateway = LiveGateway(work, model)
     imports = work / "imports"
     imports.mkdir()
-    for name, seed, inert in (("v1", 1, False), ("v2", 2, False), ("noop", 3, True)):
-        make_adapter(model, imports / name, seed, inert=inert)
-    pool = {"name": "default", "base_model": BASE, "urls": [r.url for r in replicas]}
+    for name, seed, inert, rank in (
+        ("v1", 1, False, 8), ("v2", 2, False, 8), ("noop", 3, True, 8), ("wide", 4, False, 16),
+    ):  # fmt: skip
+        make_adapter(model, imports / name, seed, inert=inert, rank=rank)
+    pool = {"name": "default", "base_model": BASE, "urls": [r.url for r in replicas],
+            "max_lora_rank": 16}  # fmt: skip
     gateway.env.update(
         LORAGATE_ENGINES=json.dumps([{**pool, "model_dir": str(model)}]),
         LORAGATE_ADAPTER_RECONCILE_INTERVAL_S="1",
@@ -132,7 +142,13 @@ def test_versions_are_placed_switched_under_load_and_restored(
     imports = gateway.workdir / "imports"
     for name in ("v1", "v2"):
         gateway.cli("adapters", "register", "triage", str(imports / name))
-    gateway.cli("adapters", "register", "noop", str(imports / "noop"))
+    gateway.cli("adapters", "register", "wide", str(imports / "wide"))
+    # peft's untrained adapter (lora_B all zeros) is refused from its weights, exactly.
+    noop = subprocess.run(
+        [sys.executable, "-m", "service", "adapters", "register", "noop", str(imports / "noop")],
+        env=gateway.env, cwd=gateway.workdir, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert noop.returncode == 1 and "changes nothing" in noop.stderr, noop.stderr
     sre, app = key_for(gateway, "sre"), key_for(gateway, "app")
 
     def set_target(target: str) -> subprocess.CompletedProcess[str]:
@@ -164,10 +180,16 @@ def test_versions_are_placed_switched_under_load_and_restored(
     assert switched.returncode == 0, switched.stderr
     assert set(models) <= {"triage@1", "triage@2"} and ask(0) == "triage@2"
 
-    refused = set_target("noop@1")
-    assert refused.returncode == 1
-    assert "answers exactly like the base model" in refused.stderr
-    assert all("noop@1" not in r.adapters() for r in replicas)
+    # The second replica refuses the rank-16 version; under load, the switch is refused and the
+    # version is unloaded from the first replica too, while the route keeps serving triage@2.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        answers = pool.map(ask, range(12))
+        refused = set_target("wide@1")
+        models = list(answers)
+    assert refused.returncode == 1 and "HTTP 502" in refused.stderr, refused.stderr
+    assert "max_lora_rank" in refused.stderr
+    assert set(models) == {"triage@2"}
+    assert all("wide@1" not in r.adapters() for r in replicas)
 
     # The old version goes once it is unwanted past the grace period.
     deadline = time.monotonic() + 60
