@@ -5,7 +5,8 @@ their length-normalised sequence probability.
 
 For a route with an output schema the gateway asks vLLM for ``response_format`` ``json_schema``
 and for token logprobs (stripped again when the client did not ask), validates the answer with
-jsonschema (``finish_reason`` ``length`` is invalid), scores its confidence from the value tokens,
+jsonschema (``finish_reason`` ``length`` is invalid), scores its confidence from the value tokens
+of the fields that count (``guard.fields``: the categorical ones unless the route says which),
 and decides with the route's review policy whether a person must look at it.
 """
 
@@ -20,7 +21,15 @@ import orjson
 
 from service.answers import first_choice, first_finish_reason
 from service.errors import InvalidRequest
-from service.guard import Confidence, ContractValidator, Validation, score_free, score_json
+from service.guard import (
+    Confidence,
+    ConfidenceFields,
+    ContractValidator,
+    SchemaRefused,
+    Validation,
+    score_free,
+    score_json,
+)
 from service.guard.policy import ReviewPolicy, escalation_reason
 
 METADATA = "loragate"
@@ -34,14 +43,22 @@ class RouteContract:
     schema: Mapping[str, Any] | None
     validator: ContractValidator | None
     policy: ReviewPolicy
+    fields: ConfidenceFields | None = None  # which fields the score is taken from (with a schema)
 
     @classmethod
     def build(
         cls, schema: Mapping[str, Any] | None, policy: Mapping[str, Any] | None
     ) -> RouteContract:
         """Checked when routes are loaded: a bad schema or policy never reaches a request."""
-        validator = ContractValidator(dict(schema)) if schema is not None else None
-        return cls(schema, validator, ReviewPolicy.model_validate(policy or {}))
+        review = ReviewPolicy.model_validate(policy or {})
+        if schema is None:
+            if review.confidence_fields is not None:
+                raise SchemaRefused(
+                    "confidence-fields", "", "'confidence_fields' needs an output schema"
+                )
+            return cls(None, None, review)
+        validator = ContractValidator(dict(schema))
+        return cls(schema, validator, review, ConfidenceFields(schema, review.confidence_fields))
 
     def forced_fields(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """What the gateway adds to the engine's body; the client may not set the format."""
@@ -94,7 +111,8 @@ def judge(
     if contract.validator is not None:
         validation = contract.validator.validate(text if isinstance(text, str) else "", finish)
     if validation is not None and validation.valid and isinstance(text, str):
-        confidence = score_json(text, tokens)
+        counts = contract.fields.counts if contract.fields is not None else None
+        confidence = score_json(text, tokens, counts)
     else:
         confidence = score_free(tokens)
     score = confidence.score if confidence is not None else None
@@ -117,6 +135,7 @@ def present(
         "schema_errors": list(judgement.errors),
         "confidence": confidence.score if confidence is not None else None,
         "field_confidence": dict(confidence.fields) if confidence is not None else {},
+        "confidence_fields": list(confidence.counted) if confidence is not None else [],
         "review_id": review_id,
     }
     return orjson.dumps(answer)

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.guard import Leaf, leaf_spans, score_free, score_json
+from adapters.training import example_data
+from service.guard import ConfidenceFields, Leaf, leaf_spans, score_free, score_json
 
 
 def token(text: str, logprob: float = 0.0, *, raw: bytes | None = None) -> dict[str, Any]:
@@ -164,6 +165,106 @@ def test_a_confidence_the_model_writes_is_never_read() -> None:
     assert confidence.fields["/confidence"] == pytest.approx(math.exp(-0.1))
 
 
+# --- which fields count ------------------------------------------------------------------------
+
+TICKET = '{"category":"billing","urgency":2,"next_action":"Refund the charge"}'
+
+
+def ticket_tokens(category: float, urgency: float, action: float) -> list[dict[str, Any]]:
+    return tokens(
+        ('{"category":"', 0.0), ("billing", category), ('","urgency":', 0.0), ("2", urgency),
+        (',"next_action":"', 0.0), ("Refund", action), (" the", -0.01), (" charge", -0.2),
+        ('"}', 0.0),
+    )  # fmt: skip
+
+
+def ticket_schema(**next_action: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(example_data("tickets.schema.json").read_text())
+    schema["properties"]["next_action"].update(next_action)
+    return schema
+
+
+def test_a_free_text_field_is_scored_but_does_not_pull_the_answer_down() -> None:
+    fields = ConfidenceFields(ticket_schema())
+    confidence = score_json(TICKET, ticket_tokens(-0.05, -0.1, -2.0), fields.counts)
+    assert confidence is not None and confidence.method == "json_values"
+    assert confidence.fields == pytest.approx(
+        {"/category": math.exp(-0.05), "/urgency": math.exp(-0.1), "/next_action": math.exp(-2.0)}
+    )
+    assert confidence.counted == ("/category", "/urgency")
+    assert confidence.score == pytest.approx(math.exp(-0.1))
+
+
+def test_an_unsure_categorical_field_still_sets_the_score() -> None:
+    fields = ConfidenceFields(ticket_schema())
+    confidence = score_json(TICKET, ticket_tokens(-1.2, -0.1, -2.0), fields.counts)
+    assert confidence is not None
+    assert confidence.score == pytest.approx(math.exp(-1.2))
+
+
+def test_the_annotation_makes_a_free_text_field_count() -> None:
+    fields = ConfidenceFields(ticket_schema(**{"x-loragate-confidence": True}))
+    confidence = score_json(TICKET, ticket_tokens(-0.05, -0.1, -2.0), fields.counts)
+    assert confidence is not None
+    assert confidence.counted == ("/category", "/urgency", "/next_action")
+    assert confidence.score == pytest.approx(math.exp(-2.0))
+
+
+def test_a_policy_list_replaces_the_default() -> None:
+    fields = ConfidenceFields(ticket_schema(), ["/next_action"])
+    confidence = score_json(TICKET, ticket_tokens(-1.5, -0.1, -0.3), fields.counts)
+    assert confidence is not None
+    assert confidence.counted == ("/next_action",)
+    assert confidence.score == pytest.approx(math.exp(-0.3))
+
+
+def test_an_answer_with_no_categorical_field_takes_the_minimum_over_all_fields() -> None:
+    schema = {"type": "object", "properties": {"summary": {"type": "string"},
+              "reply": {"type": "string", "maxLength": 500}}}  # fmt: skip
+    text = '{"summary":"Card declined","reply":"Try again"}'
+    pieces = tokens(('{"summary":"', 0.0), ("Card declined", -0.4), ('","reply":"', 0.0),
+                    ("Try again", -0.9), ('"}', 0.0))  # fmt: skip
+    confidence = score_json(text, pieces, ConfidenceFields(schema).counts)
+    assert confidence is not None
+    assert confidence.counted == ("/summary", "/reply")
+    assert confidence.score == pytest.approx(math.exp(-0.9))
+
+
+def test_items_under_a_ref_are_counted_by_their_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"lines": {"type": "array", "items": {"$ref": "#/$defs/Line"}}},
+        "$defs": {"Line": {"type": "object", "properties": {
+            "sku": {"type": "string", "maxLength": 12}, "note": {"type": "string"}}}},
+    }  # fmt: skip
+    text = '{"lines":[{"sku":"A-1","note":"fragile"},{"sku":"B-2","note":"gift"}]}'
+    pieces = tokens(
+        ('{"lines":[{"sku":"', 0.0), ("A-1", -0.2), ('","note":"', 0.0), ("fragile", -3.0),
+        ('"},{"sku":"', 0.0), ("B-2", -0.6), ('","note":"', 0.0), ("gift", -2.0), ('"}]}', 0.0),
+    )  # fmt: skip
+    confidence = score_json(text, pieces, ConfidenceFields(schema).counts)
+    assert confidence is not None
+    assert confidence.counted == ("/lines/0/sku", "/lines/1/sku")
+    assert confidence.score == pytest.approx(math.exp(-0.6))
+
+
+def test_a_field_mixing_categorical_and_free_text_branches_is_free_text() -> None:
+    schema = {"type": "object", "properties": {
+        "label": {"anyOf": [{"enum": ["spam", "ham"]}, {"type": "string"}]},
+        "n": {"type": "integer"}}}  # fmt: skip
+    text = '{"label":"spam","n":3}'
+    pieces = tokens(('{"label":"', 0.0), ("spam", -2.0), ('","n":', 0.0), ("3", -0.1), ("}", 0.0))
+    confidence = score_json(text, pieces, ConfidenceFields(schema).counts)
+    assert confidence is not None
+    assert (confidence.counted, confidence.score) == (("/n",), pytest.approx(math.exp(-0.1)))
+
+
+def test_without_a_selection_every_field_counts() -> None:
+    confidence = score_json(TRIAGE, triage_tokens(["category"]))
+    assert confidence is not None
+    assert confidence.counted == ("/category", "/urgency")
+
+
 # --- falling back and refusing to guess ---------------------------------------------------------
 
 
@@ -171,8 +272,14 @@ def test_tokens_that_do_not_add_up_to_the_text_fall_back_to_the_sequence_score()
     pieces = tokens(('{"category":"', 0.0), ("billing", -1.0), ('"}', 0.0))
     confidence = score_json(TRIAGE, pieces)
     assert confidence is not None
-    assert (confidence.method, confidence.fields) == ("sequence", {})
+    assert (confidence.method, confidence.fields, confidence.counted) == ("sequence", {}, ())
     assert confidence.score == pytest.approx(math.exp(-1.0 / 3))
+
+
+def test_a_selection_does_not_change_the_sequence_fallback() -> None:
+    pieces = tokens(('{"category":"', 0.0), ("billing", -1.0), ('"}', 0.0))
+    fields = ConfidenceFields(ticket_schema())
+    assert score_json(TRIAGE, pieces, fields.counts) == score_json(TRIAGE, pieces)
 
 
 def test_text_that_is_not_json_falls_back_to_the_sequence_score() -> None:

@@ -33,6 +33,14 @@ def unsure_urgency() -> list[float]:
     return logprobs
 
 
+def unsure_next_action() -> list[float]:
+    """What real models do with a free-text field: its words are never sure."""
+    logprobs = list(SURE)
+    logprobs[TOKENS.index("Refund")] = -1.5
+    logprobs[TOKENS.index(" charge")] = -2.5
+    return logprobs
+
+
 def routes_file(tmp_path: Path, review: dict[str, Any] | None = None) -> Path:
     schema_path = tmp_path / "tickets.schema.json"
     schema_path.write_text(example_data("tickets.schema.json").read_text())
@@ -91,6 +99,7 @@ async def test_the_schema_goes_to_the_engine_and_a_sure_answer_passes(
     meta = body["loragate"]
     assert (meta["schema_valid"], meta["confidence"], meta["review_id"]) == (True, 1.0, None)
     assert set(meta["field_confidence"]) == {"/category", "/urgency", "/next_action"}
+    assert meta["confidence_fields"] == ["/category", "/urgency"]
     row = await record_of(gw, r.headers["x-request-id"])
     assert (row.schema_valid, row.confidence, row.escalated) == (True, 1.0, False)
     assert await review_items(gw) == []
@@ -117,6 +126,41 @@ async def test_a_low_confidence_answer_is_flagged_and_queued_with_its_record(
     metrics = (await gw.client.get("/metrics")).text
     assert 'loragate_escalations_total{reason="low_confidence",route="triage"} 1.0' in metrics
     assert 'loragate_answer_confidence_count{route="triage",target="fake-base"} 1.0' in metrics
+
+
+async def test_an_unsure_free_text_field_does_not_send_a_sure_answer_to_review(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    engine.default = Behaviour(tokens=TOKENS, logprobs=unsure_next_action())
+    r = await ask(gw)
+    assert r.status_code == 200
+    meta = r.json()["loragate"]
+    assert meta["field_confidence"]["/next_action"] == pytest.approx(math.exp(-2.5))
+    assert (meta["confidence"], meta["confidence_fields"]) == (1.0, ["/category", "/urgency"])
+    assert meta["review_id"] is None
+    row = await record_of(gw, r.headers["x-request-id"])
+    assert (row.confidence, row.escalated) == (1.0, False)
+    assert await review_items(gw) == []
+
+
+async def test_a_route_can_name_the_fields_its_confidence_comes_from(
+    db_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    review = {"escalate": "below", "threshold": 0.5, "confidence_fields": ["/next_action"]}
+    settings = make_settings(
+        db_url, tmp_path, [engine.url], routes_file=routes_file(tmp_path, review)
+    )
+    engine.default = Behaviour(tokens=TOKENS, logprobs=unsure_next_action())
+    async with running_gateway(settings) as h:
+        r = await ask(h)
+        assert r.status_code == 200
+        meta = r.json()["loragate"]
+        assert meta["confidence"] == pytest.approx(math.exp(-2.5))
+        assert meta["confidence_fields"] == ["/next_action"]
+        row = await record_of(h, r.headers["x-request-id"])
+        assert row.escalated is True
+        (item,) = await review_items(h)
+        assert (item.id, item.reason) == (meta["review_id"], "low_confidence")
 
 
 async def test_an_invalid_answer_is_asked_again_once(gw: Harness, engine: FakeEngine) -> None:
@@ -208,6 +252,38 @@ def test_a_schema_1000_levels_deep_is_refused_when_routes_load(tmp_path: Path) -
 def test_a_review_policy_is_checked_when_routes_load(tmp_path: Path) -> None:
     path = routes_file(tmp_path, {"escalate": "sometimes"})
     with pytest.raises(RoutesConfigError, match="escalate"):
+        load_routes_file(path)
+
+
+@pytest.mark.parametrize(
+    ("review", "fragment"),
+    [
+        ({"confidence_fields": ["/categroy"]}, "names no field"),
+        ({"confidence_fields": ["category"]}, "confidence_fields"),  # not a JSON pointer
+        ({"confidence_fields": []}, "confidence_fields"),
+    ],
+)
+def test_confidence_fields_are_checked_against_the_schema_when_routes_load(
+    tmp_path: Path, review: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(RoutesConfigError, match=fragment):
+        load_routes_file(routes_file(tmp_path, review))
+
+
+def test_confidence_fields_need_an_output_schema(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    route = {"name": "free", "review": {"confidence_fields": ["/category"]}}
+    path.write_text(yaml.safe_dump({"routes": [route]}))
+    with pytest.raises(RoutesConfigError, match="needs an output schema"):
+        load_routes_file(path)
+
+
+def test_a_confidence_annotation_must_be_a_boolean(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string",
+              "x-loragate-confidence": "yes"}}}  # fmt: skip
+    path = tmp_path / "routes.yaml"
+    path.write_text(yaml.safe_dump({"routes": [{"name": "x", "output_schema": schema}]}))
+    with pytest.raises(RoutesConfigError, match="annotation"):
         load_routes_file(path)
 
 
@@ -351,6 +427,7 @@ async def test_a_route_reviewed_without_a_schema_scores_the_sequence(
         assert sent["logprobs"] is True and sent["response_format"] == {"type": "text"}
         meta = r.json()["loragate"]
         assert meta["schema_valid"] is None and meta["field_confidence"] == {}
+        assert meta["confidence_fields"] == []
         assert meta["confidence"] == pytest.approx(math.exp((-0.1 - 2.0 - 0.3) / 3))
         assert meta["review_id"] is not None  # 0.45 is below 0.5
         row = await record_of(h, r.headers["x-request-id"])

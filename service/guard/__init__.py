@@ -1,6 +1,7 @@
 """Output guards, pure functions: output contracts (JSON Schema) and confidence from logprobs."""
 
 from service.guard.confidence import Confidence, Leaf, leaf_spans, score_free, score_json
+from service.guard.fields import CATEGORICAL_MAX_LENGTH, ConfidenceFields
 from service.guard.schema import (
     MAX_SCHEMA_BYTES,
     MAX_SCHEMA_DEPTH,
@@ -11,9 +12,11 @@ from service.guard.schema import (
 )
 
 __all__ = [
+    "CATEGORICAL_MAX_LENGTH",
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_DEPTH",
     "Confidence",
+    "ConfidenceFields",
     "ContractValidator",
     "Leaf",
     "SchemaRefused",

@@ -8,7 +8,9 @@ token from one model and four from another.
 A field's score is the *minimum* probability among the tokens of its value: one unsure token
 (`2` at p=0.37 where `1` was nearly as likely) is what makes a value doubtful, and a product
 over tokens would instead punish long values for being long. The answer's score is the minimum
-over its fields, the conservative choice for deciding what a person should look at.
+over the fields that count, the conservative choice for deciding what a person should look at:
+all of them unless the caller says which (a route contract counts its categorical fields, see
+`guard.fields`); when none of the answer's fields counts, all of them do.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,11 +28,13 @@ Tokens = Sequence[Mapping[str, object]]
 
 @dataclass(frozen=True, slots=True)
 class Confidence:
-    """`score` and every field score lie in [0, 1]; `fields` maps JSON pointers to scores."""
+    """`score` and every field score lie in [0, 1]; `fields` maps JSON pointers to scores, and
+    `score` is the minimum over `counted`, the pointers of the fields that count."""
 
     score: float
     fields: dict[str, float]
     method: Method
+    counted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +54,11 @@ def score_free(tokens: Tokens | None) -> Confidence | None:
     return Confidence(_probability(math.fsum(logprobs) / len(logprobs)), {}, "sequence")
 
 
-def score_json(text: str, tokens: Tokens | None) -> Confidence | None:
-    """Per-field scores over the value tokens of a JSON answer.
+def score_json(
+    text: str, tokens: Tokens | None, counts: Callable[[str], bool] | None = None
+) -> Confidence | None:
+    """Per-field scores over the value tokens of a JSON answer; the answer's score is the lowest
+    among the fields `counts` accepts (every field without it, or when it accepts none).
 
     Falls back to `score_free` when the text is not JSON, has no leaf values, or the tokens do
     not add up to the text. None when there are no usable logprobs.
@@ -78,7 +85,8 @@ def score_json(text: str, tokens: Tokens | None) -> Confidence | None:
             fields[leaf.pointer] = _probability(min(covering))
     if not fields:
         return score_free(tokens)
-    return Confidence(min(fields.values()), fields, "json_values")
+    counted = [pointer for pointer in fields if counts is None or counts(pointer)] or list(fields)
+    return Confidence(min(fields[p] for p in counted), fields, "json_values", tuple(counted))
 
 
 def leaf_spans(text: str) -> list[Leaf]:

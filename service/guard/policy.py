@@ -5,7 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# A JSON pointer to a field of the answer, e.g. `/category` or `/items/0/name`.
+Pointer = Annotated[str, StringConstraints(pattern=r"^(/([^/~]|~[01])*)+$", max_length=300)]
 
 
 class Escalate(StrEnum):
@@ -40,6 +43,14 @@ class ReviewPolicy(BaseModel):
         default="flag",
         description="`flag`: the client gets an escalated answer at once, marked with its review "
         "id; `hold`: the client gets 202 and the review id, and reads the decision later.",
+    )
+    confidence_fields: (
+        Annotated[tuple[Pointer, ...], Field(min_length=1, max_length=100)] | None
+    ) = Field(
+        default=None,
+        description="JSON pointers of the fields the answer's confidence is the lowest of "
+        "(an array index stands for every item, a pointer to an object or array for every "
+        "field under it); by default the schema's categorical fields. Needs an output schema.",
     )
     callback_url: str | None = Field(
         default=None,

@@ -34,6 +34,7 @@ DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 Rule = Literal[
     "type", "json", "depth", "size", "meta-schema", "ref", "id", "schema-uri", "dynamic-ref",
     "pattern", "bound", "enum",
+    "annotation", "confidence-fields",  # refused when a route's contract is built (guard.fields)
 ]  # fmt: skip
 _OUT_OF_RANGE: frozenset[Rule] = frozenset({"depth", "size", "bound", "enum"})
 _BOUND_KEYWORDS = (
