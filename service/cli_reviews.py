@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
+from service.cli_db import migrated_engine, run_db
 from service.cli_http import fail
-from service.db.migrations import ensure_migrated
-from service.db.session import create_engine, session_factory
-from service.errors import DatabaseNotMigrated
+from service.db.session import session_factory
 from service.review.export import Export, build_export, content_bytes, save_snapshot
 from service.review.queue import write_transaction
 from service.settings import Settings
@@ -88,9 +85,7 @@ def export(
     settings = Settings()
 
     async def run() -> tuple[Export, bool]:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            await ensure_migrated(engine)
+        async with migrated_engine(settings) as engine:
             sessions = session_factory(engine)
             async with sessions() as session:
                 data = await build_export(
@@ -100,15 +95,8 @@ def export(
                 )  # fmt: skip
             async with write_transaction(sessions) as session:
                 return data, await save_snapshot(session, data, "cli")
-        finally:
-            await engine.dispose()
 
-    try:
-        data, created = asyncio.run(run())
-    except DatabaseNotMigrated as exc:
-        raise fail(str(exc)) from exc
-    except (SQLAlchemyError, OSError) as exc:
-        raise fail(f"cannot use the database: {type(exc).__name__}: {exc}") from exc
+    data, created = run_db(settings, run)
     write_export(out, data)
     counts = data.manifest["counts"]
     typer.echo(

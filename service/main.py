@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -45,6 +45,9 @@ from service.shadow import ShadowCaller
 from service.snapshot import Snapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
+# Where FastAPI says it found a problem: the first part of an error's location.
+REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
+SHOWN_ERRORS = 3
 
 DESCRIPTION = """
 An inference gateway for fine-tuned models. Applications call the OpenAI-compatible API with a
@@ -129,6 +132,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.tracer_provider.shutdown()
 
 
+def _field(error: Mapping[str, Any]) -> str:
+    """The dotted path of the field an error is about, without FastAPI's ``body``/``query``."""
+    loc = [str(part) for part in error.get("loc", ())]
+    if error.get("type") == "json_invalid":
+        return "body"  # its location is a character offset, not a field
+    path = loc[1:] if loc and loc[0] in REQUEST_PARTS else loc
+    return ".".join(path) or (loc[0] if loc else "request")
+
+
+def invalid_request(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
+    """A readable 400 from pydantic's errors: each field and message, never the input sent."""
+    shown = [f"{_field(e)}: {e.get('msg', 'invalid value')}" for e in errors[:SHOWN_ERRORS]]
+    more = len(errors) - len(shown)
+    message = "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")
+    return InvalidRequest(
+        message or "Invalid request.", param=_field(errors[0]) if errors else None
+    )
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -142,7 +164,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return InvalidRequest(f"Invalid request: {exc.errors()[:3]}").to_response()
+        return invalid_request(exc.errors()).to_response()
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(HTTPException, http_error)

@@ -26,7 +26,7 @@ from rollout.spec import RolloutSpec, StepKind
 from rollout.split import Arm
 from service.db import rollout_store
 from service.db.models import RolloutEvent
-from service.db.rollout_store import RouteBusy, StaleRollout, StoredRollout
+from service.db.rollout_store import RouteBusy, SavedFigures, StaleRollout, StoredRollout
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.errors import InvalidRequest, RolloutConflict, RolloutNotFound
@@ -51,6 +51,9 @@ class Analysis:
     since: datetime
     window: Window
     verdicts: tuple[GateResult, ...]
+
+    def figures(self, at: datetime) -> SavedFigures:
+        return SavedFigures(at, self.since, self.window.stable, self.window.candidate)
 
 
 class RolloutControl:
@@ -88,7 +91,8 @@ class RolloutControl:
                 raise InvalidRequest(f"'{spec.candidate}' is already the route's stable target.")
             version = await version_for(session, route, spec.candidate)
             pool, stable, path = route.pool, route.target, version.store_path
-        # Load and probe the candidate on every replica before any traffic can reach it.
+        # Load the candidate on every replica (each must generate with it) before any traffic
+        # can reach it.
         await self._reconciler.place(self._engines.pool(pool), spec.candidate, path)
         rollout_id = secrets.token_hex(8)
         now = self._clock()
@@ -178,7 +182,8 @@ class RolloutControl:
         analysis = await self.analyse(rollout)
         outcome = tick(rollout.state, rollout.spec, analysis.window, self._clock())
         if outcome.changed or outcome.state != rollout.state or outcome.verdicts:
-            await self._save(rollout, outcome, verdicts=outcome.verdicts)
+            figures = analysis.figures(self._clock()) if outcome.verdicts else None
+            await self._save(rollout, outcome, verdicts=outcome.verdicts, figures=figures)
         if outcome.changed:
             await self._snapshot.reload()
         return outcome
@@ -195,11 +200,17 @@ class RolloutControl:
     # --- persistence ----------------------------------------------------------------------
 
     async def _save(
-        self, current: StoredRollout, outcome: Outcome, verdicts: tuple[GateResult, ...] | None
+        self,
+        current: StoredRollout,
+        outcome: Outcome,
+        verdicts: tuple[GateResult, ...] | None,
+        figures: SavedFigures | None = None,
     ) -> None:
         now = self._clock()
         async with self._sessions.begin() as session:
-            await rollout_store.save(session, current, outcome.state, outcome.event, verdicts, now)
+            await rollout_store.save(
+                session, current, outcome.state, outcome.event, verdicts, now, figures
+            )
             if outcome.state.phase is Phase.PROMOTED and outcome.changed:
                 await self._promote_route(session, current, now)
         event = outcome.event

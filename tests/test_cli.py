@@ -22,7 +22,7 @@ from service.auth import hash_secret, split_key
 from service.cli import app
 from service.db import repositories
 from service.db.models import ApiKey
-from service.db.session import create_engine, session_factory
+from service.db.session import create_engine, session_factory, shown_url, sqlite_file
 from tests.conftest import fresh_database
 
 T = TypeVar("T")
@@ -338,6 +338,9 @@ DB_COMMANDS = [
     ("keys", "revoke", "0123456789ab"),
     ("routes", "sync", "{routes}"),
     ("routes", "list"),
+    ("adapters", "register", "triage", "{dir}"),
+    ("adapters", "list"),
+    ("reviews", "export", "--out", "{dir}/export"),
     ("serve",),
 ]
 
@@ -362,11 +365,50 @@ def test_every_command_refuses_an_unmigrated_database(
 ) -> None:
     routes = cli_env / "routes.yaml"
     routes.write_text(ROUTES)
-    result = failed(*(part.format(routes=routes) for part in command))
+    result = failed(*(part.format(routes=routes, dir=cli_env) for part in command))
     assert NOT_MIGRATED in result.output
+    assert f"no loragate database at {shown_url(unmigrated)}" in result.output
+    file = sqlite_file(unmigrated)
+    if file is not None:
+        assert not file.exists()  # the attempt left no empty database behind
+    else:
+        assert "revision none" in result.output
+        assert not tables(unmigrated) & {"api_keys", "routes", "alembic_version"}
+    rest = result.output.replace("0123456789ab", "").replace(shown_url(unmigrated), "")
+    assert "lg-" not in rest  # no key was printed
+
+
+def test_another_data_dir_names_the_database_it_looked_for_and_creates_nothing(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok("db", "upgrade")  # the server's database, in the first data dir
+    other = cli_env / "other-shell"
+    monkeypatch.setenv("LORAGATE_DATA_DIR", str(other))
+    result = failed("keys", "list")
+    assert f"no loragate database at sqlite+aiosqlite:///{other / 'loragate.db'}:" in result.output
+    assert "LORAGATE_DATA_DIR / LORAGATE_DATABASE_URL" in result.output
+    assert not other.exists()
+    ok("db", "upgrade")  # upgrade still creates it
+    assert (other / "loragate.db").is_file()
+    ok("keys", "list")
+
+
+def test_an_empty_database_file_is_named_with_its_revision(cli_env: Path) -> None:
+    (cli_env / "loragate.db").touch()  # as an older loragate's failed command left it
+    result = failed("routes", "list")
+    assert f"no loragate database at sqlite+aiosqlite:///{cli_env / 'loragate.db'}" in result.output
     assert "revision none" in result.output
-    assert "lg-" not in result.output.replace("0123456789ab", "")  # no key was printed
-    assert not tables(unmigrated) & {"api_keys", "routes", "alembic_version"}
+
+
+@pytest.mark.postgres
+def test_a_database_password_is_masked_in_errors(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql+asyncpg://postgres:s3cret-pw@127.0.0.1:5432/lg_no_such_database"
+    monkeypatch.setenv("LORAGATE_DATABASE_URL", url)
+    result = failed("keys", "list")
+    assert "postgres:***@127.0.0.1:5432/lg_no_such_database" in result.output
+    assert "s3cret-pw" not in result.output
 
 
 # -- help -------------------------------------------------------------------------------------

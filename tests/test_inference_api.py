@@ -183,6 +183,30 @@ async def test_models_lists_only_routes_the_key_may_use(gateway: Harness) -> Non
     expect_error(gateway, r, 403, "permission_denied")
 
 
+async def test_one_model_is_retrieved_only_by_keys_that_may_use_it(gateway: Harness) -> None:
+    await add_route(gateway, "summarize")
+    limited = {"Authorization": f"Bearer {await insert_key(gateway.url, Role.APP, ['chat'])}"}
+    r = await gateway.client.get("/v1/models/summarize", headers=gateway.auth())
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": "summarize", "object": "model", "created": 0, "owned_by": "loragate"}
+    assert (await gateway.client.get("/v1/models/chat", headers=limited)).json()["id"] == "chat"
+    hidden = await gateway.client.get("/v1/models/summarize", headers=limited)
+    unknown = await gateway.client.get("/v1/models/nope", headers=limited)
+    for r in (hidden, unknown):
+        error = expect_error(gateway, r, 404, "model_not_found")
+        assert error["param"] == "model"
+    # Not permitted reads exactly like unknown: the key learns nothing of other routes.
+    assert (
+        hidden.json()["error"]["message"].replace("summarize", "nope")
+        == (unknown.json()["error"]["message"])
+    )
+    expect_error(gateway, await gateway.client.get("/v1/models/chat"), 401, "missing_api_key")
+    r = await gateway.client.get("/v1/models/chat", headers=gateway.auth(Role.REVIEWER))
+    expect_error(gateway, r, 403, "permission_denied")
+    paths = (await gateway.client.get("/openapi.json")).json()["paths"]
+    assert "404" in paths["/v1/models/{model}"]["get"]["responses"]
+
+
 # --- errors: envelope + record ------------------------------------------------------------
 
 

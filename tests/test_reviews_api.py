@@ -16,6 +16,7 @@ import pytest
 from service.api import reviews
 from service.auth import Role
 from service.review import queue
+from service.routes_config import RouteSpec, sync_routes
 from tests.conftest import Harness, make_settings, running_gateway
 from tests.fake_engine import FakeEngine
 
@@ -59,6 +60,13 @@ async def add(
             reason=reason, answer=answer, now=NOW - timedelta(seconds=age_s), priority=priority,
             confidence=0.4, field_confidence={"category": 0.4},
         )  # fmt: skip
+
+
+async def with_route(h: Harness, spec: RouteSpec) -> None:
+    gw = h.app.state.gateway
+    async with gw.sessions.begin() as session:
+        await sync_routes(session, [spec], gw.settings.engine_pools())
+    await gw.snapshot.reload()
 
 
 def reviewer(h: Harness) -> dict[str, str]:
@@ -194,6 +202,90 @@ async def test_correct_needs_json(harness: Harness) -> None:
     item = (await h.client.get(f"{ITEMS}/{item_id}", headers=reviewer(h))).json()
     assert item["state"] == "corrected" and item["corrected_answer"] == answer
     assert item["history"][-1]["payload"] == {"corrected_answer": answer}
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ({"category": "technical"}, '{"category":"technical"}'),
+        ('{"category": "technical"}', '{"category": "technical"}'),
+    ],
+)
+async def test_a_correction_may_be_a_json_value_or_json_text(
+    harness: Harness, sent: Any, stored: str
+) -> None:
+    h = harness
+    item_id = await add(h, route="chat")
+    token = (await claim(h))["token"]
+    response = await decide(h, item_id, token, "correct", corrected_answer=sent)
+    assert response.status_code == 200, response.text
+    assert response.json()["corrected_answer"] == stored
+    again = await decide(h, item_id, token, "correct", corrected_answer=sent)
+    assert (again.status_code, again.json()["corrected_answer"]) == (200, stored)
+
+
+async def test_a_json_correction_on_a_schema_route_must_follow_the_schema(
+    harness: Harness,
+) -> None:
+    h = harness
+    schema = {"type": "object", "properties": {"category": {"type": "string"}}}
+    await with_route(h, RouteSpec(name="triage-schema", output_schema=schema))
+    item_id = await add(h, route="triage-schema")
+    token = (await claim(h))["token"]
+    for wrong in ({"category": 7}, ["billing"], "billing"):
+        response = await decide(h, item_id, token, "correct", corrected_answer=wrong)
+        assert response.status_code == 422, (wrong, response.text)
+        assert response.json()["error"]["code"] == "review_decision_invalid"
+    response = await decide(h, item_id, token, "correct", corrected_answer={"category": "x"})
+    assert response.status_code == 200, response.text
+    assert response.json()["corrected_answer"] == '{"category":"x"}'
+
+
+async def test_a_json_correction_on_a_free_text_route_is_kept_as_its_json_text(
+    harness: Harness,
+) -> None:
+    h = harness
+    await with_route(h, RouteSpec(name="notes", review={"escalate": "always"}))
+    item_id = await add(h, route="notes", answer="some words")
+    token = (await claim(h))["token"]
+    response = await decide(h, item_id, token, "correct", corrected_answer=[1, "two"])
+    assert (response.status_code, response.json()["corrected_answer"]) == (200, '[1,"two"]')
+
+
+async def test_invalid_bodies_get_a_readable_openai_error_without_the_input(
+    harness: Harness,
+) -> None:
+    h = harness
+    item_id = await add(h)
+    response = await decide(h, item_id, "secret-ish-value", "maybe")  # type: ignore[arg-type]
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", "invalid_request", "token",
+    )  # fmt: skip
+    assert error["message"].startswith("token: Input should be a valid integer")
+    assert "kind: Input should be 'approve', 'correct' or 'reject'" in error["message"]
+    assert "secret-ish-value" not in response.text and "maybe" not in response.text
+    as_json = {**reviewer(h), "content-type": "application/json"}
+    broken = await h.client.post(CLAIM, content=b"{not json", headers=as_json)
+    assert broken.status_code == 400
+    assert broken.json()["error"]["message"].startswith("body: JSON decode error")
+    query = await h.client.get(ITEMS, params={"limit": 9999}, headers=reviewer(h))
+    assert query.status_code == 400
+    assert query.json()["error"]["message"].startswith("limit: Input should be less than")
+
+
+def test_a_long_list_of_validation_errors_is_cut_short() -> None:
+    from service.main import invalid_request
+
+    errors = [{"loc": ("body", "lines", i, "sku"), "msg": "Field required"} for i in range(5)]
+    error = invalid_request(errors)
+    assert (error.status, error.code, error.param) == (400, "invalid_request", "lines.0.sku")
+    assert error.message == (
+        "lines.0.sku: Field required; lines.1.sku: Field required; "
+        "lines.2.sku: Field required (and 2 more)"
+    )
 
 
 async def test_reject_needs_reason_and_approve_takes_nothing(harness: Harness) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -21,7 +22,14 @@ from rollout.machine import Phase
 from service.auth import Role
 from service.db.models import RequestRecord, RolloutEvent, Route
 from service.rollout_control import RolloutControl
-from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
+from tests.conftest import (
+    Harness,
+    chat_body,
+    make_settings,
+    running_gateway,
+    served,
+    wait_until,
+)
 from tests.fake_engine import Behaviour, FakeEngine
 from tests.test_adapter_placement import add_version
 
@@ -491,6 +499,74 @@ async def test_status_view_renders_for_the_cli(gw: Harness, clock: Clock) -> Non
     assert "phase shadow, step 1 of 2, canary 0%, shadow 100%" in text
     assert "gate agreement" in text and "inconclusive" in text
     assert "started" in text and json.dumps(quick_spec()["candidate"]).strip('"') in text
+
+
+async def test_the_last_figures_stay_readable_after_a_rollback(
+    gw: Harness, engine: FakeEngine, clock: Clock
+) -> None:
+    from service.cli_rollout import render
+
+    engine.by_model["triage@2"] = WORSE
+    await shadowed(gw, clock, 6)
+    await tick(gw, clock)
+    ended = await tick(gw, clock)
+    assert (ended["phase"], ended["analysis"]) == ("rolled_back", None)
+    figures = ended["last_figures"]
+    assert figures["analysed_at"].startswith(clock.now.isoformat()[:19])
+    assert (figures["stable"]["samples"], figures["candidate"]["samples"]) == (6, 6)
+    assert figures["candidate"]["agreement_by_field"] == {"category": 0.0, "urgency": 1.0}
+    assert figures["candidate"]["error_rate"] == 0.0
+    assert figures["candidate"]["latency_p95_ms"] is not None
+    assert {g["gate"]: g["verdict"] for g in ended["last_verdicts"]}["agreement"] == "fail"
+    text = render(ended)
+    assert "last analysis at" in text and "category 0.0%, urgency 100.0%" in text
+    assert "gate agreement" in text
+
+
+async def test_a_command_keeps_the_figures_of_the_analysis_before_it(
+    gw: Harness, engine: FakeEngine, clock: Clock
+) -> None:
+    engine.by_model["triage@2"] = GOOD
+    await shadowed(gw, clock, 6)
+    judged = await tick(gw, clock, 5)  # inside the step's minimum duration: judged, not moved
+    assert judged["phase"] == "shadow" and judged["last_figures"]["candidate"]["samples"] == 6
+    aborted = (await act(gw, "abort", "wrong data")).json()
+    assert aborted["phase"] == "aborted"
+    assert aborted["last_figures"] == judged["last_figures"]
+    assert aborted["last_verdicts"] == judged["last_verdicts"]
+    assert (await status(gw))["last_figures"] == judged["last_figures"]
+
+
+@pytest.mark.parametrize(("action", "phase"), [("abort", "aborted"), ("pause", "paused")])
+async def test_status_watch_redraws_until_the_rollout_is_paused_or_ends(
+    gw: Harness, clock: Clock, monkeypatch: pytest.MonkeyPatch, action: str, phase: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from service import cli_rollout
+    from service.cli import app
+
+    await shadowed(gw, clock, 0)
+    waits: list[float] = []
+    async with served(gw.app) as url:
+
+        def act_after_two_draws(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 2:
+                done = httpx.post(
+                    f"{url}/v1/admin/rollouts/chat/{action}", headers=gw.auth(Role.SRE)
+                )
+                done.raise_for_status()
+
+        monkeypatch.setattr(cli_rollout, "_wait", act_after_two_draws)
+        args = ["rollout", "status", "chat", "--watch", "--interval", "0.5"]
+        args += ["--key", gw.keys[Role.SRE], "--url", url]
+        result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    assert waits == [0.5, 0.5]
+    draws = result.output.split("\n\nrollout ")  # not a terminal: no clearing, one after another
+    assert len(draws) == 3 and "\x1b[" not in result.output
+    assert all("phase shadow," in d for d in draws[:2]) and f"phase {phase}" in draws[2]
 
 
 def test_phase_names_match_the_design() -> None:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from service import pipeline
 from service.api.deps import gateway
+from service.errors import RouteNotFound
 from service.request_rules import FIELDS, Endpoint
 
 router = APIRouter(tags=["inference"])
@@ -51,10 +52,11 @@ def _body_doc(endpoint: Endpoint) -> dict[str, Any]:
     summary="Chat completion on a route",
     description=(
         "OpenAI chat completions. `model` is a route name. Standard sampling fields pass "
-        "through; any other field is refused with 400. `n` must be 1, `max_tokens` is capped "
-        "per route (a default applies when absent), `top_logprobs` is at most 20. With "
-        "`stream: true` the answer is relayed as server-sent events; a failure after the "
-        "stream started ends with an error event and `data: [DONE]`."
+        "through; any other field is refused with 400. `n` must be 1, a `max_tokens` above "
+        "the route's cap is refused with 400 (the route's default applies when absent), "
+        "`top_logprobs` is at most 20. With `stream: true` the answer is relayed as "
+        "server-sent events; a failure after the stream started ends with an error event and "
+        "`data: [DONE]`."
     ),
     responses=ERROR_RESPONSES,
     openapi_extra=_body_doc(Endpoint.CHAT),
@@ -76,6 +78,10 @@ async def completions(request: Request) -> Response:
     )
 
 
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "loragate"}
+
+
 @router.get(
     "/v1/models",
     summary="Routes this key may call",
@@ -89,8 +95,29 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [
-            {"id": r.name, "object": "model", "created": 0, "owned_by": "loragate"}
+            _model(r.name)
             for r in sorted(routes, key=lambda r: r.name)
             if principal.may_use_route(r.name)
         ],
     }
+
+
+@router.get(
+    "/v1/models/{model}",
+    summary="One route this key may call",
+    description=(
+        "The route in the OpenAI model shape. A route that does not exist and one the key may "
+        "not use both get 404 `model_not_found`, so a key learns nothing of other routes."
+    ),
+    responses={
+        401: ERROR_RESPONSES[401],
+        403: {"description": "The key's role may not call inference."},
+        404: {"description": "No route with that name that this key may use."},
+    },
+)
+async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
+    gw = gateway(request)
+    principal = await pipeline.authenticate(gw, request.headers.get("authorization"))
+    if model not in gw.snapshot.current.routes or not principal.may_use_route(model):
+        raise RouteNotFound(f"The model '{model}' does not exist.", param="model")
+    return _model(model)

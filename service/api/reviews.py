@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue
 
 from service.api.deps import gateway, require_roles
 from service.auth import Principal, Role
@@ -182,8 +182,11 @@ class DecisionIn(BaseModel):
     kind: Literal["approve", "correct", "reject"] = Field(
         description="`approve` the answer, `correct` it, or `reject` it."
     )
-    corrected_answer: str | None = Field(
-        default=None, description="For `correct` only, and required there: the answer as JSON text."
+    corrected_answer: JsonValue = Field(
+        default=None,
+        description="For `correct` only, and required there: the answer, as a JSON value "
+        "(object, array, number...) or as text. Text is read as JSON on a route with an output "
+        "schema and taken as it is on a route reviewed without one.",
     )
     reason: str | None = Field(
         default=None, description="For `reject` only, and required there: why."
@@ -251,6 +254,13 @@ def check_corrected_answer(contract: RouteContract | None, answer: str) -> None:
         )
 
 
+def corrected_text(value: JsonValue) -> str | None:
+    """The corrected answer as the queue keeps it: text as sent, any other value as JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
 def _payload(body: DecisionIn) -> str | None:
     """The queue's payload for the decision; refuses fields the kind does not take."""
     if body.kind != "correct" and body.corrected_answer is not None:
@@ -260,7 +270,7 @@ def _payload(body: DecisionIn) -> str | None:
     if body.kind != "reject" and body.reason is not None:
         raise ReviewDecisionInvalid(f"A '{body.kind}' decision takes no reason.", param="reason")
     if body.kind == "correct":
-        return body.corrected_answer
+        return corrected_text(body.corrected_answer)
     if body.kind == "reject":
         return body.reason
     return None
@@ -371,9 +381,10 @@ async def heartbeat(
     summary="Decide a claimed review item",
     description=(
         "Records the decision on the caller's live claim: `approve` (nothing else), `correct` "
-        "(with `corrected_answer`, JSON text that must follow the route's output schema, "
-        "when it has one) or `reject` (with `reason`). Sending the recorded decision "
-        "again returns it unchanged; a different one gets 409."
+        "(with `corrected_answer`: a JSON value, or text holding one, that must follow the "
+        "route's output schema when it has one; free text on a route reviewed without a "
+        "schema) or `reject` (with `reason`). Sending the recorded decision again returns it "
+        "unchanged; a different one gets 409."
     ),
     response_model=DecisionOut,
     responses={

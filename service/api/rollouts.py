@@ -19,7 +19,7 @@ from rollout.spec import RolloutSpec
 from service.api.deps import SRE_ROLES, gateway, require_roles
 from service.auth import Principal
 from service.db.models import RolloutEvent
-from service.db.rollout_store import StoredRollout, verdict_rows
+from service.db.rollout_store import SavedFigures, StoredRollout, verdict_rows
 from service.db.session import as_utc
 from service.errors import InvalidRolloutSpec
 from service.rollout_control import Analysis
@@ -61,6 +61,20 @@ class ArmOut(BaseModel):
                 if rate.value is not None
             },
         )
+
+
+class FiguresOut(BaseModel):
+    analysed_at: datetime = Field(description="When the controller last analysed the rollout.")
+    window_start: datetime = Field(description="Start of the window that analysis read.")
+    stable: ArmOut
+    candidate: ArmOut
+
+    @classmethod
+    def of(cls, saved: SavedFigures) -> FiguresOut:
+        return cls(
+            analysed_at=saved.analysed_at, window_start=saved.window_start,
+            stable=ArmOut.of(saved.stable), candidate=ArmOut.of(saved.candidate),
+        )  # fmt: skip
 
 
 class GateOut(BaseModel):
@@ -134,6 +148,11 @@ class RolloutOut(BaseModel):
     updated_at: datetime
     spec: RolloutSpec
     last_verdicts: list[GateOut] = Field(description="The gates' verdicts at the last analysis.")
+    last_figures: FiguresOut | None = Field(
+        default=None,
+        description="The per-arm figures those verdicts were judged on; kept after the rollout "
+        "ends (promoted, rolled back or aborted).",
+    )
     analysis: AnalysisOut | None = Field(
         default=None, description="The current step judged now (status only, while active)."
     )
@@ -157,6 +176,7 @@ class RolloutOut(BaseModel):
             version=r.version, created_by=r.created_by, created_at=r.created_at,
             updated_at=r.updated_at, spec=r.spec,
             last_verdicts=[GateOut(**v) for v in r.verdicts],
+            last_figures=FiguresOut.of(r.figures) if r.figures is not None else None,
             analysis=AnalysisOut.of(analysis) if analysis is not None else None,
             events=[EventOut.of(e) for e in events or []],
         )  # fmt: skip
@@ -184,8 +204,9 @@ def parse_spec(route: str, body: dict[str, Any]) -> RolloutSpec:
     "/{route}",
     summary="Start a rollout",
     description=(
-        "Loads and probes the candidate on every replica, then starts at the first step "
-        "(by default: shadow all traffic, then canary 5 %, 25 %, 50 %, then promote). "
+        "Loads the candidate on every replica (each must generate with it), then starts at "
+        "the first step (by default: shadow all traffic, then canary 5 %, 25 %, 50 %, then "
+        "promote). "
         "Starting the same spec again returns the active rollout; a different one gets 409."
     ),
     response_model=RolloutOut,

@@ -13,6 +13,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db.session import shown_url
 from service.errors import DatabaseNotMigrated
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
@@ -49,18 +50,28 @@ def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def no_database(where: str, detail: str = "") -> DatabaseNotMigrated:
+    return DatabaseNotMigrated(
+        f"no loragate database at {where}{detail}: run `loragate db upgrade` first, or set "
+        "LORAGATE_DATA_DIR / LORAGATE_DATABASE_URL to the server's"
+    )
+
+
 async def ensure_migrated(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         current = await connection.run_sync(_current)
     scripts = await asyncio.to_thread(_scripts)
     head = scripts.get_current_head()
-    if current is not None and current != head and not _known(scripts, current):
+    where = shown_url(engine.url)
+    if current is None:
+        raise no_database(where, f" (revision none, the code needs {head})")
+    if current != head and not _known(scripts, current):
         raise DatabaseNotMigrated(
-            f"database is at revision {current}, which this version of loragate does not know "
-            f"(it needs {head}): was it migrated by a newer release?"
+            f"the database at {where} is at revision {current}, which this version of loragate "
+            f"does not know (it needs {head}): was it migrated by a newer release?"
         )
     if current != head:
         raise DatabaseNotMigrated(
-            f"database is at revision {current or 'none'}, the code needs {head}: "
+            f"the database at {where} is at revision {current}, the code needs {head}: "
             "run `loragate db upgrade` first"
         )

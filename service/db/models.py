@@ -138,6 +138,8 @@ class Rollout(Base):
     inconclusive: Mapped[int] = mapped_column(Integer)
     paused_phase: Mapped[str | None] = mapped_column(String(16), nullable=True)
     verdicts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # The per-arm figures the verdicts were judged on, kept once the rollout has ended.
+    figures: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     version: Mapped[int] = mapped_column(Integer)
     created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

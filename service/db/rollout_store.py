@@ -57,6 +57,51 @@ class StoredRollout:
     created_by: str | None
     created_at: datetime
     updated_at: datetime
+    figures: SavedFigures | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedFigures:
+    """The per-arm figures of a rollout's last analysis, saved with its verdicts."""
+
+    analysed_at: datetime
+    window_start: datetime
+    stable: ArmFigures
+    candidate: ArmFigures
+
+
+def figures_row(saved: SavedFigures) -> dict[str, Any]:
+    return {
+        "analysed_at": saved.analysed_at.isoformat(),
+        "window_start": saved.window_start.isoformat(),
+        "stable": asdict(saved.stable),
+        "candidate": asdict(saved.candidate),
+    }
+
+
+def _rate(row: Mapping[str, Any]) -> Rate:
+    return Rate(int(row["hits"]), int(row["total"]))
+
+
+def _arm(row: Mapping[str, Any]) -> ArmFigures:
+    return ArmFigures(
+        samples=int(row["samples"]), errors=_rate(row["errors"]),
+        latency_p95_ms=row["latency_p95_ms"], schema_valid=_rate(row["schema_valid"]),
+        escalated=_rate(row["escalated"]), confidence_mean=row["confidence_mean"],
+        confidence_n=int(row["confidence_n"]),
+        agreement_fields={name: _rate(r) for name, r in row["agreement_fields"].items()},
+    )  # fmt: skip
+
+
+def _saved_figures(row: Mapping[str, Any] | None) -> SavedFigures | None:
+    if row is None:
+        return None
+    return SavedFigures(
+        as_utc(datetime.fromisoformat(row["analysed_at"])),
+        as_utc(datetime.fromisoformat(row["window_start"])),
+        _arm(row["stable"]),
+        _arm(row["candidate"]),
+    )
 
 
 def _state(row: Rollout) -> State:
@@ -70,7 +115,7 @@ def stored(row: Rollout) -> StoredRollout:
     return StoredRollout(
         row.id, row.route, row.stable, row.candidate, RolloutSpec.model_validate(row.spec),
         _state(row), tuple(row.verdicts), row.version, row.created_by, as_utc(row.created_at),
-        as_utc(row.updated_at),
+        as_utc(row.updated_at), _saved_figures(row.figures),
     )  # fmt: skip
 
 
@@ -121,12 +166,18 @@ async def save(
     event: Event | None,
     verdicts: Sequence[GateResult] | None,
     now: datetime,
+    figures: SavedFigures | None = None,
 ) -> int:
-    """Write ``state`` if the row is still at ``current.version``; returns the new version."""
+    """Write ``state`` if the row is still at ``current.version``; returns the new version.
+
+    ``verdicts`` (with the ``figures`` they were judged on) replace the last analysis; ``None``
+    keeps it, so a command such as abort leaves the figures that led to it readable.
+    """
     values = _state_values(state)
     values["active_route"] = current.route if state.active else None
     if verdicts is not None:
         values["verdicts"] = verdict_rows(verdicts)
+        values["figures"] = figures_row(figures) if figures is not None else None
     version = current.version + 1
     result = await session.execute(
         update(Rollout)
