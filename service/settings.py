@@ -43,7 +43,12 @@ class ManagedEngineSettings(BaseModel):
     max_lora_rank: int = 16
     max_loras: int = 4
     max_model_len: int = 2048
-    dtype: str = "bfloat16"
+    dtype: str = Field(
+        default="cpu-auto",
+        description="vLLM --dtype; `cpu-auto`: bfloat16 where the CPU computes it natively "
+        "(AVX512-BF16 or AMX), else float32 (measured here: about 3x faster than emulated "
+        "bfloat16 on an AVX2-only CPU).",
+    )
     kv_cache_gib: int = 1
     python: str | None = Field(
         default=None, description="Interpreter that has vLLM installed (default: this one)."

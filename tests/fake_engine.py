@@ -45,6 +45,7 @@ class FakeEngine:
         self.default = Behaviour()
         self.requests: list[dict[str, Any]] = []
         self.probes = 0
+        self.probe_delay_s = 0.0  # how long a health probe waits (as behind a busy engine)
         self.cancelled = 0
         self.completed = 0
         self._ids = itertools.count(1)
@@ -121,6 +122,7 @@ class FakeEngine:
             return _error(404, f"The model `{body.get('model')}` does not exist.")
         if body.get("prompt") == "ping" and body.get("max_tokens") == 1:
             self.probes += 1
+            await asyncio.sleep(self.probe_delay_s)
             return web.json_response(_completion(body, ["ok"], "length", next(self._ids)))
         if body.get("prompt") == PROBE_PROMPT:  # the placement's smoke check
             self.adapter_probes += 1

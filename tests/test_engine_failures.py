@@ -317,6 +317,25 @@ async def test_ejected_replica_returns_after_a_passing_probe(
         assert (await post(harness)).status_code == 200
 
 
+async def test_a_probe_that_times_out_behind_busy_requests_does_not_eject(
+    sqlite_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    async with gateway_on(sqlite_url, tmp_path, engine) as harness:
+        pool = pool_of(harness)
+        replica = pool.replicas[0]
+        prober = HealthProber([pool], harness.app.state.gateway.engines.http, 60.0, 0.2)
+        engine.probe_delay_s = 1.0
+        engine.then(Behaviour(delay_s=1.5))
+        busy = asyncio.create_task(post(harness))
+        await wait_until(lambda: replica.in_flight == 1, what="a request in flight")
+        assert await prober.probe(pool, replica)
+        assert replica.state is ReplicaState.HEALTHY
+        assert (await busy).status_code == 200
+        # The same slow probe of an idle replica ejects it.
+        assert not await prober.probe(pool, replica)
+        assert replica.state is ReplicaState.EJECTED
+
+
 async def test_background_prober_brings_a_replica_back(
     gateway: Harness, engine: FakeEngine
 ) -> None:

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from monitoring.metrics import Metrics
-from service.engine.managed import ManagedEngine, vllm_command
+from service.engine.managed import ManagedEngine, engine_dtype, vllm_command
 from service.settings import ManagedEngineSettings
 from tests.conftest import free_port, wait_until
 
@@ -95,3 +95,15 @@ def test_vllm_command_turns_on_what_the_gateway_relies_on(tmp_path: Path) -> Non
     assert "--port 9999" in joined and "--served-model-name smollm2-135m-instruct" in joined
     # Without it the JSON grammar allows endless whitespace (ENGINE.md).
     assert '"disable_any_whitespace": true' in joined
+
+
+def test_cpu_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert engine_dtype("cpu-auto", cpuinfo) == "float32"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile\n")
+    assert engine_dtype("cpu-auto", cpuinfo) == "bfloat16"
+    assert engine_dtype("cpu-auto", tmp_path / "missing") == "float32"
+    assert engine_dtype("float16", cpuinfo) == "float16"  # a configured dtype is kept
+    command = vllm_command(ManagedEngineSettings(dtype="bfloat16"), tmp_path)
+    assert command[command.index("--dtype") + 1] == "bfloat16"

@@ -32,6 +32,24 @@ class ManagedEngineError(RuntimeError):
     pass
 
 
+CPU_AUTO = "cpu-auto"
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def engine_dtype(configured: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The dtype to start vLLM with: ``cpu-auto`` picks bfloat16 only where the CPU computes it
+    natively; elsewhere vLLM's CPU build converts every bfloat16 value and float32 is faster."""
+    if configured != CPU_AUTO:
+        return configured
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return "float32"
+    flags = {flag for line in text.splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}  # fmt: skip
+    return "bfloat16" if flags & NATIVE_BF16_FLAGS else "float32"
+
+
 def vllm_command(config: ManagedEngineSettings, model_dir: Path) -> list[str]:
     python = config.python or sys.executable
     return [
@@ -42,7 +60,7 @@ def vllm_command(config: ManagedEngineSettings, model_dir: Path) -> list[str]:
         "--max-lora-rank", str(config.max_lora_rank),
         "--max-loras", str(config.max_loras),
         "--max-model-len", str(config.max_model_len),
-        "--dtype", config.dtype,
+        "--dtype", engine_dtype(config.dtype),
         "--host", config.host,
         "--port", str(config.port),
         # Without this the JSON grammar allows endless whitespace (see ENGINE.md).

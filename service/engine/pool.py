@@ -3,7 +3,8 @@
 A replica starts ``unknown`` (usable, not yet proven), becomes ``healthy`` when a real one-token
 generation succeeds (vLLM can answer /health while generation hangs), and is ejected for
 ``eject_for_s`` after a failed call or probe. Ejected replicas get traffic again once a probe
-passes or the ejection expires.
+passes or the ejection expires. A probe that times out while the replica has requests in flight
+is not counted: it waited behind them, and their own timeouts judge the replica.
 """
 
 from __future__ import annotations
@@ -141,7 +142,15 @@ class HealthProber:
                 payload = await response.json(content_type=None)
                 ok = response.status == 200 and bool(payload.get("choices"))
                 reason = f"probe answered HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+        except TimeoutError:
+            if replica.in_flight:
+                # Queued behind the requests it is serving: busy, not dead. Those requests'
+                # own timeouts eject a replica that hangs; ejecting a saturated one on a slow
+                # probe would turn load into an outage of the whole pool.
+                log.info("probe of busy replica %s timed out; not counted", replica.url)
+                return replica.state is not ReplicaState.EJECTED
+            ok, reason = False, "probe failed: TimeoutError"
+        except (aiohttp.ClientError, ValueError, AttributeError) as exc:
             ok, reason = False, f"probe failed: {type(exc).__name__}"
         if ok:
             pool.mark_healthy(replica)
