@@ -6,27 +6,28 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
+import httpx
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adapters import training
+from adapters import demo, training
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
 from service.auth import Role, generate_key
-from service.cli_http import KeyOption, UrlOption, call_gateway, fail
+from service.cli_db import migrated_engine, run_db
+from service.cli_http import KeyOption, UrlOption, call_gateway, fail, gateway_url, typed_path
 from service.cli_reviews import reviews_app
 from service.cli_rollout import rollout_app
 from service.db import repositories
-from service.db.migrations import ensure_migrated, upgrade
+from service.db.migrations import upgrade
 from service.db.models import ApiKey
-from service.db.session import create_engine, session_factory
-from service.errors import DatabaseNotMigrated, GatewayError
+from service.db.session import session_factory
+from service.errors import GatewayError
 from service.registration import build_registry
 from service.routes_config import RoutesConfigError, load_routes_file, sync_routes
 from service.settings import BUNDLED_MODEL_DIR, Settings
@@ -60,43 +61,26 @@ def _with_session(
     settings: Settings, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool = False
 ) -> T:
     async def run() -> T:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            await ensure_migrated(engine)
+        async with migrated_engine(settings) as engine:
             sessions = session_factory(engine)
             if write:
                 async with sessions.begin() as session:
                     return await work(session)
             async with sessions() as session:
                 return await work(session)
-        finally:
-            await engine.dispose()
 
-    return _run_db(run)
-
-
-def _run_db(run: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        return asyncio.run(run())
-    except DatabaseNotMigrated as exc:
-        raise fail(str(exc)) from exc
-    except (SQLAlchemyError, OSError) as exc:
-        raise fail(f"cannot use the database: {type(exc).__name__}: {exc}") from exc
+    return run_db(settings, run)
 
 
 def _with_registry(settings: Settings, work: Callable[[Registry], Awaitable[T]]) -> T:
     """Run ``work`` with the adapter registry on the configured database (as the gateway does)."""
 
     async def run() -> T:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            await ensure_migrated(engine)
+        async with migrated_engine(settings) as engine:
             return await work(build_registry(settings, session_factory(engine)))
-        finally:
-            await engine.dispose()
 
     try:
-        return _run_db(run)
+        return run_db(settings, run)
     except GatewayError as exc:
         raise fail(exc.message) from exc
 
@@ -138,7 +122,15 @@ def db_upgrade(
     typer.echo(f"database at {revision}: {settings.effective_database_url.split('@')[-1]}")
 
 
-def _print_key(key: ApiKey, plaintext: str) -> None:
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", help="Print the key alone, e.g. KEY=$(loragate keys ...).")
+]
+
+
+def _print_key(key: ApiKey, plaintext: str, quiet: bool) -> None:
+    if quiet:
+        typer.echo(plaintext)
+        return
     typer.echo(f"id:    {key.id}\nrole:  {key.role}\nroutes: {key.allowed_routes or 'all'}")
     typer.secho(f"key:   {plaintext}", bold=True)
     typer.echo("Store the key now: it is shown only once.")
@@ -164,6 +156,7 @@ def keys_create(
     route: Annotated[
         list[str] | None, typer.Option(help="Limit an app key to this route (repeatable).")
     ] = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Create an API key and print it once."""
     if route and role is not Role.APP:
@@ -174,11 +167,11 @@ def keys_create(
         session.add(row)
 
     _with_session(Settings(), work, write=True)
-    _print_key(row, plaintext)
+    _print_key(row, plaintext, quiet)
 
 
 @keys_app.command("bootstrap")
-def keys_bootstrap() -> None:
+def keys_bootstrap(quiet: QuietOption = False) -> None:
     """Create the first admin key; refused once an admin key exists."""
     row, plaintext = _new_key(Role.ADMIN, "bootstrap admin", None)
 
@@ -190,7 +183,7 @@ def keys_bootstrap() -> None:
 
     if not _with_session(Settings(), work, write=True):
         raise fail("an admin key exists already; create more with `loragate keys create`")
-    _print_key(row, plaintext)
+    _print_key(row, plaintext, quiet)
 
 
 @keys_app.command("list")
@@ -216,11 +209,18 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (after 'l
 
 
 @routes_app.command("sync")
-def routes_sync(path: Annotated[Path, typer.Argument(help="YAML routes file.")]) -> None:
+def routes_sync(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="YAML routes file, relative to the current directory or else the import root."
+        ),
+    ],
+) -> None:
     """Create or update the routes declared in a YAML file."""
     settings = Settings()
     try:
-        specs = load_routes_file(path)
+        specs = load_routes_file(typed_path(path))
 
         async def work(session: AsyncSession) -> list[str]:
             return await sync_routes(session, specs, settings.engine_pools())
@@ -248,8 +248,8 @@ def routes_set_target(
 ) -> None:
     """Switch a route to another version through the running gateway (role sre).
 
-    The gateway loads the version on every replica and probes it before switching; requests
-    in flight finish on the old version.
+    The gateway loads the version on every replica and checks that each generates with it
+    before switching; requests in flight finish on the old version.
     """
     payload = call_gateway("PUT", url, key, f"/v1/admin/routes/{route}/target", {"target": target})
     assert isinstance(payload, dict)
@@ -315,9 +315,9 @@ def adapters_register(
     path: Annotated[
         Path,
         typer.Argument(
-            help="Adapter directory (adapter_config.json + adapter_model.safetensors), "
-            "relative to the current directory or absolute; it must lie under the adapter "
-            "import root (LORAGATE_ADAPTER_IMPORT_ROOT, default DATA_DIR/imports)."
+            help="Adapter directory (adapter_config.json + adapter_model.safetensors): absolute, "
+            "or relative to the current directory, else to the import root; it must lie under "
+            "the adapter import root (LORAGATE_ADAPTER_IMPORT_ROOT, default DATA_DIR/imports)."
         ),
     ],
     pool: Annotated[
@@ -333,16 +333,17 @@ def adapters_register(
     Runs the same checks as the admin API, against the configured database. Registering the
     same content again prints the existing version.
     """
+    settings = Settings()
     request = RegistrationRequest(
         name=name,
-        # Relative to where the command runs; '..' stays in and is refused like in the API.
-        path=str(path.absolute()),
+        # '..' stays in and is refused like in the API.
+        path=str(typed_path(path)),
         pool=pool,
         data_snapshot_id=data_snapshot,
         changelog=changelog,
         created_by="cli",
     )
-    registration = _with_registry(Settings(), lambda registry: registry.register(request))
+    registration = _with_registry(settings, lambda registry: registry.register(request))
     version = registration.version
     if registration.created:
         typer.secho(f"registered {version.id}", bold=True)
@@ -468,7 +469,10 @@ def adapters_train(
     name: Annotated[str, typer.Option(help="Adapter name (as it will be registered).")],
     out: Annotated[
         Path | None,
-        typer.Option(help="New output directory (default: import root/trained/NAME-TIMESTAMP)."),
+        typer.Option(
+            help="New output directory; a relative one lies under the import root, where it can "
+            "be registered from (default: trained/NAME-TIMESTAMP)."
+        ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = training.DEFAULT_EPOCHS,
     lr: Annotated[float, typer.Option(min=0.0)] = training.DEFAULT_LR,
@@ -497,7 +501,8 @@ def adapters_train(
     if not ADAPTER_NAME.match(name):
         raise fail(f"{name!r} is not a valid adapter name")
     base_name, base_dir = _base_model(pool, base_model_dir)
-    target = out or Settings().effective_import_root / "trained" / f"{name}-{_stamp()}"
+    root = Settings().effective_import_root
+    target = root / out if out is not None else root / "trained" / f"{name}-{_stamp()}"
     result = _train_with_progress(name, lambda progress: training.train(
         data, target.absolute(), base_dir, base_model_name=base_name, epochs=epochs, lr=lr,
         rank=rank, alpha=alpha, seed=seed, val_fraction=val_fraction, max_len=max_len,
@@ -512,35 +517,75 @@ def adapters_demo(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="New directory for good/ and bad/ (default: import root/trained/demo-TIMESTAMP)."
+            help="New directory; a relative one lies under the import root (default: demo)."
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = training.DEMO_EPOCHS,
-    seed: Annotated[int, typer.Option()] = training.DEFAULT_SEED,
     pool: Annotated[str | None, typer.Option(help="Engine pool (default: the first).")] = None,
     base_model_dir: Annotated[
         Path | None, typer.Option(help="Base model directory (default: the pool's model_dir).")
     ] = None,
 ) -> None:
-    """Train two versions on the bundled ticket-triage data: `good`, and `bad` (shuffled labels)."""
-    from importlib import resources
-
+    """Train the tutorial's three versions on the bundled ticket data (about a minute each on a
+    laptop CPU): `good` (seed 0), `bad` (shuffled labels) and `good2` (seed 1); write the
+    `ticket-triage` route (routes.yaml) and the rollout spec (rollout.json) beside them."""
+    settings = Settings()
     base_name, base_dir = _base_model(pool, base_model_dir)
-    target = (out or Settings().effective_import_root / "trained" / f"demo-{_stamp()}").absolute()
+    target = (settings.effective_import_root / (out or Path("demo"))).absolute()
+    if target.exists() and any(target.iterdir()):
+        raise fail(f"{target} is not empty: remove it or pass --out")
+    target.mkdir(parents=True, exist_ok=True)
 
-    def train_one(data: Path, label: str, shuffled: bool) -> training.TrainingResult:
+    def train_one(data: Path, label: str, seed: int, shuffled: bool) -> training.TrainingResult:
         return _train_with_progress(label, lambda progress: training.train(
             data, target / label, base_dir, base_model_name=base_name, epochs=epochs, seed=seed,
             labels_shuffled=shuffled, progress=progress,
         ))  # fmt: skip
 
     with resources.as_file(training.example_data("tickets.jsonl")) as data:
-        results = {label: train_one(data, label, label == "bad") for label in ("good", "bad")}
-    for label, result in results.items():
-        _print_training(label, result)
-    with resources.as_file(training.example_data("tickets.schema.json")) as schema:
-        typer.echo(f"output schema for the route: {schema}")
+        for label, seed, shuffled in demo.VERSIONS:
+            _print_training(label, train_one(data, label, seed, shuffled))
+    demo.write_route_files(target)
     typer.echo(
-        f"register them: loragate adapters register ticket-triage {target / 'good'}\n"
-        f"               loragate adapters register ticket-triage {target / 'bad'}"
+        f"route and rollout spec: {target / 'routes.yaml'}, {target / 'rollout.json'}\n"
+        "next (README, Tutorial): register good, bad and good2 as ticket-triage@1, @2, @3,\n"
+        f"  loragate routes sync {target / 'routes.yaml'}\n"
+        "  loragate routes set-target ticket-triage ticket-triage@1, then roll out @2 and @3"
     )
+
+
+@adapters_app.command("demo-traffic")
+def adapters_demo_traffic(
+    key: Annotated[str, typer.Option("--key", envvar="LORAGATE_API_KEY", help="An app key.")],
+    route: Annotated[str, typer.Option(help="The route to ask.")] = demo.ROUTE,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Clients at once.")] = 2,
+    duration: Annotated[float, typer.Option(min=1, help="Stop after this many seconds.")] = 600,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Send the bundled tickets to a route as clients would, until the duration or count is
+    reached or the command is interrupted (SIGINT/SIGTERM), then print what came back."""
+    base = gateway_url(url)
+    report = asyncio.run(
+        demo.send_traffic(
+            base, key, route, concurrency=concurrency, duration_s=duration, count=count
+        )
+    )
+    typer.echo(report.line())
+
+
+@adapters_app.command("demo-review")
+def adapters_demo_review(
+    key: Annotated[str, typer.Option("--key", envvar="LORAGATE_API_KEY", help="A reviewer key.")],
+    route: Annotated[str, typer.Option(help="The route whose queue to work.")] = demo.ROUTE,
+    limit: Annotated[int, typer.Option(min=1, help="Decide at most this many items.")] = 100,
+    url: UrlOption = None,
+) -> None:
+    """Work a route's review queue as a reviewer who knows the bundled tickets' labels: approve
+    answers with the right category and urgency, correct the others (a person would use /review)."""
+    base = gateway_url(url)
+    try:
+        report = demo.review_queue(base, key, route, limit)
+    except httpx.HTTPStatusError as exc:
+        raise fail(f"HTTP {exc.response.status_code}: {exc.response.text[:300]}") from exc
+    typer.echo(report.line())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -26,9 +27,25 @@ KeyOption = Annotated[
 ]
 
 
-def call_gateway(method: str, url: str | None, key: str, path: str, body: object) -> object:
+def gateway_url(url: str | None) -> str:
+    """``--url`` / LORAGATE_URL, else the server's own host and port (LORAGATE_HOST, _PORT)."""
+    if url:
+        return url
     settings = Settings()
-    base = url or f"http://{settings.host}:{settings.port}"
+    return f"http://{settings.host}:{settings.port}"
+
+
+def typed_path(path: Path) -> Path:
+    """A path as typed: relative to the current directory, else, when nothing is there, to the
+    adapter import root (where `adapters demo` and `adapters train` write)."""
+    if path.is_absolute() or path.exists():
+        return path.absolute()
+    under_root = Settings().effective_import_root / path
+    return under_root if under_root.exists() else path.absolute()
+
+
+def call_gateway(method: str, url: str | None, key: str, path: str, body: object) -> object:
+    base = gateway_url(url)
     try:
         response = httpx.request(
             method,

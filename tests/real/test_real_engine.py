@@ -5,6 +5,7 @@ the whole module, started exactly as the README says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,9 +124,9 @@ class LiveGateway:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    gateway = LiveGateway(tmp_path_factory.mktemp("live"), prepared_model())
+@contextlib.contextmanager
+def serving(gateway: LiveGateway) -> Iterator[LiveGateway]:
+    """Migrate, start and wait until ready, as the README says; stopped on the way out."""
     gateway.cli("db", "upgrade")
     gateway.start()
     try:
@@ -133,6 +134,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
         yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    with serving(LiveGateway(tmp_path_factory.mktemp("live"), prepared_model())) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")
