@@ -2,17 +2,21 @@
 
 A held answer's result is ``pending`` until a reviewer decides: then ``approved`` (the model's
 answer), ``corrected`` (the reviewer's) or ``rejected`` (no answer, a reason). A parked item is
-still ``pending`` for the client. Callbacks go only to URLs that start with an allow-listed
-prefix, once, with a short timeout; a failed callback is logged and the result stays readable.
+still ``pending`` for the client. Callbacks go only to URLs under an allow-listed prefix (same
+scheme, host and port, path segment by segment, no userinfo or dot segments), once, with a short
+timeout and no redirects; a failed callback is logged and the result stays readable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, Field
@@ -23,6 +27,7 @@ from service.review import queue
 log = logging.getLogger(__name__)
 CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 FINAL = {"approved", "corrected", "rejected"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ReviewResult(BaseModel):
@@ -50,8 +55,54 @@ async def result_of(session: AsyncSession, review_id: str) -> tuple[ReviewResult
     return result, item.route
 
 
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where a URL really goes: scheme, host, port and path segments."""
+
+    scheme: str
+    host: str
+    port: int
+    segments: tuple[str, ...]
+
+    def within(self, prefix: _Place) -> bool:
+        origin = (self.scheme, self.host, self.port)
+        if origin != (prefix.scheme, prefix.host, prefix.port):
+            return False
+        wanted = prefix.segments[:-1] if prefix.segments[-1:] == ("",) else prefix.segments
+        return self.segments[: len(wanted)] == wanted
+
+
+# Encoded '.', '/' and '\' let a path read differently once a server decodes it.
+_ENCODED_PATH_CHARS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
+def _place(url: str) -> _Place | None:
+    """The URL's place, or None for anything a string prefix could be fooled by: another
+    scheme, userinfo (`http://allowed@elsewhere/`), a bad port, or a path with dot segments,
+    backslashes or encoded dots and slashes (`/hooks/../admin`, `/hooks/%2e%2e/admin`)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        return None
+    path = parts.path or "/"
+    segments = tuple(path.split("/")[1:])
+    if "\\" in path or _ENCODED_PATH_CHARS.search(path) or {".", ".."} & set(segments):
+        return None
+    return _Place(scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme], segments)
+
+
 def allowed(url: str, allowlist: Sequence[str]) -> bool:
-    return url.startswith(("https://", "http://")) and any(url.startswith(p) for p in allowlist)
+    """Whether a callback may go to ``url``: same scheme, host and port as an allow-listed
+    prefix, and a path under the prefix's path, segment by segment (`/hooks/` allows
+    `/hooks/review`, `/hooks/review` allows `/hooks/review/7` but not `/hooks/reviewer`)."""
+    place = _place(url)
+    return place is not None and any(
+        prefix is not None and place.within(prefix) for prefix in map(_place, allowlist)
+    )
 
 
 class ReviewCallbacks:
@@ -90,10 +141,12 @@ class ReviewCallbacks:
             log.warning("review callback to %s not sent: not in the allow-list", url)
             return
         try:
+            # Never redirected: a redirect would leave the allow-listed place.
             async with self._http.post(
-                url, json=result.model_dump(mode="json"), timeout=CALLBACK_TIMEOUT
-            ) as response:
-                if response.status >= 400:
+                url, json=result.model_dump(mode="json"), timeout=CALLBACK_TIMEOUT,
+                allow_redirects=False,
+            ) as response:  # fmt: skip
+                if response.status >= 300:
                     log.warning("review callback to %s answered %d", url, response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("review callback to %s failed: %r", url, exc)
