@@ -102,10 +102,14 @@ def _resolve(raw: str, root: Path) -> Path:
         )
     if ".." in re.split(r"[/\\]", raw):
         raise AdapterPathTraversal(f"{raw!r} contains '..'; give the directory's own path.")
-    directory = Path(os.path.realpath(root / raw))
+    try:
+        directory = Path(os.path.realpath(root / raw))
+        is_dir = directory.is_dir()
+    except OSError as exc:  # e.g. a name longer than the filesystem allows
+        raise AdapterPathNotFound(f"{raw!r} cannot be a directory here: {exc.strerror}.") from exc
     if not _within(directory, root):
         raise AdapterPathOutsideRoot(f"{raw!r} is not under the adapter import root.")
-    if not directory.is_dir():
+    if not is_dir:
         raise AdapterPathNotFound(
             f"{raw!r} is not an existing directory under the adapter import root "
             "(hub ids and URLs are not accepted)."

@@ -396,6 +396,10 @@ def _not_lora(root: Path, out: Path) -> str:
     return "x"
 
 
+def _name_too_long(root: Path, out: Path) -> str:
+    return "0" * 300  # longer than a file name may be: OSError, once a 500
+
+
 def _zero_lora_b(root: Path, out: Path) -> str:
     write_adapter(root / "x", zero="lora_B")  # what peft writes before training
     return "x"
@@ -434,6 +438,7 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], str], int, str]] = {
     "not LoRA": (_not_lora, 422, "adapter_not_lora"),
     "config not JSON": (_bad_config_json, 422, "adapter_config_invalid"),
     "all-zero lora_B": (_zero_lora_b, 422, "adapter_changes_nothing"),
+    "a name too long for the filesystem": (_name_too_long, 400, "adapter_path_not_found"),
     "lora_alpha 0": (_zero_alpha, 422, "adapter_changes_nothing"),
 }
 

@@ -407,6 +407,24 @@ async def test_unknown_item(harness: Harness) -> None:
         assert response.json()["error"]["code"] == "review_item_not_found"
 
 
+async def test_numbers_too_large_to_store_are_a_400_not_a_crash(harness: Harness) -> None:
+    h = harness
+    item = await add(h)
+    huge = 100000000000000000000
+    responses = [
+        await h.client.get(f"{ITEMS}?offset=26879089908655882240", headers=reviewer(h)),
+        await h.client.post(f"{ITEMS}/{item}/heartbeat", json={"token": huge}, headers=reviewer(h)),
+        await decide(h, item, huge, "approve"),
+    ]
+    for response in responses:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_request"
+    # The largest storable values are still ordinary requests.
+    edge = await h.client.get(f"{ITEMS}?offset={queue.MAX_INT}", headers=reviewer(h))
+    assert edge.status_code == 200 and edge.json() == []
+    assert (await decide(h, item, queue.MAX_INT, "approve")).status_code == 409
+
+
 async def test_stats(harness: Harness, clock: Clock) -> None:
     h = harness
     empty = (await h.client.get("/v1/reviews/stats", headers=reviewer(h))).json()

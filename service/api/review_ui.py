@@ -368,6 +368,8 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
     try:
         token = int(form.get("token", ""))
     except ValueError:
+        token = -1
+    if not 0 <= token <= queue.MAX_INT:
         return await refused(ReviewDecisionInvalid("The form carries no claim token."))
     if kind not in ("approve", "correct", "reject"):
         return await refused(ReviewDecisionInvalid(f"Unknown decision '{kind}'."))

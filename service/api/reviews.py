@@ -25,6 +25,7 @@ from service.errors import ReviewConflict, ReviewDecisionInvalid, ReviewItemNotF
 from service.output_guard import RouteContract
 from service.review import queue
 from service.review.queue import (
+    MAX_INT,
     AlreadyDecided,
     ClaimedItem,
     Decision,
@@ -164,7 +165,7 @@ class ClaimOut(BaseModel):
 
 
 class HeartbeatIn(BaseModel):
-    token: int = Field(description="The fencing token the claim returned.")
+    token: int = Field(ge=0, le=MAX_INT, description="The fencing token the claim returned.")
     lease_s: float = Field(
         default=DEFAULT_LEASE_S, ge=MIN_LEASE_S, le=MAX_LEASE_S,
         description="The lease is extended to now plus this many seconds.",
@@ -178,7 +179,7 @@ class HeartbeatOut(BaseModel):
 
 
 class DecisionIn(BaseModel):
-    token: int = Field(description="The fencing token the claim returned.")
+    token: int = Field(ge=0, le=MAX_INT, description="The fencing token the claim returned.")
     kind: Literal["approve", "correct", "reject"] = Field(
         description="`approve` the answer, `correct` it, or `reject` it."
     )
@@ -301,7 +302,7 @@ async def list_items(
     route: Annotated[str | None, Query(description="Only items of this route.")] = None,
     reason: Annotated[str | None, Query(description="Only items queued for this.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many items.")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Skip this many items first.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Skip this many items first.")] = 0,
 ) -> list[ItemOut]:
     async with gateway(request).sessions() as session:
         items = await queue.list_items(

@@ -44,6 +44,8 @@ from service.db.models import ReviewDecision, ReviewItem
 from service.db.session import as_utc
 
 DEFAULT_MAX_EXPIRIES = 3
+# Tokens and offsets live in INTEGER columns: larger numbers cannot name anything stored.
+MAX_INT = 2**31 - 1
 # Expired leases released per claim at most (there are about as many as reviewers at work).
 RELEASE_BATCH = 100
 
