@@ -5,6 +5,7 @@ Bodies never carry stack traces, file paths or keys: only ``message``, ``type`` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import orjson
@@ -154,14 +155,22 @@ class EngineRejected(EngineError):
 
 
 class FrameworkHTTPError(GatewayError):
-    """Errors raised by the web framework itself (405, ...), in the same envelope."""
+    """Errors raised by the web framework itself (404, 405, ...), in the same envelope, with
+    the headers the framework set (405 names the allowed methods in ``Allow``)."""
 
     type = "invalid_request_error"
     code = "http_error"
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = "not_found" if status == 404 else self.code
+        self.headers = dict(headers or {})
+
+    def to_response(self, request_id: str | None = None) -> Response:
+        response = super().to_response(request_id)
+        response.headers.update(self.headers)
+        return response
 
 
 class DatabaseNotMigrated(RuntimeError):

@@ -33,7 +33,7 @@ from service.engine.client import EngineClient
 from service.engine.managed import ManagedEngine
 from service.engine.pool import EnginePool, HealthProber
 from service.engine.reconciler import AdapterReconciler
-from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, RouteNotFound
+from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest
 from service.fast_path import GatewayApp
 from service.gateway import Gateway
 from service.registration import build_registry
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # Where FastAPI says it found a problem: the first part of an error's location.
 REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
 SHOWN_ERRORS = 3
+INVALID_REQUEST_DOC = (
+    "Invalid request: the OpenAI error envelope with code `invalid_request`, naming the field."
+)
 
 DESCRIPTION = """
 An inference gateway for fine-tuned models. Applications call the OpenAI-compatible API with a
@@ -158,9 +161,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return RouteNotFound("No such endpoint.").to_response()
-        return FrameworkHTTPError(str(exc.detail), exc.status_code).to_response()
+        detail = "No such endpoint." if exc.status_code == 404 else str(exc.detail)
+        return FrameworkHTTPError(detail, exc.status_code, exc.headers).to_response()
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -169,6 +171,30 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def _document_validation_errors_as_400(app: FastAPI) -> None:
+    """FastAPI documents request validation errors as 422; this gateway answers them with 400
+    in the OpenAI envelope (``invalid_request``), so the description says that instead."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.get("422", {}).get("description") == "Validation Error":
+                    del responses["422"]  # FastAPI's own, not a 422 the endpoint answers
+                    known = responses.get("400", {}).get("description", "")
+                    described = f"{known} {INVALID_REQUEST_DOC}" if known else INVALID_REQUEST_DOC
+                    responses["400"] = {**responses.get("400", {}), "description": described}
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _wake_on_new_versions(reconciler: AdapterReconciler) -> Callable[[Snapshot, Snapshot], None]:
@@ -259,7 +285,10 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.tracer_provider = provider
+    # A trailing-slash redirect would be built from the client's Host header.
+    app.router.redirect_slashes = False
     _install_error_handlers(app)
+    _document_validation_errors_as_400(app)
     app.include_router(inference.router)
     app.include_router(health.router)
     app.include_router(routes_admin.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -381,6 +382,31 @@ async def test_metrics_count_requests_by_route_and_status(gateway: Harness) -> N
     assert samples == {("chat", "200"): 1.0, ("-", "404"): 1.0}
     assert "no-such-route" not in r.text
     assert key_id(gateway.keys[Role.APP]) not in r.text
+
+
+async def test_framework_errors_say_what_happened_and_reflect_no_host(gateway: Harness) -> None:
+    unknown = await gateway.client.get("/v1/nothing-here", headers=gateway.auth())
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "not_found"  # not a model that was not found
+    wrong_method = await gateway.client.delete("/v1/models", headers=gateway.auth())
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "GET"
+    assert wrong_method.json()["error"]["code"] == "http_error"
+    # No redirect built from the client's Host header.
+    slash = await gateway.client.get(
+        "/v1/models/", headers={**gateway.auth(), "Host": "evil.example"}
+    )
+    assert slash.status_code == 404 and "location" not in slash.headers
+
+
+async def test_the_openapi_description_says_400_for_invalid_requests(gateway: Harness) -> None:
+    spec = (await gateway.client.get("/openapi.json")).text
+    assert "Validation Error" not in spec and "HTTPValidationError" not in spec
+    claim = json.loads(spec)["paths"]["/v1/reviews/claim"]["post"]["responses"]
+    assert "invalid_request" in claim["400"]["description"]
+    bad = await gateway.client.post(
+        "/v1/reviews/claim", json={"lease_s": "long"}, headers=gateway.auth(Role.REVIEWER)
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
 
 
 async def test_healthz(gateway: Harness) -> None:
