@@ -87,6 +87,7 @@ async def test_switching_a_route_places_the_version_on_every_replica_first(
     path = await add_version(two, "triage", 1, tmp_path)
     answer = await set_target(two, "triage@1")
     assert (answer["status"], answer["target"]) == (200, "triage@1")
+    assert str(answer["updated_at"]).endswith(("Z", "+00:00"))  # aware, on SQLite too
     assert engine.adapters == engine2.adapters == {"triage@1": path}
     r = await two.client.post(CHAT, json=chat_body(), headers=two.auth())
     assert r.status_code == 200

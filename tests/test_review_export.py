@@ -506,5 +506,10 @@ async def test_api_streams_ndjson_with_the_snapshot_header(
             url, params={"since": "2026-11-01T00:00:00"}, headers=h.auth(Role.REVIEWER)
         )
         assert naive.status_code == 400
+        for number in ("0.5", "1700000000"):  # pydantic would read these as Unix times
+            unix = await h.client.get(url, params={"until": number}, headers=h.auth(Role.REVIEWER))
+            assert unix.status_code == 400 and unix.json()["error"]["param"] == "until"
+        zulu = {"since": "2026-11-01T00:00:00Z", "until": "2026-11-02T00:00:00+00:00"}
+        assert (await h.client.get(url, params=zulu, headers=h.auth(Role.REVIEWER))).text == ""
         bad = await h.client.get(url, params={"split": "x"}, headers=h.auth(Role.REVIEWER))
         assert bad.status_code == 400

@@ -55,9 +55,10 @@ async def export(
     principal: ReviewerKey,
     route: Annotated[list[str] | None, Query(description="Only these routes.")] = None,
     since: Annotated[
-        datetime | None, Query(description="Decided (unreviewed: requested) at or after.")
+        str | None,
+        Query(description="Decided (unreviewed: requested) at or after: ISO 8601 with offset."),
     ] = None,
-    until: Annotated[datetime | None, Query(description="... and before.")] = None,
+    until: Annotated[str | None, Query(description="... and before (ISO 8601).")] = None,
     include_unreviewed_above: Annotated[
         float | None,
         Query(ge=0, le=1, description="Also unreviewed answers at or above this confidence."),
@@ -69,13 +70,11 @@ async def export(
     seed: Annotated[int, Query(description="Changes which examples are held out.")] = 0,
     redact: Annotated[bool, Query(description="Mask e-mails, phones, long numbers.")] = True,
 ) -> StreamingResponse:
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise InvalidRequest(f"{name} needs a UTC offset", param=name)
+    start, end = _iso_time("since", since), _iso_time("until", until)
     sessions = gateway(request).sessions
     async with sessions() as session:
         data = await build_export(
-            session, routes=route, since=since, until=until,
+            session, routes=route, since=start, until=end,
             include_unreviewed_above=include_unreviewed_above, val_fraction=val_fraction,
             seed=seed, redact=redact,
         )  # fmt: skip
@@ -85,3 +84,19 @@ async def export(
     lines = {"train": data.train_lines, "validation": data.val_lines, "all": data.all_lines}[split]
     headers = {SNAPSHOT_HEADER: data.snapshot_id, "x-loragate-examples": str(len(lines))}
     return StreamingResponse(_chunks(lines), media_type="application/x-ndjson", headers=headers)
+
+
+def _iso_time(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time with its offset; numbers (read as Unix times by pydantic) are refused."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{name} must be an ISO 8601 time with a UTC offset, e.g. 2026-12-01T00:00:00Z",
+            param=name,
+        ) from exc
+    if parsed.tzinfo is None:
+        raise InvalidRequest(f"{name} needs a UTC offset", param=name)
+    return parsed

@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from service.api.deps import SRE_ROLES, gateway, require_roles
 from service.auth import Principal
 from service.db import repositories, rollout_store
 from service.db.models import Route
+from service.db.session import as_utc
 from service.errors import RolloutConflict
 from service.route_targets import get_route, version_for
 
@@ -27,6 +28,11 @@ class RouteOut(BaseModel):
     default_max_tokens: int | None
     description: str
     updated_at: datetime
+
+    @field_validator("updated_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)  # SQLite hands times back without their zone
 
     @classmethod
     def of(cls, route: Route) -> RouteOut:
