@@ -104,6 +104,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         http,
         settings.health_probe_interval_s,
         settings.health_probe_timeout_s,
+        failures_to_eject=settings.probe_failures_to_eject,
     )
     tasks.append(asyncio.create_task(prober.run(), name="health-prober"))
     tasks.append(asyncio.create_task(gw.snapshot.run(), name="snapshot-refresh"))

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = 30.0
     health_probe_interval_s: float = 5.0
     health_probe_timeout_s: float = 10.0
+    probe_failures_to_eject: int = Field(
+        default=2, ge=1, description="Consecutive failed probes before a replica is ejected."
+    )
     eject_for_s: float = 10.0
 
     max_body_bytes: int = 1_000_000

@@ -331,9 +331,29 @@ async def test_a_probe_that_times_out_behind_busy_requests_does_not_eject(
         assert await prober.probe(pool, replica)
         assert replica.state is ReplicaState.HEALTHY
         assert (await busy).status_code == 200
-        # The same slow probe of an idle replica ejects it.
+        # The same slow probe of an idle replica counts: the second in a row ejects it.
+        assert not await prober.probe(pool, replica)
+        assert replica.state is ReplicaState.HEALTHY
         assert not await prober.probe(pool, replica)
         assert replica.state is ReplicaState.EJECTED
+
+
+async def test_one_failed_probe_does_not_eject_the_only_replica(
+    sqlite_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    async with gateway_on(sqlite_url, tmp_path, engine) as harness:
+        pool = pool_of(harness)
+        replica = pool.replicas[0]
+        prober = HealthProber([pool], harness.app.state.gateway.engines.http, 60.0, 0.2)
+        engine.probe_delay_s = 1.0
+        assert not await prober.probe(pool, replica)  # e.g. a keep-alive connection reset
+        assert replica.state is ReplicaState.HEALTHY and replica.last_error is not None
+        assert (await post(harness)).status_code == 200  # still served
+        engine.probe_delay_s = 0.0
+        assert await prober.probe(pool, replica)  # a pass resets the count
+        engine.probe_delay_s = 1.0
+        assert not await prober.probe(pool, replica)
+        assert replica.state is ReplicaState.HEALTHY
 
 
 async def test_background_prober_brings_a_replica_back(

@@ -3,8 +3,10 @@
 A replica starts ``unknown`` (usable, not yet proven), becomes ``healthy`` when a real one-token
 generation succeeds (vLLM can answer /health while generation hangs), and is ejected for
 ``eject_for_s`` after a failed call or probe. Ejected replicas get traffic again once a probe
-passes or the ejection expires. A probe that times out while the replica has requests in flight
-is not counted: it waited behind them, and their own timeouts judge the replica.
+passes or the ejection expires. Probes eject only after ``failures_to_eject`` consecutive
+failures (a single one is often a keep-alive connection the engine had just closed), and a probe
+that times out while the replica has requests in flight is not counted at all: it waited behind
+them, and their own timeouts judge the replica. A failed request ejects at once.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class ReplicaState(StrEnum):
 
 class Replica:
     __slots__ = (
-        "ejected_until", "in_flight", "in_flight_gauge", "last_error", "loaded", "pool", "state",
-        "url",
+        "ejected_until", "in_flight", "in_flight_gauge", "last_error", "loaded", "pool",
+        "probe_failures", "state", "url",
     )  # fmt: skip
 
     def __init__(self, pool: str, url: str, metrics: Metrics) -> None:
@@ -44,6 +46,7 @@ class Replica:
         self.in_flight = 0
         self.ejected_until = 0.0
         self.last_error: str | None = None
+        self.probe_failures = 0  # consecutive
         # Adapter versions the replica was last seen serving (kept by the reconcile loop).
         self.loaded: frozenset[str] = frozenset()
 
@@ -127,11 +130,14 @@ class HealthProber:
         http: aiohttp.ClientSession,
         interval_s: float,
         timeout_s: float,
+        *,
+        failures_to_eject: int = 2,
     ) -> None:
         self._pools = pools
         self._http = http
         self._interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._failures_to_eject = failures_to_eject
 
     async def probe(self, pool: EnginePool, replica: Replica) -> bool:
         body = {"model": pool.base_model, "prompt": "ping", "max_tokens": 1, "temperature": 0}
@@ -153,10 +159,16 @@ class HealthProber:
         except (aiohttp.ClientError, ValueError, AttributeError) as exc:
             ok, reason = False, f"probe failed: {type(exc).__name__}"
         if ok:
+            replica.probe_failures = 0
             pool.mark_healthy(replica)
-        else:
+            return True
+        replica.probe_failures += 1
+        replica.last_error = reason
+        if replica.probe_failures >= self._failures_to_eject:
             pool.eject(replica, reason)
-        return ok
+        else:  # one failure may be a closed keep-alive connection, not a dead engine
+            log.info("probe of %s failed once (%s); ejected if the next fails", replica.url, reason)
+        return False
 
     async def probe_all(self) -> None:
         await asyncio.gather(
