@@ -90,7 +90,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         await gw.db.dispose()
         raise
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    # Idle connections are dropped before the engine drops them (vLLM: 5 s), or a request could
+    # go out on a connection the engine is closing (seen: a probe failed with ClientOSError).
+    connector = aiohttp.TCPConnector(
+        limit=0, ttl_dns_cache=300, keepalive_timeout=settings.engine_keepalive_s
+    )
     http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     gw.engines.attach(http)
     gw.callbacks.attach(http)

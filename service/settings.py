@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     idle_timeout_s: float = 30.0
     health_probe_interval_s: float = 5.0
     health_probe_timeout_s: float = 10.0
+    engine_keepalive_s: float = Field(
+        default=4.0,
+        gt=0,
+        description="How long an idle connection to an engine is kept; keep it below the "
+        "engine's own keep-alive (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default).",
+    )
     probe_failures_to_eject: int = Field(
         default=2, ge=1, description="Consecutive failed probes before a replica is ejected."
     )
