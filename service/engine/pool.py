@@ -167,7 +167,8 @@ class HealthProber:
         if replica.probe_failures >= self._failures_to_eject:
             pool.eject(replica, reason)
         else:  # one failure may be a closed keep-alive connection, not a dead engine
-            log.info("probe of %s failed once (%s); ejected if the next fails", replica.url, reason)
+            count, limit = replica.probe_failures, self._failures_to_eject
+            log.info("probe of %s failed (%d of %d): %s", replica.url, count, limit, reason)
         return False
 
     async def probe_all(self) -> None:
