@@ -66,6 +66,19 @@ async def ask(h: Harness, **extra: Any) -> Any:
     return await h.client.post(CHAT, json=chat_body(ROUTE, **extra), headers=h.auth())
 
 
+async def ask_and_approve_held(h: Harness) -> None:
+    """Ask a hold route, then claim and approve the held answer as a reviewer."""
+    from service.auth import Role
+
+    held = (await ask(h)).json()
+    await record_of(h, held["request_id"])
+    reviewer = h.auth(Role.REVIEWER)
+    claim = (await h.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
+    url = f"/v1/reviews/items/{held['review_id']}/decision"
+    decision = {"token": claim["token"], "kind": "approve"}
+    assert (await h.client.post(url, json=decision, headers=reviewer)).status_code == 200
+
+
 async def record_of(h: Harness, request_id: str) -> RequestRecord:
     async def written() -> RequestRecord | None:
         async with h.app.state.gateway.sessions() as session:
@@ -392,7 +405,6 @@ async def test_a_held_answer_is_read_back_and_posted_once_decided(
 async def test_a_callback_outside_the_allow_list_is_not_sent(
     db_url: str, tmp_path: Path, engine: FakeEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.auth import Role
 
     review = {"escalate": "always", "delivery": "hold", "callback_url": "http://10.0.0.1/x"}
     settings = make_settings(
@@ -400,13 +412,7 @@ async def test_a_callback_outside_the_allow_list_is_not_sent(
     )
     engine.default = Behaviour(tokens=TOKENS, logprobs=SURE)
     async with running_gateway(settings) as h:
-        held = (await ask(h)).json()
-        await record_of(h, held["request_id"])
-        reviewer = h.auth(Role.REVIEWER)
-        claim = (await h.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
-        url = f"/v1/reviews/items/{held['review_id']}/decision"
-        decision = {"token": claim["token"], "kind": "approve"}
-        assert (await h.client.post(url, json=decision, headers=reviewer)).status_code == 200
+        await ask_and_approve_held(h)
         await wait_until(lambda: "not in the allow-list" in caplog.text, what="the refusal")
 
 

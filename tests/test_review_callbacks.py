@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from service.auth import Role
 from service.review.results import allowed
 from tests.conftest import make_settings, running_gateway, wait_until
 from tests.fake_engine import Behaviour, FakeEngine
-from tests.test_output_contracts import SURE, TOKENS, ask, record_of, routes_file
+from tests.test_output_contracts import SURE, TOKENS, ask_and_approve_held, routes_file
 
 HOOKS = ["https://tickets.internal/hooks/", "http://127.0.0.1:18283"]
 
@@ -104,12 +103,6 @@ async def test_a_redirecting_callback_is_not_followed(
     )  # fmt: skip
     engine.default = Behaviour(tokens=TOKENS, logprobs=SURE)
     async with running_gateway(settings) as h:
-        held = (await ask(h)).json()
-        await record_of(h, held["request_id"])
-        reviewer = h.auth(Role.REVIEWER)
-        claim = (await h.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
-        url = f"/v1/reviews/items/{held['review_id']}/decision"
-        decision = {"token": claim["token"], "kind": "approve"}
-        assert (await h.client.post(url, json=decision, headers=reviewer)).status_code == 200
+        await ask_and_approve_held(h)
         await wait_until(lambda: "answered 307" in caplog.text, what="the redirect to be logged")
     assert hits == ["redirected /hooks/review"]  # the second server got nothing
