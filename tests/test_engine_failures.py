@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from service.engine.pool import EnginePool, HealthProber, ReplicaState
+from service.engine.pool import EnginePool, HealthProber, Replica, ReplicaState
 from tests.conftest import (
     Harness,
     chat_body,
@@ -317,13 +317,21 @@ async def test_ejected_replica_returns_after_a_passing_probe(
         assert (await post(harness)).status_code == 200
 
 
+def impatient_prober(harness: Harness) -> tuple[EnginePool, Replica, HealthProber]:
+    """The only replica and a prober that gives up after 0.2 s (the fake can delay probes)."""
+    pool = pool_of(harness)
+    return (
+        pool,
+        pool.replicas[0],
+        HealthProber([pool], harness.app.state.gateway.engines.http, 60.0, 0.2),
+    )
+
+
 async def test_a_probe_that_times_out_behind_busy_requests_does_not_eject(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:
     async with gateway_on(sqlite_url, tmp_path, engine) as harness:
-        pool = pool_of(harness)
-        replica = pool.replicas[0]
-        prober = HealthProber([pool], harness.app.state.gateway.engines.http, 60.0, 0.2)
+        pool, replica, prober = impatient_prober(harness)
         engine.probe_delay_s = 1.0
         engine.then(Behaviour(delay_s=1.5))
         busy = asyncio.create_task(post(harness))
@@ -342,9 +350,7 @@ async def test_one_failed_probe_does_not_eject_the_only_replica(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:
     async with gateway_on(sqlite_url, tmp_path, engine) as harness:
-        pool = pool_of(harness)
-        replica = pool.replicas[0]
-        prober = HealthProber([pool], harness.app.state.gateway.engines.http, 60.0, 0.2)
+        pool, replica, prober = impatient_prober(harness)
         engine.probe_delay_s = 1.0
         assert not await prober.probe(pool, replica)  # e.g. a keep-alive connection reset
         assert replica.state is ReplicaState.HEALTHY and replica.last_error is not None
