@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +31,7 @@ from adapters.inspect import Inspector
 from adapters.locks import KeyedLocks
 from adapters.tensors import model_weight_shapes
 from adapters.validation import read_adapter, scan_source
+from service.clock import Clock, now
 from service.errors import (
     AdapterNameInvalid,
     AdapterNotFound,
@@ -115,17 +115,13 @@ class RegistryConfig:
     pools: tuple[PoolSpec, ...]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Registry:
     def __init__(
         self,
         config: RegistryConfig,
         versions: VersionRepository,
         inspector: Inspector,
-        clock: Callable[[], datetime] = _now,
+        clock: Clock = now,
     ) -> None:
         self.config = config
         self.versions = versions

@@ -19,11 +19,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from importlib import metadata, resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from service.clock import now
 
 if TYPE_CHECKING:
     import torch
@@ -459,6 +460,6 @@ def _manifest(
         "val_loss_after": result.val_loss_after,
         "epochs": [asdict(e) for e in result.epochs],
         "seconds": result.seconds,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": now().isoformat(timespec="seconds"),
         "loragate_version": version,
     }

@@ -1,8 +1,10 @@
 """Background batched writer for request records.
 
-``submit`` never blocks a response: it puts the row on a bounded queue, and a full queue drops
-the row and counts it (``loragate_records_dropped``) with a warning in the log. One task takes
-rows off the queue and inserts them in batches; ``close`` drains what is left.
+``submit`` never blocks a response: it puts the record on a bounded queue, and a full queue
+drops the record and counts it (``loragate_records_dropped``) with a warning in the log, unless
+the caller asks to ``keep`` it. One task takes records off the queue and hands each batch, in
+one transaction, to ``persist`` (given by the composition root: this package knows no domain
+tables); ``close`` drains what is left.
 """
 
 from __future__ import annotations
@@ -10,23 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from opentelemetry.trace import Tracer
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from monitoring.metrics import Metrics
-from service.db import repositories
 
 log = logging.getLogger(__name__)
 
 DROP_LOG_EVERY_S = 10.0
 
+R = TypeVar("R")
 
-class RecordWriter:
+
+class RecordWriter(Generic[R]):
     def __init__(
         self,
         sessions: async_sessionmaker[Any],
+        persist: Callable[[AsyncSession, list[R]], Awaitable[None]],
         metrics: Metrics,
         tracer: Tracer,
         *,
@@ -35,29 +40,30 @@ class RecordWriter:
         flush_interval_s: float,
     ) -> None:
         self._sessions = sessions
+        self._persist = persist
         self._metrics = metrics
         self._tracer = tracer
         # None on the queue wakes the writer at close.
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[R | None] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = 0.0
-        self._overflow: list[dict[str, Any]] = []
+        self._overflow: list[R] = []
         metrics.track_queue_depth(self._queue.qsize)
 
-    def submit(self, row: dict[str, Any]) -> bool:
-        if self._closing and row.get("review") is None:
+    def submit(self, record: R, *, keep: bool = False) -> bool:
+        """Queue ``record``; with ``keep`` it is written even past a full queue or at close."""
+        if self._closing and not keep:
             self._dropped("the writer is shutting down")
             return False
         try:
-            self._queue.put_nowait(row)
+            self._queue.put_nowait(record)
         except asyncio.QueueFull:
-            if row.get("review") is not None:
-                # A record that carries a review item is never dropped: a client may be waiting
-                # on that review. Escalations are a small share, so this list stays short.
-                self._overflow.append(row)
+            if keep:
+                # Kept records (escalations) are a small share, so this list stays short.
+                self._overflow.append(record)
                 return True
             self._dropped("the queue is full")
             return False
@@ -97,7 +103,7 @@ class RecordWriter:
             if self._closing and self._queue.empty() and not self._overflow:
                 return
 
-    async def _next_batch(self) -> list[dict[str, Any]]:
+    async def _next_batch(self) -> list[R]:
         first = await self._queue.get()
         batch = [] if first is None else [first]
         batch.extend(self._overflow)
@@ -106,23 +112,23 @@ class RecordWriter:
         deadline = loop.time() + self._flush_interval_s
         while len(batch) < self._batch_size:
             try:
-                row = self._queue.get_nowait()
+                record = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
                 if self._closing or remaining <= 0:
                     break
                 await asyncio.sleep(min(remaining, 0.02))
                 continue
-            if row is not None:
-                batch.append(row)
+            if record is not None:
+                batch.append(record)
         return batch
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def _write(self, batch: list[R]) -> None:
         with self._tracer.start_as_current_span("records.write") as span:
             span.set_attribute("loragate.records", len(batch))
             try:
                 async with self._sessions.begin() as session:
-                    await repositories.insert_records(session, batch)
+                    await self._persist(session, batch)
             except Exception:
                 # The batch is lost; say so loudly and keep the writer alive for the next one.
                 self._metrics.record_write_failures.inc(len(batch))

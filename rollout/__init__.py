@@ -1,4 +1,5 @@
-"""Routing decisions (sticky split, shadow sampling), gates and the rollout state machine.
+"""Gated rollouts: the pure core (``rollout.core``) and its shell: control loop, store, API, CLI.
 
-Domain logic only (no FastAPI, no SQL); built in the gated-rollouts issue.
+The core decides (spec, sticky split, figures, gates, state machine) without FastAPI or SQL;
+``control`` runs it against the database (``store``) and the engines.
 """

@@ -1,5 +1,5 @@
 """``python -m service`` runs the CLI (same as the ``loragate`` command)."""
 
-from service.cli import app
+from service.cli.app import app
 
 app()

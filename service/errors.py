@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import orjson
-from starlette.responses import Response
 
 
 class GatewayError(Exception):
@@ -32,16 +31,12 @@ class GatewayError(Exception):
             }
         }
 
-    def to_response(self, request_id: str | None = None) -> Response:
+    def headers(self, request_id: str | None = None) -> dict[str, str]:
+        """The response headers that go with the error (rendered by ``service.api.errors``)."""
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
         if request_id is not None:
             headers["x-request-id"] = request_id
-        return Response(
-            orjson.dumps(self.body()),
-            status_code=self.status,
-            media_type="application/json",
-            headers=headers,
-        )
+        return headers
 
     def sse_event(self) -> bytes:
         """The error as a server-sent event, followed by the stream terminator."""
@@ -165,12 +160,10 @@ class FrameworkHTTPError(GatewayError):
         super().__init__(message)
         self.status = status
         self.code = "not_found" if status == 404 else self.code
-        self.headers = dict(headers or {})
+        self.framework_headers = dict(headers or {})
 
-    def to_response(self, request_id: str | None = None) -> Response:
-        response = super().to_response(request_id)
-        response.headers.update(self.headers)
-        return response
+    def headers(self, request_id: str | None = None) -> dict[str, str]:
+        return {**super().headers(request_id), **self.framework_headers}
 
 
 class DatabaseNotMigrated(RuntimeError):

@@ -6,25 +6,25 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
-from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters import api as adapters_api
 from adapters.inspect import Inspector
+from adapters.registry_db import build_registry
 from monitoring.metrics import Metrics
 from monitoring.record_writer import RecordWriter
-from monitoring.review_stats import ReviewStats
 from monitoring.tracing import build_provider, tracer_from
-from service.api import adapters as adapters_api
-from service.api import health, inference, review_results, review_ui, reviews_export, routes_admin
-from service.api import reviews as reviews_api
-from service.api import rollouts as rollouts_api
+from rollout import api as rollouts_api
+from rollout.control import RolloutControl
+from service.api import health
+from service.api.errors import document_validation_errors_as_400, install_error_handlers
+from service.clock import Clock, now
 from service.db import repositories
 from service.db.migrations import ensure_migrated
 from service.db.session import create_engine, session_factory
@@ -33,24 +33,25 @@ from service.engine.client import EngineClient
 from service.engine.managed import ManagedEngine
 from service.engine.pool import EnginePool, HealthProber
 from service.engine.reconciler import AdapterReconciler
-from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest
-from service.fast_path import GatewayApp
-from service.gateway import Gateway
-from service.registration import build_registry
+from service.gateway import endpoints as inference
+from service.gateway.endpoints import GatewayApp
+from service.gateway.parts import Gateway
+from service.gateway.record import FinishedRecord
+from service.gateway.shadow import ShadowCaller
+from service.review import api as reviews_api
+from service.review import export_api as reviews_export
+from service.review import queue
+from service.review import results_api as review_results
+from service.review import ui as review_ui
 from service.review.results import ReviewCallbacks
-from service.rollout_control import Clock, RolloutControl, utc_now
-from service.routes_config import DEFAULT_ROUTES, load_routes_file, sync_routes
+from service.review.stats import ReviewStats
+from service.routes import api as routes_admin
+from service.routes.config import DEFAULT_ROUTES, load_routes_file, sync_routes
+from service.routes.snapshot import SnapshotStore
+from service.routes.view import Snapshot
 from service.settings import Settings
-from service.shadow import ShadowCaller
-from service.snapshot import Snapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
-# Where FastAPI says it found a problem: the first part of an error's location.
-REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
-SHOWN_ERRORS = 3
-INVALID_REQUEST_DOC = (
-    "Invalid request: the OpenAI error envelope with code `invalid_request`, naming the field."
-)
 
 DESCRIPTION = """
 An inference gateway for fine-tuned models. Applications call the OpenAI-compatible API with a
@@ -114,7 +115,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks.append(asyncio.create_task(gw.snapshot.run(), name="snapshot-refresh"))
     tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
     tasks.append(asyncio.create_task(gw.rollouts.run(), name="rollout-analysis"))
-    stats = ReviewStats(gw.sessions, gw.metrics, utc_now, settings.review_stats_interval_s)
+    stats = ReviewStats(gw.sessions, gw.metrics, now, settings.review_stats_interval_s)
     tasks.append(asyncio.create_task(stats.run(), name="review-stats"))
     gw.writer.start()
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
@@ -140,66 +141,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.tracer_provider.shutdown()
 
 
-def _field(error: Mapping[str, Any]) -> str:
-    """The dotted path of the field an error is about, without FastAPI's ``body``/``query``."""
-    loc = [str(part) for part in error.get("loc", ())]
-    if error.get("type") == "json_invalid":
-        return "body"  # its location is a character offset, not a field
-    path = loc[1:] if loc and loc[0] in REQUEST_PARTS else loc
-    return ".".join(path) or (loc[0] if loc else "request")
-
-
-def invalid_request(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
-    """A readable 400 from pydantic's errors: each field and message, never the input sent."""
-    shown = [f"{_field(e)}: {e.get('msg', 'invalid value')}" for e in errors[:SHOWN_ERRORS]]
-    more = len(errors) - len(shown)
-    message = "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")
-    return InvalidRequest(
-        message or "Invalid request.", param=_field(errors[0]) if errors else None
-    )
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def gateway_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        return exc.to_response()
-
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        detail = "No such endpoint." if exc.status_code == 404 else str(exc.detail)
-        return FrameworkHTTPError(detail, exc.status_code, exc.headers).to_response()
-
-    async def validation_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return invalid_request(exc.errors()).to_response()
-
-    app.add_exception_handler(GatewayError, gateway_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-
-
-def _document_validation_errors_as_400(app: FastAPI) -> None:
-    """FastAPI documents request validation errors as 422; this gateway answers them with 400
-    in the OpenAI envelope (``invalid_request``), so the description says that instead."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                responses = operation.get("responses", {})
-                if responses.get("422", {}).get("description") == "Validation Error":
-                    del responses["422"]  # FastAPI's own, not a 422 the endpoint answers
-                    known = responses.get("400", {}).get("description", "")
-                    described = f"{known} {INVALID_REQUEST_DOC}" if known else INVALID_REQUEST_DOC
-                    responses["400"] = {**responses.get("400", {}), "description": described}
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+async def write_records(session: AsyncSession, batch: list[FinishedRecord]) -> None:
+    """Request records and, in the same transaction, the review items they carry."""
+    await repositories.insert_records(session, [record.row for record in batch])
+    for record in batch:
+        if record.review is not None:
+            await queue.enqueue(session, record.review)
 
 
 def _wake_on_new_versions(reconciler: AdapterReconciler) -> Callable[[Snapshot, Snapshot], None]:
@@ -225,7 +172,7 @@ def create_app(
     *,
     span_exporter: SpanExporter | None = None,
     adapter_inspector: Inspector | None = None,
-    clock: Clock = utc_now,
+    clock: Clock = now,
 ) -> FastAPI:
     metrics = Metrics()
     provider = build_provider(settings.otlp_endpoint, span_exporter)
@@ -238,6 +185,7 @@ def create_app(
     engines = EngineClient(pools, metrics, settings)
     writer = RecordWriter(
         sessions,
+        write_records,
         metrics,
         tracer,
         queue_size=settings.record_queue_size,
@@ -292,8 +240,8 @@ def create_app(
     app.state.tracer_provider = provider
     # A trailing-slash redirect would be built from the client's Host header.
     app.router.redirect_slashes = False
-    _install_error_handlers(app)
-    _document_validation_errors_as_400(app)
+    install_error_handlers(app)
+    document_validation_errors_as_400(app)
     app.include_router(inference.router)
     app.include_router(health.router)
     app.include_router(routes_admin.router)

@@ -6,9 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
-from service import pipeline
 from service.auth import Principal, Role, require_role
-from service.gateway import Gateway
+from service.gateway.parts import Gateway
 
 
 def gateway(request: Request) -> Gateway:
@@ -21,7 +20,7 @@ def require_roles(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
     allowed = frozenset(roles)
 
     async def dependency(request: Request) -> Principal:
-        principal = await pipeline.identify(gateway(request), request.headers.get("authorization"))
+        principal = await gateway(request).identify(request.headers.get("authorization"))
         require_role(principal, allowed)
         return principal
 

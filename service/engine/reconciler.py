@@ -21,7 +21,7 @@ from monitoring.metrics import Metrics
 from service.engine.adapter_host import AdapterHost, AdapterHostError
 from service.engine.pool import EnginePool, Replica
 from service.errors import EngineError
-from service.snapshot import SnapshotStore
+from service.routes.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 

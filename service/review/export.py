@@ -45,6 +45,9 @@ sha256) do not depend on the order the database returned rows in.
 
 The snapshot id is ``"ds-" + sha256("train:<train sha256>\\nvalidation:<validation sha256>\\n")``
 cut to 16 hex digits: the same data always has the same id, whatever the filters or the time.
+``export_and_record`` builds an export and records its snapshot: the one operation behind
+``GET /v1/reviews/export`` (``service.review.export_api``) and ``loragate reviews export``
+(``service.review.cli``).
 """
 
 from __future__ import annotations
@@ -60,9 +63,12 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import clock
 from service.db.models import RequestRecord, ReviewItem, TrainingSnapshot
+from service.guard.answers import answer_text
+from service.review.queue import write_transaction
 
 ROLES = frozenset({"system", "user", "assistant"})
 SOURCES = ("approved", "corrected", "unreviewed")
@@ -93,6 +99,19 @@ def _redact_digits(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """E-mail addresses, phone numbers and long digit runs replaced by placeholders."""
     return DIGIT_RUN.sub(_redact_digits, EMAIL.sub("<email>", text))
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFilters:
+    """Which answers become examples (see the module docstring) and how they are split."""
+
+    routes: Sequence[str] | None = None
+    since: datetime | None = None  # timezone-aware, like ``until``
+    until: datetime | None = None
+    include_unreviewed_above: float | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    redact: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,7 +147,8 @@ class _Collected:
             self.lines[line] = line
 
 
-def _content(raw: object) -> str | None:
+def content_text(raw: object) -> str | None:
+    """A message's content as text: a string, or OpenAI content parts that are all text."""
     if isinstance(raw, str):
         return raw
     if isinstance(raw, list):  # OpenAI content parts: only text parts are usable
@@ -159,7 +179,7 @@ def prompt_messages(request_body: str | None) -> list[dict[str, str]] | None:
     for message in raw:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             return None
-        content = _content(message.get("content"))
+        content = content_text(message.get("content"))
         if content is None:
             return None
         messages.append({"role": str(message["role"]), "content": content})
@@ -185,7 +205,7 @@ def example_line(request_body: str | None, answer: str | None, *, redacted: bool
     return _dumps({"messages": messages})
 
 
-def response_answer(record: RequestRecord) -> str | None:
+def _record_answer(record: RequestRecord) -> str | None:
     """The answer text of a stored chat response (or of a relayed stream)."""
     body = record.response_body
     if not body:
@@ -194,10 +214,9 @@ def response_answer(record: RequestRecord) -> str | None:
         return body
     try:
         payload = json.loads(body)
-        content = payload["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except ValueError:
         return None
-    return content if isinstance(content, str) else None
+    return answer_text(payload, chat=True) if isinstance(payload, dict) else None
 
 
 def _hash_fraction(line: str, seed: int) -> float:
@@ -235,23 +254,14 @@ def snapshot_id_of(train_sha: str, val_sha: str) -> str:
     return f"ds-{digest[:16]}"
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("since/until must be timezone-aware")
-    return value.astimezone(UTC)
-
-
 async def build_export(
-    session: AsyncSession, *, routes: Sequence[str] | None = None, since: datetime | None = None,
-    until: datetime | None = None, include_unreviewed_above: float | None = None,
-    val_fraction: float = 0.1, seed: int = 0, redact: bool = True,
-    now: datetime | None = None,
-) -> Export:  # fmt: skip
+    session: AsyncSession, filters: ExportFilters, *, now: datetime | None = None
+) -> Export:
     """Collect the examples, remove duplicates, split them and describe them in a manifest."""
-    since, until = _utc(since), _utc(until)
-    if not 0 <= val_fraction < 1:
+    routes, threshold, redacted = filters.routes, filters.include_unreviewed_above, filters.redact
+    since = clock.require_utc(filters.since) if filters.since is not None else None
+    until = clock.require_utc(filters.until) if filters.until is not None else None
+    if not 0 <= filters.val_fraction < 1:
         raise ValueError("val_fraction must be at least 0 and below 1")
     collected = _Collected()
     items = select(
@@ -266,8 +276,8 @@ async def build_export(
         items = items.where(ReviewItem.decided_at < until)
     for _id, state, body, answer, corrected in await session.execute(items.order_by(ReviewItem.id)):
         chosen = corrected if state == "corrected" else answer
-        collected.add(state, example_line(body, chosen, redacted=redact))
-    if include_unreviewed_above is not None:
+        collected.add(state, example_line(body, chosen, redacted=redacted))
+    if threshold is not None:
         reviewed = select(ReviewItem.request_id)
         records = select(RequestRecord).where(
             RequestRecord.endpoint == "chat",
@@ -276,7 +286,7 @@ async def build_export(
             RequestRecord.shadow_of.is_(None),
             RequestRecord.schema_valid.is_(True),
             (RequestRecord.escalated.is_(None)) | (RequestRecord.escalated.is_(False)),
-            RequestRecord.confidence >= include_unreviewed_above,
+            RequestRecord.confidence >= threshold,
             RequestRecord.id.not_in(reviewed),
         )
         if routes:
@@ -286,9 +296,11 @@ async def build_export(
         if until is not None:
             records = records.where(RequestRecord.created_at < until)
         for record in await session.scalars(records.order_by(RequestRecord.id)):
-            line = example_line(record.request_body, response_answer(record), redacted=redact)
+            line = example_line(record.request_body, _record_answer(record), redacted=redacted)
             collected.add("unreviewed", line)
-    train, val = split_lines(collected.lines.values(), val_fraction=val_fraction, seed=seed)
+    train, val = split_lines(
+        collected.lines.values(), val_fraction=filters.val_fraction, seed=filters.seed
+    )
     train_sha, val_sha = sha256_hex(content_bytes(train)), sha256_hex(content_bytes(val))
     manifest: dict[str, Any] = {
         "snapshot_id": snapshot_id_of(train_sha, val_sha),
@@ -303,12 +315,12 @@ async def build_export(
             "routes": sorted(routes) if routes else None,
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
-            "include_unreviewed_above": include_unreviewed_above,
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "redact": redact,
+            "include_unreviewed_above": threshold,
+            "val_fraction": filters.val_fraction,
+            "seed": filters.seed,
+            "redact": redacted,
         },
-        "created_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(),
+        "created_at": (now or clock.now()).astimezone(UTC).isoformat(),
     }
     return Export(train, val, manifest)
 
@@ -337,3 +349,20 @@ async def save_snapshot(session: AsyncSession, export: Export, created_by: str |
     )
     result = await session.execute(statement)
     return int(cast(CursorResult[Any], result).rowcount) == 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedExport:
+    export: Export
+    created: bool  # False: the same data had been recorded before
+
+
+async def export_and_record(
+    sessions: async_sessionmaker[AsyncSession], filters: ExportFilters, created_by: str | None
+) -> RecordedExport:
+    """The export, with its snapshot recorded: the one operation of the API and the CLI."""
+    async with sessions() as session:
+        export = await build_export(session, filters)
+    # A short write of its own (on SQLite, holding the write lock from its start).
+    async with write_transaction(sessions) as session:
+        return RecordedExport(export, await save_snapshot(session, export, created_by))

@@ -33,15 +33,15 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.clock import as_utc, require_utc
 from service.db.models import ReviewDecision, ReviewItem
-from service.db.session import as_utc
 
 DEFAULT_MAX_EXPIRIES = 3
 # Tokens and offsets live in INTEGER columns: larger numbers cannot name anything stored.
@@ -155,27 +155,18 @@ class QueueStats:
     parked: int
 
 
-def _utc(now: datetime) -> datetime:
-    """SQLite stores times without their offset: every time written or compared is UTC."""
-    if now.tzinfo is None:
-        raise ValueError("times must be timezone-aware")
-    return now.astimezone(UTC)
-
-
-def _opt_utc(value: datetime | None) -> datetime | None:
-    return as_utc(value) if value is not None else None
-
-
 def _view(row: Any) -> ReviewItemView:
     """From an ORM row or a Core row of ``review_items`` (same attribute names)."""
     return ReviewItemView(
         id=row.id, request_id=row.request_id, route=row.route, target=row.target,
         reason=row.reason, priority=row.priority, state=ItemState(row.state),
         created_at=as_utc(row.created_at), claimed_by=row.claimed_by,
-        lease_until=_opt_utc(row.lease_until), claim_token=row.claim_token,
+        lease_until=as_utc(row.lease_until) if row.lease_until is not None else None,
+        claim_token=row.claim_token,
         expiries=row.expiries, answer=row.answer, request_body=row.request_body,
         confidence=row.confidence, field_confidence=row.field_confidence,
-        schema_errors=row.schema_errors, decided_at=_opt_utc(row.decided_at),
+        schema_errors=row.schema_errors,
+        decided_at=as_utc(row.decided_at) if row.decided_at is not None else None,
         decided_by=row.decided_by, corrected_answer=row.corrected_answer,
         reject_reason=row.reject_reason,
     )  # fmt: skip
@@ -216,26 +207,42 @@ async def write_transaction(
         yield session
 
 
-async def enqueue(
-    session: AsyncSession, *, request_id: str, route: str, target: str, reason: str,
-    answer: str, now: datetime, priority: int = 0, request_body: str | None = None,
-    confidence: float | None = None, field_confidence: Mapping[str, float] | None = None,
-    schema_errors: Sequence[Any] | None = None, item_id: str | None = None,
-) -> str:  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An escalated answer, to be queued with its request record."""
+
+    request_id: str
+    route: str
+    target: str
+    reason: str
+    answer: str
+    created_at: datetime
+    priority: int = 0
+    request_body: str | None = None
+    confidence: float | None = None
+    field_confidence: Mapping[str, float] | None = None
+    schema_errors: Sequence[Any] | None = None
+    item_id: str | None = None
+
+
+async def enqueue(session: AsyncSession, item: NewItem) -> str:
     """Add a pending item to the caller's transaction (with its request record); returns its id.
 
     Nothing is flushed or committed here: the caller's unit of work writes the record and the
     item together, or neither.
     """
-    item_id = item_id or uuid.uuid4().hex
+    item_id = item.item_id or uuid.uuid4().hex
+    fields = item.field_confidence
+    errors = item.schema_errors
     session.add(
         ReviewItem(
-            id=item_id, request_id=request_id, route=route, target=target, reason=reason,
-            priority=priority, state=ItemState.PENDING.value, created_at=_utc(now),
-            claimed_by=None, lease_until=None, claim_token=0, expiries=0, answer=answer,
-            request_body=request_body, confidence=confidence,
-            field_confidence=dict(field_confidence) if field_confidence is not None else None,
-            schema_errors=list(schema_errors) if schema_errors is not None else None,
+            id=item_id, request_id=item.request_id, route=item.route, target=item.target,
+            reason=item.reason, priority=item.priority, state=ItemState.PENDING.value,
+            created_at=require_utc(item.created_at), claimed_by=None, lease_until=None,
+            claim_token=0, expiries=0, answer=item.answer, request_body=item.request_body,
+            confidence=item.confidence,
+            field_confidence=dict(fields) if fields is not None else None,
+            schema_errors=list(errors) if errors is not None else None,
         )
     )  # fmt: skip
     return item_id
@@ -306,7 +313,7 @@ async def release_expired(
 ) -> int:  # fmt: skip
     """Release run-out leases now (every claim does this too); returns how many it released."""
     async with write_transaction(sessions) as session:
-        return await _release_expired(session, _utc(now), max_expiries)
+        return await _release_expired(session, require_utc(now), max_expiries)
 
 
 async def claim_next(
@@ -322,7 +329,7 @@ async def claim_next(
     """
     if lease_s <= 0:
         raise ValueError("lease_s must be positive")
-    now = _utc(now)
+    now = require_utc(now)
     lease_until = now + timedelta(seconds=lease_s)
     async with write_transaction(sessions) as session:
         await _release_expired(session, now, max_expiries)
@@ -382,7 +389,7 @@ async def heartbeat(
     """
     if lease_s <= 0:
         raise ValueError("lease_s must be positive")
-    now = _utc(now)
+    now = require_utc(now)
     lease_until = now + timedelta(seconds=lease_s)
     async with write_transaction(sessions) as session:
         result = await session.execute(
@@ -433,7 +440,7 @@ async def decide(
     """
     kind = DecisionKind(kind)
     values = _decision_values(kind, payload)
-    now = _utc(now)
+    now = require_utc(now)
     async with write_transaction(sessions) as session:
         result = await session.execute(
             update(ReviewItem)
@@ -515,7 +522,7 @@ async def history(session: AsyncSession, item_id: str) -> list[HistoryEntry]:
 
 async def queue_stats(session: AsyncSession, now: datetime) -> QueueStats:
     """Figures for metrics: depth and live claims per route, oldest waiting age, parked count."""
-    now = _utc(now)
+    now = require_utc(now)
     state = ReviewItem.state
     live = and_(state == ItemState.CLAIMED.value, ReviewItem.lease_until >= now)
     open_states = (ItemState.PENDING.value, ItemState.CLAIMED.value)

@@ -2,9 +2,10 @@
 
 A held answer's result is ``pending`` until a reviewer decides: then ``approved`` (the model's
 answer), ``corrected`` (the reviewer's) or ``rejected`` (no answer, a reason). A parked item is
-still ``pending`` for the client. Callbacks go only to URLs under an allow-listed prefix (same
-scheme, host and port, path segment by segment, no userinfo or dot segments), once, with a short
-timeout and no redirects; a failed callback is logged and the result stays readable.
+still ``pending`` for the client. Only the key that made the request reads its result (an admin
+reads any: ``result_for`` with no key). Callbacks go only to URLs under an allow-listed prefix
+(same scheme, host and port, path segment by segment, no userinfo or dot segments), once, with a
+short timeout and no redirects; a failed callback is logged and the result stays readable.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.db.models import RequestRecord
 from service.review import queue
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,19 @@ async def result_of(session: AsyncSession, review_id: str) -> tuple[ReviewResult
         answer=answer, reject_reason=item.reject_reason, decided_at=item.decided_at,
     )  # fmt: skip
     return result, item.route
+
+
+async def result_for(session: AsyncSession, review_id: str, key_id: str | None) -> ReviewResult:
+    """The result, if its request was made with key ``key_id`` (``None``: whoever made it);
+    ``ItemNotFound`` otherwise, so another key's reviews look like none at all."""
+    result, _ = await result_of(session, review_id)
+    if key_id is not None:
+        owner = await session.scalar(
+            select(RequestRecord.key_id).where(RequestRecord.id == result.request_id)
+        )
+        if owner != key_id:
+            raise queue.ItemNotFound(review_id)
+    return result
 
 
 @dataclass(frozen=True, slots=True)

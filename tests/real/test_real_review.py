@@ -114,7 +114,7 @@ def test_a_reviewer_corrects_in_the_browser_and_the_export_trains(
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.test_review_ui import HAVE_BROWSER, chromium
+    from tests.review.test_ui import HAVE_BROWSER, chromium
 
     if not HAVE_BROWSER:
         pytest.skip("needs Debian's chromium and chromium-driver (scripts/test.sh installs them)")

@@ -1,0 +1,1 @@
+"""The pure rollout core: spec, sticky split, figures, gates, the state machine."""

@@ -1,0 +1,109 @@
+"""Per-arm figures over an analysis window, computed from request samples. Pure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rollout.core.split import Arm
+
+CLIENT_CLOSED = 499
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What the gates need of one request record."""
+
+    arm: Arm
+    status_code: int
+    latency_ms: float
+    schema_valid: bool | None = None
+    escalated: bool | None = None
+    confidence: float | None = None
+    # Shadow samples: did each top-level JSON field (or, for "", the whole answer) equal stable's?
+    agreement: Mapping[str, bool] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    hits: int = 0
+    total: int = 0
+
+    @property
+    def value(self) -> float | None:
+        return self.hits / self.total if self.total else None
+
+
+@dataclass(frozen=True, slots=True)
+class ArmFigures:
+    samples: int = 0
+    errors: Rate = field(default_factory=Rate)
+    latency_p95_ms: float | None = None
+    schema_valid: Rate = field(default_factory=Rate)
+    escalated: Rate = field(default_factory=Rate)
+    confidence_mean: float | None = None
+    confidence_n: int = 0
+    agreement_fields: Mapping[str, Rate] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Stable and candidate (canary or shadow, whichever the step has) over the same window."""
+
+    stable: ArmFigures
+    candidate: ArmFigures
+    # Per shadow sample: its agreement marks, for the agreement gate's chosen fields.
+    agreements: tuple[Mapping[str, bool], ...] = ()
+
+
+def p95_index(count: int) -> int:
+    """The 0-based rank of the 95th percentile among ``count`` sorted values (nearest rank)."""
+    return max(0, math.ceil(0.95 * count) - 1)
+
+
+def p95(values: Sequence[float]) -> float | None:
+    return sorted(values)[p95_index(len(values))] if values else None
+
+
+def agreement_rates(marks: Iterable[Mapping[str, bool]]) -> dict[str, Rate]:
+    """Per field, how many of the compared answers agreed."""
+    fields: dict[str, list[bool]] = {}
+    for mark in marks:
+        for name, same in mark.items():
+            fields.setdefault(name, []).append(same)
+    return {n: Rate(sum(v), len(v)) for n, v in sorted(fields.items())}
+
+
+def _rate(flags: Iterable[bool | None]) -> Rate:
+    known = [f for f in flags if f is not None]
+    return Rate(sum(known), len(known))
+
+
+def arm_figures(samples: Sequence[Sample]) -> ArmFigures:
+    # A client that hung up says nothing about the version that served it.
+    served = [s for s in samples if s.status_code != CLIENT_CLOSED]
+    ok_latency = [s.latency_ms for s in served if s.status_code < 400]
+    confidences = [s.confidence for s in served if s.confidence is not None]
+    return ArmFigures(
+        samples=len(served),
+        errors=Rate(sum(s.status_code >= 500 for s in served), len(served)),
+        latency_p95_ms=p95(ok_latency),
+        schema_valid=_rate(s.schema_valid for s in served),
+        escalated=_rate(s.escalated for s in served),
+        confidence_mean=sum(confidences) / len(confidences) if confidences else None,
+        confidence_n=len(confidences),
+        agreement_fields=agreement_rates(
+            s.agreement for s in served if s.agreement and s.status_code < 400
+        ),
+    )
+
+
+def window(samples: Iterable[Sample], candidate_arm: Arm) -> Window:
+    stable = [s for s in samples if s.arm is Arm.STABLE]
+    candidate = [s for s in samples if s.arm is candidate_arm]
+    return Window(
+        arm_figures(stable),
+        arm_figures(candidate),
+        tuple(s.agreement for s in candidate if s.agreement is not None and s.status_code < 400),
+    )

@@ -1,0 +1,97 @@
+"""Errors as HTTP responses: the OpenAI error envelope for every error the app answers.
+
+``GatewayError`` (the gateway's own), Starlette's ``HTTPException`` (unknown path, wrong method)
+and FastAPI's request validation errors all become the same JSON shape, and the OpenAPI page
+says 400 where FastAPI would say 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest
+
+# Where FastAPI says it found a problem: the first part of an error's location.
+REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
+SHOWN_ERRORS = 3
+INVALID_REQUEST_DOC = (
+    "Invalid request: the OpenAI error envelope with code `invalid_request`, naming the field."
+)
+
+
+def error_response(error: GatewayError, request_id: str | None = None) -> Response:
+    return Response(
+        orjson.dumps(error.body()),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers(request_id),
+    )
+
+
+def _field(error: Mapping[str, Any]) -> str:
+    """The dotted path of the field an error is about, without FastAPI's ``body``/``query``."""
+    loc = [str(part) for part in error.get("loc", ())]
+    if error.get("type") == "json_invalid":
+        return "body"  # its location is a character offset, not a field
+    path = loc[1:] if loc and loc[0] in REQUEST_PARTS else loc
+    return ".".join(path) or (loc[0] if loc else "request")
+
+
+def invalid_request(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
+    """A readable 400 from pydantic's errors: each field and message, never the input sent."""
+    shown = [f"{_field(e)}: {e.get('msg', 'invalid value')}" for e in errors[:SHOWN_ERRORS]]
+    more = len(errors) - len(shown)
+    message = "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")
+    return InvalidRequest(
+        message or "Invalid request.", param=_field(errors[0]) if errors else None
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        detail = "No such endpoint." if exc.status_code == 404 else str(exc.detail)
+        return error_response(FrameworkHTTPError(detail, exc.status_code, exc.headers))
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(invalid_request(exc.errors()))
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def document_validation_errors_as_400(app: FastAPI) -> None:
+    """FastAPI documents request validation errors as 422; this gateway answers them with 400
+    in the OpenAI envelope (``invalid_request``), so the description says that instead."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.get("422", {}).get("description") == "Validation Error":
+                    del responses["422"]  # FastAPI's own, not a 422 the endpoint answers
+                    known = responses.get("400", {}).get("description", "")
+                    described = f"{known} {INVALID_REQUEST_DOC}" if known else INVALID_REQUEST_DOC
+                    responses["400"] = {**responses.get("400", {}), "description": described}
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

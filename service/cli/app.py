@@ -1,0 +1,74 @@
+"""The ``loragate`` command line. Settings come from ``LORAGATE_*`` variables or ``.env``.
+
+The root: ``serve`` and ``db``; each domain adds its group (``keys``, ``engine``, ``routes``,
+``adapters``, ``rollout``, ``reviews``) from its own ``cli`` module.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from adapters.cli import adapters_app
+from rollout.cli import rollout_app
+from service.cli.common import settings_of
+from service.cli.db import with_session
+from service.cli.engine import engine_app
+from service.cli.keys import keys_app
+from service.db import repositories
+from service.db.migrations import upgrade
+from service.review.cli import reviews_app
+from service.routes.cli import routes_app
+
+app = typer.Typer(
+    help="loragate: an inference gateway for fine-tuned models.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(routes_app, name="routes")
+app.add_typer(engine_app, name="engine")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(reviews_app, name="reviews")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+) -> None:
+    """Run the gateway. With no engine pool configured, also runs a managed local vLLM."""
+    import uvicorn
+
+    from service.main import create_app
+
+    settings = settings_of(ctx)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with_session(settings, repositories.count_keys)  # refuses an unmigrated database
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level.lower(),
+        # Every request is in request_records and metrics; a log line each would double the cost.
+        access_log=False,
+        # Client addresses are not used; the proxy-headers middleware would be one more layer.
+        proxy_headers=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations (creates the SQLite file on first use)."""
+    settings = settings_of(ctx)
+    upgrade(settings.effective_database_url, revision)
+    typer.echo(f"database at {revision}: {settings.effective_database_url.split('@')[-1]}")

@@ -1,0 +1,70 @@
+"""What every CLI command shares: the invocation's settings, failing, and calling a gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from service.settings import Settings
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The invocation's settings, read from the environment once and kept on the root context."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = Settings()
+    return root.obj
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", envvar="LORAGATE_URL", help="Gateway base URL (default: from host and port)."
+    ),
+]
+KeyOption = Annotated[
+    str, typer.Option("--key", envvar="LORAGATE_API_KEY", help="An sre or admin API key.")
+]
+
+
+def gateway_url(settings: Settings, url: str | None) -> str:
+    """``--url`` / LORAGATE_URL, else the server's own host and port (LORAGATE_HOST, _PORT)."""
+    if url:
+        return url
+    return f"http://{settings.host}:{settings.port}"
+
+
+def typed_path(settings: Settings, path: Path) -> Path:
+    """A path as typed: relative to the current directory, else, when nothing is there, to the
+    adapter import root (where `adapters demo` and `adapters train` write)."""
+    if path.is_absolute() or path.exists():
+        return path.absolute()
+    under_root = settings.effective_import_root / path
+    return under_root if under_root.exists() else path.absolute()
+
+
+def call_gateway(base: str, key: str, method: str, path: str, body: object) -> object:
+    """One admin API call to the gateway at ``base``; an HTTP error becomes a CLI error."""
+    try:
+        response = httpx.request(
+            method,
+            base.rstrip("/") + path,
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=600,
+        )
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the gateway at {base}: {exc}") from exc
+    payload = response.json() if response.content else None
+    if response.status_code >= 400:
+        message = payload["error"]["message"] if isinstance(payload, dict) else response.text
+        raise fail(f"HTTP {response.status_code}: {message}")
+    return payload

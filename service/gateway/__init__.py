@@ -1,0 +1,1 @@
+"""The hot path: requests in, answers out, records drafted."""

@@ -1,0 +1,167 @@
+"""The OpenAI-compatible inference endpoints. ``model`` names a route, never an engine model.
+
+``INFERENCE`` is the route table of the hot path, and the only one: ``GatewayApp`` answers a
+POST to one of its paths itself, before Starlette's error middleware, routing and FastAPI's
+dependency solving (each layer is one more coroutine frame on every await; together they
+measured about a fifth of the per-request CPU; ``pipeline.handle`` renders every error itself,
+so nothing is lost). The FastAPI routes for the same paths are registered from the same table,
+with the same handler, so the OpenAPI page documents exactly what is served and cannot drift
+from it; FastAPI itself only ever sees other methods on these paths (and answers 405).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from service.api.deps import gateway
+from service.errors import RouteNotFound
+from service.gateway import pipeline
+from service.gateway.parts import Gateway
+from service.gateway.request_rules import FIELDS, Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceDoc:
+    name: str  # FastAPI's route name, part of the OpenAPI operationId
+    summary: str
+    description: str
+
+
+INFERENCE: dict[str, Endpoint] = {endpoint.path: endpoint for endpoint in Endpoint}
+
+DOCS = {
+    Endpoint.CHAT: InferenceDoc(
+        "chat_completions",
+        "Chat completion on a route",
+        "OpenAI chat completions. `model` is a route name. Standard sampling fields pass "
+        "through; any other field is refused with 400. `n` must be 1, a `max_tokens` above "
+        "the route's cap is refused with 400 (the route's default applies when absent), "
+        "`top_logprobs` is at most 20. With `stream: true` the answer is relayed as "
+        "server-sent events; a failure after the stream started ends with an error event and "
+        "`data: [DONE]`.",
+    ),
+    Endpoint.COMPLETIONS: InferenceDoc(
+        "completions",
+        "Text completion on a route",
+        "OpenAI completions (single string prompt); same rules as chat completions.",
+    ),
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid request: unknown field, value out of range, malformed JSON."},
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The key's role or route list does not allow this call."},
+    404: {"description": "No route with that name."},
+    413: {"description": "Body larger than the configured limit."},
+    502: {"description": "The engine failed or answered with something unusable."},
+    503: {"description": "No healthy engine replica."},
+    504: {"description": "The engine did not answer in time."},
+}
+
+
+class GatewayApp(FastAPI):
+    """The FastAPI application, with the ``INFERENCE`` endpoints answered ahead of it."""
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gateway = gateway
+        self.state.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = INFERENCE.get(scope["path"])
+            if endpoint is not None:
+                response = await pipeline.handle(self.gateway, scope, receive, endpoint)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _body_doc(endpoint: Endpoint) -> dict[str, Any]:
+    properties: dict[str, Any] = {name: {} for name in sorted(FIELDS[endpoint])}
+    properties["model"] = {"type": "string", "description": "Route name."}
+    required = ["model", "messages" if endpoint is Endpoint.CHAT else "prompt"]
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _handler(endpoint: Endpoint) -> Any:
+    async def answer(request: Request) -> Response:
+        return await pipeline.handle(gateway(request), request.scope, request.receive, endpoint)
+
+    return answer
+
+
+def _router() -> APIRouter:
+    router = APIRouter(tags=["inference"])
+    for path, endpoint in INFERENCE.items():
+        doc = DOCS[endpoint]
+        router.add_api_route(
+            path,
+            _handler(endpoint),
+            methods=["POST"],
+            name=doc.name,
+            summary=doc.summary,
+            description=doc.description,
+            responses=ERROR_RESPONSES,
+            openapi_extra=_body_doc(endpoint),
+        )
+    return router
+
+
+router = _router()
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "loragate"}
+
+
+@router.get(
+    "/v1/models",
+    summary="Routes this key may call",
+    description="The routes the caller's key may use, in the OpenAI model-list shape.",
+    responses={401: ERROR_RESPONSES[401], 403: ERROR_RESPONSES[403]},
+)
+async def list_models(request: Request) -> dict[str, Any]:
+    gw = gateway(request)
+    principal = await pipeline.authenticate(gw, request.headers.get("authorization"))
+    routes = gw.snapshot.current.routes.values()
+    return {
+        "object": "list",
+        "data": [
+            _model(r.name)
+            for r in sorted(routes, key=lambda r: r.name)
+            if principal.may_use_route(r.name)
+        ],
+    }
+
+
+@router.get(
+    "/v1/models/{model}",
+    summary="One route this key may call",
+    description=(
+        "The route in the OpenAI model shape. A route that does not exist and one the key may "
+        "not use both get 404 `model_not_found`, so a key learns nothing of other routes."
+    ),
+    responses={
+        401: ERROR_RESPONSES[401],
+        403: {"description": "The key's role may not call inference."},
+        404: {"description": "No route with that name that this key may use."},
+    },
+)
+async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
+    gw = gateway(request)
+    principal = await pipeline.authenticate(gw, request.headers.get("authorization"))
+    if model not in gw.snapshot.current.routes or not principal.may_use_route(model):
+        raise RouteNotFound(f"The model '{model}' does not exist.", param="model")
+    return _model(model)

@@ -1,0 +1,73 @@
+"""The parts one gateway process serves with, built by ``create_app`` and kept on app.state."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import INVALID_SPAN, Span, Tracer
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from adapters.registry import Registry
+from monitoring.metrics import UNKNOWN, Metrics
+from monitoring.record_writer import RecordWriter
+from rollout.control import RolloutControl
+from service.auth import Principal, bearer_token, split_key, verify
+from service.engine.client import EngineClient
+from service.engine.reconciler import AdapterReconciler
+from service.gateway.record import FinishedRecord, RecordDraft
+from service.gateway.shadow import ShadowCaller
+from service.review.results import ReviewCallbacks
+from service.routes.snapshot import SnapshotStore
+from service.settings import Settings
+
+NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    db: AsyncEngine
+    sessions: async_sessionmaker[Any]
+    snapshot: SnapshotStore
+    engines: EngineClient
+    writer: RecordWriter[FinishedRecord]
+    metrics: Metrics
+    tracer: Tracer
+    tracing: bool
+    reconciler: AdapterReconciler
+    adapters: Registry
+    shadow: ShadowCaller
+    rollouts: RolloutControl
+    callbacks: ReviewCallbacks
+
+    async def identify(self, authorization: str | None) -> Principal:
+        """The principal behind a bearer key (any role); the database only for unknown key ids."""
+        key_id, secret = split_key(bearer_token(authorization))
+        stored = self.snapshot.current.keys.get(key_id)
+        if stored is None:
+            stored = await self.snapshot.find_key(key_id)
+        return verify(stored, secret)
+
+    def span(self, name: str) -> AbstractContextManager[Span]:
+        """A tracing span, or a shared no-op context when tracing is off."""
+        if self.tracing:
+            return self.tracer.start_as_current_span(name)
+        return NO_SPAN
+
+    def finish(self, record: RecordDraft) -> None:
+        """Count and queue the record of a request that has ended (never blocks)."""
+        latency = record.elapsed_s()
+        labels = (
+            record.route or UNKNOWN,
+            record.target or UNKNOWN,
+            record.arm,
+            str(record.status_code),
+        )
+        self.metrics.request_done(
+            labels, latency, record.ttft_s, record.tokens_in, record.tokens_out
+        )
+        # A record carrying a review item is never dropped: a client may be waiting on the review.
+        finished = record.finished(latency, self.settings.redact_bodies)
+        self.writer.submit(finished, keep=finished.review is not None)

@@ -1,0 +1,390 @@
+"""The whole request path, top to bottom.
+
+    auth -> read and bound the body -> route -> arm (stable or canary, maybe a shadow copy)
+         -> check and rewrite the request
+         -> engine call (stream or not; cancelled if the client leaves) | shadow call, detached
+         -> response -> record (queued, written in batches after the response) and metrics
+
+No database session is open while the engine works: the only reads are the key lookup for a
+key id not yet in the snapshot, before the engine call; the record is written afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope
+
+from rollout.core.split import decide
+from service.api.errors import error_response
+from service.auth import INFERENCE_ROLES, Principal, require_role
+from service.engine.client import EngineStream, parse_reply
+from service.errors import (
+    BodyTooLarge,
+    ClientClosedRequest,
+    EngineBadResponse,
+    EngineError,
+    EngineStreamBroken,
+    GatewayError,
+    InvalidRequest,
+    OutputInvalid,
+    PermissionDenied,
+    RouteNotFound,
+)
+from service.gateway.parts import Gateway
+from service.gateway.record import RecordDraft
+from service.gateway.relay import RelayResponse, until_disconnected
+from service.gateway.request_rules import (
+    Endpoint,
+    Limits,
+    Prepared,
+    parse_body,
+    prepare,
+    route_name,
+)
+from service.gateway.shadow import ShadowCall
+from service.guard.answers import answer_text, first_finish_reason
+from service.guard.route_guard import Judgement, RouteContract, judge, present
+from service.review.queue import NewItem
+from service.routes.view import RouteView
+
+JSON = "application/json"
+# Every answer names its request record, so a client's report can be matched to it.
+REQUEST_ID = "x-request-id"
+# Rollouts keep a subject on one arm: the body's `user`, else this header, else the request.
+SUBJECT = b"x-loragate-subject"
+log = logging.getLogger(__name__)
+
+
+async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint) -> Response:
+    record = RecordDraft(endpoint.value)
+    handed_to_stream = False
+    shadow: ShadowCall | None = None
+    gw.metrics.in_flight.inc()
+    with gw.span("gateway.request") as span:
+        span.set_attribute("loragate.request_id", record.id)
+        try:
+            principal = await gw.identify(header(scope, b"authorization"))
+            record.key_id = principal.key_id
+            require_role(principal, INFERENCE_ROLES)
+            raw = await read_body(scope, receive, gw.settings.max_body_bytes)
+            record.request_body = raw.decode("utf-8", "replace")
+            payload = parse_body(raw)
+            route = resolve_route(gw, route_name(payload), principal)
+            subject = rollout_subject(payload, scope, record.id) if route.split else record.id
+            decision = decide(route.split, route.target, subject, record.id)
+            record.route, record.target, record.arm = route.name, decision.target, decision.arm
+            if route.split is not None:
+                record.rollout_id = route.split.rollout_id
+            span.set_attribute("loragate.route", route.name)
+            limits = Limits.for_route(gw.settings, route)
+            forced = contract_fields(route, endpoint, payload)
+            prepared = prepare(endpoint, payload, decision.target, limits, forced)
+            record.stream = prepared.stream
+            if decision.shadow_target is not None:
+                shadow = launch_shadow(
+                    gw, record, route, decision.shadow_target, payload, limits, forced
+                )
+            if prepared.stream:
+                stream = await until_disconnected(
+                    receive,
+                    gw.engines.open_stream(
+                        route.pool, decision.target, endpoint.path, prepared.upstream_body,
+                        record.id,
+                    ),
+                )  # fmt: skip
+                record.replica, record.attempts = stream.replica.url, stream.attempts
+                handed_to_stream = True
+                return RelayResponse(
+                    relay(gw, stream, prepared, record, endpoint, shadow), record.id
+                )
+            with gw.span("engine.call"):
+                reply = await until_disconnected(
+                    receive,
+                    gw.engines.complete(
+                        route.pool, decision.target, endpoint.path, prepared.upstream_body,
+                        record.id,
+                    ),
+                )  # fmt: skip
+            record.replica, record.attempts = reply.replica.url, reply.attempts
+            answer = parse_reply(reply.value)
+            body = reply.value
+            status = 200
+            if route.contract is not None:
+                answer, body, status = await guard_answer(
+                    gw, receive, route, route.contract, decision.target, prepared, record,
+                    answer, keep_logprobs=bool(payload.get("logprobs")),
+                )  # fmt: skip
+            if shadow is not None:
+                shadow.primary_answered(answer_text(answer, chat=endpoint is Endpoint.CHAT))
+            echoed = answer.get("model")
+            if isinstance(echoed, str):
+                record.target = echoed  # the exact version that answered
+            record.take_usage(answer.get("usage"))
+            record.finish_reason = first_finish_reason(answer)
+            if record.response_body is None:
+                record.response_body = body.decode("utf-8", "replace")
+            record.status_code = status
+            return Response(body, status, media_type=JSON, headers={REQUEST_ID: record.id})
+        except GatewayError as error:
+            record.fail(error)
+            if isinstance(error, EngineError):
+                record.replica, record.attempts = error.replica, error.attempts
+            span.set_attribute("loragate.error", error.code)
+            return error_response(error, record.id)
+        except Exception:
+            log.exception("request %s failed inside the gateway", record.id)
+            internal = GatewayError("The gateway failed to serve this request.")
+            record.fail(internal)
+            return error_response(internal, record.id)
+        finally:
+            if not handed_to_stream:
+                if shadow is not None:
+                    shadow.primary_answered(None)  # no-op when it already has the answer
+                gw.metrics.in_flight.dec()
+                gw.finish(record)
+
+
+def rollout_subject(payload: dict[str, Any], scope: Scope, request_id: str) -> str:
+    """Whom a rollout keeps on one arm: the OpenAI ``user``, else ``x-loragate-subject``."""
+    user = payload.get("user")
+    if isinstance(user, str) and user:
+        return user
+    return header(scope, SUBJECT) or request_id
+
+
+def launch_shadow(
+    gw: Gateway,
+    record: RecordDraft,
+    route: RouteView,
+    candidate: str,
+    payload: dict[str, Any],
+    limits: Limits,
+    forced: dict[str, Any] | None,
+) -> ShadowCall | None:
+    """Send the candidate a non-streamed copy of the request; it never affects this one."""
+    copy = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+    endpoint = Endpoint(record.endpoint)
+    body = prepare(endpoint, copy, candidate, limits, forced).upstream_body
+    return gw.shadow.launch(record, route.pool, candidate, endpoint, body, route.contract)
+
+
+def contract_fields(
+    route: RouteView, endpoint: Endpoint, payload: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The fields a route's output contract adds to the engine's body (None without one)."""
+    if route.contract is None:
+        return None
+    if endpoint is not Endpoint.CHAT or payload.get("stream"):
+        raise InvalidRequest(
+            f"The route '{route.name}' has an output contract: answers are validated whole, "
+            "so it serves non-streamed chat completions only.",
+            param="stream" if endpoint is Endpoint.CHAT else "model",
+        )
+    return route.contract.forced_fields(payload)
+
+
+async def guard_answer(
+    gw: Gateway,
+    receive: Receive,
+    route: RouteView,
+    contract: RouteContract,
+    target: str,
+    prepared: Prepared,
+    record: RecordDraft,
+    answer: dict[str, Any],
+    *,
+    keep_logprobs: bool,
+) -> tuple[dict[str, Any], bytes, int]:
+    """Validate and score the answer (asking again once if the policy says so), decide on
+    review, and build the client's body and status: 202 and the review id when the route holds
+    escalated answers. The record carries the verdict and the review item."""
+    judgement = judge(answer, contract)
+    for _ in range(contract.policy.retry_invalid):
+        if judgement.valid is not False:
+            break
+        with gw.span("engine.retry_invalid"):
+            reply = await until_disconnected(
+                receive,
+                gw.engines.complete(
+                    route.pool, target, Endpoint.CHAT.path, prepared.upstream_body, record.id
+                ),
+            )
+        record.attempts += reply.attempts
+        answer = parse_reply(reply.value)
+        judgement = judge(answer, contract)
+    valid, score = judgement.valid, judgement.score
+    record.schema_valid, record.confidence = valid, score
+    version = str(answer.get("model") or target)
+    if valid is not None:
+        gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()
+    if score is not None:
+        gw.metrics.confidence.labels(route.name, version).observe(score)
+    reason = judgement.review_reason
+    if valid is False and contract.policy.invalid == "refuse":
+        raise OutputInvalid(
+            "The model's answer does not follow the route's output schema: "
+            + "; ".join(judgement.errors)
+        )
+    review_id = None
+    record.escalated = reason is not None
+    if reason is not None:
+        review_id = secrets.token_hex(16)
+        gw.metrics.escalations.labels(route.name, reason).inc()
+        record.review = review_item(record, route, version, reason, review_id, answer, judgement)
+    body = present(answer, judgement, keep_logprobs=keep_logprobs, review_id=review_id)
+    if review_id is not None and contract.policy.delivery == "hold":
+        record.response_body = body.decode("utf-8", "replace")  # the record keeps the answer
+        held = {"object": "loragate.review_hold", "request_id": record.id, "review_id": review_id,
+                "status": "pending", "result_url": f"/v1/review-results/{review_id}"}  # fmt: skip
+        return answer, orjson.dumps(held), 202
+    return answer, body, 200
+
+
+def review_item(
+    record: RecordDraft, route: RouteView, version: str, reason: str, review_id: str,
+    answer: dict[str, Any], judgement: Judgement,
+) -> NewItem:  # fmt: skip
+    """The review item written with the record, in the same transaction."""
+    confidence = judgement.confidence
+    return NewItem(
+        item_id=review_id, request_id=record.id, route=route.name, target=version,
+        reason=reason, answer=answer_text(answer, chat=True) or "",
+        created_at=record.created_at, priority=1 if reason == "invalid" else 0,
+        request_body=record.request_body,
+        confidence=confidence.score if confidence is not None else None,
+        field_confidence=dict(confidence.fields) if confidence is not None else None,
+        schema_errors=list(judgement.errors) or None,
+    )  # fmt: skip
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """One request header (lower-case name) straight from the ASGI scope."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def authenticate(gw: Gateway, authorization: str | None) -> Principal:
+    """A principal allowed to call inference endpoints."""
+    principal = await gw.identify(authorization)
+    require_role(principal, INFERENCE_ROLES)
+    return principal
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientClosedRequest("The client closed the connection.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def resolve_route(gw: Gateway, name: str, principal: Principal) -> RouteView:
+    route = gw.snapshot.current.routes.get(name)
+    if route is None:
+        raise RouteNotFound(f"The route '{name}' does not exist.", param="model")
+    if not principal.may_use_route(name):
+        raise PermissionDenied(f"This key may not use the route '{name}'.", param="model")
+    return route
+
+
+async def relay(
+    gw: Gateway,
+    stream: EngineStream,
+    prepared: Prepared,
+    record: RecordDraft,
+    endpoint: Endpoint,
+    shadow: ShadowCall | None,
+) -> AsyncGenerator[bytes, None]:
+    """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE]."""
+    text: list[str] = []
+    finished = False
+    echoed = False
+    try:
+        async for line in stream.lines():
+            if not line.startswith(b"data:"):
+                continue  # SSE comments and keep-alives
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                finished = True
+                yield b"data: [DONE]\n\n"
+                break
+            event = parse_event(data)
+            if not echoed and isinstance(event.get("model"), str):
+                record.target, echoed = event["model"], True  # the exact version that answered
+            choices = event.get("choices") or []
+            if event.get("usage"):
+                record.take_usage(event["usage"])
+                if not choices and not prepared.client_wants_usage:
+                    continue
+            for choice in choices:
+                piece = delta_text(choice, endpoint)
+                if piece:
+                    record.mark_first_token()
+                    text.append(piece)
+                if choice.get("finish_reason"):
+                    record.finish_reason = choice["finish_reason"]
+            yield b"data: " + data + b"\n\n"
+        if not finished:
+            raise EngineStreamBroken("The engine closed the stream before it finished.")
+    except GatewayError as error:
+        record.fail(error)
+        yield error.sse_event()
+    except (asyncio.CancelledError, GeneratorExit):
+        # Cancelled or closed because the client left: there is nobody to tell.
+        record.fail(ClientClosedRequest("The client closed the connection."))
+        raise
+    except Exception:
+        log.exception("relaying the stream of request %s failed", record.id)
+        internal = GatewayError("The gateway failed while relaying the stream.")
+        record.fail(internal)
+        yield internal.sse_event()
+    finally:
+        stream.close()
+        record.response_body = "".join(text)
+        if shadow is not None:
+            shadow.primary_answered(record.response_body if record.error is None else None)
+        gw.metrics.in_flight.dec()
+        gw.finish(record)
+
+
+def parse_event(data: bytes) -> dict[str, Any]:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EngineBadResponse("The engine sent a stream event that is not JSON.") from exc
+    if not isinstance(event, dict):
+        raise EngineBadResponse("The engine sent a stream event that is not an object.")
+    if "error" in event:
+        raise EngineStreamBroken("The engine reported an error in the middle of the stream.")
+    return event
+
+
+def delta_text(choice: object, endpoint: Endpoint) -> str | None:
+    if not isinstance(choice, dict):
+        return None
+    if endpoint is Endpoint.CHAT:
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+    else:
+        content = choice.get("text")
+    return content if isinstance(content, str) else None

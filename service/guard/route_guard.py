@@ -1,0 +1,140 @@
+"""A route's output contract at work: the schema sent to vLLM, every answer judged.
+
+A route with only a review policy gets the same, minus the schema: its answers are scored by
+their length-normalised sequence probability.
+
+For a route with an output schema the gateway asks vLLM for ``response_format`` ``json_schema``
+and for token logprobs (stripped again when the client did not ask), validates the answer with
+jsonschema (``finish_reason`` ``length`` is invalid), scores its confidence from the value tokens
+of the fields that count (``guard.fields``: the categorical ones unless the route says which),
+and decides with the route's review policy whether a person must look at it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service.errors import InvalidRequest
+from service.guard import (
+    Confidence,
+    ConfidenceFields,
+    ContractValidator,
+    SchemaRefused,
+    Validation,
+    score_free,
+    score_json,
+)
+from service.guard.answers import answer_text, first_choice, first_finish_reason
+from service.guard.policy import ReviewPolicy, escalation_reason
+
+METADATA = "loragate"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteContract:
+    """A route's output schema (optional) and review policy: with a policy alone, answers are
+    scored by their sequence probability and reviewed, but not constrained or validated."""
+
+    schema: Mapping[str, Any] | None
+    validator: ContractValidator | None
+    policy: ReviewPolicy
+    fields: ConfidenceFields | None = None  # which fields the score is taken from (with a schema)
+
+    @classmethod
+    def build(
+        cls, schema: Mapping[str, Any] | None, policy: Mapping[str, Any] | None
+    ) -> RouteContract:
+        """Checked when routes are loaded: a bad schema or policy never reaches a request."""
+        review = ReviewPolicy.model_validate(policy or {})
+        if schema is None:
+            if review.confidence_fields is not None:
+                raise SchemaRefused(
+                    "confidence-fields", "", "'confidence_fields' needs an output schema"
+                )
+            return cls(None, None, review)
+        validator = ContractValidator(dict(schema))
+        return cls(schema, validator, review, ConfidenceFields(schema, review.confidence_fields))
+
+    def forced_fields(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """What the gateway adds to the engine's body; the client may not set the format."""
+        forced: dict[str, Any] = {}
+        if self.schema is not None:
+            if "response_format" in payload:
+                raise InvalidRequest(
+                    "This route has an output contract: the gateway sets 'response_format'.",
+                    param="response_format",
+                )
+            forced["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": self.schema, "strict": True},
+            }
+        if not payload.get("logprobs"):  # asked for the score; stripped from the answer again
+            forced["logprobs"] = True
+            forced["top_logprobs"] = 1
+        return forced
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    validation: Validation | None  # None: the route has no schema to check against
+    confidence: Confidence | None
+    review_reason: str | None
+
+    @property
+    def valid(self) -> bool | None:
+        return self.validation.valid if self.validation is not None else None
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return self.validation.errors if self.validation is not None else ()
+
+    @property
+    def score(self) -> float | None:
+        return self.confidence.score if self.confidence is not None else None
+
+
+def judge(
+    answer: Mapping[str, Any], contract: RouteContract, draw: float | None = None
+) -> Judgement:
+    choice = first_choice(answer)
+    text = answer_text(answer, chat=True)
+    finish = first_finish_reason(answer)
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    validation = None
+    if contract.validator is not None:
+        validation = contract.validator.validate(text if isinstance(text, str) else "", finish)
+    if validation is not None and validation.valid and isinstance(text, str):
+        counts = contract.fields.counts if contract.fields is not None else None
+        confidence = score_json(text, tokens, counts)
+    else:
+        confidence = score_free(tokens)
+    score = confidence.score if confidence is not None else None
+    roll = random.random() if draw is None else draw
+    valid = validation is None or validation.valid
+    return Judgement(validation, confidence, escalation_reason(contract.policy, valid, score, roll))
+
+
+def present(
+    answer: dict[str, Any], judgement: Judgement, *, keep_logprobs: bool, review_id: str | None
+) -> bytes:
+    """The client's body: the engine's answer plus the documented ``loragate`` metadata."""
+    if not keep_logprobs:
+        for choice in answer.get("choices") or []:
+            if isinstance(choice, dict):
+                choice["logprobs"] = None
+    confidence = judgement.confidence
+    answer[METADATA] = {
+        "schema_valid": judgement.valid,
+        "schema_errors": list(judgement.errors),
+        "confidence": confidence.score if confidence is not None else None,
+        "field_confidence": dict(confidence.fields) if confidence is not None else {},
+        "confidence_fields": list(confidence.counted) if confidence is not None else [],
+        "review_id": review_id,
+    }
+    return orjson.dumps(answer)

@@ -1,0 +1,111 @@
+"""``loragate reviews ...``: export reviewers' decisions as training data (reads the database)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from service.cli.common import fail, settings_of
+from service.cli.db import with_sessions
+from service.review.export import (
+    Export,
+    ExportFilters,
+    RecordedExport,
+    content_bytes,
+    export_and_record,
+)
+
+reviews_app = typer.Typer(help="Review decisions (training data export).", no_args_is_help=True)
+
+FILES = ("train.jsonl", "validation.jsonl", "all.jsonl", "manifest.json")
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise fail(f"{option} must be an ISO 8601 time, got {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise fail(f"{option} needs a UTC offset (e.g. {value}+00:00 or {value}Z)")
+    return parsed
+
+
+def write_export(out: Path, export: Export) -> None:
+    """train.jsonl, validation.jsonl, all.jsonl (both, for ``adapters train``), manifest.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.jsonl").write_bytes(content_bytes(export.train_lines))
+    (out / "validation.jsonl").write_bytes(content_bytes(export.val_lines))
+    (out / "all.jsonl").write_bytes(content_bytes(export.all_lines))
+    manifest = json.dumps(export.manifest, indent=2, ensure_ascii=False) + "\n"
+    (out / "manifest.json").write_text(manifest, encoding="utf-8")
+
+
+@reviews_app.command("export")
+def export(
+    ctx: typer.Context,
+    out: Annotated[
+        Path, typer.Option(help="New (or empty) directory for the files; refused if not empty.")
+    ],
+    route: Annotated[
+        list[str] | None, typer.Option(help="Only this route's examples (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Decided (or, unreviewed, requested) at or after: ISO time.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="... and before this ISO time.")] = None,
+    include_unreviewed_above: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Also take unreviewed answers that passed the schema, were not escalated and "
+            "have at least this confidence.",
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Share held out in validation.jsonl.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Changes which examples are held out.")] = 0,
+    redact: Annotated[
+        bool, typer.Option("--redact/--no-redact", help="Mask e-mails, phones, long numbers.")
+    ] = True,
+) -> None:
+    """Export approved and corrected answers as chat JSONL, and record the data snapshot.
+
+    Writes OUT/train.jsonl and OUT/validation.jsonl (a deterministic split by content hash),
+    OUT/all.jsonl (both: `loragate adapters train --data OUT/all.jsonl` takes one file and
+    splits it itself) and OUT/manifest.json (counts, filters, sha256 of each file, snapshot id).
+    Register the trained adapter with `--data-snapshot <snapshot id>`.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise fail(f"{out} exists and is not an empty directory; choose a new --out")
+    filters = ExportFilters(
+        routes=route or None, since=_when(since, "--since"), until=_when(until, "--until"),
+        include_unreviewed_above=include_unreviewed_above, val_fraction=val_fraction,
+        seed=seed, redact=redact,
+    )  # fmt: skip
+
+    async def run(sessions: async_sessionmaker[Any]) -> RecordedExport:
+        return await export_and_record(sessions, filters, "cli")
+
+    recorded = with_sessions(settings_of(ctx), run)
+    data = recorded.export
+    write_export(out, data)
+    counts = data.manifest["counts"]
+    typer.echo(
+        f"approved {counts['approved']}, corrected {counts['corrected']}, "
+        f"unreviewed {counts['unreviewed']}, duplicates removed {counts['duplicates_removed']}, "
+        f"skipped {counts['skipped']}"
+    )
+    typer.echo(f"train {counts['train']}, validation {counts['validation']} -> {out}")
+    state = "recorded" if recorded.created else "already recorded"
+    typer.secho(f"snapshot {data.snapshot_id} ({state})", bold=True)
+    if counts["train"] + counts["validation"] < 2:
+        typer.echo("note: fewer than 2 examples; `adapters train` needs at least 2")

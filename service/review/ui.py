@@ -1,0 +1,349 @@
+"""The reviewer web UI at ``/review``: server-rendered pages over the review queue.
+
+Sign-in: the reviewer pastes their API key once; it is kept in an HttpOnly, SameSite=Strict
+cookie scoped to ``/review`` and checked on every request exactly as the JSON API checks a
+bearer key (``Gateway.identify``; roles reviewer or admin). Every POST must also come from
+this origin (its ``Origin``, else ``Referer``, names this host), or it is refused with 403.
+
+The pages share the JSON API's clock dependency and reviewer id (``service.review.api``) and
+its decision operation (``service.review.decisions``: the same check of a corrected answer
+against the route's output schema, the same error messages). The pages are the templates in
+``service/review/templates/``. Model output is untrusted: the templates autoescape everything,
+and a Content-Security-Policy allows only the page's own inline script (by nonce).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader
+
+from service.api.deps import gateway
+from service.auth import Principal, require_role
+from service.errors import GatewayError, ReviewDecisionInvalid
+from service.review import decisions, queue
+from service.review.api import DEFAULT_LEASE_S, REVIEW_ROLES, Now, reviewer_of
+from service.review.decisions import DecisionOrder, item_not_found
+from service.review.export import content_text
+from service.review.queue import DecisionKind, ItemNotFound, ItemState, ReviewItemView
+
+router = APIRouter(prefix="/review", include_in_schema=False)
+
+COOKIE = "lg_review_key"
+COOKIE_PATH = "/review"
+LOW_CONFIDENCE = 0.5
+MAX_FORM_BYTES = 1_000_000
+QUEUE_LIMIT = 200
+
+NOTICES = {
+    "approve": "Approved.",
+    "correct": "Correction saved.",
+    "reject": "Rejected.",
+    "empty": "Nothing to claim right now.",
+    "signed-out": "Signed out.",
+}
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _render(
+    name: str, status: int = 200, headers: Mapping[str, str] | None = None, **context: Any
+) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    html = _templates.get_template(name).render(nonce=nonce, **context)
+    response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def _redirect(path: str, **params: str) -> RedirectResponse:
+    query = {k: v for k, v in params.items() if v}
+    return RedirectResponse(path + (f"?{urlencode(query)}" if query else ""), status_code=303)
+
+
+def _to_login() -> RedirectResponse:
+    return _redirect("/review/login")
+
+
+async def _principal_of(request: Request, key: str | None) -> Principal:
+    """The reviewer behind ``key``; ``GatewayError`` (401/403) otherwise, as the API does."""
+    principal = await gateway(request).identify(f"Bearer {key}" if key else None)
+    require_role(principal, frozenset(REVIEW_ROLES))
+    return principal
+
+
+async def _signed_in(request: Request) -> Principal | None:
+    try:
+        return await _principal_of(request, request.cookies.get(COOKIE))
+    except GatewayError:
+        return None
+
+
+def _same_origin(request: Request) -> bool:
+    """A POST must come from a page of this host (a cross-site form post carries another)."""
+    host = request.headers.get("host")
+    source = request.headers.get("origin")
+    if not source or source == "null":
+        source = request.headers.get("referer")
+    if not host or not source:
+        return False
+    return urlsplit(source).netloc.lower() == host.lower()
+
+
+def _forbidden() -> HTMLResponse:
+    return _render(
+        "error.html", 403, title="Refused", message="This form was not sent from this site."
+    )
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A url-encoded form body (the pages send nothing else); the first value of each field."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in parsed.items()}
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    return value if value else None
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    return _render("login.html", notice=NOTICES.get(request.query_params.get("notice", "")))
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    if not _same_origin(request):
+        return _forbidden()
+    key = (await _form(request)).get("key", "").strip()
+    try:
+        await _principal_of(request, key)
+    except GatewayError as exc:
+        return _render("login.html", exc.status if exc.status in (401, 403) else 401,
+                       error=exc.message)  # fmt: skip
+    response = _redirect("/review")
+    response.set_cookie(
+        COOKIE, key, path=COOKIE_PATH, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    if not _same_origin(request):
+        return _forbidden()
+    response = _redirect("/review/login", notice="signed-out")
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+    return response
+
+
+# --- the queue -------------------------------------------------------------------------------
+
+
+def _age(created_at: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - created_at).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+@router.get("")
+async def queue_page(request: Request, now: Now) -> Response:
+    principal = await _signed_in(request)
+    if principal is None:
+        return _to_login()
+    params = request.query_params
+    route = params.get("route", "").strip()
+    reason = params.get("reason", "").strip()
+    state = params.get("state", "").strip()
+    error = None
+    if state and state not in {s.value for s in ItemState}:
+        error = f"Unknown state '{state}'."
+        state = ""
+    async with gateway(request).sessions() as session:
+        items = await queue.list_items(
+            session, state=state or None, route=route or None, reason=reason or None,
+            limit=QUEUE_LIMIT,
+        )  # fmt: skip
+    rows = [
+        {"item": item, "age": _age(item.created_at, now), "low": _is_low(item.confidence)}
+        for item in items
+    ]
+    return _render(
+        "queue.html", error=error, notice=NOTICES.get(params.get("notice", "")),
+        rows=rows, route=route, reason=reason, state=state,
+        states=[s.value for s in ItemState], reviewer=principal,
+    )  # fmt: skip
+
+
+@router.post("/claim")
+async def claim(request: Request, now: Now) -> Response:
+    if not _same_origin(request):
+        return _forbidden()
+    principal = await _signed_in(request)
+    if principal is None:
+        return _to_login()
+    form = await _form(request)
+    route = _blank_to_none(form.get("route", "").strip())
+    reason = _blank_to_none(form.get("reason", "").strip())
+    claimed = await queue.claim_next(
+        gateway(request).sessions, reviewer_of(principal), now, DEFAULT_LEASE_S,
+        route=route, reason=reason,
+    )  # fmt: skip
+    if claimed is None:
+        return _redirect("/review", notice="empty", route=route or "", reason=reason or "")
+    return _redirect(f"/review/items/{claimed.item.id}")
+
+
+# --- one item --------------------------------------------------------------------------------
+
+
+def _is_low(score: float | None) -> bool:
+    return score is not None and score < LOW_CONFIDENCE
+
+
+def _pretty(answer: str) -> str:
+    try:
+        return json.dumps(orjson.loads(answer), indent=2, ensure_ascii=False)
+    except orjson.JSONDecodeError:
+        return answer
+
+
+def _text_of(content: Any) -> str:
+    """A message's text as the export reads it, else its content as JSON."""
+    text = content_text(content)
+    return text if text is not None else json.dumps(content, ensure_ascii=False)
+
+
+def _messages(request_body: str | None) -> tuple[list[dict[str, str]], str | None]:
+    """The request's messages (role, text), or the body as text when it has none."""
+    if request_body is None:
+        return [], None
+    try:
+        body = orjson.loads(request_body)
+    except orjson.JSONDecodeError:
+        return [], request_body
+    if isinstance(body, dict):
+        if isinstance(body.get("messages"), list):
+            return [
+                {"role": str(m.get("role", "?")), "text": _text_of(m.get("content"))}
+                for m in body["messages"]
+                if isinstance(m, dict)
+            ], None
+        if isinstance(body.get("prompt"), str):
+            return [{"role": "prompt", "text": body["prompt"]}], None
+    return [], _pretty(request_body)
+
+
+def _error_text(error: Any) -> str:
+    return error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
+
+
+def _holds_claim(item: ReviewItemView, principal: Principal, now: datetime) -> bool:
+    return (
+        item.state is ItemState.CLAIMED
+        and item.claimed_by == reviewer_of(principal)
+        and item.lease_until is not None
+        and item.lease_until >= now
+    )
+
+
+async def _item_page(
+    request: Request, principal: Principal, item_id: str, now: datetime, *,
+    status: int = 200, error: str | None = None, draft: str | None = None,
+    reject_reason: str = "",
+) -> Response:  # fmt: skip
+    async with gateway(request).sessions() as session:
+        try:
+            item = await queue.get(session, item_id)
+        except ItemNotFound:
+            return _render("error.html", 404, title="Not found",
+                           message=item_not_found(item_id).message)  # fmt: skip
+        history = await queue.history(session, item_id)
+    messages, raw_request = _messages(item.request_body)
+    fields = sorted((item.field_confidence or {}).items())
+    answer = _pretty(item.answer)
+    return _render(
+        "item.html", status, item=item, messages=messages, raw_request=raw_request,
+        answer=answer, draft=draft if draft is not None else answer,
+        reject_reason=reject_reason,
+        fields=[{"pointer": p, "score": s, "low": _is_low(s)} for p, s in fields],
+        overall_low=_is_low(item.confidence),
+        schema_errors=[_error_text(e) for e in item.schema_errors or []],
+        history=history, holds=_holds_claim(item, principal, now), error=error,
+        reviewer=principal,
+    )  # fmt: skip
+
+
+@router.get("/items/{item_id}")
+async def item_page(item_id: str, request: Request, now: Now) -> Response:
+    principal = await _signed_in(request)
+    if principal is None:
+        return _to_login()
+    return await _item_page(request, principal, item_id, now)
+
+
+@router.post("/items/{item_id}/decision")
+async def decide(item_id: str, request: Request, now: Now) -> Response:
+    if not _same_origin(request):
+        return _forbidden()
+    principal = await _signed_in(request)
+    if principal is None:
+        return _to_login()
+    form = await _form(request)
+    kind = form.get("kind", "")
+    corrected = form.get("corrected_answer")
+    reason = form.get("reason", "")
+
+    async def refused(exc: GatewayError) -> Response:
+        return await _item_page(
+            request, principal, item_id, now, status=exc.status, error=exc.message,
+            draft=corrected, reject_reason=reason,
+        )  # fmt: skip
+
+    try:
+        token = int(form.get("token", ""))
+    except ValueError:
+        token = -1
+    if not 0 <= token <= queue.MAX_INT:
+        return await refused(ReviewDecisionInvalid("The form carries no claim token."))
+    if kind not in ("approve", "correct", "reject"):
+        return await refused(ReviewDecisionInvalid(f"Unknown decision '{kind}'."))
+    payload = {"approve": None, "correct": corrected, "reject": reason}[kind]
+    order = DecisionOrder(item_id, token, reviewer_of(principal), DecisionKind(kind), payload, now)
+    try:
+        await decisions.decide(gateway(request), order)
+    except GatewayError as exc:
+        return await refused(exc)
+    return _redirect("/review", notice=kind)

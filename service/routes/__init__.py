@@ -1,0 +1,1 @@
+"""Routes: config, the served snapshot, targets, switching, API and CLI."""

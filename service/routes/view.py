@@ -1,0 +1,50 @@
+"""What a gateway replica serves from, as plain values: routes, adapter versions and API keys.
+
+Pure: the hot path (request rules, the pipeline) reads these; ``snapshot`` builds them from the
+database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from rollout.core.split import Split
+from service.auth import StoredKey
+from service.guard.route_guard import RouteContract
+
+
+@dataclass(frozen=True, slots=True)
+class RouteView:
+    name: str
+    pool: str
+    target: str
+    max_tokens_cap: int | None
+    default_max_tokens: int | None
+    split: Split | None = None  # the route's active rollout, as traffic
+    contract: RouteContract | None = None  # the output schema and review policy
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterView:
+    id: str  # name@version, the name engines serve it under
+    pool: str
+    store_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    routes: Mapping[str, RouteView] = field(default_factory=lambda: MappingProxyType({}))
+    keys: Mapping[str, StoredKey] = field(default_factory=lambda: MappingProxyType({}))
+    adapters: Mapping[str, AdapterView] = field(default_factory=lambda: MappingProxyType({}))
+
+    def wanted_adapters(self, pool: str) -> frozenset[str]:
+        """Versions that routes of ``pool`` serve or roll out: they must be on all its replicas."""
+        wanted = set()
+        for route in self.routes.values():
+            if route.pool == pool:
+                wanted.add(route.target)
+                if route.split is not None:
+                    wanted.add(route.split.candidate)
+        return frozenset(wanted & self.adapters.keys())
