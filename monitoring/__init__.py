@@ -1,1 +1,1 @@
-"""Metrics declared once, tracing, the request-record writer."""
+"""Metrics declared once, tracing, and the request-record spool and its shipper."""

@@ -1,16 +1,22 @@
-"""The request record being built while a request is served, finished into a row at the end."""
+"""The request record being built while a request is served, finished into a row at the end,
+and its encoding in the record spool (``encode``/``decode``: JSON, times as ISO 8601)."""
 
 from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
+
+import orjson
 
 from rollout.core.split import Arm
 from service.clock import now
 from service.errors import GatewayError
+from service.review.export import redact
 from service.review.queue import NewItem
+from service.settings import RecordBodies
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +109,10 @@ class RecordDraft:
     def elapsed_s(self) -> float:
         return (self.ended or time.perf_counter()) - self.started
 
-    def finished(self, latency_s: float, redact: bool) -> FinishedRecord:
-        return FinishedRecord(self.row(latency_s, redact), self.review)
+    def finished(self, latency_s: float, bodies: RecordBodies) -> FinishedRecord:
+        return FinishedRecord(self.row(latency_s, bodies), self.review)
 
-    def row(self, latency_s: float, redact: bool) -> dict[str, Any]:
+    def row(self, latency_s: float, bodies: RecordBodies) -> dict[str, Any]:
         return {
             "id": self.id,
             "created_at": self.created_at,
@@ -126,8 +132,8 @@ class RecordDraft:
             "tokens_out": self.tokens_out,
             "finish_reason": self.finish_reason,
             "attempts": self.attempts,
-            "request_body": None if redact else self.request_body,
-            "response_body": None if redact else self.response_body,
+            "request_body": _body(self.request_body, bodies),
+            "response_body": _body(self.response_body, bodies),
             "rollout_id": self.rollout_id,
             "shadow_of": self.shadow_of,
             "agreement": self.agreement,
@@ -135,3 +141,26 @@ class RecordDraft:
             "confidence": self.confidence,
             "escalated": self.escalated,
         }
+
+
+def _body(text: str | None, bodies: RecordBodies) -> str | None:
+    if text is None or bodies is RecordBodies.FULL:
+        return text
+    return redact(text) if bodies is RecordBodies.REDACTED else None
+
+
+def encode(record: FinishedRecord) -> bytes:
+    review = asdict(record.review) if record.review is not None else None
+    return orjson.dumps({"row": record.row, "review": review})
+
+
+def decode(payload: bytes) -> FinishedRecord:
+    """A spooled record; raises ``ValueError``/``KeyError``/``TypeError`` on one it cannot read."""
+    data = orjson.loads(payload)
+    row = data["row"]
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    review = data["review"]
+    if review is None:
+        return FinishedRecord(row, None)
+    review["created_at"] = datetime.fromisoformat(review["created_at"])
+    return FinishedRecord(row, NewItem(**review))

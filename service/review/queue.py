@@ -37,11 +37,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, case, func, or_, select, update
+from sqlalchemy import CursorResult, Table, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.clock import as_utc, require_utc
 from service.db.models import ReviewDecision, ReviewItem
+from service.db.session import insert_ignoring_duplicates
 
 DEFAULT_MAX_EXPIRIES = 3
 # Tokens and offsets live in INTEGER columns: larger numbers cannot name anything stored.
@@ -225,6 +226,20 @@ class NewItem:
     item_id: str | None = None
 
 
+def _item_row(item: NewItem, item_id: str) -> dict[str, Any]:
+    fields, errors = item.field_confidence, item.schema_errors
+    return {
+        "id": item_id, "request_id": item.request_id, "route": item.route,
+        "target": item.target, "reason": item.reason, "priority": item.priority,
+        "state": ItemState.PENDING.value, "created_at": require_utc(item.created_at),
+        "claimed_by": None, "lease_until": None, "claim_token": 0, "expiries": 0,
+        "answer": item.answer, "request_body": item.request_body,
+        "confidence": item.confidence,
+        "field_confidence": dict(fields) if fields is not None else None,
+        "schema_errors": list(errors) if errors is not None else None,
+    }  # fmt: skip
+
+
 async def enqueue(session: AsyncSession, item: NewItem) -> str:
     """Add a pending item to the caller's transaction (with its request record); returns its id.
 
@@ -232,20 +247,19 @@ async def enqueue(session: AsyncSession, item: NewItem) -> str:
     item together, or neither.
     """
     item_id = item.item_id or uuid.uuid4().hex
-    fields = item.field_confidence
-    errors = item.schema_errors
-    session.add(
-        ReviewItem(
-            id=item_id, request_id=item.request_id, route=item.route, target=item.target,
-            reason=item.reason, priority=item.priority, state=ItemState.PENDING.value,
-            created_at=require_utc(item.created_at), claimed_by=None, lease_until=None,
-            claim_token=0, expiries=0, answer=item.answer, request_body=item.request_body,
-            confidence=item.confidence,
-            field_confidence=dict(fields) if fields is not None else None,
-            schema_errors=list(errors) if errors is not None else None,
-        )
-    )  # fmt: skip
+    session.add(ReviewItem(**_item_row(item, item_id)))
     return item_id
+
+
+async def enqueue_shipped(session: AsyncSession, items: Sequence[NewItem]) -> None:
+    """Add the items that came with shipped records; an id already queued is left as it is.
+
+    Records are shipped at least once (a segment may be shipped again after a crash), so the
+    item id, given by the gateway, makes the second insert a no-op.
+    """
+    rows = [_item_row(item, item.item_id or uuid.uuid4().hex) for item in items]
+    table = cast(Table, ReviewItem.__table__)
+    await session.execute(insert_ignoring_duplicates(session, table), rows)
 
 
 def _claim_order() -> tuple[Any, ...]:

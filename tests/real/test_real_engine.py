@@ -105,7 +105,7 @@ class LiveGateway:
     def wait_record(
         self, match: Callable[[dict[str, Any]], bool], timeout_s: float = 20.0
     ) -> dict[str, Any]:
-        """The newest record that matches, waiting for the batched writer to write it."""
+        """The newest record that matches, waiting for the shipper to move it into the database."""
         deadline = time.monotonic() + timeout_s
         while True:
             found = [r for r in self.records() if match(r)]

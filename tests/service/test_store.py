@@ -1,4 +1,4 @@
-"""Persistence: migrations, keys through the snapshot, routes sync, the record writer.
+"""Persistence: migrations, keys through the snapshot, routes sync, records through the gateway.
 
 Every test that takes ``db_url`` (or ``unmigrated_url``) runs once on SQLite and once on
 PostgreSQL.
@@ -6,7 +6,6 @@ PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -15,30 +14,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NoOpTracer
 from pydantic import ValidationError
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitoring.metrics import Metrics
-from monitoring.record_writer import RecordWriter
 from service.auth import Role, split_key, verify
 from service.db import repositories
 from service.db.migrations import _current, ensure_migrated, head_revision
 from service.db.models import RequestRecord, Route
 from service.db.session import SQLITE_BUSY_TIMEOUT_MS, create_engine, session_factory
 from service.errors import AuthenticationFailed, DatabaseNotMigrated
-from service.gateway.record import FinishedRecord
-from service.main import create_app, write_records
-from service.review.queue import NewItem
+from service.main import create_app
 from service.routes.config import RoutesConfigError, RouteSpec, load_routes_file, sync_routes
 from service.routes.snapshot import SnapshotStore
 from service.settings import EnginePoolSettings
-from tests.conftest import chat_body, fresh_database, insert_key, make_settings, running_gateway
+from tests.conftest import (
+    chat_body,
+    fresh_database,
+    insert_key,
+    make_settings,
+    running_gateway,
+    wait_until,
+)
 from tests.fake_engine import MODEL, FakeEngine
 
 TABLES = {"api_keys", "routes", "request_records", "alembic_version"}
@@ -375,208 +374,6 @@ def test_route_spec_validation_errors_are_clear() -> None:
         RouteSpec(name="chat@1")
 
 
-# -- record writer ----------------------------------------------------------------------------
-
-
-def _row(**overrides: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "created_at": datetime.now(UTC),
-        "endpoint": "chat",
-        "key_id": "abc",
-        "route": "chat",
-        "target": MODEL,
-        "arm": "stable",
-        "replica": "http://127.0.0.1:9",
-        "stream": False,
-        "status_code": 200,
-        "error_type": None,
-        "error_code": None,
-        "latency_ms": 1.5,
-        "ttft_ms": None,
-        "tokens_in": 3,
-        "tokens_out": 4,
-        "finish_reason": "stop",
-        "attempts": 1,
-        "request_body": "{}",
-        "response_body": "{}",
-    }
-    row.update(overrides)
-    return row
-
-
-def _record(**overrides: Any) -> FinishedRecord:
-    return FinishedRecord(_row(**overrides), None)
-
-
-def _writer(
-    db: AsyncEngine,
-    metrics: Metrics,
-    *,
-    queue_size: int = 1000,
-    batch_size: int = 100,
-    flush_interval_s: float = 0.01,
-    tracer: Any = None,
-) -> RecordWriter[FinishedRecord]:
-    return RecordWriter(
-        session_factory(db),
-        write_records,
-        metrics,
-        tracer or NoOpTracer(),
-        queue_size=queue_size,
-        batch_size=batch_size,
-        flush_interval_s=flush_interval_s,
-    )
-
-
-async def _until(condition: Any, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-async def test_writer_writes_every_row_in_batches(db: AsyncEngine) -> None:
-    metrics = Metrics()
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    writer = _writer(db, metrics, batch_size=7, tracer=provider.get_tracer("test"))
-    writer.start()
-    for _ in range(30):
-        assert writer.submit(_record())
-    await _until(lambda: _sample(metrics, "loragate_records_written_total") == 30)
-    await writer.close()
-
-    assert await _count(db, RequestRecord) == 30
-    sizes = [
-        span.attributes["loragate.records"]
-        for span in exporter.get_finished_spans()
-        if span.name == "records.write" and span.attributes
-    ]
-    assert sum(sizes) == 30
-    assert max(sizes) <= 7 and len(sizes) >= 5
-    assert _sample(metrics, "loragate_records_dropped_total") == 0
-    assert _sample(metrics, "loragate_record_write_failures_total") == 0
-    assert _sample(metrics, "loragate_record_queue_depth") == 0
-
-
-async def test_writer_rows_round_trip(db: AsyncEngine) -> None:
-    writer = _writer(db, Metrics())
-    writer.start()
-    row = _row(stream=True, status_code=502, error_type="upstream_error", ttft_ms=12.5)
-    writer.submit(FinishedRecord(row, None))
-    await writer.close()
-    async with session_factory(db)() as session:
-        stored = await session.get(RequestRecord, row["id"])
-    assert stored is not None
-    assert stored.stream is True and stored.status_code == 502
-    assert (stored.error_type, stored.ttft_ms, stored.tokens_out) == ("upstream_error", 12.5, 4)
-
-
-async def test_close_drains_what_is_still_queued(db: AsyncEngine) -> None:
-    metrics = Metrics()
-    # A long flush interval and a large batch: only close() makes the writer write now.
-    writer = _writer(db, metrics, batch_size=1000, flush_interval_s=30.0)
-    writer.start()
-    for _ in range(50):
-        writer.submit(_record())
-    await asyncio.wait_for(writer.close(), 10.0)
-    assert await _count(db, RequestRecord) == 50
-    assert _sample(metrics, "loragate_records_written_total") == 50
-
-
-async def test_close_drains_more_rows_than_one_batch(db: AsyncEngine) -> None:
-    metrics = Metrics()
-    writer = _writer(db, metrics, batch_size=4, flush_interval_s=30.0)
-    writer.start()
-    for _ in range(10):
-        writer.submit(_record())
-    await asyncio.wait_for(writer.close(), 10.0)
-    assert await _count(db, RequestRecord) == 10
-
-
-async def test_full_queue_drops_and_counts(db: AsyncEngine) -> None:
-    metrics = Metrics()
-    writer = _writer(db, metrics, queue_size=2)
-    accepted = [writer.submit(_record()) for _ in range(5)]
-    assert accepted == [True, True, False, False, False]
-    assert _sample(metrics, "loragate_records_dropped_total") == 3
-    assert _sample(metrics, "loragate_record_queue_depth") == 2
-    writer.start()
-    await asyncio.wait_for(writer.close(), 10.0)  # the queue is full when close() starts
-    assert await _count(db, RequestRecord) == 2
-    assert _sample(metrics, "loragate_records_written_total") == 2
-
-
-async def test_a_record_carrying_a_review_item_is_never_dropped(db: AsyncEngine) -> None:
-    from service.db.models import ReviewItem
-
-    metrics = Metrics()
-    writer = _writer(db, metrics, queue_size=1)
-    row = _row()
-    review = NewItem(
-        item_id="r1", request_id=row["id"], route="chat", target=MODEL,
-        reason="low_confidence", answer="{}", created_at=datetime.now(UTC),
-    )  # fmt: skip
-    escalated = FinishedRecord(row, review)
-    submitted = [writer.submit(_record()), writer.submit(_record())]
-    assert [*submitted, writer.submit(escalated, keep=True)] == [
-        True, False, True,
-    ]  # fmt: skip
-    writer.start()
-    await asyncio.wait_for(writer.close(), 10.0)
-    assert await _count(db, RequestRecord) == 2
-    assert await _count(db, ReviewItem) == 1
-    assert _sample(metrics, "loragate_records_dropped_total") == 1
-
-
-async def test_failed_insert_is_counted_and_the_writer_goes_on(db: AsyncEngine) -> None:
-    metrics = Metrics()
-    writer = _writer(db, metrics)
-    writer.start()
-    bad = _row()
-    del bad["endpoint"]  # NOT NULL column left out: the database refuses the insert
-    assert writer.submit(FinishedRecord(bad, None))
-    await _until(lambda: _sample(metrics, "loragate_record_write_failures_total") == 1)
-
-    for _ in range(3):
-        writer.submit(_record())
-    await _until(lambda: _sample(metrics, "loragate_records_written_total") == 3)
-    await writer.close()
-    assert await _count(db, RequestRecord) == 3
-    assert _sample(metrics, "loragate_record_write_failures_total") == 1
-
-
-async def test_a_failing_batch_loses_only_itself(db: AsyncEngine) -> None:
-    metrics = Metrics()
-    writer = _writer(db, metrics)
-    writer.start()
-    duplicate = _row()
-    writer.submit(FinishedRecord(duplicate, None))
-    await _until(lambda: _sample(metrics, "loragate_records_written_total") == 1)
-    writer.submit(_record())
-    # A primary key clash: the whole batch of two fails.
-    writer.submit(FinishedRecord(dict(duplicate), None))
-    await _until(lambda: _sample(metrics, "loragate_record_write_failures_total") == 2)
-    writer.submit(_record())
-    await writer.close()
-    assert await _count(db, RequestRecord) == 2
-    assert _sample(metrics, "loragate_records_written_total") == 2
-
-
-async def test_submissions_after_close_are_dropped(db: AsyncEngine) -> None:
-    metrics = Metrics()
-    writer = _writer(db, metrics)
-    writer.start()
-    writer.submit(_record())
-    await writer.close()
-    assert not writer.submit(_record())
-    assert not writer.submit(_record())
-    assert _sample(metrics, "loragate_records_dropped_total") == 2
-    assert await _count(db, RequestRecord) == 1
-
-
 # -- through the gateway ----------------------------------------------------------------------
 
 
@@ -635,7 +432,7 @@ async def test_gateway_sees_new_and_revoked_keys(
         async with gw.app.state.gateway.sessions.begin() as session:
             assert await repositories.revoke_key(session, key_id, datetime.now(UTC))
         snapshot = gw.app.state.gateway.snapshot
-        await _until(lambda: key_id not in snapshot.current.keys)
+        await wait_until(lambda: key_id not in snapshot.current.keys, what="the revocation")
         r = await gw.client.post("/v1/chat/completions", json=chat_body(), headers=headers)
         assert r.status_code == 401, r.text
         assert r.json()["error"]["code"] == "invalid_api_key"

@@ -1,0 +1,247 @@
+"""No record of an answered request is lost: the real gateway process, killed or cut off from
+its database mid-load, and counted afterwards (rows == answered).
+
+The gateway runs as ``python -m service serve`` in front of the scriptable fake engine (served
+from this test's loop), so what is measured is the gateway's own behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from service.auth import Role
+from service.db.models import RequestRecord
+from service.db.session import create_engine, session_factory
+from tests.conftest import chat_body, free_port, fresh_database, insert_key, wait_until
+from tests.fake_engine import MODEL, FakeEngine
+
+START_TIMEOUT_S = 60.0
+CLIENTS = 8
+
+
+class GatewayProcess:
+    def __init__(self, data_dir: Path, database_url: str, engine_url: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        pools = [{"name": "default", "base_model": MODEL, "urls": [engine_url]}]
+        self.env = {
+            **os.environ,
+            "LORAGATE_DATA_DIR": str(data_dir),
+            "LORAGATE_DATABASE_URL": database_url,
+            "LORAGATE_ENGINES": json.dumps(pools),
+            "LORAGATE_HEALTH_PROBE_INTERVAL_S": "0.5",
+            "LORAGATE_SNAPSHOT_REFRESH_S": "0.5",
+            "LORAGATE_LOG_LEVEL": "WARNING",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "gateway.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    async def ready(self) -> None:
+        async def answers() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.tail()
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=2) as client:
+                    return (await client.get(f"{self.url}/readyz")).status_code == 200
+            return False
+
+        await wait_until(answers, timeout_s=START_TIMEOUT_S, what=f"the gateway\n{self.tail()}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+class Load:
+    """Clients sending chat requests until stopped; every answer's request id is kept."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.answered: set[str] = set()
+        self.statuses: dict[int, int] = {}
+        self.failures = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    r = await client.post(
+                        "/v1/chat/completions", json=chat_body(), headers=self.headers
+                    )
+                except httpx.HTTPError:
+                    self.failures += 1  # no answer came back: nothing is owed a record
+                    await asyncio.sleep(0.05)
+                    continue
+                self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
+                self.answered.add(r.headers["x-request-id"])
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(CLIENTS)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+class CuttableProxy:
+    """A TCP proxy to PostgreSQL that the test can cut (every connection dropped, new ones
+    refused) and restore: a database outage as the gateway sees it."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def restore(self) -> None:
+        await self.start()
+
+
+async def _missing(database_url: str, ids: set[str]) -> set[str]:
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            found = set((await session.scalars(select(RequestRecord.id))).all())
+    finally:
+        await engine.dispose()
+    return ids - found
+
+
+async def _all_recorded(database_url: str, ids: set[str], timeout_s: float = 90.0) -> None:
+    missing: set[str] = set()
+
+    async def none_missing() -> bool:
+        nonlocal missing
+        missing = await _missing(database_url, ids)
+        return not missing
+
+    try:
+        await wait_until(none_missing, timeout_s=timeout_s, what="every answered request's record")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{len(missing)} of {len(ids)} answered requests have no record"
+        ) from exc
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_sigkill_mid_load_loses_no_record(
+    kind: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    async with fresh_database(kind, tmp_path) as url:
+        key = await insert_key(url, Role.APP)
+        gateway = GatewayProcess(tmp_path / "data", url, engine.url)
+        gateway.start()
+        try:
+            await gateway.ready()
+            load = Load(gateway.url, key)
+            load.start()
+            await wait_until(lambda: len(load.answered) >= 300, timeout_s=120, what="300 answers")
+            gateway.kill()
+            await load.stop()
+            answered = set(load.answered)
+            gateway.start()  # same data directory: it ships what the killed one spooled
+            await gateway.ready()
+            await _all_recorded(url, answered)
+        finally:
+            gateway.stop()
+    assert load.statuses.get(200, 0) == len(answered)
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_mid_load_loses_no_record(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    async with fresh_database("postgres", tmp_path) as url:
+        key = await insert_key(url, Role.APP)
+        proxy = CuttableProxy()
+        await proxy.start()
+        through_proxy = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        gateway = GatewayProcess(tmp_path / "data", through_proxy, engine.url)
+        gateway.start()
+        try:
+            await gateway.ready()
+            load = Load(gateway.url, key)
+            load.start()
+            await wait_until(lambda: len(load.answered) >= 100, timeout_s=120, what="answers")
+            await proxy.cut()
+            before = len(load.answered)
+            # The gateway keeps answering while the records wait in its spool.
+            await wait_until(
+                lambda: len(load.answered) >= before + 300, timeout_s=120,
+                what="answers during the outage",
+            )  # fmt: skip
+            during = len(load.answered) - before
+            await proxy.restore()
+            await wait_until(
+                lambda: len(load.answered) >= before + during + 100, timeout_s=120,
+                what="answers after the outage",
+            )  # fmt: skip
+            await load.stop()
+            await _all_recorded(url, set(load.answered))
+        finally:
+            gateway.stop()
+            await proxy.cut()
+    assert set(load.statuses) == {200}
