@@ -187,6 +187,7 @@ def main() -> None:
         cli = [python, "-m", "service"]
         subprocess.run([*cli, "db", "upgrade"], check=True, env=env, cwd=ROOT, capture_output=True)
         key = create_key(env)
+        sre = {"Authorization": f"Bearer {create_key(env, 'sre')}"}  # /metrics needs sre/admin
         processes.append(start([*cli, "serve", "--port", str(gateway_port)], env))
         bare_env = dict(os.environ, BARE_RELAY_UPSTREAM=upstream)
         uvicorn = [python, "-m", "uvicorn", "bench.bare_relay:app", "--log-level", "warning"]
@@ -221,7 +222,7 @@ def main() -> None:
                 bare = measured(bare_pid, lambda: run(f"http://127.0.0.1:{bare_port}{path}"))
             ours = measured(gateway_pid, lambda: run(gateway + path, key, "chat"))
             results.append((name, base, bare, ours))
-        metrics = httpx.get(f"{gateway}/metrics").text
+        metrics = httpx.get(f"{gateway}/metrics", headers=sre).text
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -258,7 +259,7 @@ def report(
                 added = ours["ttft_p50_ms"] - base["ttft_p50_ms"]
                 line += f"; added time to first chunk: {added:.2f} ms"
             print(line)
-    prefixes = ("loragate_records_written_total", "loragate_records_dropped_total")
+    prefixes = ("loragate_records_shipped_total", "loragate_records_dropped_total")
     written = [m for m in metrics.splitlines() if m.startswith(prefixes)]
     print("gateway records:", "; ".join(written))
 

@@ -93,10 +93,10 @@ def rate_load(url: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
 SHADOW_LINE = re.compile(r"^loragate_shadow_calls_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
-def shadow_calls(gateway: str) -> dict[str, float]:
+def shadow_calls(gateway: str, sre: dict[str, str]) -> dict[str, float]:
     """The route's shadow call counters (started, shed) from the gateway's /metrics."""
     counts = {"started": 0.0, "shed": 0.0}
-    for line in httpx.get(f"{gateway}/metrics").text.splitlines():
+    for line in httpx.get(f"{gateway}/metrics", headers=sre).text.splitlines():
         match = SHADOW_LINE.match(line)
         if match is None or f'route="{ROUTE}"' not in match["labels"]:
             continue
@@ -182,9 +182,9 @@ def main() -> None:
         gateway_pid = processes[1].pid
 
         def phase(name: str) -> None:
-            before = shadow_calls(gateway)
+            before = shadow_calls(gateway, sre)
             figures = measured(gateway_pid, lambda: rate_load(url, key, args))
-            after = shadow_calls(gateway)
+            after = shadow_calls(gateway, sre)
             figures["shadow_started"] = after["started"] - before["started"]
             figures["shadow_shed"] = after["shed"] - before["shed"]
             figures["rollout"] = rollout_phase(gateway, sre)
@@ -198,7 +198,7 @@ def main() -> None:
             phases[-1][1]["analysis_ms"], phases[-1][1]["window"] = analysis_ms(gateway, sre)
             abort(gateway, sre)
             phase("off (aborted)")
-        metrics = httpx.get(f"{gateway}/metrics").text
+        metrics = httpx.get(f"{gateway}/metrics", headers=sre).text
     finally:
         for process in reversed(processes):
             process.terminate()

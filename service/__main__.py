@@ -2,4 +2,6 @@
 
 from service.cli.app import app
 
-app()
+# Guarded: a worker process started with `spawn` (the schema checks) imports this module again.
+if __name__ == "__main__":
+    app()

@@ -147,6 +147,12 @@ class Harness:
     def auth(self, role: Role = Role.APP) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
+    async def metrics(self) -> str:
+        """The /metrics text (it needs an sre or admin key)."""
+        response = await self.client.get("/metrics", headers=self.auth(Role.SRE))
+        assert response.status_code == 200, response.text
+        return response.text
+
     async def records(self, expected: int, timeout_s: float = 5.0) -> list[RequestRecord]:
         """Wait until at least ``expected`` records are written, then return them, oldest first."""
         gw = self.app.state.gateway

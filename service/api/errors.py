@@ -87,7 +87,12 @@ def document_validation_errors_as_400(app: FastAPI) -> None:
                 responses = operation.get("responses", {})
                 if responses.get("422", {}).get("description") == "Validation Error":
                     del responses["422"]  # FastAPI's own, not a 422 the endpoint answers
+                # An endpoint that declares a 422 of its own gets no FastAPI 422, but its
+                # parameters and body are checked all the same.
+                if operation.get("parameters") or operation.get("requestBody"):
                     known = responses.get("400", {}).get("description", "")
+                    if INVALID_REQUEST_DOC in known:
+                        continue
                     described = f"{known} {INVALID_REQUEST_DOC}" if known else INVALID_REQUEST_DOC
                     responses["400"] = {**responses.get("400", {}), "description": described}
         for name in ("HTTPValidationError", "ValidationError"):

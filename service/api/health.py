@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse, Response
 
-from service.api.deps import gateway
+from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.auth import Principal
 
 router = APIRouter(tags=["health"])
 
@@ -25,7 +26,9 @@ async def healthz() -> dict[str, str]:
     summary="Ready to serve",
     description=(
         "200 when the database answers and at least one engine replica passed its generation "
-        "probe; 503 with the failing checks otherwise."
+        "probe; 503 with the failing checks otherwise. `checks.records` says how far request "
+        "records are from the database (spool bytes, age of the oldest unshipped record, the "
+        "shipper's last error); it does not decide readiness."
     ),
     responses={503: {"description": "Not ready; the body says which check failed."}},
 )
@@ -49,6 +52,9 @@ async def readyz(request: Request) -> Response:
             ],
         }
     checks["engines"] = pools
+    # Records wait in the spool while the database is away: reported, not a reason to stop
+    # serving on its own.
+    checks["records"] = request.app.state.records.status()
     engines_ok = any(p["healthy_replicas"] > 0 for p in pools.values())
     ready = checks["database"] == "ok" and engines_ok
     return JSONResponse(
@@ -57,8 +63,23 @@ async def readyz(request: Request) -> Response:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", description="Text exposition format.")
-async def metrics(request: Request) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description=(
+        "Text exposition format. Needs a key with role `sre` or `admin` (the labels name "
+        "replica addresses): give Prometheus one as a bearer token "
+        "(`authorization: {credentials_file: ...}` in the scrape config)."
+    ),
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}},
+        401: {"description": "Missing or invalid API key."},
+        403: {"description": "The key's role is not sre or admin."},
+    },
+)
+async def metrics(
+    request: Request, _: Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
+) -> Response:
     return Response(
         generate_latest(gateway(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

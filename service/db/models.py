@@ -249,3 +249,16 @@ class TrainingSnapshot(Base):
     validation_sha256: Mapped[str] = mapped_column(String(64))
     train_examples: Mapped[int] = mapped_column(Integer)
     validation_examples: Mapped[int] = mapped_column(Integer)
+
+
+class ReviewSession(Base):
+    """A reviewer signed in to the browser UI: the cookie holds a random token, the table its
+    sha256 (never the API key). Revoking the key ends its sessions: the key is looked up on
+    every request."""
+
+    __tablename__ = "review_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -20,7 +20,7 @@ from service.errors import (
     UnsupportedParameter,
     ValueOutOfRange,
 )
-from service.guard import SchemaRefused, check_contract
+from service.guard import SchemaRefused, check_bounds, check_contract
 from service.routes.view import RouteView
 from service.settings import Settings
 
@@ -82,6 +82,10 @@ class Prepared:
     upstream_body: bytes
     stream: bool
     client_wants_usage: bool
+    # The client's response_format schema, its cheap bounds checked, and its cost; the rest of
+    # its check (meta-schema and keyword rules) is the caller's, off the event loop.
+    client_schema: dict[str, Any] | None = None
+    schema_cost: int = 0
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -111,16 +115,18 @@ def prepare(
     """Check the client's body and build the engine's body (route name replaced by target).
 
     ``forced`` are fields the gateway sets itself (a route's output contract), added after the
-    client's fields are checked.
+    client's fields are checked. A ``response_format`` JSON Schema gets its cheap bounds here;
+    its whole check (``check_schema_bounds``) is the caller's, off the event loop.
     """
     _refuse_unknown_fields(endpoint, payload)
     body = dict(payload)
     body["model"] = target
+    schema_cost = 0
     if endpoint is Endpoint.CHAT:
         _check_messages(body.get("messages"), limits)
         _check_chat_logprobs(body, limits)
         if "response_format" in body:
-            _check_response_format(body["response_format"])
+            schema_cost = _check_response_format(body["response_format"])
         if "max_completion_tokens" in body:
             if "max_tokens" in body:
                 raise InvalidRequest(
@@ -152,7 +158,8 @@ def prepare(
         upstream_body = orjson.dumps(body)
     except orjson.JSONEncodeError as exc:  # nested past orjson's limit of 254 levels
         raise InvalidRequest("The request body nests too deeply.") from exc
-    return Prepared(upstream_body, stream, wants_usage)
+    schema = client_schema(payload)
+    return Prepared(upstream_body, stream, wants_usage, schema, schema_cost)
 
 
 def _refuse_unknown_fields(endpoint: Endpoint, payload: dict[str, Any]) -> None:
@@ -293,14 +300,15 @@ def _check_completion_logprobs(body: dict[str, Any], limits: Limits) -> None:
     _int(body, "logprobs", 0, limits.max_top_logprobs)
 
 
-def _check_response_format(value: Any) -> None:
+def _check_response_format(value: Any) -> int:
+    """The cost of its JSON Schema (0 without one), once the cheap bounds are checked."""
     if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
         raise InvalidRequest(
             f"'response_format.type' must be one of {sorted(RESPONSE_FORMATS)}.",
             param="response_format",
         )
     if value["type"] != "json_schema":
-        return
+        return 0
     spec = value.get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
     if not isinstance(schema, dict):
@@ -308,13 +316,31 @@ def _check_response_format(value: Any) -> None:
             "'response_format.json_schema.schema' must be a JSON Schema object.",
             param="response_format",
         )
-    check_schema_bounds(schema)
+    try:
+        return check_bounds(schema)  # cheap and linear; the rest runs off the event loop
+    except SchemaRefused as exc:
+        raise _schema_error(exc) from exc
+
+
+def client_schema(payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON Schema of a checked body's ``response_format``, if it sends one."""
+    value = payload.get("response_format")
+    if not isinstance(value, dict) or value.get("type") != "json_schema":
+        return None
+    spec = value.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else None
 
 
 def check_schema_bounds(schema: dict[str, Any]) -> None:
-    """Refuse a client's schema the way a route's output contract is refused (see guard)."""
+    """Refuse a client's schema the way a route's output contract is refused (see guard): the
+    whole check, meta-schema included; hundreds of milliseconds for the largest schemas."""
     try:
         check_contract(schema)
     except SchemaRefused as exc:
-        error = ValueOutOfRange if exc.out_of_range else InvalidRequest
-        raise error(str(exc), param="response_format") from exc
+        raise _schema_error(exc) from exc
+
+
+def _schema_error(exc: SchemaRefused) -> InvalidRequest:
+    error = ValueOutOfRange if exc.out_of_range else InvalidRequest
+    return error(str(exc), param="response_format")

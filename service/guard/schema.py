@@ -24,6 +24,11 @@ from referencing.exceptions import NoSuchResource
 
 MAX_SCHEMA_BYTES = 16_384
 MAX_SCHEMA_DEPTH = 24
+# The work a check may take, in subschemas plus their keywords, counted before the meta-schema
+# runs: jsonschema's 2020-12 meta-schema costs 0.13-0.25 ms per unit on a server CPU core, so
+# one check stays under about 500 ms (in a worker process). 16 KiB of ordinary properties stay
+# under it; 16 KiB of `{}` in an `anyOf` would be 5,300 units, 1-2 s.
+MAX_SCHEMA_COST = 2_000
 MAX_PATTERN_CHARS = 1_000
 MAX_REPEAT_COUNT = 1_000
 MAX_BOUND = 100_000
@@ -32,11 +37,11 @@ MAX_ERRORS = 5
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 Rule = Literal[
-    "type", "json", "depth", "size", "meta-schema", "ref", "id", "schema-uri", "dynamic-ref",
-    "pattern", "bound", "enum",
+    "type", "json", "depth", "size", "cost", "meta-schema", "ref", "id", "schema-uri",
+    "dynamic-ref", "pattern", "bound", "enum",
     "annotation", "confidence-fields",  # refused when a route's contract is built (guard.fields)
 ]  # fmt: skip
-_OUT_OF_RANGE: frozenset[Rule] = frozenset({"depth", "size", "bound", "enum"})
+_OUT_OF_RANGE: frozenset[Rule] = frozenset({"depth", "size", "cost", "bound", "enum"})
 _BOUND_KEYWORDS = (
     "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
     "minContains", "maxContains",
@@ -45,6 +50,20 @@ _BOUND_KEYWORDS = (
 # descends into the answer, so validating it would recurse until the stack runs out.
 _IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
 _IN_PLACE_ONE = ("not", "if", "then", "else")
+# Where 2020-12 (and the `definitions`/`dependencies` it still knows) holds subschemas: the
+# meta-schema validates each one, so these are what a check's cost counts.
+_SUBSCHEMA_ONE = (
+    "additionalProperties", "propertyNames", "items", "contains", "not", "if", "then", "else",
+    "unevaluatedItems", "unevaluatedProperties", "contentSchema",
+)  # fmt: skip
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "dependentSchemas", "dependencies")
+_DEFINITIONS = ("$defs", "definitions")
+_ONE = frozenset(_SUBSCHEMA_ONE)
+_LISTS = frozenset(_SUBSCHEMA_LISTS)
+_MAPS = frozenset(_SUBSCHEMA_MAPS + _DEFINITIONS)
+# Keywords that force an answer to hold at least N of something (items, properties, characters).
+_MINIMUM_KEYWORDS = ("minItems", "minProperties", "minLength", "minContains")
 
 
 class SchemaRefused(ValueError):
@@ -64,6 +83,23 @@ class SchemaRefused(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A SchemaRefused as plain data: it crosses to and from a worker process (pickled)."""
+
+    message: str
+    out_of_range: bool
+
+
+def refusal(schema: object) -> Refusal | None:
+    """`check_contract` as a function of plain data: None when the schema is accepted."""
+    try:
+        check_contract(schema)
+    except SchemaRefused as exc:
+        return Refusal(str(exc), exc.out_of_range)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class Validation:
     """An answer checked against a contract. `value` is the parsed answer whenever it parsed."""
 
@@ -75,18 +111,63 @@ class Validation:
 def check_contract(
     schema: object, *, max_bytes: int = MAX_SCHEMA_BYTES, max_depth: int = MAX_SCHEMA_DEPTH
 ) -> None:
-    """Raise SchemaRefused unless `schema` is a bounded, local, well-formed 2020-12 schema."""
+    """Raise SchemaRefused unless `schema` is a bounded, local, well-formed 2020-12 schema.
+
+    The cheap bounds come first (`check_bounds`), so the costly part, the meta-schema, only
+    ever runs on a schema whose work is bounded."""
+    check_bounds(schema, max_bytes=max_bytes, max_depth=max_depth)
+    assert isinstance(schema, dict)  # check_bounds refuses anything else
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise SchemaRefused("meta-schema", _pointer(exc.path), str(exc.message)) from exc
+    _Keywords(schema).check()
+
+
+def check_bounds(
+    schema: object, *, max_bytes: int = MAX_SCHEMA_BYTES, max_depth: int = MAX_SCHEMA_DEPTH
+) -> int:
+    """The cheap part of `check_contract`, linear in the schema's size (about 2 ms for 16 KiB):
+    a JSON object, its depth, its bytes and its cost. Returns the cost (see MAX_SCHEMA_COST)."""
     if not isinstance(schema, dict):
         raise SchemaRefused("type", "", "a schema must be a JSON object")
     _check_shape(schema, max_depth)
     size = len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode())
     if size > max_bytes:
         raise SchemaRefused("size", "", f"{size} bytes is larger than {max_bytes} bytes")
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise SchemaRefused("meta-schema", _pointer(exc.path), str(exc.message)) from exc
-    _Keywords(schema).check()
+    cost = schema_cost(schema)
+    if cost > MAX_SCHEMA_COST:
+        raise SchemaRefused(
+            "cost",
+            "",
+            f"more than {MAX_SCHEMA_COST} subschemas and keywords (each one costs a check "
+            "against the meta-schema; split the schema or drop alternatives)",
+        )
+    return cost
+
+
+def schema_cost(schema: object) -> int:
+    """Subschemas plus their keywords, stopping once past MAX_SCHEMA_COST (a JSON value)."""
+    cost = 0
+    stack: list[object] = [schema]
+    while stack and cost <= MAX_SCHEMA_COST:
+        node = stack.pop()
+        cost += 1
+        if type(node) is not dict:
+            continue
+        cost += len(node)
+        for keyword, child in node.items():
+            if keyword in _ONE:
+                if type(child) is list:
+                    stack.extend(child)
+                else:
+                    stack.append(child)
+            elif keyword in _LISTS:
+                if type(child) is list:
+                    stack.extend(child)
+            elif keyword in _MAPS and type(child) is dict:
+                stack.extend(child.values())
+    return cost
 
 
 class ContractValidator:
@@ -145,7 +226,49 @@ def _pointer(path: Iterable[object]) -> str:
 
 
 def _check_shape(schema: dict[str, Any], max_depth: int) -> None:
-    """Depth and JSON-ness, walked with a stack so that 1,000 levels cannot exhaust recursion."""
+    """Depth and JSON-ness, walked with a stack so that 1,000 levels cannot exhaust recursion.
+
+    The first walk builds no pointers (it runs on the event loop for every client schema); only
+    a schema it finds at fault is walked again to say where."""
+    if not _shape_is_sound(schema, max_depth):
+        _refuse_shape(schema, max_depth)
+
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _shape_is_sound(schema: dict[str, Any], max_depth: int) -> bool:
+    """Level by level, building nothing per node: about 0.3 µs a node."""
+    level: list[Any] = [schema]
+    depth = 1
+    while level:
+        below: list[Any] = []
+        for node in level:
+            kind = type(node)
+            if kind is dict:
+                if depth > max_depth:
+                    return False
+                for key in node:
+                    if type(key) is not str:
+                        return False
+                below.extend(node.values())
+            elif kind is list:
+                if depth > max_depth:
+                    return False
+                below.extend(node)
+            elif kind is float:
+                if not math.isfinite(node):
+                    return False
+            elif kind not in _SCALARS:
+                return False
+        level = below
+        depth += 1
+    return True
+
+
+def _refuse_shape(schema: dict[str, Any], max_depth: int) -> None:
+    """The walk of `_check_shape` with pointers: raises SchemaRefused at the fault (it returns
+    only for what the fast walk alone refuses, such as a subclass of dict, which is sound)."""
     stack: list[tuple[object, str, int]] = [(schema, "", 1)]
     while stack:
         node, pointer, depth = stack.pop()
@@ -188,6 +311,7 @@ class _Keywords:
                 stack.extend((child, f"{pointer}/{_escape(k)}") for k, child in node.items())
         targets = {pointer: self._resolve(pointer, ref) for pointer, ref in self.refs}
         self._refuse_ref_cycles(targets)
+        _ForcedSizes(self.nodes, targets).check()
 
     def _check_object(self, node: dict[str, Any], pointer: str) -> None:
         for keyword in ("$dynamicRef", "$recursiveRef"):
@@ -285,6 +409,103 @@ class _Keywords:
         return edges
 
 
+class _ForcedSizes:
+    """Refuse nested minimums whose product is out of bounds: `minItems: 99999` whose items
+    need `minProperties: 99999` force an answer of 10^10 properties, though each bound alone
+    is allowed. Every path through the subschemas a root applies (nested ones and `$ref`s) is
+    multiplied out; a `$ref` loop that multiplies by more than one on each turn forces an
+    answer without end. Subschemas applied in place (`allOf`, ...) multiply too, which
+    overestimates a little and errs on the safe side."""
+
+    def __init__(self, nodes: dict[str, dict[str, Any]], targets: dict[str, str]) -> None:
+        self.nodes = nodes
+        self.targets = targets
+
+    def factor(self, pointer: str) -> int:
+        node = self.nodes[pointer]
+        found = [node.get(keyword) for keyword in _MINIMUM_KEYWORDS]
+        counts = [int(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+        return max([1, *counts])
+
+    def edges(self, pointer: str) -> list[str]:
+        node = self.nodes[pointer]
+        children: list[str] = []
+        for keyword in _SUBSCHEMA_ONE:
+            child = node.get(keyword)
+            if isinstance(child, list):
+                children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(child)))
+            elif child is not None:
+                children.append(f"{pointer}/{keyword}")
+        for keyword in _SUBSCHEMA_LISTS:
+            if isinstance(node.get(keyword), list):
+                children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(node[keyword])))
+        for keyword in _SUBSCHEMA_MAPS:
+            if isinstance(node.get(keyword), dict):
+                children.extend(f"{pointer}/{keyword}/{_escape(k)}" for k in node[keyword])
+        if pointer in self.targets:
+            children.append(self.targets[pointer])
+        return [child for child in children if child in self.nodes]  # booleans force nothing
+
+    def check(self) -> None:
+        """Tarjan's strongly connected components from the root, then the largest product of
+        minimums along any path, component by component (Tarjan emits them leaves first)."""
+        index: dict[str, int] = {}
+        low: dict[str, int] = {}
+        component: dict[str, int] = {}
+        best: list[int] = []  # per component: the largest product from it down
+        on_stack: list[str] = []
+        work: list[tuple[str, list[str]]] = [("", self.edges(""))]
+        index[""] = low[""] = 0
+        on_stack.append("")
+        while work:
+            pointer, pending = work[-1]
+            if pending:
+                child = pending.pop()
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    on_stack.append(child)
+                    work.append((child, self.edges(child)))
+                elif child not in component:
+                    low[pointer] = min(low[pointer], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[pointer])
+            if low[pointer] == index[pointer]:
+                members: list[str] = []
+                while True:
+                    member = on_stack.pop()
+                    component[member] = len(best)
+                    members.append(member)
+                    if member == pointer:
+                        break
+                best.append(self._component_product(members, component, best))
+
+    def _component_product(
+        self, members: list[str], component: dict[str, int], best: list[int]
+    ) -> int:
+        here = len(best)
+        looping = len(members) > 1 or members[0] in self.edges(members[0])
+        product = 1
+        for member in members:
+            factor = self.factor(member)
+            if looping and factor > 1:
+                raise SchemaRefused(
+                    "bound", member, "a minimum size repeats through '$ref' without end"
+                )
+            below = [best[component[c]] for c in self.edges(member) if component[c] != here]
+            product = max(product, factor * max([1, *below]))
+            if product > MAX_BOUND:
+                raise SchemaRefused(
+                    "bound",
+                    member,
+                    f"nested minimum sizes multiply to more than {MAX_BOUND} (an answer would "
+                    "need that many items, properties or characters)",
+                )
+        return product
+
+
 def _check_id(identifier: str, pointer: str) -> None:
     if pointer:
         raise SchemaRefused("id", pointer, "'$id' is only allowed at the root")
@@ -336,10 +557,12 @@ def _pattern_problem(pattern: str) -> str | None:
 
 
 def _walk_pattern(parsed: Any) -> str | None:
-    # Each entry: items, then (inside a repeat, inside an unbounded one, largest enclosing max).
-    stack: list[tuple[Any, tuple[bool, bool, int]]] = [(parsed, (False, False, 1))]
+    # Each entry: items, then (inside a repeat, inside an unbounded one, largest enclosing max,
+    # the product of the enclosing counts: `((a{999}){999}){999}` is 10^9 `a`s, not 999).
+    stack: list[tuple[Any, tuple[bool, bool, int, int]]] = [(parsed, (False, False, 1, 1))]
     while stack:
-        items, (repeated, unbounded, outer_max) = stack.pop()
+        items, context = stack.pop()
+        repeated, unbounded, outer_max, product = context
         for op, av in items:
             if op in _REPEATS:
                 low, high, body = av
@@ -347,21 +570,26 @@ def _walk_pattern(parsed: Any) -> str | None:
                     return f"a repeat count above {MAX_REPEAT_COUNT}"
                 if repeated and low != high and (unbounded or high == _UNBOUNDED or outer_max > 10):
                     return "nested quantifiers"
+                # An unbounded repeat is a loop (its minimum is what it forces); a bounded one
+                # is written out up to its maximum by the engine's grammar compiler.
+                count = product * (max(low, 1) if high == _UNBOUNDED else max(high, 1))
+                if count > MAX_REPEAT_COUNT:
+                    return f"nested repeat counts that multiply to more than {MAX_REPEAT_COUNT}"
                 if high > 1:
-                    context = (True, unbounded or high == _UNBOUNDED, max(outer_max, high))
-                    stack.append((body, context))
+                    inner = (True, unbounded or high == _UNBOUNDED, max(outer_max, high), count)
+                    stack.append((body, inner))
                 else:
-                    stack.append((body, (repeated, unbounded, outer_max)))
+                    stack.append((body, (repeated, unbounded, outer_max, count)))
             elif op is _sre.BRANCH:
                 if repeated and _alternatives_overlap(av[1]):
                     return "alternatives that overlap inside a repeat"
-                stack.extend((alt, (repeated, unbounded, outer_max)) for alt in av[1])
+                stack.extend((alt, context) for alt in av[1])
             elif op is _sre.SUBPATTERN:
-                stack.append((av[3], (repeated, unbounded, outer_max)))
+                stack.append((av[3], context))
             elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-                stack.append((av[1], (repeated, unbounded, outer_max)))
+                stack.append((av[1], context))
             elif op is _sre.ATOMIC_GROUP:
-                stack.append((av, (repeated, unbounded, outer_max)))
+                stack.append((av, context))
             elif op in (_sre.GROUPREF, _sre.GROUPREF_EXISTS):
                 return "a backreference"
     return None

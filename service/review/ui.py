@@ -1,9 +1,12 @@
 """The reviewer web UI at ``/review``: server-rendered pages over the review queue.
 
-Sign-in: the reviewer pastes their API key once; it is kept in an HttpOnly, SameSite=Strict
-cookie scoped to ``/review`` and checked on every request exactly as the JSON API checks a
-bearer key (``Gateway.identify``; roles reviewer or admin). Every POST must also come from
-this origin (its ``Origin``, else ``Referer``, names this host), or it is refused with 403.
+Sign-in: the reviewer pastes their API key once; it is checked exactly as the JSON API checks
+a bearer key (``Gateway.identify``; roles reviewer or admin) and traded for a server-side
+session (``service.review.sessions``): the HttpOnly, SameSite=Strict cookie scoped to
+``/review`` holds a random token, never the key (``Secure`` over HTTPS or with
+``LORAGATE_SECURE_COOKIES``). Every request looks the session's key up again, so a revoked key
+or a role change ends it. Every POST must also come from this origin (its ``Origin``, else
+``Referer``, names this host), or it is refused with 403.
 
 The pages share the JSON API's clock dependency and reviewer id (``service.review.api``) and
 its decision operation (``service.review.decisions``: the same check of a corrected answer
@@ -30,7 +33,7 @@ from jinja2 import Environment, FileSystemLoader
 from service.api.deps import gateway
 from service.auth import Principal, require_role
 from service.errors import GatewayError, ReviewDecisionInvalid
-from service.review import decisions, queue
+from service.review import decisions, queue, sessions
 from service.review.api import DEFAULT_LEASE_S, REVIEW_ROLES, Now, reviewer_of
 from service.review.decisions import DecisionOrder, item_not_found
 from service.review.export import content_text
@@ -38,7 +41,7 @@ from service.review.queue import DecisionKind, ItemNotFound, ItemState, ReviewIt
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 
-COOKIE = "lg_review_key"
+COOKIE = "lg_review_session"
 COOKIE_PATH = "/review"
 LOW_CONFIDENCE = 0.5
 MAX_FORM_BYTES = 1_000_000
@@ -92,11 +95,17 @@ async def _principal_of(request: Request, key: str | None) -> Principal:
     return principal
 
 
-async def _signed_in(request: Request) -> Principal | None:
-    try:
-        return await _principal_of(request, request.cookies.get(COOKIE))
-    except GatewayError:
+async def _signed_in(request: Request, now: datetime) -> Principal | None:
+    """The reviewer of a live session whose key is still active and allowed."""
+    gw = gateway(request)
+    async with gw.sessions() as session:
+        key_id = await sessions.key_of(session, request.cookies.get(COOKIE), now)
+    if key_id is None:
         return None
+    stored = gw.snapshot.current.keys.get(key_id) or await gw.snapshot.find_key(key_id)
+    if stored is None or stored.principal.role not in REVIEW_ROLES:
+        return None
+    return stored.principal
 
 
 def _same_origin(request: Request) -> bool:
@@ -138,19 +147,23 @@ async def login_form(request: Request) -> Response:
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
+async def login(request: Request, now: Now) -> Response:
     if not _same_origin(request):
         return _forbidden()
     key = (await _form(request)).get("key", "").strip()
     try:
-        await _principal_of(request, key)
+        principal = await _principal_of(request, key)
     except GatewayError as exc:
         return _render("login.html", exc.status if exc.status in (401, 403) else 401,
                        error=exc.message)  # fmt: skip
+    gw = gateway(request)
+    ttl_s = gw.settings.review_session_ttl_s
+    async with gw.sessions.begin() as session:
+        token = await sessions.open_session(session, principal.key_id, now, ttl_s)
     response = _redirect("/review")
     response.set_cookie(
-        COOKIE, key, path=COOKIE_PATH, httponly=True, samesite="strict",
-        secure=request.url.scheme == "https",
+        COOKIE, token, max_age=int(ttl_s), path=COOKIE_PATH, httponly=True, samesite="strict",
+        secure=gw.settings.secure_cookies or request.url.scheme == "https",
     )  # fmt: skip
     return response
 
@@ -159,6 +172,8 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     if not _same_origin(request):
         return _forbidden()
+    async with gateway(request).sessions.begin() as session:
+        await sessions.close_session(session, request.cookies.get(COOKIE))
     response = _redirect("/review/login", notice="signed-out")
     response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
     return response
@@ -180,7 +195,7 @@ def _age(created_at: datetime, now: datetime) -> str:
 
 @router.get("")
 async def queue_page(request: Request, now: Now) -> Response:
-    principal = await _signed_in(request)
+    principal = await _signed_in(request, now)
     if principal is None:
         return _to_login()
     params = request.query_params
@@ -211,7 +226,7 @@ async def queue_page(request: Request, now: Now) -> Response:
 async def claim(request: Request, now: Now) -> Response:
     if not _same_origin(request):
         return _forbidden()
-    principal = await _signed_in(request)
+    principal = await _signed_in(request, now)
     if principal is None:
         return _to_login()
     form = await _form(request)
@@ -308,7 +323,7 @@ async def _item_page(
 
 @router.get("/items/{item_id}")
 async def item_page(item_id: str, request: Request, now: Now) -> Response:
-    principal = await _signed_in(request)
+    principal = await _signed_in(request, now)
     if principal is None:
         return _to_login()
     return await _item_page(request, principal, item_id, now)
@@ -318,7 +333,7 @@ async def item_page(item_id: str, request: Request, now: Now) -> Response:
 async def decide(item_id: str, request: Request, now: Now) -> Response:
     if not _same_origin(request):
         return _forbidden()
-    principal = await _signed_in(request)
+    principal = await _signed_in(request, now)
     if principal is None:
         return _to_login()
     form = await _form(request)

@@ -2,13 +2,15 @@
 
 Requests never read the database for these; a background loop reloads them every
 ``snapshot_refresh_s``. A key id that is not in the snapshot is looked up once in the
-database, so a key created a moment ago works at once. The view's values are in ``view``.
+database, so a key created a moment ago works at once; ``key_lookups`` rations those lookups
+so that made-up keys cannot turn into a query each. The view's values are in ``view``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from monitoring.metrics import Metrics
 from rollout import store as rollout_store
 from rollout.core.machine import traffic
 from rollout.core.split import Split
@@ -23,15 +26,29 @@ from service.auth import StoredKey, stored_key
 from service.db import repositories
 from service.db.models import AdapterVersion, Route
 from service.guard.route_guard import RouteContract
+from service.routes.key_lookups import KeyLookups, Outcome
 from service.routes.view import AdapterView, RouteView, Snapshot
 
 log = logging.getLogger(__name__)
 
+# Per route: the (schema, policy) a contract was built from, and the contract.
+Contracts = dict[str, tuple[tuple[Any, Any], RouteContract]]
 
-def route_view(route: Route, split: Split | None) -> RouteView:
+
+def route_view(
+    route: Route, split: Split | None, previous: Contracts, built: Contracts
+) -> RouteView:
+    """``previous`` holds the contracts of the last reload: a schema's whole check costs
+    milliseconds on the event loop, so an unchanged contract is not built again."""
     contract = None
     if route.output_schema is not None or route.review_policy is not None:
-        contract = RouteContract.build(route.output_schema, route.review_policy)
+        source = (route.output_schema, route.review_policy)
+        known = previous.get(route.name)
+        if known is not None and known[0] == source:
+            contract = known[1]
+        else:
+            contract = RouteContract.build(route.output_schema, route.review_policy)
+        built[route.name] = (source, contract)
     return RouteView(
         route.name, route.pool, route.target, route.max_tokens_cap, route.default_max_tokens,
         split, contract,
@@ -45,9 +62,19 @@ def split_of(rollout: rollout_store.StoredRollout) -> Split:
 
 
 class SnapshotStore:
-    def __init__(self, sessions: async_sessionmaker[Any], refresh_s: float) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[Any],
+        refresh_s: float,
+        *,
+        lookups: KeyLookups | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._sessions = sessions
         self._refresh_s = refresh_s
+        self._lookups = lookups or KeyLookups(20.0, 10_000, time.monotonic)
+        self._metrics = metrics
+        self._contracts: Contracts = {}
         self.current = Snapshot()
         self.loaded = False
         # Called with (old, new) after each reload, e.g. to place newly wanted adapters at once.
@@ -60,7 +87,11 @@ class SnapshotStore:
             versions = (await session.scalars(select(AdapterVersion))).all()
             rollouts = await rollout_store.active(session)
         splits = {r.route: split_of(r) for r in rollouts}
-        route_views = {r.name: route_view(r, splits.get(r.name)) for r in routes}
+        built: Contracts = {}
+        route_views = {
+            r.name: route_view(r, splits.get(r.name), self._contracts, built) for r in routes
+        }
+        self._contracts = built
         stored = {
             k.id: sk
             for k in keys
@@ -71,6 +102,7 @@ class SnapshotStore:
         self.current = Snapshot(
             MappingProxyType(route_views), MappingProxyType(stored), MappingProxyType(adapters)
         )
+        self._lookups.forget()
         for listener in self.on_reload:
             listener(old, self.current)
         self.loaded = True
@@ -79,11 +111,22 @@ class SnapshotStore:
         found = self.current.keys.get(key_id)
         if found is not None:
             return found
+        outcome = self._lookups.decide(key_id)
+        if outcome is not Outcome.LOOK_UP:
+            self._count(outcome.value)
+            return None
         async with self._sessions() as session:
             row = await repositories.get_active_key(session, key_id)
         if row is None:
+            self._lookups.found_unknown(key_id)
+            self._count("unknown")
             return None
+        self._count("found")
         return stored_key(row.id, row.name, row.role, row.secret_hash, row.allowed_routes)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.key_lookups.labels(outcome).inc()
 
     async def run(self) -> None:
         while True:

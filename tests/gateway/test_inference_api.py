@@ -269,6 +269,15 @@ async def test_error_cases_have_envelope_and_record(
     if status == 401:
         assert r.headers["www-authenticate"] == "Bearer"
     assert engine.requests == []
+    if status == 401:
+        # No key of ours: counted, not recorded (a flood of made-up keys costs no rows).
+        ok = await gateway.client.post(CHAT, json=chat_body(), headers=gateway.auth())
+        assert ok.status_code == 200
+        records = await gateway.records(1)
+        assert [(x.status_code, x.id) for x in records] == [(200, ok.headers["x-request-id"])]
+        metrics = await gateway.metrics()
+        assert f'loragate_unauthenticated_requests_total{{code="{code}"}} 1.0' in metrics
+        return
     record = (await gateway.records(1))[0]
     assert (record.status_code, record.error_code) == (status, code)
     assert record.key_id == (key_id(gateway.keys[key_role]) if key_role else None)
@@ -286,8 +295,8 @@ async def test_revoked_key_is_refused(gateway: Harness) -> None:
     r = await gateway.client.post(CHAT, json=chat_body(), headers=headers)
     expect_error(gateway, r, 401, "invalid_api_key")
     assert key not in r.text
-    records = await gateway.records(3)
-    assert (records[-1].status_code, records[-1].error_code) == (401, "invalid_api_key")
+    records = await gateway.records(2)
+    assert [x.status_code for x in records] == [200, 200]  # a refused key gets no record
 
 
 async def test_key_limited_to_another_route_is_refused(
@@ -298,12 +307,19 @@ async def test_key_limited_to_another_route_is_refused(
     r = await gateway.client.post(
         CHAT, json=chat_body(), headers={"Authorization": f"Bearer {key}"}
     )
-    error = expect_error(gateway, r, 403, "permission_denied")
-    assert error["param"] == "model"
+    # Not permitted reads exactly like a route that does not exist (issue 11): a key limited
+    # to some routes learns nothing of the others.
+    limited = {"Authorization": f"Bearer {key}"}
+    unknown = await gateway.client.post(CHAT, json=chat_body("no-such-route"), headers=limited)
+    for response in (r, unknown):
+        error = expect_error(gateway, response, 404, "model_not_found")
+        assert error["param"] == "model"
+    hidden_message = r.json()["error"]["message"].replace("'chat'", "'no-such-route'")
+    assert hidden_message == unknown.json()["error"]["message"]
     assert engine.requests == []
     record = (await gateway.records(1))[0]
     assert (record.status_code, record.error_code, record.key_id) == (
-        403, "permission_denied", key_id(key),
+        404, "model_not_found", key_id(key),
     )  # fmt: skip
 
 
@@ -371,7 +387,11 @@ async def test_metrics_count_requests_by_route_and_status(gateway: Harness) -> N
     assert (await gateway.client.post(CHAT, json=chat_body(), headers=gateway.auth())).is_success
     r = await gateway.client.post(CHAT, json=chat_body("no-such-route"), headers=gateway.auth())
     assert r.status_code == 404
-    r = await gateway.client.get("/metrics")
+    # The labels name replica addresses: the page needs an sre or admin key (issue 11).
+    expect_error(gateway, await gateway.client.get("/metrics"), 401, "missing_api_key")
+    r = await gateway.client.get("/metrics", headers=gateway.auth(Role.APP))
+    expect_error(gateway, r, 403, "permission_denied")
+    r = await gateway.client.get("/metrics", headers=gateway.auth(Role.ADMIN))
     assert r.status_code == 200
     samples = {
         (s.labels["route"], s.labels["status"]): s.value
@@ -454,7 +474,7 @@ async def test_spans_are_exported(sqlite_url: str, tmp_path: Path, engine: FakeE
             return {span.name for span in exporter.get_finished_spans()}
 
         await wait_until(
-            lambda: {"gateway.request", "engine.call", "records.write"} <= flushed_names(),
+            lambda: {"gateway.request", "engine.call", "records.ship"} <= flushed_names(),
             what="the three spans",
         )
     spans = {span.name: span for span in exporter.get_finished_spans()}

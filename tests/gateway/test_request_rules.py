@@ -24,7 +24,7 @@ from service.gateway.request_rules import (
     prepare,
     route_name,
 )
-from service.guard import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH
+from service.guard import MAX_SCHEMA_BYTES, MAX_SCHEMA_COST, MAX_SCHEMA_DEPTH
 
 TARGET = "base-model"
 LIMITS = Limits(
@@ -64,6 +64,16 @@ def refused(
 
 def schema_format(schema: Any) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+def schema_refused(schema: dict[str, Any], kind: type[GatewayError]) -> GatewayError:
+    """Refused by the cheap bounds in prepare, else by the whole check the pipeline runs next
+    (off the event loop) on the schema prepare hands it."""
+    with pytest.raises(kind) as caught:
+        prepared = run(chat(response_format=schema_format(schema)))
+        assert prepared.client_schema == schema
+        check_schema_bounds(prepared.client_schema)
+    return caught.value
 
 
 # --- body and route name ------------------------------------------------------------------
@@ -304,7 +314,7 @@ def test_schema_within_depth_passes() -> None:
 )
 def test_remote_ref_is_refused(ref: str) -> None:
     schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
-    error = refused(chat(response_format=schema_format(schema)), InvalidRequest)
+    error = schema_refused(schema, InvalidRequest)
     assert error.param == "response_format"
     assert "$ref" in error.message
 
@@ -319,7 +329,7 @@ def test_local_ref_is_allowed() -> None:
 
 
 def test_invalid_schema_is_refused() -> None:
-    error = refused(chat(response_format=schema_format({"type": "no-such-type"})), InvalidRequest)
+    error = schema_refused({"type": "no-such-type"}, InvalidRequest)
     assert error.param == "response_format"
     assert "not valid" in error.message
 
@@ -336,6 +346,31 @@ def test_too_big_schema_is_refused() -> None:
 @pytest.mark.parametrize("pattern", ["(a+)+b", "(a|a)+", "(.*a){20}"])
 def test_catastrophic_patterns_never_reach_the_engine(pattern: str) -> None:
     schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}}
-    error = refused(chat(response_format=schema_format(schema)), InvalidRequest)
+    error = schema_refused(schema, InvalidRequest)
     assert error.param == "response_format"
     assert "pattern" in error.message
+
+
+def test_prepare_hands_over_the_schema_and_its_cost() -> None:
+    schema = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}}
+    prepared = run(chat(response_format=schema_format(schema)))
+    assert prepared.client_schema == schema
+    assert prepared.schema_cost == (1 + 2) + (1 + 1)  # each subschema and its keywords
+    assert run(chat(response_format={"type": "json_object"})).client_schema is None
+    assert run(chat()).client_schema is None
+
+
+def test_a_schema_over_the_cost_bound_is_refused_before_the_meta_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attack of issue 11: 5,300 empty alternatives, 16 KiB, 1-2 s of meta-schema each."""
+
+    def never(*_: Any, **__: Any) -> None:
+        raise AssertionError("the meta-schema ran on a schema over the cost bound")
+
+    monkeypatch.setattr("service.guard.schema.Draft202012Validator.check_schema", never)
+    schema = {"anyOf": [{} for _ in range(5300)]}
+    assert len(orjson.dumps(schema)) <= MAX_SCHEMA_BYTES
+    error = refused(chat(response_format=schema_format(schema)), ValueOutOfRange)
+    assert error.param == "response_format"
+    assert f"more than {MAX_SCHEMA_COST} subschemas" in error.message

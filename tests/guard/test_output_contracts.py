@@ -136,7 +136,7 @@ async def test_a_low_confidence_answer_is_flagged_and_queued_with_its_record(
     assert (item.id, item.request_id, item.reason) == (meta["review_id"], row.id, "low_confidence")
     assert item.state == "pending" and json.loads(item.answer)["category"] == "billing"
     assert item.field_confidence is not None and item.field_confidence["/category"] == 1.0
-    metrics = (await gw.client.get("/metrics")).text
+    metrics = await gw.metrics()
     assert 'loragate_escalations_total{reason="low_confidence",route="triage"} 1.0' in metrics
     assert 'loragate_answer_confidence_count{route="triage",target="fake-base"} 1.0' in metrics
 
@@ -334,7 +334,7 @@ async def test_queue_gauges_follow_the_database(gw: Harness, engine: FakeEngine)
         r = await ask(gw)
         await record_of(gw, r.headers["x-request-id"])
     await stats.refresh()
-    metrics = (await gw.client.get("/metrics")).text
+    metrics = await gw.metrics()
     assert 'loragate_review_queue_depth{route="triage"} 2.0' in metrics
     reviewer = gw.auth(Role.REVIEWER)
     for _ in range(2):
@@ -343,7 +343,7 @@ async def test_queue_gauges_follow_the_database(gw: Harness, engine: FakeEngine)
         url = f"/v1/reviews/items/{claim['item']['id']}/decision"
         assert (await gw.client.post(url, json=decision, headers=reviewer)).status_code == 200
     await stats.refresh()
-    metrics = (await gw.client.get("/metrics")).text
+    metrics = await gw.metrics()
     assert 'loragate_review_queue_depth{route="triage"} 0.0' in metrics
     assert 'loragate_review_decisions{kind="approve",target="fake-base"} 2.0' in metrics
     assert 'loragate_review_approved_unchanged_share{target="fake-base"} 1.0' in metrics

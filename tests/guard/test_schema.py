@@ -11,9 +11,11 @@ from referencing.exceptions import Unresolvable
 
 from service.guard import (
     MAX_SCHEMA_BYTES,
+    MAX_SCHEMA_COST,
     MAX_SCHEMA_DEPTH,
     ContractValidator,
     SchemaRefused,
+    check_bounds,
     check_contract,
 )
 from service.guard.schema import _NO_REMOTE
@@ -301,3 +303,90 @@ def test_an_answer_nested_deeper_than_python_recursion_is_invalid() -> None:
     assert validator.validate("[" * 50 + "]" * 50).valid
     assert validator.validate("[" * 900 + "]" * 900).errors == ("nests too deeply to validate",)
     assert validator.validate("[" * 5000 + "]" * 5000).errors == ("not JSON",)
+
+
+# --- work bounds (issue 11: items 1 and 9) ------------------------------------------------------
+
+
+def test_the_cost_bound_counts_subschemas_and_keywords_before_the_meta_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def never(*_: Any, **__: Any) -> None:
+        raise AssertionError("the meta-schema ran on a schema over the cost bound")
+
+    monkeypatch.setattr("service.guard.schema.Draft202012Validator.check_schema", never)
+    for schema in (
+        {"anyOf": [{} for _ in range(5300)]},  # 16 KiB, 1-2 s of meta-schema before the bound
+        {"anyOf": [True] * (MAX_SCHEMA_COST + 1)},  # boolean subschemas cost the same
+        {"allOf": [{"not": {}}] * 700},  # three units each, 11 bytes
+    ):
+        error = refused(schema)
+        assert (error.rule, error.out_of_range) == ("cost", True)
+        assert f"more than {MAX_SCHEMA_COST}" in str(error)
+
+
+def test_a_schema_under_the_cost_bound_is_checked_whole() -> None:
+    schema_at_bound = {"anyOf": [{} for _ in range(MAX_SCHEMA_COST - 2)]}
+    assert check_bounds(schema_at_bound) == MAX_SCHEMA_COST
+    check_contract(schema_at_bound)
+    # Data is not a subschema: a long enum costs two units.
+    assert check_bounds({"enum": list(range(1000))}) == 2
+    assert refused({"anyOf": [{"type": "strin"}]}).rule == "meta-schema"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "((a{999}){999}){999}",  # about 10^9 characters written out by a grammar compiler
+        "(a{999}){2}",
+        "(?:(?:x{40}){40})",
+        "(b{2}){501,}",
+    ],
+)
+def test_nested_repeat_counts_multiply(pattern: str) -> None:
+    error = refused(string_with(pattern))
+    assert error.rule == "pattern"
+    assert "multiply to more than 1000" in str(error)
+
+
+@pytest.mark.parametrize("pattern", ["(a{10}){100}", "(a{999})*", "a{1000}", r"(\d{3}-){3}"])
+def test_nested_repeats_within_the_product_are_accepted(pattern: str) -> None:
+    check_contract(string_with(pattern))
+
+
+def test_nested_minimum_sizes_multiply() -> None:
+    schema = {"type": "array", "minItems": 99999, "items": {"minProperties": 99999}}
+    error = refused(schema)
+    assert (error.rule, error.out_of_range) == ("bound", True)
+    assert "multiply to more than 100000" in str(error)
+    deeper = {"minItems": 50, "items": {"minItems": 50, "items": {"minLength": 50}}}
+    assert refused(deeper).rule == "bound"
+    # Through `$ref` too.
+    through_ref = {
+        "$defs": {"row": {"minItems": 1000, "items": {"$ref": "#/$defs/cell"}},
+                  "cell": {"minLength": 1000}},
+        "$ref": "#/$defs/row",
+    }  # fmt: skip
+    assert refused(through_ref).rule == "bound"
+
+
+def test_a_minimum_that_recurses_through_ref_is_refused() -> None:
+    tree = {"$defs": {"n": {"type": "array", "minItems": 2, "items": {"$ref": "#/$defs/n"}}},
+            "$ref": "#/$defs/n"}  # fmt: skip
+    error = refused(tree)
+    assert error.rule == "bound" and "without end" in str(error)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"minItems": 300, "items": {"minLength": 300}},
+        {"minItems": 99999},
+        # a definition nobody applies multiplies nothing
+        {"minItems": 1000, "$defs": {"big": {"minLength": 1000}}},
+        # recursion without a minimum above one is fine (a tree)
+        {"type": "object", "properties": {"kids": {"minItems": 1, "items": {"$ref": "#"}}}},
+    ],
+)
+def test_minimums_within_the_product_are_accepted(schema: dict[str, Any]) -> None:
+    check_contract(schema)

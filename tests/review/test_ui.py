@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy import text
 
 from adapters.training import example_data
 from service.auth import Role
+from service.db import repositories
 from service.review import api as reviews
 from service.review import queue
 from tests.conftest import Harness, make_settings, running_gateway, served
@@ -117,8 +119,8 @@ async def test_bad_keys_refused(harness: Harness) -> None:
     for role in (Role.APP, Role.SRE):
         refused = await sign_in(h, role)
         assert refused.status_code == 403 and "set-cookie" not in refused.headers
-        # The cookie set by hand is refused just the same.
-        h.client.cookies.set("lg_review_key", h.keys[role], path="/review")
+        # A key set by hand as the cookie is no session.
+        h.client.cookies.set("lg_review_session", h.keys[role], path="/review")
         assert (await h.client.get("/review")).status_code == 303
         h.client.cookies.clear()
 
@@ -137,6 +139,55 @@ async def test_sign_in_cookie_and_sign_out(harness: Harness) -> None:
     assert out.status_code == 303
     h.client.cookies.clear()  # the ASGI client keeps cookies by domain; the browser drops it
     assert (await h.client.get("/review")).status_code == 303
+
+
+async def test_the_cookie_holds_a_session_not_the_key(harness: Harness) -> None:
+    """Issue 11: the cookie carried the raw API key. Now a random token of a server-side
+    session, which ends at sign-out, at expiry and when its key is revoked."""
+    h = harness
+    response = await sign_in(h)
+    token = h.client.cookies["lg_review_session"]
+    key = h.keys[Role.REVIEWER]
+    assert token and key not in response.headers["set-cookie"] and key.split("-", 2)[2] not in token
+    assert f"max-age={8 * 3600}" in response.headers["set-cookie"].lower()
+    assert "secure" not in response.headers["set-cookie"].lower()  # plain http, no setting
+    async with h.app.state.gateway.sessions() as session:
+        rows = (await session.execute(text("SELECT token_hash, key_id FROM review_sessions"))).all()
+    assert [(r.key_id, token in r.token_hash) for r in rows] == [(key.split("-")[1], False)]
+    assert (await h.client.get("/review")).status_code == 200
+    # Signed out: the same cookie, replayed, is no session any more.
+    assert (await h.client.post("/review/logout", headers=ORIGIN)).status_code == 303
+    h.client.cookies.set("lg_review_session", token, path="/review")
+    assert (await h.client.get("/review")).status_code == 303
+    h.client.cookies.clear()
+
+
+async def test_a_session_ends_at_expiry_and_with_its_key(harness: Harness) -> None:
+    h = harness
+    await sign_in(h)
+    assert (await h.client.get("/review")).status_code == 200
+    later = NOW + timedelta(hours=8, seconds=1)
+    h.app.dependency_overrides[reviews.review_clock] = lambda: later
+    assert (await h.client.get("/review")).status_code == 303
+    h.app.dependency_overrides[reviews.review_clock] = lambda: NOW
+    assert (await h.client.get("/review")).status_code == 200
+    gw = h.app.state.gateway
+    async with gw.sessions.begin() as session:
+        await repositories.revoke_key(session, h.keys[Role.REVIEWER].split("-")[1], NOW)
+    await gw.snapshot.reload()
+    assert (await h.client.get("/review")).status_code == 303
+
+
+async def test_secure_cookies_behind_tls(
+    sqlite_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    settings = make_settings(sqlite_url, tmp_path, [engine.url], secure_cookies=True)
+    async with running_gateway(settings) as h:
+        response = await sign_in(h)
+        assert response.status_code == 303
+        cookie = response.headers["set-cookie"].lower()
+        for attribute in ("secure", "httponly", "samesite=strict", "path=/review"):
+            assert attribute in cookie
 
 
 async def test_cross_site_posts_refused(harness: Harness) -> None:

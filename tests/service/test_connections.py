@@ -1,0 +1,277 @@
+"""Slow and idle clients (issue 11, item 4): header, body and send timeouts and a connection cap,
+on uvicorn with the gateway's protocol, and through a real `loragate serve` process.
+
+Before: a connection sending nothing stayed open 80 s and more, ~20,000 of them exhausted the
+open-files limit, and 50 streaming clients that never read kept their streams indefinitely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from service.api.connections import MAX_HEADER_BYTES, ConnectionLimits, protocol
+from service.auth import Role
+from service.db.models import RequestRecord
+from service.db.session import create_engine, session_factory
+from tests.conftest import chat_body, free_port, insert_key, wait_until
+from tests.fake_engine import MODEL, Behaviour, FakeEngine
+
+Scope = dict[str, Any]
+EOF_WAIT_S = 30.0  # generous: the limits under test are a second or less
+
+
+async def echo(scope: Scope, receive: Any, send: Any) -> None:
+    """Reads the whole body, answers its size; notes a disconnect seen while reading."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope["state"]["seen"].append("disconnect")
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+@contextlib.asynccontextmanager
+async def limited(limits: ConnectionLimits) -> AsyncIterator[tuple[int, list[str]]]:
+    """uvicorn on a free port with the gateway's protocol; yields the port and what the app saw."""
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        scope["state"] = {"seen": seen}
+        await echo(scope, receive, send)
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", lifespan="off",
+        http=protocol(limits), timeout_keep_alive=30,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started, what="uvicorn to start")
+    try:
+        yield port, seen
+    finally:
+        server.should_exit = True
+        await task
+
+
+def limits(**overrides: Any) -> ConnectionLimits:
+    values: dict[str, Any] = {
+        "header_timeout_s": 0.5, "body_timeout_s": 0.5, "send_timeout_s": 0.5,
+        "max_connections": 100,
+    }  # fmt: skip
+    values.update(overrides)
+    return ConnectionLimits(**values)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    try:
+        return await asyncio.wait_for(reader.read(), EOF_WAIT_S)
+    except ConnectionResetError:
+        return b""
+
+
+async def test_a_connection_that_sends_nothing_is_closed() -> None:
+    async with limited(limits()) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed_by_server(reader) == b""
+        writer.close()
+
+
+async def test_headers_dripped_byte_by_byte_are_cut() -> None:
+    """Each byte resets uvicorn's keep-alive timer; the header deadline does not move."""
+    async with limited(limits()) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000 + b"\r\n\r\n"
+        sent = 0
+
+        async def drip() -> None:
+            nonlocal sent
+            for byte in request:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                sent += 1
+                await asyncio.sleep(0.02)  # the client's pace, not a wait on the server
+
+        dripping = asyncio.create_task(drip())
+        assert await closed_by_server(reader) == b""
+        dripping.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await dripping
+        assert sent < len(request)  # cut while the headers were still coming
+        writer.close()
+
+
+async def test_a_body_that_stops_coming_is_cut() -> None:
+    async with limited(limits()) as (port, seen):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        assert await closed_by_server(reader) == b""
+        await wait_until(lambda: seen == ["disconnect"], what="the app to see the disconnect")
+        writer.close()
+
+
+async def test_headers_past_the_size_limit_get_400() -> None:
+    async with limited(limits(header_timeout_s=30)) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(ConnectionError):
+            for i in range(MAX_HEADER_BYTES // 1000 + 2):
+                writer.write(b"X-Big-%d: " % i + b"a" * 1000 + b"\r\n")
+                await writer.drain()
+        assert (await closed_by_server(reader)).startswith(b"HTTP/1.1 400 ")
+        writer.close()
+
+
+async def test_connections_past_the_cap_are_closed_at_once() -> None:
+    async with limited(limits(header_timeout_s=30, max_connections=3)) as (port, _):
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed_by_server(reader) == b""
+        writer.close()
+        # The three held ones still serve.
+        first_reader, first_writer = held[0]
+        first_writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+        await first_writer.drain()
+        answer = await asyncio.wait_for(first_reader.readuntil(b"\r\n\r\n"), EOF_WAIT_S)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        for _, w in held:
+            w.close()
+
+
+# --- a real `loragate serve` ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def loragate_serve(url: str, tmp_path: Path, engine: FakeEngine, **env: str) -> Iterator[str]:
+    port = free_port()
+    pool = {"name": "default", "base_model": MODEL, "urls": [engine.url]}
+    variables = {
+        **os.environ,
+        "LORAGATE_DATABASE_URL": url,
+        "LORAGATE_DATA_DIR": str(tmp_path),
+        "LORAGATE_PORT": str(port),
+        "LORAGATE_ENGINES": json.dumps([pool]),
+        "LORAGATE_HEALTH_PROBE_INTERVAL_S": "0.2",
+        "LORAGATE_SNAPSHOT_REFRESH_S": "0.2",
+        "LORAGATE_RECORD_FLUSH_INTERVAL_S": "0.05",
+        "LORAGATE_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"], env=variables, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+async def until_up(url: str) -> None:
+    async with httpx.AsyncClient() as client:
+
+        async def up() -> bool:
+            try:
+                return (await client.get(f"{url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(up, timeout_s=90, what="loragate serve to answer")
+
+
+async def records_of(url: str) -> list[RequestRecord]:
+    db = create_engine(url)
+    try:
+        async with session_factory(db)() as session:
+            return list((await session.scalars(select(RequestRecord))).all())
+    finally:
+        await db.dispose()
+
+
+async def test_loragate_serve_closes_idle_connections_and_cuts_streams_nobody_reads(
+    sqlite_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    key = await insert_key(sqlite_url, Role.APP)
+    # 40 MB of stream: far more than the socket buffers between the gateway and the client.
+    engine.then(Behaviour(tokens=["x" * 2000] * 20_000))
+    env = {"LORAGATE_CLIENT_HEADER_TIMEOUT_S": "0.5", "LORAGATE_SEND_TIMEOUT_S": "1"}
+    with loragate_serve(sqlite_url, tmp_path, engine, **env) as url:
+        await until_up(url)
+        port = int(url.rsplit(":", 1)[1])
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed_by_server(idle_reader) == b""
+        idle_writer.close()
+
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        body = json.dumps(chat_body(stream=True)).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        # The client reads nothing. The gateway cuts it, cancels the engine call, records 499.
+
+        async def recorded() -> bool:
+            return any(r.status_code == 499 for r in await records_of(sqlite_url))
+
+        await wait_until(recorded, timeout_s=60, what="the cut stream's record")
+        (record,) = [r for r in await records_of(sqlite_url) if r.status_code == 499]
+        assert (record.stream, record.error_code) == (True, "client_closed_request")
+        await wait_until(lambda: engine.cancelled == 1, timeout_s=30, what="the engine call cut")
+        assert engine.completed == 0
+        drained = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), EOF_WAIT_S):
+                drained += chunk
+        assert drained.startswith(b"HTTP/1.1 200 ") and b"data: [DONE]" not in drained
+        writer.close()
+        # The gateway still serves.
+        async with httpx.AsyncClient() as client:
+            ok = await client.post(
+                f"{url}/v1/chat/completions", json=chat_body(),
+                headers={"Authorization": f"Bearer {key}"}, timeout=30,
+            )  # fmt: skip
+        assert ok.status_code == 200
+
+
+@pytest.fixture(autouse=True)
+def _no_dot_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The served process reads LORAGATE_* from the environment: none leak in from the shell."""
+    for name in list(os.environ):
+        if name.startswith("LORAGATE_"):
+            monkeypatch.delenv(name)
