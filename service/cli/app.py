@@ -7,18 +7,20 @@ The root: ``serve`` and ``db``; each domain adds its group (``keys``, ``engine``
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from adapters.cli import adapters_app
 from rollout.cli import rollout_app
 from service.cli.common import settings_of
-from service.cli.db import with_session
+from service.cli.db import with_session, with_sessions
 from service.cli.engine import engine_app
 from service.cli.keys import keys_app
 from service.db import repositories
 from service.db.migrations import upgrade
+from service.db.session import shown_url
 from service.review.cli import reviews_app
 from service.routes.cli import routes_app
 
@@ -44,6 +46,7 @@ def serve(
     """Run the gateway. With no engine pool configured, also runs a managed local vLLM."""
     import uvicorn
 
+    from service.api.connections import ConnectionLimits, protocol
     from service.main import create_app
 
     settings = settings_of(ctx)
@@ -60,6 +63,16 @@ def serve(
         access_log=False,
         # Client addresses are not used; the proxy-headers middleware would be one more layer.
         proxy_headers=False,
+        # Slow and idle clients: header, body, send and keep-alive timeouts, a connection cap.
+        http=protocol(
+            ConnectionLimits(
+                header_timeout_s=settings.client_header_timeout_s,
+                body_timeout_s=settings.client_body_timeout_s,
+                send_timeout_s=settings.send_timeout_s,
+                max_connections=settings.max_connections,
+            )
+        ),
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
     )
 
 
@@ -72,3 +85,16 @@ def db_upgrade(
     settings = settings_of(ctx)
     upgrade(settings.effective_database_url, revision)
     typer.echo(f"database at {revision}: {settings.effective_database_url.split('@')[-1]}")
+
+
+@db_app.command("check")
+def db_check(ctx: typer.Context) -> None:
+    """Exit 0 when the database is at this version's newest migration, else 1 saying why
+    (e.g. a deployment's init container, waiting for the migrations job)."""
+    settings = settings_of(ctx)
+
+    async def nothing(_: async_sessionmaker[Any]) -> None:
+        return None
+
+    with_sessions(settings, nothing)  # refuses a missing or unmigrated database
+    typer.echo(f"database is at the newest migration: {shown_url(settings.effective_database_url)}")

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth import Role, generate_key
+from service.auth import Role, generate_key, hash_secret, split_key
 from service.cli.common import fail, settings_of
 from service.cli.db import with_session
 from service.clock import now
 from service.db import repositories
 from service.db.models import ApiKey
+from service.errors import AuthenticationFailed
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+
+KEY_ID_MAX = 32  # the api_keys.id column
+SECRET_MIN = 32  # a given secret must be as hard to guess as a generated one
 
 QuietOption = Annotated[
     bool, typer.Option("--quiet", help="Print the key alone, e.g. KEY=$(loragate keys ...).")
@@ -66,9 +71,25 @@ def keys_create(
 
 
 @keys_app.command("bootstrap")
-def keys_bootstrap(ctx: typer.Context, quiet: QuietOption = False) -> None:
+def keys_bootstrap(
+    ctx: typer.Context,
+    quiet: QuietOption = False,
+    from_env: Annotated[
+        str | None,
+        typer.Option(
+            "--from-env",
+            metavar="VAR",
+            help="Take the key (lg-<id>-<secret>) from this environment variable instead of "
+            "making one, e.g. from a deployment's Secret; an existing admin key is then not an "
+            "error (nothing is done), so a job can run this on every upgrade.",
+        ),
+    ] = None,
+) -> None:
     """Create the first admin key; refused once an admin key exists."""
-    row, plaintext = _new_key(Role.ADMIN, "bootstrap admin", None)
+    if from_env is None:
+        row, plaintext = _new_key(Role.ADMIN, "bootstrap admin", None)
+    else:
+        row, plaintext = _given_key(from_env)
 
     async def work(session: AsyncSession) -> bool:
         if await repositories.count_keys(session, Role.ADMIN.value):
@@ -77,8 +98,34 @@ def keys_bootstrap(ctx: typer.Context, quiet: QuietOption = False) -> None:
         return True
 
     if not with_session(settings_of(ctx), work, write=True):
+        if from_env is not None:
+            typer.echo("an admin key exists already; nothing to do")
+            return
         raise fail("an admin key exists already; create more with `loragate keys create`")
+    if from_env is not None:
+        typer.echo(f"created admin key lg-{row.id} from ${from_env}")
+        return
     _print_key(row, plaintext, quiet)
+
+
+def _given_key(variable: str) -> tuple[ApiKey, str]:
+    plaintext = os.environ.get(variable, "")
+    if not plaintext:
+        raise fail(f"${variable} is not set")
+    try:
+        key_id, secret = split_key(plaintext)
+    except AuthenticationFailed as exc:
+        raise fail(f"${variable} does not hold a loragate key (lg-<id>-<secret>)") from exc
+    if len(key_id) > KEY_ID_MAX or len(secret) < SECRET_MIN:
+        raise fail(
+            f"${variable}: the key id is at most {KEY_ID_MAX} characters and the secret at "
+            f"least {SECRET_MIN}"
+        )
+    row = ApiKey(
+        id=key_id, name="bootstrap admin", role=Role.ADMIN.value,
+        secret_hash=hash_secret(secret), allowed_routes=None, created_at=now(),
+    )  # fmt: skip
+    return row, plaintext
 
 
 @keys_app.command("list")

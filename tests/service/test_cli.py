@@ -195,6 +195,42 @@ def test_bootstrap_works_once(migrated: str) -> None:
     assert (row.id, row.role, row.secret_hash) == (key_id, "admin", hash_secret(secret))
 
 
+def test_bootstrap_from_the_environment_is_idempotent(
+    migrated: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = "lg-0123456789ab-" + "s" * 43
+    monkeypatch.setenv("ADMIN_KEY", given)
+    first = ok("keys", "bootstrap", "--from-env", "ADMIN_KEY")
+    assert "created admin key lg-0123456789ab from $ADMIN_KEY" in first.output
+    assert given not in first.output  # the secret is in the deployment's Secret, not the log
+    again = ok("keys", "bootstrap", "--from-env", "ADMIN_KEY")  # every upgrade runs it again
+    assert "nothing to do" in again.output
+    (row,) = query(migrated, _all_keys)
+    assert (row.id, row.role, row.secret_hash) == ("0123456789ab", "admin", hash_secret("s" * 43))
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("", "$ADMIN_KEY is not set"),
+        ("not-a-key", "does not hold a loragate key"),
+        ("lg-0123456789ab-short", "the secret at least 32"),
+    ],
+)
+def test_bootstrap_from_the_environment_refuses_bad_keys(
+    migrated: str, monkeypatch: pytest.MonkeyPatch, value: str, complaint: str
+) -> None:
+    monkeypatch.setenv("ADMIN_KEY", value)
+    assert complaint in failed("keys", "bootstrap", "--from-env", "ADMIN_KEY").output
+    assert query(migrated, _all_keys) == []
+
+
+def test_db_check_says_whether_the_schema_is_current(unmigrated: str) -> None:
+    assert NOT_MIGRATED in failed("db", "check").output
+    ok("db", "upgrade")
+    assert "newest migration" in ok("db", "check").output
+
+
 def test_bootstrap_is_refused_when_an_admin_key_was_created(migrated: str) -> None:
     ok("keys", "create", "--role", "admin")
     failed("keys", "bootstrap")
@@ -428,6 +464,7 @@ def test_the_command_tree_is_complete() -> None:
     assert {
         ("serve",),
         ("db", "upgrade"),
+        ("db", "check"),
         ("keys", "create"),
         ("keys", "bootstrap"),
         ("keys", "list"),
