@@ -68,21 +68,32 @@ class Metrics:
             ["pool"],
             registry=r,
         )
-        self.records_written = Counter(
-            "loragate_records_written", "Request records written to the database.", registry=r
+        self.records_shipped = Counter(
+            "loragate_records_shipped",
+            "Request records moved from the spool into the database.",
+            registry=r,
         )
         self.records_dropped = Counter(
             "loragate_records_dropped",
-            "Request records dropped because the writer queue was full.",
+            "Request records lost, by reason: spool_full (LORAGATE_RECORDS_WHEN_FULL=drop, or "
+            "the 503 that refused a request), spool_write_failed (the OS refused the append), "
+            "torn (a frame cut by a crash), rejected (the database refused the row).",
+            ["reason"],
             registry=r,
         )
         self.record_write_failures = Counter(
             "loragate_record_write_failures",
-            "Request records lost because a batch insert failed.",
+            "Records whose shipping failed because the database could not be reached; they "
+            "stay in the spool and are shipped again (not lost).",
             registry=r,
         )
-        self.record_queue_depth = Gauge(
-            "loragate_record_queue_depth", "Request records waiting to be written.", registry=r
+        self.spool_bytes = Gauge(
+            "loragate_spool_bytes", "Bytes of request records in the local spool.", registry=r
+        )
+        self.spool_oldest_unshipped = Gauge(
+            "loragate_spool_oldest_unshipped_seconds",
+            "Age of the oldest record not yet in the database (0 when none waits).",
+            registry=r,
         )
         self.adapter_loaded = Gauge(
             "loragate_adapter_loaded",
@@ -125,6 +136,27 @@ class Metrics:
             "loragate_schema_checks",
             "Answers of routes with an output contract, by whether they were schema-valid.",
             ["route", "target", "valid"],
+            registry=r,
+        )
+        self.client_schema_checks = Counter(
+            "loragate_client_schema_checks",
+            "Clients' response_format schemas past their cheap bounds, by outcome: cached (a "
+            "verdict kept from before), checked (in a worker thread), shed (too many waiting).",
+            ["outcome"],
+            registry=r,
+        )
+        self.unauthenticated = Counter(
+            "loragate_unauthenticated_requests",
+            "Requests refused for a missing or unknown key, by error code; they get no request "
+            "record.",
+            ["code"],
+            registry=r,
+        )
+        self.key_lookups = Counter(
+            "loragate_key_lookups",
+            "Key ids not in the snapshot, by outcome: found or unknown (a database lookup), "
+            "remembered (known unknown until the next refresh), skipped (lookup budget spent).",
+            ["outcome"],
             registry=r,
         )
         self.confidence = Histogram(
@@ -200,5 +232,6 @@ class Metrics:
         if tokens_out:
             completion.inc(tokens_out)
 
-    def track_queue_depth(self, depth: Callable[[], int]) -> None:
-        self.record_queue_depth.set_function(lambda: float(depth()))
+    def track_spool(self, size: Callable[[], int], oldest_s: Callable[[], float]) -> None:
+        self.spool_bytes.set_function(lambda: float(size()))
+        self.spool_oldest_unshipped.set_function(oldest_s)

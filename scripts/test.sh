@@ -28,6 +28,21 @@ if ! command -v chromium >/dev/null; then
     || { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }
 fi
 
+# promtool (Debian's prometheus package) checks and unit-tests the shipped alert rules.
+if ! command -v promtool >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q prometheus >/dev/null \
+    || { $SUDO apt-get update -q && $SUDO apt-get install -y -q prometheus >/dev/null; }
+fi
+
+# buildah and debootstrap for the image tier (builds and runs the gateway image without a
+# container daemon or registry; Debian's packages).
+if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q buildah debootstrap >/dev/null \
+    || { $SUDO apt-get update -q && $SUDO apt-get install -y -q buildah debootstrap >/dev/null; }
+fi
+
 ruff check .
 ruff format --check .
 mypy

@@ -65,6 +65,30 @@ class ValueOutOfRange(InvalidRequest):
     code = "value_out_of_range"
 
 
+class SchemaCheckBusy(GatewayError):
+    """Too many large ``response_format`` schemas wait for a check; the costliest is shed."""
+
+    status = 503
+    code = "schema_check_busy"
+
+    def headers(self, request_id: str | None = None) -> dict[str, str]:
+        return {**super().headers(request_id), "Retry-After": "1"}
+
+
+class RecordsUnavailable(GatewayError):
+    """The record spool is full and records may not be dropped: nothing is answered unrecorded."""
+
+    status = 503
+    code = "records_unavailable"
+
+
+class ReviewStoreUnavailable(GatewayError):
+    """A held answer's review item could not be stored, so no review id is handed out."""
+
+    status = 503
+    code = "review_store_unavailable"
+
+
 class BodyTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

@@ -6,23 +6,24 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import api as adapters_api
 from adapters.inspect import Inspector
 from adapters.registry_db import build_registry
 from monitoring.metrics import Metrics
-from monitoring.record_writer import RecordWriter
 from monitoring.tracing import build_provider, tracer_from
 from rollout import api as rollouts_api
 from rollout.control import RolloutControl
+from service import records
 from service.api import health
+from service.api.edge import document_the_edge
 from service.api.errors import document_validation_errors_as_400, install_error_handlers
 from service.clock import Clock, now
 from service.db import repositories
@@ -36,17 +37,18 @@ from service.engine.reconciler import AdapterReconciler
 from service.gateway import endpoints as inference
 from service.gateway.endpoints import GatewayApp
 from service.gateway.parts import Gateway
-from service.gateway.record import FinishedRecord
+from service.gateway.schema_checks import SchemaChecks, worker_processes
 from service.gateway.shadow import ShadowCaller
+from service.guard import refusal
 from service.review import api as reviews_api
 from service.review import export_api as reviews_export
-from service.review import queue
 from service.review import results_api as review_results
 from service.review import ui as review_ui
 from service.review.results import ReviewCallbacks
 from service.review.stats import ReviewStats
 from service.routes import api as routes_admin
 from service.routes.config import DEFAULT_ROUTES, load_routes_file, sync_routes
+from service.routes.key_lookups import KeyLookups
 from service.routes.snapshot import SnapshotStore
 from service.routes.view import Snapshot
 from service.settings import Settings
@@ -84,10 +86,12 @@ async def _sync_routes(gw: Gateway) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gw: Gateway = app.state.gateway
     settings = gw.settings
+    recorder: records.Records = app.state.records
     try:
         await ensure_migrated(gw.db)
         await _sync_routes(gw)
         await gw.snapshot.reload()
+        recorder.start()
     except BaseException:
         await gw.db.dispose()
         raise
@@ -117,7 +121,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks.append(asyncio.create_task(gw.rollouts.run(), name="rollout-analysis"))
     stats = ReviewStats(gw.sessions, gw.metrics, now, settings.review_stats_interval_s)
     tasks.append(asyncio.create_task(stats.run(), name="review-stats"))
-    gw.writer.start()
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
     # scans, which otherwise walk the whole framework heap and showed up as p99 spikes.
     gc.freeze()
@@ -134,19 +137,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 log.error("background task %s had failed: %r", task.get_name(), result)
         await gw.shadow.close()
         await gw.callbacks.close()
-        await gw.writer.close()
+        await gw.schema_checks.close()
+        await recorder.stop(settings.record_drain_timeout_s)
         await http.close()
         await gw.db.dispose()
         if app.state.tracer_provider is not None:
             app.state.tracer_provider.shutdown()
-
-
-async def write_records(session: AsyncSession, batch: list[FinishedRecord]) -> None:
-    """Request records and, in the same transaction, the review items they carry."""
-    await repositories.insert_records(session, [record.row for record in batch])
-    for record in batch:
-        if record.review is not None:
-            await queue.enqueue(session, record.review)
 
 
 def _wake_on_new_versions(reconciler: AdapterReconciler) -> Callable[[Snapshot, Snapshot], None]:
@@ -183,16 +179,15 @@ def create_app(
         cfg.name: EnginePool(cfg, metrics, settings.eject_for_s) for cfg in settings.engine_pools()
     }
     engines = EngineClient(pools, metrics, settings)
-    writer = RecordWriter(
+    recorder = records.build(settings, metrics, tracer, sessions)
+    snapshot = SnapshotStore(
         sessions,
-        write_records,
-        metrics,
-        tracer,
-        queue_size=settings.record_queue_size,
-        batch_size=settings.record_batch_size,
-        flush_interval_s=settings.record_flush_interval_s,
+        settings.snapshot_refresh_s,
+        lookups=KeyLookups(
+            settings.key_lookups_per_s, settings.unknown_keys_remembered, time.monotonic
+        ),
+        metrics=metrics,
     )
-    snapshot = SnapshotStore(sessions, settings.snapshot_refresh_s)
     reconciler = AdapterReconciler(
         list(pools.values()),
         AdapterHost(lambda: engines.http),
@@ -212,7 +207,7 @@ def create_app(
         sessions=sessions,
         snapshot=snapshot,
         engines=engines,
-        writer=writer,
+        records=recorder.keeper,
         metrics=metrics,
         tracer=tracer,
         tracing=provider is not None,
@@ -229,6 +224,14 @@ def create_app(
         callbacks=ReviewCallbacks(
             sessions, _hold_callback(snapshot), settings.review_callback_allowlist
         ),
+        schema_checks=SchemaChecks(
+            refusal,
+            metrics,
+            executor=worker_processes(settings.schema_check_workers),
+            workers=settings.schema_check_workers,
+            max_waiting=settings.schema_check_queue,
+            cache_size=settings.schema_check_cache,
+        ),
     )
     app = GatewayApp(
         gateway,
@@ -238,10 +241,12 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.tracer_provider = provider
+    app.state.records = recorder
     # A trailing-slash redirect would be built from the client's Host header.
     app.router.redirect_slashes = False
     install_error_handlers(app)
     document_validation_errors_as_400(app)
+    document_the_edge(app)
     app.include_router(inference.router)
     app.include_router(health.router)
     app.include_router(routes_admin.router)

@@ -6,13 +6,27 @@ pass it to ``create_app``.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from monitoring.spool import Fsync
+
 # Where the managed engine keeps the converted bundled model, under data_dir/models.
 BUNDLED_MODEL_DIR = "smollm2-135m-instruct"
+
+
+class RecordBodies(StrEnum):
+    FULL = "full"
+    REDACTED = "redacted"
+    NONE = "none"
+
+
+class WhenFull(StrEnum):
+    REFUSE = "refuse"
+    DROP = "drop"
 
 
 def _default_data_dir() -> Path:
@@ -106,10 +120,52 @@ class Settings(BaseSettings):
     max_stop_sequences: int = 4
     max_messages: int = 256
 
-    redact_bodies: bool = False
-    record_queue_size: int = 10_000
-    record_batch_size: int = 500
-    record_flush_interval_s: float = 0.2
+    record_bodies: RecordBodies = Field(
+        default=RecordBodies.FULL,
+        description="Request and answer bodies in records and the spool: full, redacted "
+        "(e-mails, phone and long digit runs masked, as in the training export) or none.",
+    )
+    redact_bodies: bool = Field(
+        default=False, description="Older name: true means record_bodies=none."
+    )
+    record_batch_size: int = Field(
+        default=5000, gt=0, description="Most records the shipper writes in one transaction."
+    )
+    record_flush_interval_s: float = Field(
+        default=0.2, gt=0, description="How often the shipper moves spooled records."
+    )
+    record_drain_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="At shutdown, how long the shipper may take to move what is spooled; what "
+        "it does not move stays in the spool and is shipped at the next start.",
+    )
+    spool_dir: Path | None = Field(
+        default=None, description="The record spool (default: data_dir/spool); one per gateway."
+    )
+    spool_fsync: Fsync = Field(
+        default=Fsync.INTERVAL,
+        description="interval (every spool_fsync_interval_s), always (each record) or never: "
+        "what a power loss can take. A killed process loses nothing under any of them.",
+    )
+    spool_fsync_interval_s: float = Field(default=0.2, gt=0)
+    spool_max_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Largest spool (records the database has not taken)."
+    )
+    records_when_full: WhenFull = Field(
+        default=WhenFull.REFUSE,
+        description="With a full spool: refuse (503 records_unavailable) or drop (answer, "
+        "count each lost record in loragate_records_dropped_total).",
+    )
+    record_retention_days: float = Field(
+        default=30,
+        ge=0,
+        description="Records older than this are deleted (0 keeps them), except those a review "
+        "item refers to.",
+    )
+    hold_commit_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait to store a held answer's review item."
+    )
     snapshot_refresh_s: float = 2.0
 
     adapter_import_root: Path | None = Field(
@@ -155,6 +211,70 @@ class Settings(BaseSettings):
     review_stats_interval_s: float = Field(
         default=15.0, gt=0, description="Seconds between refreshes of the review queue gauges."
     )
+    review_session_ttl_s: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        description="A reviewer's browser session (/review) ends this long after sign-in.",
+    )
+    secure_cookies: bool = Field(
+        default=False,
+        description="Clients reach the gateway over HTTPS (e.g. through a TLS proxy): the "
+        "review UI's session cookie gets the Secure flag (it does anyway on an https request).",
+    )
+
+    # Hostile and greedy clients (see README "Limits on clients").
+    schema_check_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker threads that check clients' response_format schemas (the event "
+        "loop never does).",
+    )
+    schema_check_queue: int = Field(
+        default=32,
+        ge=1,
+        description="Schema checks that may wait for a worker; past it the costliest is "
+        "refused with 503 schema_check_busy.",
+    )
+    schema_check_cache: int = Field(
+        default=1024, ge=1, description="Schema verdicts kept, by the schema's sha256."
+    )
+    key_lookups_per_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Database lookups of key ids not in the snapshot (a key created since the "
+        "last refresh), at most this many a second; past it such keys are refused (401) until "
+        "the next snapshot refresh, which loads them.",
+    )
+    unknown_keys_remembered: int = Field(
+        default=10_000,
+        ge=0,
+        description="Key ids found unknown, remembered until the next snapshot refresh so that "
+        "one sent again costs no lookup.",
+    )
+    client_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must send a complete request line and headers within this "
+        "after it opens or after its previous response.",
+    )
+    client_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request's whole body must arrive within this."
+    )
+    keepalive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this."
+    )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A client that reads nothing of its answer for this long while the gateway "
+        "has bytes to send it (a stream) is cut; its request is recorded as 499.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open client connections; one past it is closed as soon as it is "
+        "accepted. Keep it below the process's open-files limit.",
+    )
 
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces endpoint; tracing is off when unset."
@@ -179,6 +299,14 @@ class Settings(BaseSettings):
     @property
     def effective_import_root(self) -> Path:
         return self.adapter_import_root or self.data_dir / "imports"
+
+    @property
+    def effective_spool_dir(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+    @property
+    def effective_record_bodies(self) -> RecordBodies:
+        return RecordBodies.NONE if self.redact_bodies else self.record_bodies
 
     @property
     def adapter_store_dir(self) -> Path:

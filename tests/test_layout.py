@@ -17,7 +17,8 @@ PURE = [
     "rollout.core.machine", "rollout.core.spec", "rollout.core.split",
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
-    "service.gateway.request_rules", "service.routes.view", "adapters.placement",
+    "service.gateway.request_rules", "service.routes.view", "service.routes.key_lookups",
+    "adapters.placement",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from service.api.deps import gateway
+from service.api.edge import EdgeGuard
 from service.errors import RouteNotFound
 from service.gateway import pipeline
 from service.gateway.parts import Gateway
@@ -54,23 +55,33 @@ DOCS = {
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid request: unknown field, value out of range, malformed JSON."},
-    401: {"description": "Missing or invalid API key."},
-    403: {"description": "The key's role or route list does not allow this call."},
-    404: {"description": "No route with that name."},
+    401: {"description": "Missing or invalid API key (no request record is written)."},
+    403: {"description": "The key's role may not call inference."},
+    404: {
+        "description": "No route with that name, or one the key's route list leaves out (the "
+        "two read the same)."
+    },
     413: {"description": "Body larger than the configured limit."},
     502: {"description": "The engine failed or answered with something unusable."},
-    503: {"description": "No healthy engine replica."},
+    503: {
+        "description": "No healthy engine replica (`engine_unavailable`), the record spool is "
+        "full (`records_unavailable`), or an answer held for review could not be stored "
+        "(`review_store_unavailable`)."
+    },
     504: {"description": "The engine did not answer in time."},
 }
 
 
 class GatewayApp(FastAPI):
-    """The FastAPI application, with the ``INFERENCE`` endpoints answered ahead of it."""
+    """The FastAPI application, with the ``INFERENCE`` endpoints answered ahead of it, and
+    everything else behind the edge (``service.api.edge``: key before body, body limit)."""
 
     def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gateway = gateway
         self.state.gateway = gateway
+        # Everything FastAPI serves passes the edge first: key before body, body limit.
+        self._guarded = EdgeGuard(super().__call__, gateway)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -79,7 +90,7 @@ class GatewayApp(FastAPI):
                 response = await pipeline.handle(self.gateway, scope, receive, endpoint)
                 await response(scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        await self._guarded(scope, receive, send)
 
 
 def _body_doc(endpoint: Endpoint) -> dict[str, Any]:

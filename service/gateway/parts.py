@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from adapters.registry import Registry
 from monitoring.metrics import UNKNOWN, Metrics
-from monitoring.record_writer import RecordWriter
 from rollout.control import RolloutControl
 from service.auth import Principal, bearer_token, split_key, verify
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
-from service.gateway.record import FinishedRecord, RecordDraft
+from service.gateway.keeper import RecordKeeper
+from service.gateway.record import RecordDraft
+from service.gateway.schema_checks import SchemaChecks
 from service.gateway.shadow import ShadowCaller
 from service.review.results import ReviewCallbacks
 from service.routes.snapshot import SnapshotStore
@@ -32,7 +33,7 @@ class Gateway:
     sessions: async_sessionmaker[Any]
     snapshot: SnapshotStore
     engines: EngineClient
-    writer: RecordWriter[FinishedRecord]
+    records: RecordKeeper
     metrics: Metrics
     tracer: Tracer
     tracing: bool
@@ -41,6 +42,7 @@ class Gateway:
     shadow: ShadowCaller
     rollouts: RolloutControl
     callbacks: ReviewCallbacks
+    schema_checks: SchemaChecks
 
     async def identify(self, authorization: str | None) -> Principal:
         """The principal behind a bearer key (any role); the database only for unknown key ids."""
@@ -57,7 +59,7 @@ class Gateway:
         return NO_SPAN
 
     def finish(self, record: RecordDraft) -> None:
-        """Count and queue the record of a request that has ended (never blocks)."""
+        """Count the request and spool its record (never waits on the database)."""
         latency = record.elapsed_s()
         labels = (
             record.route or UNKNOWN,
@@ -68,6 +70,4 @@ class Gateway:
         self.metrics.request_done(
             labels, latency, record.ttft_s, record.tokens_in, record.tokens_out
         )
-        # A record carrying a review item is never dropped: a client may be waiting on the review.
-        finished = record.finished(latency, self.settings.redact_bodies)
-        self.writer.submit(finished, keep=finished.review is not None)
+        self.records.keep(record.finished(latency, self.settings.effective_record_bodies))

@@ -26,6 +26,7 @@ from service.api.errors import error_response
 from service.auth import INFERENCE_ROLES, Principal, require_role
 from service.engine.client import EngineStream, parse_reply
 from service.errors import (
+    AuthenticationFailed,
     BodyTooLarge,
     ClientClosedRequest,
     EngineBadResponse,
@@ -34,7 +35,7 @@ from service.errors import (
     GatewayError,
     InvalidRequest,
     OutputInvalid,
-    PermissionDenied,
+    ReviewStoreUnavailable,
     RouteNotFound,
 )
 from service.gateway.parts import Gateway
@@ -57,12 +58,17 @@ from service.routes.view import RouteView
 JSON = "application/json"
 # Every answer names its request record, so a client's report can be matched to it.
 REQUEST_ID = "x-request-id"
+# A held answer: accepted, its review pending.
+HELD = 202
 # Rollouts keep a subject on one arm: the body's `user`, else this header, else the request.
 SUBJECT = b"x-loragate-subject"
 log = logging.getLogger(__name__)
 
 
 async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint) -> Response:
+    principal = await caller(gw, scope)
+    if not isinstance(principal, Principal):
+        return principal  # 401: counted, not recorded, body not read
     record = RecordDraft(endpoint.value)
     handed_to_stream = False
     shadow: ShadowCall | None = None
@@ -70,7 +76,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
     with gw.span("gateway.request") as span:
         span.set_attribute("loragate.request_id", record.id)
         try:
-            principal = await gw.identify(header(scope, b"authorization"))
+            gw.records.admit()
             record.key_id = principal.key_id
             require_role(principal, INFERENCE_ROLES)
             raw = await read_body(scope, receive, gw.settings.max_body_bytes)
@@ -86,6 +92,8 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             limits = Limits.for_route(gw.settings, route)
             forced = contract_fields(route, endpoint, payload)
             prepared = prepare(endpoint, payload, decision.target, limits, forced)
+            if prepared.client_schema is not None:  # off the event loop, cached by hash
+                await gw.schema_checks.check(prepared.client_schema, prepared.schema_cost)
             record.stream = prepared.stream
             if decision.shadow_target is not None:
                 shadow = launch_shadow(
@@ -131,6 +139,8 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             if record.response_body is None:
                 record.response_body = body.decode("utf-8", "replace")
             record.status_code = status
+            if status == HELD:
+                await hold(gw, record)
             return Response(body, status, media_type=JSON, headers={REQUEST_ID: record.id})
         except GatewayError as error:
             record.fail(error)
@@ -149,6 +159,16 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                     shadow.primary_answered(None)  # no-op when it already has the answer
                 gw.metrics.in_flight.dec()
                 gw.finish(record)
+
+
+async def hold(gw: Gateway, record: RecordDraft) -> None:
+    """Store a held answer's review item (and its record) before its id goes out."""
+    try:
+        bodies = gw.settings.effective_record_bodies
+        await gw.records.hold(record.finished(record.elapsed_s(), bodies))
+    except ReviewStoreUnavailable:
+        record.review = None  # the client gets no review id: no item may appear later
+        raise
 
 
 def rollout_subject(payload: dict[str, Any], scope: Scope, request_id: str) -> str:
@@ -243,7 +263,7 @@ async def guard_answer(
         record.response_body = body.decode("utf-8", "replace")  # the record keeps the answer
         held = {"object": "loragate.review_hold", "request_id": record.id, "review_id": review_id,
                 "status": "pending", "result_url": f"/v1/review-results/{review_id}"}  # fmt: skip
-        return answer, orjson.dumps(held), 202
+        return answer, orjson.dumps(held), HELD
     return answer, body, 200
 
 
@@ -279,6 +299,20 @@ async def authenticate(gw: Gateway, authorization: str | None) -> Principal:
     return principal
 
 
+async def caller(gw: Gateway, scope: Scope) -> Principal | Response:
+    """The key's principal, or the 401 to answer. A request without a key of ours is counted
+    (``loragate_unauthenticated_requests_total``) but gets no request record: a flood of
+    made-up keys would otherwise cost a database row each."""
+    try:
+        return await gw.identify(header(scope, b"authorization"))
+    except AuthenticationFailed as error:
+        gw.metrics.unauthenticated.labels(error.code).inc()
+        return error_response(error)
+    except Exception:
+        log.exception("identifying the caller failed inside the gateway")
+        return error_response(GatewayError("The gateway failed to serve this request."))
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -300,10 +334,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 def resolve_route(gw: Gateway, name: str, principal: Principal) -> RouteView:
     route = gw.snapshot.current.routes.get(name)
-    if route is None:
+    # A route the key may not use reads exactly like one that does not exist: a key limited
+    # to some routes learns nothing of the others.
+    if route is None or not principal.may_use_route(name):
         raise RouteNotFound(f"The route '{name}' does not exist.", param="model")
-    if not principal.may_use_route(name):
-        raise PermissionDenied(f"This key may not use the route '{name}'.", param="model")
     return route
 
 
@@ -319,6 +353,21 @@ async def relay(
     text: list[str] = []
     finished = False
     echoed = False
+    recorded = False
+
+    def record_it() -> None:
+        # Before the stream's last bytes go out: a record is spooled for every answer sent.
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        stream.close()
+        record.response_body = "".join(text)
+        if shadow is not None:
+            shadow.primary_answered(record.response_body if record.error is None else None)
+        gw.metrics.in_flight.dec()
+        gw.finish(record)
+
     try:
         async for line in stream.lines():
             if not line.startswith(b"data:"):
@@ -326,6 +375,7 @@ async def relay(
             data = line[5:].strip()
             if data == b"[DONE]":
                 finished = True
+                record_it()
                 yield b"data: [DONE]\n\n"
                 break
             event = parse_event(data)
@@ -348,23 +398,21 @@ async def relay(
             raise EngineStreamBroken("The engine closed the stream before it finished.")
     except GatewayError as error:
         record.fail(error)
+        record_it()
         yield error.sse_event()
     except (asyncio.CancelledError, GeneratorExit):
         # Cancelled or closed because the client left: there is nobody to tell.
-        record.fail(ClientClosedRequest("The client closed the connection."))
+        if not recorded:
+            record.fail(ClientClosedRequest("The client closed the connection."))
         raise
     except Exception:
         log.exception("relaying the stream of request %s failed", record.id)
         internal = GatewayError("The gateway failed while relaying the stream.")
         record.fail(internal)
+        record_it()
         yield internal.sse_event()
     finally:
-        stream.close()
-        record.response_body = "".join(text)
-        if shadow is not None:
-            shadow.primary_answered(record.response_body if record.error is None else None)
-        gw.metrics.in_flight.dec()
-        gw.finish(record)
+        record_it()
 
 
 def parse_event(data: bytes) -> dict[str, Any]:

@@ -110,7 +110,10 @@ async def test_switch_under_load_fails_no_request_and_old_version_is_unloaded(
     switched = asyncio.Event()
 
     async def client() -> None:
-        for _ in range(15):
+        # Until the switch is done, and a few after it: both versions must have served.
+        after = 0
+        while after < 3:
+            after += switched.is_set()
             r = await two.client.post(CHAT, json=chat_body(), headers=two.auth())
             statuses.append(r.status_code)
             await asyncio.sleep(0.01)

@@ -222,7 +222,7 @@ async def test_a_worse_candidate_is_rolled_back_in_shadow(
     assert len(await flushed(gw, "stable", 9)) == 9
     assert len(await records(gw, "shadow")) == 6
     await wait_until(lambda: "triage@2" not in engine.adapters, what="the candidate to unload")
-    metrics = (await gw.client.get("/metrics")).text
+    metrics = await gw.metrics()
     assert 'loragate_rollout_transitions_total{kind="rolled_back",route="chat"} 1.0' in metrics
     assert 'loragate_rollout_phase{phase="rolled_back",route="chat"} 1.0' in metrics
 
@@ -277,7 +277,7 @@ async def test_shadow_calls_are_shed_at_the_cap_and_primaries_unaffected(
         await control(h).tick_all()
         answers = await send(h, 8)
         assert {a.status_code for a in answers} == {200}
-        metrics = (await h.client.get("/metrics")).text
+        metrics = await h.metrics()
         assert 'loragate_shadow_calls_total{outcome="shed",route="chat"} 7.0' in metrics
         assert 'loragate_shadow_calls_total{outcome="started",route="chat"} 1.0' in metrics
         assert len(await flushed(h, "shadow", 1)) == 1
@@ -448,7 +448,10 @@ async def test_two_replicas_ticking_one_rollout_advance_it_once(
     engine.default = engine.by_model["triage@2"] = GOOD  # stable is the base model here
     async with (
         running_gateway(settings, clock=clock) as one,
-        running_gateway(settings, clock=clock) as two,
+        # Its own spool: each gateway keeps its records in a directory of its own.
+        running_gateway(
+            settings.model_copy(update={"spool_dir": tmp_path / "two"}), clock=clock
+        ) as two,
     ):
         await add_version(one, "triage", 1, tmp_path)
         await add_version(one, "triage", 2, tmp_path)
