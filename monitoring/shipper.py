@@ -119,16 +119,28 @@ class Shipper:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self._spool.fsync is Fsync.INTERVAL and now >= next_sync:
-                    self._spool.sync()
                     next_sync = now + self._fsync_interval_s
-                await self._pass(sessions)
+                    await self._guarded(self._sync())
+                await self._guarded(self._pass(sessions))
                 if self._maintenance is not None and now >= next_maintenance:
                     await self._maintain(sessions)
                     next_maintenance = now + self._maintenance_every_s
                 await self._sleep(self._backoff_s or self._interval_s)
-            await self._pass(sessions)  # what was appended before the stop
+            await self._guarded(self._pass(sessions))  # what was appended before the stop
         finally:
             await engine.dispose()
+
+    async def _sync(self) -> None:
+        self._spool.sync()  # blocks this thread's loop only, never the gateway's
+
+    async def _guarded(self, step: Awaitable[None]) -> None:
+        """Run one step; the spool's own files failing (an I/O error) must not end the thread:
+        nothing is deleted, and the next turn tries again."""
+        try:
+            await step
+        except OSError as exc:
+            log.error("reading or syncing the record spool failed: %s", exc)
+            self._failed(exc, 0)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less when ``stop`` is called."""
