@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -236,7 +237,15 @@ def test_documented_errors_through_openai_client(live: LiveGateway, client: open
         wrong.chat.completions.create(model="chat", messages=messages)  # type: ignore[arg-type]
     for code in ("model_not_found", "legacy_guided_field", "engine_rejected_request"):
         live.wait_record(lambda r, code=code: r["error_code"] == code)
-    live.wait_record(lambda r: r["error_code"] == "invalid_api_key")
+    # A request without a valid key is counted, not recorded (a flood of made-up keys would
+    # otherwise cost a row each).
+    sre = live.cli("keys", "create", "--role", "sre", "--quiet").strip()
+    metrics = httpx.get(f"{live.url}/metrics", headers={"Authorization": f"Bearer {sre}"}).text
+    counted = re.search(
+        r'loragate_unauthenticated_requests_total\{code="invalid_api_key"\} (\S+)', metrics
+    )
+    assert counted is not None and float(counted.group(1)) >= 1
+    assert not [r for r in live.records() if r["error_code"] == "invalid_api_key"]
 
 
 def test_client_disconnect_cancels_and_is_recorded(live: LiveGateway, app_key: str) -> None:
