@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -47,13 +46,6 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError)
-
-
-@dataclass(slots=True)
-class ShipperStatus:
-    last_error: str | None = None
-    last_error_at: float | None = None
-    last_shipped_at: float | None = None
 
 
 class Shipper:
@@ -87,7 +79,8 @@ class Shipper:
         self._wakeup: asyncio.Event | None = None
         self._backoff_s = 0.0
         self._last_error_log = 0.0
-        self.status = ShipperStatus()
+        # The last failure to reach the database, kept after it recovered (for /readyz).
+        self.last_error: str | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="record-shipper", daemon=True)
@@ -170,6 +163,7 @@ class Shipper:
         self, sessions: async_sessionmaker[Any], batch: list[tuple[Segment, list[bytes]]]
     ) -> bool:
         payloads = [p for _, ps in batch for p in ps]
+        shipped = len(payloads)
         try:
             if payloads:
                 with self._tracer.start_as_current_span("records.ship") as span:
@@ -182,15 +176,21 @@ class Shipper:
                 return False
             log.warning("a batch of %d records was refused (%s); shipping them one by one",
                         len(payloads), type(exc).__name__)  # fmt: skip
-            if not await self._ship_each(sessions, payloads):
+            rejected = await self._ship_each(sessions, payloads)
+            if rejected is None:
                 return False
+            shipped -= rejected
         self._spool.shipped([segment for segment, _ in batch])
-        self._metrics.records_shipped.inc(len(payloads))
+        self._metrics.records_shipped.inc(shipped)
         self._backoff_s = 0.0
-        self.status.last_shipped_at = time.time()
         return True
 
-    async def _ship_each(self, sessions: async_sessionmaker[Any], payloads: list[bytes]) -> bool:
+    async def _ship_each(
+        self, sessions: async_sessionmaker[Any], payloads: list[bytes]
+    ) -> int | None:
+        """Ship one record per transaction; how many were refused, None when the database
+        went away meanwhile (nothing is deleted then)."""
+        rejected = 0
         for payload in payloads:
             try:
                 async with sessions.begin() as session:
@@ -198,22 +198,22 @@ class Shipper:
             except SHIP_ERRORS as exc:
                 if transient(exc):
                     self._failed(exc, 1)
-                    return False
+                    return None
+                rejected += 1
                 self._metrics.records_dropped.labels("rejected").inc()
                 log.error("the database refused a request record; dropped: %s: %s",
                           type(exc).__name__, exc)  # fmt: skip
-        return True
+        return rejected
 
     def _failed(self, exc: BaseException, records: int) -> None:
         self._metrics.record_write_failures.inc(records)
         self._backoff_s = min(BACKOFF_MAX_S, max(self._interval_s, self._backoff_s * 2 or 0.25))
-        self.status.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        self.status.last_error_at = time.time()
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_EVERY_S:
             self._last_error_log = now
             log.warning("records are not reaching the database (%s); they wait in the spool "
-                        "(%d bytes)", self.status.last_error, self._spool.size_bytes)  # fmt: skip
+                        "(%d bytes)", self.last_error, self._spool.size_bytes)  # fmt: skip
 
     async def _maintain(self, sessions: async_sessionmaker[Any]) -> None:
         assert self._maintenance is not None

@@ -78,11 +78,10 @@ class Records:
         self.spool.close()
 
     def status(self) -> dict[str, Any]:
-        shipper = self.shipper.status
         return {
             "spool_bytes": self.spool.size_bytes,
             "oldest_unshipped_s": round(self.spool.oldest_unshipped_s(), 3),
-            "last_error": shipper.last_error,
+            "last_error": self.shipper.last_error,
         }
 
 

@@ -11,6 +11,7 @@ from it; FastAPI itself only ever sees other methods on these paths (and answers
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,7 @@ def _body_doc(endpoint: Endpoint) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _handler(endpoint: Endpoint) -> Any:
+def _handler(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def answer(request: Request) -> Response:
         return await pipeline.handle(gateway(request), request.scope, request.receive, endpoint)
 
