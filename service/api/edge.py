@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import error_response
 from service.errors import AuthenticationFailed, BodyTooLarge, GatewayError
 from service.gateway.parts import Gateway
 
@@ -49,14 +49,12 @@ class EdgeGuard:
         limit = self.gw.settings.max_body_bytes
         length, has_body = _declared_body(scope)
         if length is not None and length > limit:
-            await _refuse(send, _too_large(limit), close=True)
+            await _refuse(scope, receive, send, _too_large(limit), close=True)
             return
         if needs_key(scope["path"]):
-            try:
-                await self.gw.identify(_header(scope, b"authorization"))
-            except AuthenticationFailed as error:
-                self.gw.metrics.unauthenticated.labels(error.code).inc()
-                await _refuse(send, error, close=has_body)
+            caller = await self.gw.caller(header(scope, b"authorization"))
+            if isinstance(caller, AuthenticationFailed):
+                await _refuse(scope, receive, send, caller, close=has_body)
                 return
         if length is not None:  # the server delivers no more than the declared length
             await self.app(scope, receive, send)
@@ -70,7 +68,7 @@ class EdgeGuard:
                 raise
         # The app may have answered the exception its own way: the 413 goes out instead.
         if body.over and not response.started:
-            await _refuse(send, _too_large(limit), close=True)
+            await _refuse(scope, receive, send, _too_large(limit), close=True)
 
 
 def _too_large(limit: int) -> BodyTooLarge:
@@ -118,20 +116,18 @@ class _GuardedSend:
         await self._send(message)
 
 
-async def _refuse(send: Send, error: GatewayError, *, close: bool) -> None:
-    body = orjson.dumps(error.body())
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in error.headers().items()),
-    ]
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, error: GatewayError, *, close: bool
+) -> None:
+    response = error_response(error)
     if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["connection"] = "close"
+    await response(scope, receive, send)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """One request header (lower-case name) straight from the ASGI scope (cheaper on the hot
+    path than building Starlette's ``Headers``)."""
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
@@ -140,8 +136,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def _declared_body(scope: Scope) -> tuple[int | None, bool]:
     """The declared Content-Length (None when absent or unreadable) and whether a body comes."""
-    length = _header(scope, b"content-length")
-    chunked = _header(scope, b"transfer-encoding") is not None
+    length = header(scope, b"content-length")
+    chunked = header(scope, b"transfer-encoding") is not None
     if length is not None and length.strip().isdigit():
         declared = int(length)
         return declared, declared > 0 or chunked

@@ -15,6 +15,7 @@ from rollout.control import RolloutControl
 from service.auth import Principal, bearer_token, split_key, verify
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
+from service.errors import AuthenticationFailed
 from service.gateway.keeper import RecordKeeper
 from service.gateway.record import RecordDraft
 from service.gateway.schema_checks import SchemaChecks
@@ -51,6 +52,16 @@ class Gateway:
         if stored is None:
             stored = await self.snapshot.find_key(key_id)
         return verify(stored, secret)
+
+    async def caller(self, authorization: str | None) -> Principal | AuthenticationFailed:
+        """The principal, or the refusal to answer. A refusal is counted
+        (``loragate_unauthenticated_requests_total``) and never recorded: a flood of made-up
+        keys would otherwise cost a database row each."""
+        try:
+            return await self.identify(authorization)
+        except AuthenticationFailed as refusal:
+            self.metrics.unauthenticated.labels(refusal.code).inc()
+            return refusal
 
     def span(self, name: str) -> AbstractContextManager[Span]:
         """A tracing span, or a shared no-op context when tracing is off."""

@@ -22,11 +22,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from rollout.core.split import decide
+from service.api.edge import header
 from service.api.errors import error_response
 from service.auth import INFERENCE_ROLES, Principal, require_role
 from service.engine.client import EngineStream, parse_reply
 from service.errors import (
-    AuthenticationFailed,
     BodyTooLarge,
     ClientClosedRequest,
     EngineBadResponse,
@@ -284,14 +284,6 @@ def review_item(
     )  # fmt: skip
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """One request header (lower-case name) straight from the ASGI scope."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 async def authenticate(gw: Gateway, authorization: str | None) -> Principal:
     """A principal allowed to call inference endpoints."""
     principal = await gw.identify(authorization)
@@ -300,17 +292,13 @@ async def authenticate(gw: Gateway, authorization: str | None) -> Principal:
 
 
 async def caller(gw: Gateway, scope: Scope) -> Principal | Response:
-    """The key's principal, or the 401 to answer. A request without a key of ours is counted
-    (``loragate_unauthenticated_requests_total``) but gets no request record: a flood of
-    made-up keys would otherwise cost a database row each."""
+    """The key's principal, or the 401 to answer (counted, not recorded: ``Gateway.caller``)."""
     try:
-        return await gw.identify(header(scope, b"authorization"))
-    except AuthenticationFailed as error:
-        gw.metrics.unauthenticated.labels(error.code).inc()
-        return error_response(error)
+        principal = await gw.caller(header(scope, b"authorization"))
     except Exception:
         log.exception("identifying the caller failed inside the gateway")
         return error_response(GatewayError("The gateway failed to serve this request."))
+    return principal if isinstance(principal, Principal) else error_response(principal)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
