@@ -144,9 +144,10 @@ def gateway_env(workdir: Path, upstream: str) -> dict[str, str]:
     return env
 
 
-def create_key(env: dict[str, str], role: str = "app") -> str:
+def create_key(env: dict[str, str], role: str = "app", *limits: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "service", "keys", "create", "--role", role, "--name", "bench"],
+        [sys.executable, "-m", "service", "keys", "create", "--role", role, "--name", "bench",
+         *limits],
         check=True, capture_output=True, text=True, env=env, cwd=ROOT,
     ).stdout  # fmt: skip
     return next(line.split()[1] for line in out.splitlines() if line.startswith("key:"))

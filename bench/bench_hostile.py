@@ -11,7 +11,9 @@ and measures, sequentially, a normal client's chat latency (p50/p99/max) alone a
   client got to send, the gateway's peak memory);
 - random keys: 4 clients with made-up keys (request records written, database lookups);
 - idle connections: 500 connections that send nothing (how many are still open after the header
-  timeout).
+  timeout);
+- one greedy key: 8 clients flooding with one app key, once without limits and once with
+  `--rpm 600 --max-concurrent 2` (what the greedy key got, the normal key's latency).
 
 Figures only; the tests assert behaviour. These machines are shared: compare within one run.
 """
@@ -127,6 +129,15 @@ def key_flooder(url: str, seen: Counter[int]) -> Callable[[threading.Event], Non
     return attack
 
 
+def greedy(url: str, key: str, seen: Counter[int]) -> Callable[[threading.Event], None]:
+    def attack(stop: threading.Event) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                seen[client.post(url + CHAT, json=chat(), headers=bearer(key)).status_code] += 1
+
+    return attack
+
+
 def memory_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -200,11 +211,96 @@ def note(line: tuple[str, Any]) -> None:
     print(f"{name:<46} {figures}", flush=True)
 
 
+def other_attacks(
+    url: str, port: int, pid: int, keys: list[str], sre: str, n: int, workdir: Path
+) -> None:
+    """Schemas, bodies, random keys and idle connections (see the module docstring)."""
+    seen: Counter[int] = Counter()
+    note(
+        (
+            "4 clients, 16 KB bodies refused otherwise",
+            under(body_flooder(url, keys[4], seen), 4, lambda: latency(url, keys[0], n)),
+        )
+    )
+    note(("  their answers", dict(seen)))
+    seen = Counter()
+    attack = {"anyOf": [{} for _ in range(5300)]}
+    note(
+        (
+            "4 clients, 5,300-anyOf schema",
+            under(
+                schema_attacker(url, keys[1], lambda: attack, seen),
+                4,
+                lambda: latency(url, keys[0], n),
+            ),
+        )
+    )
+    note(("  their answers", dict(seen)))
+    seen = Counter()
+
+    def unique() -> dict[str, Any]:
+        return {"$comment": secrets.token_hex(8), "anyOf": [{} for _ in range(COST_BOUND - 3)]}
+
+    small = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}}
+    note(
+        (
+            "4 clients, unique schemas at the bound",
+            under(schema_attacker(url, keys[2], unique, seen), 4, lambda: latency(url, keys[0], n)),
+        )
+    )
+    note(
+        (
+            "  same, normal client with a small schema",
+            under(
+                schema_attacker(url, keys[2], unique, seen),
+                4,
+                lambda: latency(url, keys[0], n // 4, with_schema(small)),
+            ),
+        )
+    )
+    note(("  their answers", dict(seen)))
+    rss_before = memory_kb(pid, "VmRSS")
+    note(("200 MB body, no key", big_body_without_key(port, chunked=False)))
+    note(("200 MB chunked body, no key", big_body_without_key(port, chunked=True)))
+    note(
+        (
+            "  gateway memory (kB) before, after, peak",
+            (rss_before, memory_kb(pid, "VmRSS"), memory_kb(pid, "VmHWM")),
+        )
+    )
+    seen = Counter()
+    began = time.monotonic()
+    note(
+        (
+            "4 clients, random keys",
+            under(key_flooder(url, seen), 4, lambda: latency(url, keys[0], n)),
+        )
+    )
+    flood_s = time.monotonic() - began
+    time.sleep(1.0)  # records are shipped in the background
+    rows = (
+        sqlite3.connect(workdir / "bench.db")
+        .execute("SELECT status_code, count(*) FROM request_records GROUP BY 1")
+        .fetchall()
+    )
+    metrics = httpx.get(f"{url}/metrics", headers=bearer(sre)).text
+    lookups = [
+        line for line in metrics.splitlines() if line.startswith("loragate_key_lookups_total")
+    ]
+    note(("  their answers, in s", (dict(seen), round(flood_s, 1))))
+    note(("  records by status", rows))
+    note(("  key lookups", lookups))
+    note(("500 idle connections, still open after 4 s", idle_connections(port, 500, 4.0)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--only", choices=["greedy"], default=None, help="run only the one-greedy-key attack"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="loragate-hostile-"))
     upstream_port, port = free_port(), free_port()
@@ -221,89 +317,25 @@ def main() -> None:
             capture_output=True,
         )
         keys = [create_key(env) for _ in range(5)]
+        unlimited = create_key(env)
+        limited = create_key(env, "app", "--rpm", "600", "--max-concurrent", "2")
         sre = create_key(env, "sre")
         processes.append(start([python, "-m", "service", "serve", "--port", str(port)], env))
         wait_http(f"{url}/readyz", timeout_s=60)
         pid, n = processes[1].pid, args.requests
         note(("alone", latency(url, keys[0], n)))
-        seen: Counter[int] = Counter()
-        note(
-            (
-                "4 clients, 16 KB bodies refused otherwise",
-                under(body_flooder(url, keys[4], seen), 4, lambda: latency(url, keys[0], n)),
+        if args.only is None:
+            other_attacks(url, port, pid, keys, sre, n, workdir)
+        for name, key in (("without limits", unlimited), ("rpm 600, 2 at once", limited)):
+            seen: Counter[int] = Counter()
+            began = time.monotonic()
+            note(
+                (
+                    f"8 clients, one key {name}",
+                    under(greedy(url, key, seen), 8, lambda: latency(url, keys[0], n)),
+                )
             )
-        )
-        note(("  their answers", dict(seen)))
-        seen = Counter()
-        attack = {"anyOf": [{} for _ in range(5300)]}
-        note(
-            (
-                "4 clients, 5,300-anyOf schema",
-                under(
-                    schema_attacker(url, keys[1], lambda: attack, seen),
-                    4,
-                    lambda: latency(url, keys[0], n),
-                ),
-            )
-        )
-        note(("  their answers", dict(seen)))
-        seen = Counter()
-
-        def unique() -> dict[str, Any]:
-            return {"$comment": secrets.token_hex(8), "anyOf": [{} for _ in range(COST_BOUND - 3)]}
-
-        small = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}}
-        note(
-            (
-                "4 clients, unique schemas at the bound",
-                under(
-                    schema_attacker(url, keys[2], unique, seen), 4, lambda: latency(url, keys[0], n)
-                ),
-            )
-        )
-        note(
-            (
-                "  same, normal client with a small schema",
-                under(
-                    schema_attacker(url, keys[2], unique, seen),
-                    4,
-                    lambda: latency(url, keys[0], n // 4, with_schema(small)),
-                ),
-            )
-        )
-        note(("  their answers", dict(seen)))
-        rss_before = memory_kb(pid, "VmRSS")
-        note(("200 MB body, no key", big_body_without_key(port, chunked=False)))
-        note(("200 MB chunked body, no key", big_body_without_key(port, chunked=True)))
-        note(
-            (
-                "  gateway memory (kB) before, after, peak",
-                (rss_before, memory_kb(pid, "VmRSS"), memory_kb(pid, "VmHWM")),
-            )
-        )
-        seen = Counter()
-        began = time.monotonic()
-        note(
-            (
-                "4 clients, random keys",
-                under(key_flooder(url, seen), 4, lambda: latency(url, keys[0], n)),
-            )
-        )
-        flood_s = time.monotonic() - began
-        time.sleep(1.0)  # records are shipped in the background
-        rows = (
-            sqlite3.connect(workdir / "bench.db")
-            .execute("SELECT status_code, count(*) FROM request_records GROUP BY 1")
-            .fetchall()
-        )
-        metrics = httpx.get(f"{url}/metrics", headers=bearer(sre)).text
-        lookups = [
-            line for line in metrics.splitlines() if line.startswith("loragate_key_lookups_total")
-        ]
-        note(("  their answers, in s", (dict(seen), round(flood_s, 1))))
-        note(("  records by status", rows))
-        note(("  key lookups", lookups))
-        note(("500 idle connections, still open after 4 s", idle_connections(port, 500, 4.0)))
+            note(("  its answers, in s", (dict(seen), round(time.monotonic() - began, 1))))
         note(("alone again", latency(url, keys[0], n)))
     finally:
         for process in reversed(processes):

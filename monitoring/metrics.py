@@ -1,7 +1,8 @@
 """Every metric, declared once, in a registry owned by the app (no global registry).
 
 Label values are bounded: routes come from configuration (an unknown route is ``-``), arms
-and statuses are small fixed sets. Never keys or request ids.
+and statuses are small fixed sets. Never request ids; key ids only for keys that carry limits
+(a set an admin configures), and only their public id.
 """
 
 from __future__ import annotations
@@ -150,6 +151,20 @@ class Metrics:
             "Requests refused for a missing or unknown key, by error code; they get no request "
             "record.",
             ["code"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "loragate_rate_limited",
+            "Requests refused with 429 by a key's limits, by key id and limit "
+            "(rpm, tpm or max_concurrent).",
+            ["key", "limit"],
+            registry=r,
+        )
+        self.rate_limit_store_errors = Counter(
+            "loragate_rate_limit_store_errors",
+            "Failures to reach the store the limits are counted in, by operation (take or give "
+            "back); requests then pass or are refused as LORAGATE_LIMITS_WHEN_STORE_DOWN says.",
+            ["operation"],
             registry=r,
         )
         self.key_lookups = Counter(

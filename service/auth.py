@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from service.errors import AuthenticationFailed, MissingAPIKey, PermissionDenied
+from service.limits.quota import KeyLimits
 
 KEY_PREFIX = "lg"
 
@@ -34,6 +35,7 @@ class Principal:
     name: str
     role: Role
     allowed_routes: frozenset[str] | None
+    limits: KeyLimits | None = None
 
     def may_use_route(self, route: str) -> bool:
         return self.allowed_routes is None or route in self.allowed_routes
@@ -97,9 +99,11 @@ def stored_key(
     role: str,
     secret_hash: str,
     allowed_routes: list[str] | None,
+    limits: dict[str, object] | None = None,
     revoked_at: datetime | None = None,
 ) -> StoredKey | None:
     if revoked_at is not None:
         return None
     routes = frozenset(allowed_routes) if allowed_routes is not None else None
-    return StoredKey(Principal(key_id, name, Role(role), routes), secret_hash)
+    principal = Principal(key_id, name, Role(role), routes, KeyLimits.from_json(limits))
+    return StoredKey(principal, secret_hash)

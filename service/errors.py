@@ -82,6 +82,32 @@ class RecordsUnavailable(GatewayError):
     code = "records_unavailable"
 
 
+class RateLimited(GatewayError):
+    """A key's limit is reached: OpenAI's 429, with ``Retry-After`` when waiting helps."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, kind: str, retry_after_s: int | None, headers: dict[str, str]
+    ) -> None:
+        super().__init__(message)
+        self.type = kind  # OpenAI's type names the limit: "requests" or "tokens"
+        self._rate_headers = dict(headers)
+        if retry_after_s is not None:
+            self._rate_headers["Retry-After"] = str(retry_after_s)
+
+    def headers(self, request_id: str | None = None) -> dict[str, str]:
+        return {**super().headers(request_id), **self._rate_headers}
+
+
+class LimitsUnavailable(GatewayError):
+    """The store the limits are counted in cannot be reached and limits fail closed."""
+
+    status = 503
+    code = "rate_limits_unavailable"
+
+
 class ReviewStoreUnavailable(GatewayError):
     """A held answer's review item could not be stored, so no review id is handed out."""
 

@@ -40,6 +40,7 @@ from service.gateway.parts import Gateway
 from service.gateway.schema_checks import SchemaChecks, worker_processes
 from service.gateway.shadow import ShadowCaller
 from service.guard import refusal
+from service.limits.limiter import build_limiter
 from service.review import api as reviews_api
 from service.review import export_api as reviews_export
 from service.review import results_api as review_results
@@ -135,9 +136,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task, result in zip(tasks, results, strict=True):
             if isinstance(result, Exception):
                 log.error("background task %s had failed: %r", task.get_name(), result)
+        if peers is not None:
+            await peers.leave()
         await gw.shadow.close()
         await gw.callbacks.close()
         await gw.schema_checks.close()
+        await gw.limits.close()
         await recorder.stop(settings.record_drain_timeout_s)
         await http.close()
         await gw.db.dispose()
@@ -232,6 +236,7 @@ def create_app(
             max_waiting=settings.schema_check_queue,
             cache_size=settings.schema_check_cache,
         ),
+        limits=build_limiter(settings, db, metrics),
     )
     app = GatewayApp(
         gateway,

@@ -29,6 +29,11 @@ class WhenFull(StrEnum):
     DROP = "drop"
 
 
+class WhenStoreDown(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "loragate"
 
@@ -250,6 +255,28 @@ class Settings(BaseSettings):
         ge=0,
         description="Key ids found unknown, remembered until the next snapshot refresh so that "
         "one sent again costs no lookup.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Count per-key limits in this Redis (redis://host:6379/0) instead of the "
+        "database. Every gateway must use the same store for the limits to hold across them.",
+    )
+    limit_store_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How long a request waits for the limits store before it counts as down.",
+    )
+    limits_when_store_down: WhenStoreDown = Field(
+        default=WhenStoreDown.OPEN,
+        description="open: requests of keys with limits pass unlimited while the limits store "
+        "cannot be reached (counted in loragate_rate_limit_store_errors_total); closed: they "
+        "are refused with 503 rate_limits_unavailable.",
+    )
+    limit_lease_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A request's concurrency slot lapses after this long if its gateway dies "
+        "before giving it back; longer than any request may take.",
     )
     client_header_timeout_s: float = Field(
         default=10.0,

@@ -98,7 +98,9 @@ async def engine2() -> AsyncIterator[FakeEngine]:
     await fake.stop()
 
 
-async def insert_key(url: str, role: Role, routes: list[str] | None = None) -> str:
+async def insert_key(
+    url: str, role: Role, routes: list[str] | None = None, limits: dict[str, Any] | None = None
+) -> str:
     new = generate_key()
     db = create_engine(url)
     try:
@@ -111,6 +113,7 @@ async def insert_key(url: str, role: Role, routes: list[str] | None = None) -> s
                     secret_hash=new.secret_hash,
                     allowed_routes=routes,
                     created_at=datetime.now(UTC),
+                    limits=limits,
                 )
             )
     finally:

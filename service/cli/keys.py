@@ -13,8 +13,10 @@ from service.cli.common import fail, settings_of
 from service.cli.db import with_session
 from service.clock import now
 from service.db import repositories
+from service.db.changes import announce
 from service.db.models import ApiKey
 from service.errors import AuthenticationFailed
+from service.limits.quota import KeyLimits, Quota
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
@@ -24,6 +26,26 @@ SECRET_MIN = 32  # a given secret must be as hard to guess as a generated one
 QuietOption = Annotated[
     bool, typer.Option("--quiet", help="Print the key alone, e.g. KEY=$(loragate keys ...).")
 ]
+RpmOption = Annotated[
+    int | None, typer.Option("--rpm", min=1, help="Requests per minute (429 past it).")
+]
+TpmOption = Annotated[
+    int | None,
+    typer.Option(
+        "--tpm",
+        min=1,
+        help="Tokens per minute, prompt plus completion; each request reserves its max_tokens "
+        "and prompt first and is settled with the engine's count after.",
+    ),
+]
+ConcurrentOption = Annotated[
+    int | None, typer.Option("--max-concurrent", min=1, help="Requests in flight at once.")
+]
+
+
+def _limits_text(stored: dict[str, object] | None) -> str:
+    limits = KeyLimits.from_json(stored)
+    return limits.describe() if limits is not None else "none"
 
 
 def _print_key(key: ApiKey, plaintext: str, quiet: bool) -> None:
@@ -31,11 +53,14 @@ def _print_key(key: ApiKey, plaintext: str, quiet: bool) -> None:
         typer.echo(plaintext)
         return
     typer.echo(f"id:    {key.id}\nrole:  {key.role}\nroutes: {key.allowed_routes or 'all'}")
+    typer.echo(f"limits: {_limits_text(key.limits)}")
     typer.secho(f"key:   {plaintext}", bold=True)
     typer.echo("Store the key now: it is shown only once.")
 
 
-def _new_key(role: Role, name: str, routes: list[str] | None) -> tuple[ApiKey, str]:
+def _new_key(
+    role: Role, name: str, routes: list[str] | None, limits: KeyLimits | None = None
+) -> tuple[ApiKey, str]:
     new = generate_key()
     row = ApiKey(
         id=new.key_id,
@@ -44,6 +69,7 @@ def _new_key(role: Role, name: str, routes: list[str] | None) -> tuple[ApiKey, s
         secret_hash=new.secret_hash,
         allowed_routes=routes,
         created_at=now(),
+        limits=limits.to_json() if limits is not None else None,
     )
     return row, new.plaintext
 
@@ -56,12 +82,18 @@ def keys_create(
     route: Annotated[
         list[str] | None, typer.Option(help="Limit an app key to this route (repeatable).")
     ] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: ConcurrentOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Create an API key and print it once."""
+    """Create an API key and print it once; --rpm, --tpm and --max-concurrent limit what it
+    may use on inference, across every gateway."""
     if route and role is not Role.APP:
         raise fail("--route limits apply to app keys only")
-    row, plaintext = _new_key(role, name or role.value, route or None)
+    quota = Quota(rpm, tpm, max_concurrent)
+    limits = KeyLimits(quota) if not quota.empty else None
+    row, plaintext = _new_key(role, name or role.value, route or None, limits)
 
     async def work(session: AsyncSession) -> None:
         session.add(row)
@@ -130,11 +162,45 @@ def _given_key(variable: str) -> tuple[ApiKey, str]:
 
 @keys_app.command("list")
 def keys_list(ctx: typer.Context) -> None:
-    """List keys (id, role, routes, state); secrets are never shown."""
+    """List keys (id, role, state, routes, limits); secrets are never shown."""
     for key in with_session(settings_of(ctx), repositories.list_keys):
         state = "revoked" if key.revoked_at else "active"
         routes = ",".join(key.allowed_routes) if key.allowed_routes else "all"
-        typer.echo(f"lg-{key.id}  {key.role:<8} {state:<8} routes={routes}  {key.name}")
+        typer.echo(
+            f"lg-{key.id}  {key.role:<8} {state:<8} routes={routes}  "
+            f"limits={_limits_text(key.limits)}  {key.name}"
+        )
+
+
+@keys_app.command("limits")
+def keys_limits(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key id (after 'lg-').")],
+    route: Annotated[
+        str | None,
+        typer.Option(help="Set the limits of this key on this route alone (on top of its own)."),
+    ] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: ConcurrentOption = None,
+) -> None:
+    """Set a key's limits (or, with --route, its limits on one route); the values given replace
+    the previous ones and a limit left out is removed, so no option at all clears them.
+    Gateways apply the change at once on PostgreSQL, else at their next snapshot refresh."""
+    key_id = key_id.removeprefix("lg-").split("-")[0]
+
+    async def work(session: AsyncSession) -> KeyLimits | None:
+        key = await repositories.get_active_key(session, key_id)
+        if key is None:
+            raise fail(f"no active key with id {key_id}")
+        current = KeyLimits.from_json(key.limits) or KeyLimits()
+        changed = current.with_quota(route, Quota(rpm, tpm, max_concurrent))
+        key.limits = changed.to_json()
+        await announce(session, f"key:{key_id}")
+        return changed
+
+    changed = with_session(settings_of(ctx), work, write=True)
+    typer.echo(f"lg-{key_id} limits: {changed.describe() if changed else 'none'}")
 
 
 @keys_app.command("revoke")
@@ -142,7 +208,8 @@ def keys_revoke(
     ctx: typer.Context,
     key_id: Annotated[str, typer.Argument(help="The key id (after 'lg-').")],
 ) -> None:
-    """Revoke a key; gateways stop accepting it within one snapshot refresh."""
+    """Revoke a key; gateways refuse it at once on PostgreSQL, else within one snapshot
+    refresh."""
     key_id = key_id.removeprefix("lg-").split("-")[0]
 
     async def work(session: AsyncSession) -> bool:

@@ -34,6 +34,30 @@ class ApiKey(Base):
     allowed_routes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # {"rpm", "tpm", "max_concurrent", "routes": {route: {...}}}: see service/limits/quota.py.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class RateWindow(Base):
+    """Requests and tokens one limit scope (a key, or a key on a route) used in one minute."""
+
+    __tablename__ = "rate_windows"
+
+    scope: Mapped[str] = mapped_column(String(240), primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class RateLease(Base):
+    """A request in flight under a concurrency limit; it lapses at ``expires_at`` (epoch
+    seconds) if the gateway that took it dies before giving it back."""
+
+    __tablename__ = "rate_leases"
+
+    scope: Mapped[str] = mapped_column(String(240), primary_key=True)
+    lease: Mapped[str] = mapped_column(String(36), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class Route(Base):

@@ -63,11 +63,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "two read the same)."
     },
     413: {"description": "Body larger than the configured limit."},
+    429: {
+        "description": "The key's limit on requests, tokens or concurrent requests per minute is "
+        "reached (`rate_limit_exceeded`; type `requests` or `tokens`). `Retry-After` says when "
+        "to retry, unless the request alone is over the limit. Answers of a limited key carry "
+        "`x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` for "
+        "`requests` and `tokens`, as OpenAI sends them."
+    },
     502: {"description": "The engine failed or answered with something unusable."},
     503: {
         "description": "No healthy engine replica (`engine_unavailable`), the record spool is "
-        "full (`records_unavailable`), or an answer held for review could not be stored "
-        "(`review_store_unavailable`)."
+        "full (`records_unavailable`), an answer held for review could not be stored "
+        "(`review_store_unavailable`), or the store of the key's limits is down and limits "
+        "fail closed (`rate_limits_unavailable`)."
     },
     504: {"description": "The engine did not answer in time."},
 }

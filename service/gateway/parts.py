@@ -20,6 +20,7 @@ from service.gateway.keeper import RecordKeeper
 from service.gateway.record import RecordDraft
 from service.gateway.schema_checks import SchemaChecks
 from service.gateway.shadow import ShadowCaller
+from service.limits.limiter import Limiter
 from service.review.results import ReviewCallbacks
 from service.routes.snapshot import SnapshotStore
 from service.settings import Settings
@@ -44,6 +45,7 @@ class Gateway:
     rollouts: RolloutControl
     callbacks: ReviewCallbacks
     schema_checks: SchemaChecks
+    limits: Limiter
 
     async def identify(self, authorization: str | None) -> Principal:
         """The principal behind a bearer key (any role); the database only for unknown key ids."""

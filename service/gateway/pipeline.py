@@ -52,6 +52,7 @@ from service.gateway.request_rules import (
 from service.gateway.shadow import ShadowCall
 from service.guard.answers import answer_text, first_finish_reason
 from service.guard.route_guard import Judgement, RouteContract, judge, present
+from service.limits.limiter import Grant
 from service.review.queue import NewItem
 from service.routes.view import RouteView
 
@@ -72,6 +73,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
     record = RecordDraft(endpoint.value)
     handed_to_stream = False
     shadow: ShadowCall | None = None
+    grant: Grant | None = None
     gw.metrics.in_flight.inc()
     with gw.span("gateway.request") as span:
         span.set_attribute("loragate.request_id", record.id)
@@ -92,6 +94,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             limits = Limits.for_route(gw.settings, route)
             forced = contract_fields(route, endpoint, payload)
             prepared = prepare(endpoint, payload, decision.target, limits, forced)
+            grant = await gw.limits.admit(principal, route.name, prepared.reserve_tokens)
             if prepared.client_schema is not None:  # off the event loop, cached by hash
                 await gw.schema_checks.check(prepared.client_schema, prepared.schema_cost)
             record.stream = prepared.stream
@@ -110,7 +113,9 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
                 return RelayResponse(
-                    relay(gw, stream, prepared, record, endpoint, shadow), record.id
+                    relay(gw, stream, prepared, record, endpoint, shadow, grant),
+                    record.id,
+                    grant.headers if grant is not None else None,
                 )
             with gw.span("engine.call"):
                 reply = await until_disconnected(
@@ -141,7 +146,8 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.status_code = status
             if status == HELD:
                 await hold(gw, record)
-            return Response(body, status, media_type=JSON, headers={REQUEST_ID: record.id})
+            headers = {REQUEST_ID: record.id, **(grant.headers if grant is not None else {})}
+            return Response(body, status, media_type=JSON, headers=headers)
         except GatewayError as error:
             record.fail(error)
             if isinstance(error, EngineError):
@@ -158,7 +164,15 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 if shadow is not None:
                     shadow.primary_answered(None)  # no-op when it already has the answer
                 gw.metrics.in_flight.dec()
+                gw.limits.end(grant, used_tokens(record))
                 gw.finish(record)
+
+
+def used_tokens(record: RecordDraft) -> int | None:
+    """Prompt and completion tokens the engine reported, None when it reported none."""
+    if isinstance(record.tokens_in, int) and isinstance(record.tokens_out, int):
+        return record.tokens_in + record.tokens_out
+    return None
 
 
 async def hold(gw: Gateway, record: RecordDraft) -> None:
@@ -336,6 +350,7 @@ async def relay(
     record: RecordDraft,
     endpoint: Endpoint,
     shadow: ShadowCall | None,
+    grant: Grant | None,
 ) -> AsyncGenerator[bytes, None]:
     """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE]."""
     text: list[str] = []
@@ -354,6 +369,7 @@ async def relay(
         if shadow is not None:
             shadow.primary_answered(record.response_body if record.error is None else None)
         gw.metrics.in_flight.dec()
+        gw.limits.end(grant, used_tokens(record))
         gw.finish(record)
 
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import Any, TypeVar
 
 from starlette.responses import Response
@@ -74,10 +74,16 @@ async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
 class RelayResponse(Response):
     """Sends an async generator of SSE bytes; cancels it as soon as the client disconnects."""
 
-    def __init__(self, chunks: AsyncGenerator[bytes, None], request_id: str) -> None:
+    def __init__(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        request_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(status_code=200)
         self._chunks = chunks
-        self._sse_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self._sse_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode()), *extra]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def pump() -> None:

@@ -57,6 +57,7 @@ RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 MAX_STOP_CHARS = 256
 MAX_USER_CHARS = 256
 MAX_LOGIT_BIAS = 300
+PROMPT_BYTES_PER_TOKEN = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,9 @@ class Prepared:
     # its check (meta-schema and keyword rules) is the caller's, off the event loop.
     client_schema: dict[str, Any] | None = None
     schema_cost: int = 0
+    # Tokens a per-minute token limit reserves before the call: every choice's max_tokens plus
+    # the prompt, estimated at 4 bytes a token; settled with the engine's usage afterwards.
+    reserve_tokens: int = 0
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -159,7 +163,10 @@ def prepare(
     except orjson.JSONEncodeError as exc:  # nested past orjson's limit of 254 levels
         raise InvalidRequest("The request body nests too deeply.") from exc
     schema = client_schema(payload)
-    return Prepared(upstream_body, stream, wants_usage, schema, schema_cost)
+    n = body.get("n")
+    choices = n if isinstance(n, int) and n > 1 else 1
+    reserve = body["max_tokens"] * choices + len(upstream_body) // PROMPT_BYTES_PER_TOKEN
+    return Prepared(upstream_body, stream, wants_usage, schema, schema_cost, reserve)
 
 
 def _refuse_unknown_fields(endpoint: Endpoint, payload: dict[str, Any]) -> None:

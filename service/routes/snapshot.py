@@ -24,8 +24,9 @@ from rollout.core.machine import traffic
 from rollout.core.split import Split
 from service.auth import StoredKey, stored_key
 from service.db import repositories
-from service.db.models import AdapterVersion, Route
+from service.db.models import AdapterVersion, ApiKey, Route
 from service.guard.route_guard import RouteContract
+from service.limits.quota import BadLimits
 from service.routes.key_lookups import KeyLookups, Outcome
 from service.routes.view import AdapterView, RouteView, Snapshot
 
@@ -53,6 +54,18 @@ def route_view(
         route.name, route.pool, route.target, route.max_tokens_cap, route.default_max_tokens,
         split, contract,
     )  # fmt: skip
+
+
+def usable_key(row: ApiKey) -> StoredKey | None:
+    """The key as requests see it; a key whose stored limits cannot be read is left out (and
+    so refused) rather than served without them."""
+    try:
+        return stored_key(
+            row.id, row.name, row.role, row.secret_hash, row.allowed_routes, row.limits
+        )
+    except BadLimits as exc:
+        log.error("key lg-%s is refused: its limits cannot be read: %s", row.id, exc)
+        return None
 
 
 def split_of(rollout: rollout_store.StoredRollout) -> Split:
@@ -92,11 +105,7 @@ class SnapshotStore:
             r.name: route_view(r, splits.get(r.name), self._contracts, built) for r in routes
         }
         self._contracts = built
-        stored = {
-            k.id: sk
-            for k in keys
-            if (sk := stored_key(k.id, k.name, k.role, k.secret_hash, k.allowed_routes))
-        }
+        stored = {k.id: sk for k in keys if (sk := usable_key(k))}
         adapters = {v.id: AdapterView(v.id, v.pool, v.store_path) for v in versions}
         old = self.current
         self.current = Snapshot(
@@ -122,7 +131,7 @@ class SnapshotStore:
             self._count("unknown")
             return None
         self._count("found")
-        return stored_key(row.id, row.name, row.role, row.secret_hash, row.allowed_routes)
+        return usable_key(row)
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -176,6 +176,26 @@ def test_route_limits_apply_to_app_keys_only(migrated: str, role: str) -> None:
     assert query(migrated, _all_keys) == []
 
 
+def test_keys_carry_limits_that_can_be_changed_per_route_and_cleared(migrated: str) -> None:
+    result = ok("keys", "create", "--role", "app", "--rpm", "60", "--max-concurrent", "4")
+    assert "limits: rpm=60 max_concurrent=4" in result.output
+    (row,) = query(migrated, _all_keys)
+    assert row.limits == {"rpm": 60, "max_concurrent": 4}
+    assert "limits=rpm=60 max_concurrent=4" in ok("keys", "list").output
+    ok("keys", "limits", f"lg-{row.id}", "--route", "triage", "--tpm", "5000")
+    ok("keys", "limits", row.id, "--rpm", "120")
+    (row,) = query(migrated, _all_keys)
+    assert row.limits == {"rpm": 120, "routes": {"triage": {"tpm": 5000}}}
+    assert "limits=rpm=120; triage: tpm=5000" in ok("keys", "list").output
+    ok("keys", "limits", row.id, "--route", "triage")
+    cleared = ok("keys", "limits", row.id)
+    assert cleared.output.strip().endswith("limits: none")
+    (row,) = query(migrated, _all_keys)
+    assert row.limits is None
+    assert invoke("keys", "create", "--role", "app", "--rpm", "0").exit_code == 2
+    assert "no active key" in failed("keys", "limits", "nosuchkey", "--rpm", "1").output
+
+
 def test_unknown_role_is_a_usage_error(migrated: str) -> None:
     result = invoke("keys", "create", "--role", "root")
     assert result.exit_code == 2

@@ -1,0 +1,1 @@
+"""Per-key limits: requests and tokens per minute and concurrent requests, held across gateways."""

@@ -1,0 +1,98 @@
+"""Limits hold across gateway replicas: two real gateway processes on one store, one key.
+
+Each gateway alone would let the whole limit through; together they must let it through once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.auth import Role
+from service.db.session import create_engine, session_factory
+from service.routes.config import RouteSpec, sync_routes
+from service.settings import EnginePoolSettings
+from tests.conftest import chat_body, fresh_database, insert_key, wait_until
+from tests.fake_engine import MODEL, FakeEngine
+from tests.gateway_process import GatewayProcess
+from tests.limits.test_counters import REDIS_URL, redis_is_up
+
+RPM = 20
+MAX_CONCURRENT = 3
+
+
+async def sync_chat_route(url: str) -> None:
+    db = create_engine(url)
+    try:
+        async with session_factory(db).begin() as session:
+            pools = [EnginePoolSettings(name="default", base_model=MODEL, urls=["http://x"])]
+            await sync_routes(session, [RouteSpec(name="chat")], pools)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_two_gateways_share_one_limit(tmp_path: Path, store: str) -> None:
+    if store == "redis" and not redis_is_up():
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (scripts/test.sh starts it)")
+    engine = await FakeEngine().start()
+    env = {"LORAGATE_REDIS_URL": REDIS_URL} if store == "redis" else {}
+    async with fresh_database("postgres", tmp_path) as url:
+        key = await insert_key(url, Role.APP, limits={"rpm": RPM, "max_concurrent": MAX_CONCURRENT})
+        gateways = [GatewayProcess(tmp_path / f"gw{i}", url, engine.url, **env) for i in range(2)]
+        try:
+            await sync_chat_route(url)
+            for gateway in gateways:
+                gateway.start()
+            await asyncio.gather(*(g.ready() for g in gateways))
+            headers = {"Authorization": f"Bearer {key}"}
+            async with httpx.AsyncClient(timeout=60) as client:
+                # The sliding window lets the previous minute's count fade out: start early in
+                # a minute so that the whole count falls in one.
+                await wait_until(
+                    lambda: time.time() % 60 < 30, timeout_s=40, what="an early second"
+                )
+                # Concurrency first: slow answers, six at once, alternating between gateways.
+                engine.default.delay_s = 10.0
+                urls = itertools.cycle(g.url for g in gateways)
+                slow = await asyncio.gather(
+                    *(
+                        client.post(f"{next(urls)}/v1/chat/completions", json=chat_body(),
+                                    headers=headers)
+                        for _ in range(6)
+                    )
+                )  # fmt: skip
+                slow_codes = sorted(r.status_code for r in slow)
+                assert slow_codes.count(200) <= MAX_CONCURRENT, slow_codes
+                assert slow_codes.count(200) >= 1 and set(slow_codes) <= {200, 429}
+                # Then the rate: 2 x RPM fast requests, alternating; RPM of them in all may pass
+                # (the slow ones above count too).
+                engine.default.delay_s = 0.0
+                fast = []
+                for i in range(2 * RPM):
+                    gateway = gateways[i % 2]
+                    fast.append(
+                        await client.post(
+                            f"{gateway.url}/v1/chat/completions", json=chat_body(), headers=headers
+                        )
+                    )
+            passed = slow_codes.count(200) + sum(r.status_code == 200 for r in fast)
+            per_gateway = [sum(r.status_code == 200 for r in fast[i::2]) for i in range(2)]
+            assert passed <= RPM, (passed, per_gateway)
+            if store == "postgres":
+                assert passed == RPM  # exact on the database
+            assert all(n > 0 for n in per_gateway)  # both gateways served, both refused
+            refusals = [r for r in fast if r.status_code == 429]
+            assert refusals and all(
+                r.json()["error"]["code"] == "rate_limit_exceeded" for r in refusals
+            )
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+            await engine.stop()
