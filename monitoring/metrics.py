@@ -217,6 +217,26 @@ class Metrics:
             registry=r,
         )
 
+        self.drift_score = Gauge(
+            "loragate_drift_score",
+            "Drift of a feature of the route's current version against its reference: PSI for "
+            "numbers, Jensen-Shannon distance for categories (NaN while insufficient).",
+            ["route", "target", "feature"],
+            registry=r,
+        )
+        self.drift_status = Gauge(
+            "loragate_drift_status",
+            "1 for the feature's drift status (ok, warn, drift, insufficient), 0 for the others.",
+            ["route", "target", "feature", "status"],
+            registry=r,
+        )
+        self.drift_status_changes = Counter(
+            "loragate_drift_status_changes",
+            "Drift status changes seen by this replica, by the status a feature changed to.",
+            ["route", "target", "feature", "status"],
+            registry=r,
+        )
+
     def request_done(
         self,
         labels: tuple[str, str, str, str],

@@ -43,6 +43,11 @@ class ArmOut(BaseModel):
         description="Shadow arm: per JSON field, the share of answers equal to stable's "
         '(`""` is the whole answer, for answers that are not JSON objects).'
     )
+    output_fields: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="With the `output_drift` gate: per categorical answer field, answers per "
+        "value.",
+    )
 
     @classmethod
     def of(cls, arm: ArmFigures) -> ArmOut:
@@ -58,6 +63,7 @@ class ArmOut(BaseModel):
                 for name, rate in arm.agreement_fields.items()
                 if rate.value is not None
             },
+            output_fields={name: dict(counts) for name, counts in arm.output_fields.items()},
         )
 
 

@@ -33,13 +33,15 @@ from rollout.core.machine import (
     tick,
     traffic,
 )
-from rollout.core.spec import RolloutSpec, StepKind
+from rollout.core.spec import GateName, RolloutSpec, StepKind
 from rollout.core.split import Arm
 from rollout.store import RouteBusy, SavedFigures, StaleRollout, StoredEvent, StoredRollout
 from service.clock import Clock, now
+from service.drift.monitor import freeze_on_promotion
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.errors import InvalidRequest, RolloutConflict, RolloutNotFound
+from service.guard.output_fields import FieldKind
 from service.routes import switch
 from service.routes.snapshot import SnapshotStore
 from service.routes.targets import get_route
@@ -168,9 +170,21 @@ class RolloutControl:
         step = rollout.spec.steps[min(state.step, len(rollout.spec.steps) - 1)]
         arm = Arm.SHADOW if step.kind is StepKind.SHADOW else Arm.CANARY
         since = state.step_started_at
+        fields = self._output_fields(rollout)
         async with self._sessions() as session:
-            window = await rollout_store.window(session, rollout, since, arm)
+            window = await rollout_store.window(session, rollout, since, arm, fields)
         return Analysis(rollout, since, window, judge(rollout.spec, step, window))
+
+    def _output_fields(self, rollout: StoredRollout) -> tuple[str, ...]:
+        """The answer fields the output_drift gate compares (none without that gate)."""
+        if GateName.OUTPUT_DRIFT not in rollout.spec.gates:
+            return ()
+        named = rollout.spec.thresholds.output_drift_fields
+        if named is not None:
+            return named
+        route = self._snapshot.current.routes.get(rollout.route)
+        binned = route.contract.binned if route is not None and route.contract else {}
+        return tuple(name for name, kind in binned.items() if kind is FieldKind.CATEGORY)
 
     async def tick_all(self) -> None:
         async with self._sessions() as session:
@@ -220,6 +234,9 @@ class RolloutControl:
             )
             if outcome.state.phase is Phase.PROMOTED and outcome.changed:
                 await switch.point(session, current.route, current.candidate, now)
+                await freeze_on_promotion(
+                    session, current.route, current.candidate, current.id, current.created_at, now
+                )
         event = outcome.event
         if event is None:
             return

@@ -103,6 +103,7 @@ def _arm(row: Mapping[str, Any]) -> ArmFigures:
         escalated=_rate(row["escalated"]), confidence_mean=row["confidence_mean"],
         confidence_n=int(row["confidence_n"]),
         agreement_fields={name: _rate(r) for name, r in row["agreement_fields"].items()},
+        output_fields=row.get("output_fields", {}),
     )  # fmt: skip
 
 
@@ -279,12 +280,17 @@ def _flag_sum(column: Any) -> Any:
 
 
 async def window(
-    session: AsyncSession, rollout: StoredRollout, since: datetime, candidate: Arm
+    session: AsyncSession,
+    rollout: StoredRollout,
+    since: datetime,
+    candidate: Arm,
+    output_fields: Sequence[str] = (),
 ) -> Window:
     """Stable and ``candidate`` figures over the window, aggregated by the database.
 
     Only counts, sums and one p95 row per arm cross into Python, so an analysis costs the same
-    at 100 or 100,000 records; agreement marks are read for the newest compared answers only.
+    at 100 or 100,000 records; agreement marks are read for the newest compared answers only,
+    and each of ``output_fields`` (categorical answer fields) as counts per arm and value.
     """
     in_window = (
         RequestRecord.rollout_id == rollout.id,
@@ -322,10 +328,31 @@ async def window(
             .limit(MAX_AGREEMENT_SAMPLES)
         )  # fmt: skip
         marks = tuple(m for m in await session.scalars(query) if isinstance(m, dict))
+    for arm, counts in (await _value_counts(session, in_window, candidate, output_fields)).items():
+        arms[arm] = replace(arms.get(arm, ArmFigures()), output_fields=counts)
     shadow = arms.get(candidate.value, ArmFigures())
     if marks:
         shadow = replace(shadow, agreement_fields=agreement_rates(marks))
     return Window(arms.get(Arm.STABLE.value, ArmFigures()), shadow, marks)
+
+
+async def _value_counts(
+    session: AsyncSession, in_window: tuple[Any, ...], candidate: Arm, names: Sequence[str]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Per arm, per answer field: answers per value (read from the records' ``fields``)."""
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    for name in names:
+        value = RequestRecord.fields[name].as_string()
+        query = (
+            select(RequestRecord.arm, value, func.count())
+            .where(*in_window, RequestRecord.arm.in_([Arm.STABLE.value, candidate.value]),
+                   RequestRecord.status_code < 400, value.is_not(None))
+            .group_by(RequestRecord.arm, value)
+        )  # fmt: skip
+        for arm, label, n in await session.execute(query):
+            key = label if isinstance(label, str) else str(label)
+            found.setdefault(arm, {}).setdefault(name, {})[key] = int(n)
+    return found
 
 
 async def _p95(

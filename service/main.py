@@ -27,11 +27,16 @@ from service.api.edge import document_the_edge
 from service.api.errors import document_validation_errors_as_400, install_error_handlers
 from service.clock import Clock, now
 from service.db import repositories
+from service.db.change_listener import ChangeListener
 from service.db.migrations import ensure_migrated
 from service.db.session import create_engine, session_factory
+from service.drift import api as drift_api
+from service.drift.monitor import DriftMonitor
+from service.drift.watch import DriftWatch
 from service.engine.adapter_host import AdapterHost
 from service.engine.client import EngineClient
 from service.engine.managed import ManagedEngine
+from service.engine.peers import Peers
 from service.engine.pool import EnginePool, HealthProber
 from service.engine.reconciler import AdapterReconciler
 from service.gateway import endpoints as inference
@@ -65,7 +70,8 @@ A route may carry an output contract (JSON Schema): its answers are validated, s
 confidence from token logprobs (`loragate` metadata in the answer) and, per the route's review
 policy, sent to the review queue (`/v1/reviews`). New adapter versions go live through gated
 rollouts (`/v1/admin/rollouts`): shadow traffic, a sticky canary share, automatic promotion or
-rollback.
+rollback. Each route's version is watched for drift against a frozen reference
+(`/v1/admin/drift`).
 
 Authenticate with `Authorization: Bearer <key>`. Errors use the OpenAI envelope
 `{"error": {"message", "type", "param", "code"}}`.
@@ -118,10 +124,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     tasks.append(asyncio.create_task(prober.run(), name="health-prober"))
     tasks.append(asyncio.create_task(gw.snapshot.run(), name="snapshot-refresh"))
+    listener: ChangeListener | None = app.state.change_listener
+    peers: Peers | None = app.state.peers
+    if listener is not None:
+        tasks.append(asyncio.create_task(listener.run(), name="change-listener"))
+    if peers is not None:
+        tasks.append(asyncio.create_task(peers.run(), name="gateway-peers"))
     tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
     tasks.append(asyncio.create_task(gw.rollouts.run(), name="rollout-analysis"))
     stats = ReviewStats(gw.sessions, gw.metrics, now, settings.review_stats_interval_s)
     tasks.append(asyncio.create_task(stats.run(), name="review-stats"))
+    if settings.drift_interval_s > 0:
+        watch = DriftWatch(app.state.drift, gw.metrics, settings.drift_interval_s)
+        tasks.append(asyncio.create_task(watch.run(), name="drift-gauges"))
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
     # scans, which otherwise walk the whole framework heap and showed up as p99 spikes.
     gc.freeze()
@@ -247,6 +262,9 @@ def create_app(
     )
     app.state.tracer_provider = provider
     app.state.records = recorder
+    app.state.drift = DriftMonitor(sessions, settings, clock)
+    app.state.peers = peers
+    app.state.change_listener = ChangeListener(db, snapshot.wake) if in_step else None
     # A trailing-slash redirect would be built from the client's Host header.
     app.router.redirect_slashes = False
     install_error_handlers(app)
@@ -257,6 +275,7 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(adapters_api.router)
     app.include_router(rollouts_api.router)
+    app.include_router(drift_api.router)
     app.include_router(review_results.router)
     app.include_router(reviews_api.router)
     app.include_router(reviews_export.router)

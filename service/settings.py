@@ -208,6 +208,40 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="A shadow call (and its comparison) is dropped after this."
     )
 
+    # Drift monitoring (see README "Drift monitoring").
+    drift_window_s: float = Field(
+        default=3600.0, gt=0, description="The current window: the last this many seconds."
+    )
+    drift_min_samples: int = Field(
+        default=200,
+        ge=1,
+        description="Values a feature needs in the current window; with fewer its status is "
+        "insufficient.",
+    )
+    drift_reference_min_samples: int = Field(
+        default=500,
+        ge=1,
+        description="Records a reference needs: an automatic one is the version's rollout "
+        "window, or its first this many records as stable, extended until it has them.",
+    )
+    drift_bins: int = Field(
+        default=10, ge=2, le=50, description="Quantile bins of a number feature's reference."
+    )
+    drift_psi_warn: float = Field(default=0.1, gt=0, description="PSI at or over this: warn.")
+    drift_psi_drift: float = Field(default=0.2, gt=0, description="PSI at or over this: drift.")
+    drift_js_warn: float = Field(
+        default=0.1, gt=0, le=1, description="Jensen-Shannon distance at or over this: warn."
+    )
+    drift_js_drift: float = Field(
+        default=0.2, gt=0, le=1, description="Jensen-Shannon distance at or over this: drift."
+    )
+    drift_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds between refreshes of the drift gauges of every route; 0 turns the "
+        "loop off (the API and CLI still answer).",
+    )
+
     review_callback_allowlist: list[str] = Field(
         default_factory=list,
         description="URL prefixes a route's review callback may start with (e.g. "
@@ -315,6 +349,10 @@ class Settings(BaseSettings):
             raise ValueError("engine pool names must be unique")
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
+        if self.drift_psi_warn > self.drift_psi_drift or self.drift_js_warn > self.drift_js_drift:
+            raise ValueError("a drift warn threshold must not exceed its drift threshold")
+        if self.peer_stale_after_s < 2 * self.peer_heartbeat_s:
+            raise ValueError("peer_stale_after_s must be at least twice peer_heartbeat_s")
         return self
 
     @property

@@ -18,7 +18,8 @@ PURE = [
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
     "service.gateway.request_rules", "service.routes.view", "service.routes.key_lookups",
-    "adapters.placement",
+    "adapters.placement", "monitoring.drift", "service.guard.output_fields",
+    "service.drift.features",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")

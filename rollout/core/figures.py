@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rollout.core.split import Arm
@@ -23,6 +23,8 @@ class Sample:
     confidence: float | None = None
     # Shadow samples: did each top-level JSON field (or, for "", the whole answer) equal stable's?
     agreement: Mapping[str, bool] | None = None
+    # The answer's binned field values (categories as strings), as its record keeps them.
+    fields: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ class ArmFigures:
     confidence_mean: float | None = None
     confidence_n: int = 0
     agreement_fields: Mapping[str, Rate] = field(default_factory=dict)
+    # Per categorical answer field: how many answers had each value (the output_drift gate).
+    output_fields: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +79,28 @@ def agreement_rates(marks: Iterable[Mapping[str, bool]]) -> dict[str, Rate]:
     return {n: Rate(sum(v), len(v)) for n, v in sorted(fields.items())}
 
 
+def value_counts(
+    answers: Iterable[Mapping[str, object] | None], names: Collection[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Per field (of ``names``, else every field): how many answers had each value. Categories
+    are kept as strings; other values are not counted."""
+    counts: dict[str, dict[str, int]] = {}
+    for answer in answers:
+        for name, value in (answer or {}).items():
+            if isinstance(value, str) and (names is None or name in names):
+                values = counts.setdefault(name, {})
+                values[value] = values.get(value, 0) + 1
+    return counts
+
+
 def _rate(flags: Iterable[bool | None]) -> Rate:
     known = [f for f in flags if f is not None]
     return Rate(sum(known), len(known))
 
 
-def arm_figures(samples: Sequence[Sample]) -> ArmFigures:
+def arm_figures(
+    samples: Sequence[Sample], output_fields: Collection[str] | None = None
+) -> ArmFigures:
     # A client that hung up says nothing about the version that served it.
     served = [s for s in samples if s.status_code != CLIENT_CLOSED]
     ok_latency = [s.latency_ms for s in served if s.status_code < 400]
@@ -96,14 +116,19 @@ def arm_figures(samples: Sequence[Sample]) -> ArmFigures:
         agreement_fields=agreement_rates(
             s.agreement for s in served if s.agreement and s.status_code < 400
         ),
+        output_fields=value_counts(
+            (s.fields for s in served if s.status_code < 400), output_fields
+        ),
     )
 
 
-def window(samples: Iterable[Sample], candidate_arm: Arm) -> Window:
+def window(
+    samples: Iterable[Sample], candidate_arm: Arm, output_fields: Collection[str] | None = None
+) -> Window:
     stable = [s for s in samples if s.arm is Arm.STABLE]
     candidate = [s for s in samples if s.arm is candidate_arm]
     return Window(
-        arm_figures(stable),
-        arm_figures(candidate),
+        arm_figures(stable, output_fields),
+        arm_figures(candidate, output_fields),
         tuple(s.agreement for s in candidate if s.agreement is not None and s.status_code < 400),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from monitoring.drift import category_bins, js_distance
 from rollout.core.agreement import score
 from rollout.core.figures import ArmFigures, Rate, Window
 from rollout.core.spec import GateName, RolloutSpec, Step, StepKind
@@ -74,11 +75,13 @@ def _judge(gate: GateName, spec: RolloutSpec, step: Step, w: Window) -> GateResu
         )
     if gate is GateName.LATENCY_P95_RATIO:
         return _latency(w.candidate, w.stable, t.max_latency_p95_ratio, few)
+    if gate is GateName.OUTPUT_DRIFT:
+        return _output_drift(w, t.max_output_drift, need)
     return _agreement(spec, w, need)
 
 
 def _too_few(gate: GateName, w: Window, need: int) -> str:
-    if gate is GateName.AGREEMENT:
+    if gate in (GateName.AGREEMENT, GateName.OUTPUT_DRIFT):
         return ""
     if w.candidate.samples < need or w.stable.samples < need:
         return (
@@ -151,3 +154,27 @@ def _agreement(spec: RolloutSpec, w: Window, need: int) -> GateResult:
     return GateResult(
         gate, verdict, mean, None, limit, f"{mean:.3f} of compared fields agree (at least {limit})"
     )
+
+
+def _output_drift(w: Window, limit: float, need: int) -> GateResult:
+    """The worst Jensen-Shannon distance between the candidate's and stable's values of a
+    categorical answer field, over the fields both arms answered ``need`` times."""
+    gate = GateName.OUTPUT_DRIFT
+    distances: dict[str, float] = {}
+    for name in sorted(set(w.candidate.output_fields) | set(w.stable.output_fields)):
+        cand = w.candidate.output_fields.get(name, {})
+        stable = w.stable.output_fields.get(name, {})
+        if min(sum(cand.values()), sum(stable.values())) < need:
+            continue
+        _, stable_counts, cand_counts = category_bins(stable, cand)
+        distances[name] = js_distance(stable_counts, cand_counts)
+    if not distances:
+        return _inconclusive(
+            gate, None, None, limit, f"no answer field with {need} values on both arms"
+        )
+    name, worst = max(distances.items(), key=lambda item: item[1])
+    verdict = Verdict.PASS if worst <= limit + EPSILON else Verdict.FAIL
+    return GateResult(
+        gate, verdict, worst, None, limit,
+        f"{name}: Jensen-Shannon distance {worst:.3f} from stable (at most {limit})",
+    )  # fmt: skip

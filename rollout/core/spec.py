@@ -25,6 +25,7 @@ class GateName(StrEnum):
     SCHEMA_VALID_RATE = "schema_valid_rate"
     ESCALATION_RATE = "escalation_rate"
     MEAN_CONFIDENCE = "mean_confidence"
+    OUTPUT_DRIFT = "output_drift"
 
 
 DEFAULT_GATES = (GateName.ERROR_RATE, GateName.LATENCY_P95_RATIO, GateName.AGREEMENT)
@@ -85,6 +86,17 @@ class Thresholds(_Strict):
     )
     max_confidence_drop: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.05, description="Stable's mean confidence minus the candidate's, at most."
+    )
+    max_output_drift: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.2,
+        description="Per categorical answer field, the Jensen-Shannon distance (base 2) between "
+        "the candidate's and stable's values over the same window, at most.",
+    )
+    output_drift_fields: tuple[str, ...] | None = Field(
+        default=None,
+        description="Top-level answer fields the output_drift gate compares; every categorical "
+        "field of the route's output schema when unset.",
+        max_length=16,
     )
 
 

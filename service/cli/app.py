@@ -1,7 +1,7 @@
 """The ``loragate`` command line. Settings come from ``LORAGATE_*`` variables or ``.env``.
 
 The root: ``serve`` and ``db``; each domain adds its group (``keys``, ``engine``, ``routes``,
-``adapters``, ``rollout``, ``reviews``) from its own ``cli`` module.
+``adapters``, ``rollout``, ``reviews``, ``drift``) from its own ``cli`` module.
 """
 
 from __future__ import annotations
@@ -10,17 +10,19 @@ import logging
 from typing import Annotated, Any
 
 import typer
+from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from adapters.cli import adapters_app
 from rollout.cli import rollout_app
-from service.cli.common import settings_of
+from service.cli.common import fail, settings_of
 from service.cli.db import with_session, with_sessions
 from service.cli.engine import engine_app
 from service.cli.keys import keys_app
 from service.db import repositories
-from service.db.migrations import upgrade
-from service.db.session import shown_url
+from service.db.migrations import downgrade, no_database, upgrade
+from service.db.session import shown_url, sqlite_file
+from service.drift.cli import drift_app
 from service.review.cli import reviews_app
 from service.routes.cli import routes_app
 
@@ -35,6 +37,7 @@ app.add_typer(engine_app, name="engine")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(reviews_app, name="reviews")
+app.add_typer(drift_app, name="drift")
 
 
 @app.command()

@@ -111,6 +111,9 @@ class RequestRecord(Base):
     schema_valid: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     escalated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # The answer's values of its contract's top-level categorical and number fields
+    # (service.guard.output_fields), binned by drift monitoring.
+    fields: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class AdapterVersion(Base):
@@ -254,6 +257,34 @@ Index(
     sqlite_where=ReviewDecision.kind.in_(DECISION_KINDS),
     postgresql_where=ReviewDecision.kind.in_(DECISION_KINDS),
 )
+
+
+class DriftReference(Base):
+    """What a route's version is compared with for drift: a time range of its own records.
+
+    At most one automatic reference (``pinned`` false: frozen when the version was promoted, or
+    from its first records) and one pinned by a person per route and version. ``profile`` holds
+    the range's histograms once computed (see ``service.drift``), so the reference stays what it
+    was after its records are pruned.
+    """
+
+    __tablename__ = "drift_references"
+    __table_args__ = (
+        UniqueConstraint("route", "target", "pinned", name="uq_drift_references_kind"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    route: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(300))
+    pinned: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(32))  # rollout | first_records | pinned
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    samples: Mapped[int] = mapped_column(Integer)
+    rollout_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TrainingSnapshot(Base):

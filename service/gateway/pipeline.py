@@ -255,6 +255,7 @@ async def guard_answer(
         judgement = judge(answer, contract)
     valid, score = judgement.valid, judgement.score
     record.schema_valid, record.confidence = valid, score
+    record.fields = judgement.fields
     version = str(answer.get("model") or target)
     if valid is not None:
         gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()

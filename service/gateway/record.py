@@ -14,6 +14,7 @@ import orjson
 from rollout.core.split import Arm
 from service.clock import now
 from service.errors import GatewayError
+from service.guard.output_fields import FieldValue
 from service.review.export import redact
 from service.review.queue import NewItem
 from service.settings import RecordBodies
@@ -38,6 +39,7 @@ class RecordDraft:
         "endpoint",
         "error",
         "escalated",
+        "fields",
         "finish_reason",
         "id",
         "key_id",
@@ -84,6 +86,8 @@ class RecordDraft:
         self.schema_valid: bool | None = None
         self.confidence: float | None = None
         self.escalated: bool | None = None
+        # The answer's values of its contract's binned fields (drift monitoring).
+        self.fields: dict[str, FieldValue] | None = None
         # The review item to write with this record (same transaction), when escalated.
         self.review: NewItem | None = None
         self.ended: float | None = None
@@ -140,6 +144,7 @@ class RecordDraft:
             "schema_valid": self.schema_valid,
             "confidence": self.confidence,
             "escalated": self.escalated,
+            "fields": self.fields,
         }
 
 
@@ -159,6 +164,7 @@ def decode(payload: bytes) -> FinishedRecord:
     data = orjson.loads(payload)
     row = data["row"]
     row["created_at"] = datetime.fromisoformat(row["created_at"])
+    row.setdefault("fields", None)  # spooled by a version without the column
     review = data["review"]
     if review is None:
         return FinishedRecord(row, None)

@@ -111,6 +111,7 @@ class ShadowCaller:
             if contract is not None:  # judged for the gates, never escalated
                 judgement = judge(answer, contract, draw=1.0)
                 record.schema_valid, record.confidence = judgement.valid, judgement.score
+                record.fields = judgement.fields
             stable = await call.primary(self._timeout_s)
             if stable is not None and text is not None:
                 record.agreement = compare(stable, text)

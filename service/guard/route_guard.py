@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -30,6 +30,7 @@ from service.guard import (
     score_json,
 )
 from service.guard.answers import answer_text, first_choice, first_finish_reason
+from service.guard.output_fields import FieldKind, FieldValue, field_values, output_field_kinds
 from service.guard.policy import ReviewPolicy, escalation_reason
 
 METADATA = "loragate"
@@ -44,6 +45,8 @@ class RouteContract:
     validator: ContractValidator | None
     policy: ReviewPolicy
     fields: ConfidenceFields | None = None  # which fields the score is taken from (with a schema)
+    # The top-level fields whose values records keep for drift monitoring (guard.output_fields).
+    binned: Mapping[str, FieldKind] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -58,7 +61,10 @@ class RouteContract:
                 )
             return cls(None, None, review)
         validator = ContractValidator(dict(schema))
-        return cls(schema, validator, review, ConfidenceFields(schema, review.confidence_fields))
+        return cls(
+            schema, validator, review, ConfidenceFields(schema, review.confidence_fields),
+            output_field_kinds(schema),
+        )  # fmt: skip
 
     def forced_fields(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """What the gateway adds to the engine's body; the client may not set the format."""
@@ -84,6 +90,8 @@ class Judgement:
     validation: Validation | None  # None: the route has no schema to check against
     confidence: Confidence | None
     review_reason: str | None
+    # The answer's values of the contract's binned fields, for its record (drift monitoring).
+    fields: dict[str, FieldValue] | None = None
 
     @property
     def valid(self) -> bool | None:
@@ -117,7 +125,9 @@ def judge(
     score = confidence.score if confidence is not None else None
     roll = random.random() if draw is None else draw
     valid = validation is None or validation.valid
-    return Judgement(validation, confidence, escalation_reason(contract.policy, valid, score, roll))
+    reason = escalation_reason(contract.policy, valid, score, roll)
+    parsed = validation.value if validation is not None else None
+    return Judgement(validation, confidence, reason, field_values(parsed, contract.binned))
 
 
 def present(

@@ -287,6 +287,7 @@ def many(
     escalated: bool | None = None,
     confidence: float | None = None,
     agreement: Mapping[str, bool] | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> list[Sample]:
     """``n`` samples, the first ``bad`` of them with ``bad_status``."""
     return [
@@ -298,6 +299,7 @@ def many(
             escalated,
             confidence,
             agreement,
+            fields,
         )
         for i in range(n)
     ]
@@ -325,6 +327,7 @@ def full(arm: Arm, n: int = 100, **kw: Any) -> list[Sample]:
         "escalated": False,
         "confidence": 0.9,
         "agreement": {"label": True},
+        "fields": {"label": "a"},
     }
     base.update(kw)
     return many(arm, n, **base)

@@ -104,10 +104,8 @@ def specs(draw: st.DrawFn) -> RolloutSpec:
 
 
 def samples(arm: Arm, n: int, status: int = 200, latency_ms: float = 100.0) -> list[Sample]:
-    return [
-        Sample(arm, status, latency_ms, True, False, 0.9, {"label": True, "team": True})
-        for _ in range(n)
-    ]
+    agreed, answer = {"label": True, "team": True}, {"label": "a"}
+    return [Sample(arm, status, latency_ms, True, False, 0.9, agreed, answer) for _ in range(n)]
 
 
 def build_window(kind: str, arm: Arm) -> Window:

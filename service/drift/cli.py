@@ -1,0 +1,196 @@
+"""``loragate drift ...``: a route's drift at a glance, its reference, an HTML report."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from rollout.cli import columns
+from service.cli.common import KeyOption, UrlOption, call_gateway, fail, gateway_url, settings_of
+from service.drift.api import DriftOut, FeatureOut, SpanOut
+from service.drift.report import render as render_html
+
+drift_app = typer.Typer(
+    help="Drift monitoring: each route's version against its reference.", no_args_is_help=True
+)
+RouteArg = Annotated[str, typer.Argument(help="The route to look at.")]
+SinceOption = Annotated[
+    datetime | None,
+    typer.Option(
+        help="Start of the current window, UTC (default: LORAGATE_DRIFT_WINDOW_S before --until).",
+        formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+    ),
+]
+UntilOption = Annotated[
+    datetime | None,
+    typer.Option(
+        help="End of the current window, UTC (default: now).",
+        formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+    ),
+]
+HEADER = ("feature", "kind", "stat", "score", "p-value", "status", "reference", "current")
+STATUS_ORDER = {"drift": 0, "warn": 1, "ok": 2, "insufficient": 3}
+
+
+def _iso(value: datetime | None) -> str | None:
+    """A time typed on the command line, read as UTC."""
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+
+
+def _query(since: datetime | None, until: datetime | None) -> str:
+    parts = [f"{k}={v}" for k, v in (("since", _iso(since)), ("until", _iso(until))) if v]
+    return "?" + "&".join(parts) if parts else ""
+
+
+def _fetch(
+    ctx: typer.Context, route: str, key: str, url: str | None, since: Any, until: Any
+) -> dict[str, Any]:
+    base = gateway_url(settings_of(ctx), url)
+    payload = call_gateway(base, key, "GET", f"/v1/admin/drift/{route}{_query(since, until)}", None)
+    if not isinstance(payload, dict):
+        raise fail("the gateway answered something that is not a drift report")
+    return payload
+
+
+def _parsed(payload: dict[str, Any]) -> DriftOut:
+    try:
+        return DriftOut.model_validate(payload)
+    except ValidationError as exc:
+        raise fail(f"the gateway's drift report is not one this CLI reads: {exc}") from exc
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _span(span: SpanOut) -> str:
+    if span.since is None or span.until is None:
+        return "none yet"
+    seconds = (span.until - span.since).total_seconds()
+    return (
+        f"{span.since:%Y-%m-%d %H:%M} to {span.until:%Y-%m-%d %H:%M} UTC "
+        f"({_length(seconds)}, {_count(span.samples)} records)"
+    )
+
+
+def _length(seconds: float) -> str:
+    """A window's length in the largest unit that keeps it readable (``45 s``, ``1 h``)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            value = seconds / size
+            return (
+                f"{value:.0f} {unit}"
+                if value >= 10 or value.is_integer()
+                else f"{value:.1f} {unit}"
+            )
+    return f"{seconds:.0f} s"
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _row(f: FeatureOut) -> tuple[str, ...]:
+    status = f.status.upper() if f.status == "drift" else f.status
+    return (
+        f.name, f.kind, f.statistic, _score(f.score), _p(f.p_value), status,
+        _count(sum(b.count for b in f.reference)), _count(sum(b.count for b in f.current)),
+    )  # fmt: skip
+
+
+def render(report: DriftOut) -> str:
+    """The status view: the version, both windows, then one line per feature, worst first."""
+    statuses = [f.status for f in report.features]
+    overall = next((s for s in ("drift", "warn", "ok") if s in statuses), "insufficient")
+    source = report.reference.source or "automatic"
+    features = sorted(report.features, key=lambda f: (STATUS_ORDER.get(f.status, 9), f.name))
+    lines = [
+        f"route {report.route}: {report.target}, drift status {overall}",
+        f"reference ({source}): {_span(report.reference)}",
+        f"current: {_span(report.current)}",
+        "",
+        *columns([HEADER, *(_row(f) for f in features)], right=(3, 4, 6, 7)),
+    ]
+    return "\n".join(lines)
+
+
+@drift_app.command("status")
+def status(
+    ctx: typer.Context,
+    route: RouteArg,
+    key: KeyOption,
+    url: UrlOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON instead.")] = False,
+) -> None:
+    """Each feature's drift score and status (ok, warn, drift, insufficient), worst first."""
+    payload = _fetch(ctx, route, key, url, since, until)
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo(render(_parsed(payload)))
+
+
+@drift_app.command("reference")
+def reference(
+    ctx: typer.Context,
+    route: RouteArg,
+    key: KeyOption,
+    url: UrlOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    automatic: Annotated[
+        bool, typer.Option("--automatic", help="Unpin: back to the automatic reference.")
+    ] = False,
+) -> None:
+    """Pin the reference of the route's current version to a time range (UTC), or unpin it."""
+    base = gateway_url(settings_of(ctx), url)
+    path = f"/v1/admin/drift/{route}/reference"
+    if automatic:
+        if since is not None or until is not None:
+            raise fail("--automatic takes no --since or --until")
+        call_gateway(base, key, "DELETE", path, None)
+        typer.echo(f"{route}: back to the automatic reference")
+        return
+    if since is None or until is None:
+        raise fail("pinning a reference needs --since and --until (or --automatic)")
+    payload = call_gateway(base, key, "PUT", path, {"since": _iso(since), "until": _iso(until)})
+    if not isinstance(payload, dict):
+        raise fail("the gateway answered something unexpected")
+    ref = payload["reference"]
+    typer.echo(
+        f"{route} ({payload['target']}): reference pinned to {ref['since']} .. {ref['until']}, "
+        f"{_count(ref['samples'])} records"
+    )
+
+
+@drift_app.command("report")
+def report(
+    ctx: typer.Context,
+    route: RouteArg,
+    key: KeyOption,
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")],
+    url: UrlOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+) -> None:
+    """Write one self-contained HTML page: per feature, the reference's and the current
+    window's histograms side by side, with the score."""
+    found = _parsed(_fetch(ctx, route, key, url, since, until))
+    try:
+        out.write_text(render_html(found), encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc}") from exc
+    typer.echo(f"{out}: {len(found.features)} features, drift report of {route}")

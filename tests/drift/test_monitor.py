@@ -1,0 +1,202 @@
+"""Drift reports from records written straight into SQLite and PostgreSQL: unchanged traffic
+stays ok window after window, a synthetic shift drifts within one window, and references are
+chosen, frozen, pinned and unpinned as documented."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from monitoring.drift import Status
+from service.db.models import DriftReference
+from service.db.session import create_engine, session_factory
+from service.drift.monitor import DriftMonitor, DriftReport
+from service.errors import InvalidRequest, RouteNotFound
+from tests.conftest import make_settings
+from tests.drift.traffic import T0, Traffic, add_reviews, add_route, rows, write
+
+REFERENCE = 2000  # records the automatic reference takes (the first ones, as stable)
+WINDOW = 1000  # records per current window, one a second
+
+
+@dataclass
+class Setup:
+    sessions: async_sessionmaker[Any]
+    monitor: DriftMonitor
+    rng: np.random.Generator
+
+
+@pytest.fixture
+async def setup(db_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
+    db = create_engine(db_url)
+    sessions = session_factory(db)
+    settings = make_settings(
+        db_url, tmp_path, ["http://127.0.0.1:9"], drift_reference_min_samples=REFERENCE
+    )
+    await add_route(sessions)
+    yield Setup(
+        sessions,
+        DriftMonitor(sessions, settings, lambda: T0 + timedelta(days=1)),
+        np.random.default_rng(3),
+    )
+    await db.dispose()
+
+
+def window(k: int) -> tuple[datetime, datetime]:
+    """The k-th current window after the reference (WINDOW seconds each)."""
+    start = T0 + timedelta(seconds=REFERENCE + k * WINDOW)
+    return start, start + timedelta(seconds=WINDOW)
+
+
+def statuses(report: DriftReport) -> dict[str, Status]:
+    return {f.name: f.status for f in report.features}
+
+
+async def test_unchanged_traffic_stays_ok_window_after_window(setup: Setup) -> None:
+    await write(setup.sessions, rows(setup.rng, REFERENCE, start=T0))
+    for k in range(3):
+        since, until = window(k)
+        await write(setup.sessions, rows(setup.rng, WINDOW, start=since))
+        report = await setup.monitor.report("triage", since, until)
+        assert report.current.samples == WINDOW
+        assert report.reference.source == "first_records"
+        seen = statuses(report)
+        # No streamed requests (no time to first token), no review decisions: too few values.
+        assert {n for n, s in seen.items() if s is Status.INSUFFICIENT} == {
+            "ttft_ms", "review_outcome",
+        }  # fmt: skip
+        assert {s for n, s in seen.items() if s is not Status.INSUFFICIENT} == {Status.OK}, seen
+    names = [f.name for f in report.features]
+    assert names == [
+        "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "finish_reason",
+        "error_class", "confidence", "escalated", "schema_valid", "answer.category",
+        "answer.urgency", "review_outcome",
+    ]  # fmt: skip
+
+
+async def test_a_synthetic_shift_is_flagged_drift_within_one_window(setup: Setup) -> None:
+    await write(setup.sessions, rows(setup.rng, REFERENCE, start=T0))
+    since, until = window(0)
+    shifted = Traffic(
+        prompt_scale=2.5,  # longer prompts
+        categories=("billing", "technical", "account", "shipping", "other", "legal"),
+        shares=(0.3, 0.2, 0.1, 0.05, 0.05, 0.3),  # a category never seen before
+        confidence_shift=0.35,  # lower confidence
+    )
+    await write(setup.sessions, rows(setup.rng, WINDOW, start=since, traffic=shifted))
+    report = await setup.monitor.report("triage", since, until)
+    seen = statuses(report)
+    for name in ("prompt_tokens", "answer.category", "confidence"):
+        assert seen[name] is Status.DRIFT, (name, seen)
+    for name in ("completion_tokens", "latency_ms", "answer.urgency"):
+        assert seen[name] is Status.OK, (name, seen)
+    assert report.status is Status.DRIFT
+    category = next(f for f in report.features if f.name == "answer.category")
+    legal = next(b for b in category.current if b.label == "legal")
+    assert (
+        legal.count > 200 and next(b for b in category.reference if b.label == "legal").count == 0
+    )
+    assert category.p_value is not None and category.p_value < 1e-6
+
+
+async def test_the_automatic_reference_waits_for_enough_records_then_stays_frozen(
+    setup: Setup,
+) -> None:
+    first = rows(setup.rng, REFERENCE + 500, start=T0)
+    await write(setup.sessions, first[:300])
+    until = T0 + timedelta(days=1)
+    early = await setup.monitor.report("triage", T0, until)
+    assert (early.reference.source, early.reference.samples) == (None, 0)
+    assert {f.status for f in early.features} == {Status.INSUFFICIENT}  # never ok without one
+    await write(setup.sessions, first[300:])
+    report = await setup.monitor.report("triage", T0, until)
+    assert report.reference.source == "first_records"
+    assert report.reference.since == T0 and report.reference.samples == REFERENCE
+    assert report.reference.until == first[REFERENCE - 1]["created_at"] + timedelta(microseconds=1)
+    # Frozen: records added inside its range later change nothing.
+    late = rows(
+        setup.rng, 50, start=T0 + timedelta(milliseconds=500), traffic=Traffic(prompt_scale=9)
+    )
+    await write(setup.sessions, late)
+    again = await setup.monitor.report("triage", T0, until)
+    assert again.reference == report.reference
+    prompts = {f.name: f for f in again.features}["prompt_tokens"]
+    assert prompts.reference == {f.name: f for f in report.features}["prompt_tokens"].reference
+
+
+async def test_only_the_stable_arm_makes_a_first_records_reference(setup: Setup) -> None:
+    shadow = rows(setup.rng, REFERENCE, start=T0, arm="shadow")
+    await write(setup.sessions, shadow)
+    report = await setup.monitor.report("triage", T0, T0 + timedelta(days=1))
+    assert report.reference.source is None
+
+
+async def test_an_sre_pins_the_reference_and_unpins_it(setup: Setup) -> None:
+    await write(setup.sessions, rows(setup.rng, REFERENCE + 2 * WINDOW, start=T0))
+    pin_since, pin_until = window(0)
+    with pytest.raises(InvalidRequest, match="at least 2000"):
+        await setup.monitor.pin("triage", pin_since, pin_until, "sre (k1)")
+    with pytest.raises(InvalidRequest, match="before"):
+        await setup.monitor.pin("triage", pin_until, pin_since, "sre (k1)")
+    target, span = await setup.monitor.pin("triage", pin_since, window(1)[1], "sre (k1)")
+    assert (target, span.source, span.samples) == ("triage@1", "pinned", 2 * WINDOW)
+    report = await setup.monitor.report("triage", *window(1))
+    assert (report.reference.source, report.reference.since) == ("pinned", pin_since)
+    async with setup.sessions() as session:
+        rows_ = (await session.scalars(select(DriftReference))).all()
+    assert [(r.pinned, r.source, r.created_by) for r in rows_] == [(True, "pinned", "sre (k1)")]
+    assert await setup.monitor.unpin("triage") == ("triage@1", True)
+    assert await setup.monitor.unpin("triage") == ("triage@1", False)  # idempotent
+    back = await setup.monitor.report("triage", *window(1))
+    assert back.reference.source == "first_records"
+
+
+async def test_reviewers_decisions_are_a_feature(setup: Setup) -> None:
+    reference = rows(setup.rng, REFERENCE, start=T0)
+    since, until = window(0)
+    current = rows(setup.rng, WINDOW, start=since)
+    await write(setup.sessions, reference + current)
+    await add_reviews(setup.sessions, reference[:600], ["approved"] * 500 + ["corrected"] * 100)
+    await add_reviews(setup.sessions, current[:300], ["rejected"] * 200 + ["approved"] * 100)
+    report = await setup.monitor.report("triage", since, until)
+    review = next(f for f in report.features if f.name == "review_outcome")
+    assert {b.label: b.count for b in review.reference} == {
+        "approve": 500, "correct": 100, "reject": 0,
+    }  # fmt: skip
+    assert {b.label: b.count for b in review.current}["reject"] == 200
+    assert review.status is Status.DRIFT
+
+
+async def test_number_answer_fields_are_binned_and_odd_values_skipped(setup: Setup) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"score": {"type": "number"}, "label": {"type": "string", "maxLength": 8}},
+    }
+    await add_route(setup.sessions, "scores", "s@1", schema=schema, policy={"escalate": "never"})
+    values = setup.rng.normal(50, 5, REFERENCE + WINDOW)
+    records = rows(setup.rng, REFERENCE + WINDOW, start=T0, route="scores", target="s@1")
+    for record, value in zip(records, values, strict=True):
+        record["fields"] = {"score": float(value), "label": "a"}
+    records[-1]["fields"] = {"score": "not a number", "label": "a"}  # from an older schema
+    await write(setup.sessions, records)
+    report = await setup.monitor.report("scores", *window(0))
+    features = {f.name: f for f in report.features}
+    assert "review_outcome" not in features  # the policy never escalates
+    score = features["answer.score"]
+    assert score.kind.value == "number" and score.status is Status.OK
+    assert score.current_n == WINDOW - 1 and len(score.reference) == 10
+
+
+async def test_bad_requests_are_refused(setup: Setup) -> None:
+    with pytest.raises(RouteNotFound):
+        await setup.monitor.report("nope")
+    with pytest.raises(InvalidRequest, match="before"):
+        await setup.monitor.report("triage", T0, T0)
