@@ -207,6 +207,16 @@ def create_app(
         ),
         metrics=metrics,
     )
+    # On PostgreSQL gateways hear each other's changes at once and unload versions only when
+    # no other gateway needs them; on SQLite there is one gateway and the periodic refresh.
+    in_step = db.dialect.name == "postgresql"
+    peers = None
+    if in_step:
+        peers = Peers(
+            sessions, lambda: snapshot.current, list(pools.values()),
+            heartbeat_s=settings.peer_heartbeat_s, stale_after_s=settings.peer_stale_after_s,
+        )  # fmt: skip
+        snapshot.on_reload.append(lambda _old, _new: peers.poke())
     reconciler = AdapterReconciler(
         list(pools.values()),
         AdapterHost(lambda: engines.http),
@@ -214,6 +224,7 @@ def create_app(
         metrics,
         interval_s=settings.adapter_reconcile_interval_s,
         unload_grace_s=settings.adapter_unload_grace_s,
+        others=peers,
     )
     snapshot.on_reload.append(_wake_on_new_versions(reconciler))
     rollouts = RolloutControl(

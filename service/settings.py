@@ -171,7 +171,13 @@ class Settings(BaseSettings):
     hold_commit_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait to store a held answer's review item."
     )
-    snapshot_refresh_s: float = 2.0
+    snapshot_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between reloads of routes, rollouts and keys from the database. On "
+        "PostgreSQL a change also reloads every gateway at once (LISTEN/NOTIFY); this refresh "
+        "is the fallback.",
+    )
 
     adapter_import_root: Path | None = Field(
         default=None,
@@ -196,6 +202,18 @@ class Settings(BaseSettings):
     adapter_unload_grace_s: float = Field(
         default=60.0,
         description="An adapter version no route uses is unloaded after this long, once idle.",
+    )
+    peer_heartbeat_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="PostgreSQL: how often each gateway rewrites its row of wanted adapter "
+        "versions and requests in flight, which other gateways read before unloading a version.",
+    )
+    peer_stale_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="PostgreSQL: a gateway whose row is older than this is taken for dead and "
+        "no longer holds back unloads. Keep it well above peer_heartbeat_s.",
     )
 
     rollout_tick_s: float = Field(

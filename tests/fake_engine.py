@@ -37,6 +37,9 @@ class Behaviour:
     body: bytes = b""
     # Per token, when the request asks for logprobs (default -0.05 each).
     logprobs: list[float] | None = None
+    # Answer only once this is set; an adapter unloaded meanwhile fails the request (404), as
+    # vLLM fails requests on an adapter that goes away.
+    hold: asyncio.Event | None = None
 
 
 class FakeEngine:
@@ -144,6 +147,11 @@ class FakeEngine:
     ) -> web.StreamResponse:
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
+        if b.hold is not None:
+            await b.hold.wait()
+            model = body.get("model")
+            if model != MODEL and model not in self.adapters:
+                return _error(404, f"The model `{model}` was unloaded while in flight.")
         if b.kind == "close":
             assert request.transport is not None
             request.transport.close()

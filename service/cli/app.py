@@ -90,6 +90,30 @@ def db_upgrade(
     typer.echo(f"database at {revision}: {settings.effective_database_url.split('@')[-1]}")
 
 
+@db_app.command("downgrade")
+def db_downgrade(
+    ctx: typer.Context,
+    revision: Annotated[
+        str, typer.Argument(help="Revision to go back to, e.g. 0010, or -1 for one step.")
+    ],
+) -> None:
+    """Undo migrations down to REVISION, before running an older release on this database.
+
+    The tables and columns the undone migrations added are dropped with their data: back the
+    database up first.
+    """
+    settings = settings_of(ctx)
+    url = settings.effective_database_url
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise fail(str(no_database(shown_url(url))))
+    try:
+        downgrade(url, revision)
+    except CommandError as exc:
+        raise fail(f"cannot downgrade to {revision}: {exc}") from exc
+    typer.echo(f"database at {revision}: {shown_url(url).split('@')[-1]}")
+
+
 @db_app.command("check")
 def db_check(ctx: typer.Context) -> None:
     """Exit 0 when the database is at this version's newest migration, else 1 saying why

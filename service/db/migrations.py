@@ -31,6 +31,12 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def downgrade(database_url: str, revision: str) -> None:
+    """Undo migrations down to ``revision`` (``-1``: one step; ``base``: all). Blocking, like
+    ``upgrade``. What the undone migrations added is dropped, with its data."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
 def _scripts() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config(""))
 

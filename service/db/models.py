@@ -317,3 +317,16 @@ class ReviewSession(Base):
     key_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class GatewayPeer(Base):
+    """A running gateway as the others see it (PostgreSQL): the adapter versions its snapshot
+    wants and, of the others, those it still has requests in flight on. Written by the gateway
+    itself (see ``service.engine.peers``); a row whose heartbeat is old is a dead gateway's."""
+
+    __tablename__ = "gateway_peers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    wanted: Mapped[list[str]] = mapped_column(JSON)
+    draining: Mapped[dict[str, int]] = mapped_column(JSON)  # version -> requests in flight

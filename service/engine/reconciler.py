@@ -3,8 +3,9 @@
 Each pass observes every replica (``GET /v1/models``), records what it serves (the engine
 client only sends a version to replicas that have it), loads what is missing, checks that each
 new load generates, and unloads versions nobody wants any more once they have been unwanted for
-a grace period and no request on them is in flight. After a vLLM restart the next pass loads its
-adapters again with nobody acting. (Whether a version changes anything at all is decided from
+a grace period and no request on them is in flight, here or (on PostgreSQL, see ``peers``) on
+any other gateway. After a vLLM restart the next pass loads its adapters again with nobody
+acting. (Whether a version changes anything at all is decided from
 its weights when it is registered, not here.)
 """
 
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from adapters.placement import Action, Change, UnwantedSince, plan
 from monitoring.metrics import Metrics
@@ -24,6 +26,12 @@ from service.errors import EngineError
 from service.routes.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
+
+
+class OtherGateways(Protocol):
+    async def busy_elsewhere(self) -> frozenset[str]:
+        """Versions another live gateway wants or still has requests in flight on."""
+        ...
 
 
 class AdapterReconciler:
@@ -37,6 +45,7 @@ class AdapterReconciler:
         interval_s: float,
         unload_grace_s: float,
         clock: Callable[[], float] = time.monotonic,
+        others: OtherGateways | None = None,
     ) -> None:
         self._pools = pools
         self._host = host
@@ -45,6 +54,7 @@ class AdapterReconciler:
         self._interval_s = interval_s
         self._grace_s = unload_grace_s
         self._clock = clock
+        self._others = others
         self._unwanted = {pool.name: UnwantedSince() for pool in pools}
         self._locks = {pool.name: asyncio.Lock() for pool in pools}
         self._wake = asyncio.Event()
@@ -114,13 +124,30 @@ class AdapterReconciler:
         unwanted = self._unwanted[pool.name]
         unwanted.update(wanted, set().union(*loaded.values()), now)
 
-        def may_unload(version: str) -> bool:
+        def idle_here(version: str) -> bool:
             idle = pool.in_flight_by_target.get(version, 0) == 0
             return idle and unwanted.unwanted_for(version, now) >= self._grace_s
+
+        candidates = {v for v in set().union(*loaded.values()) - wanted if idle_here(v)}
+        busy = await self._busy_elsewhere(candidates)
+
+        def may_unload(version: str) -> bool:
+            return idle_here(version) and version not in busy
 
         for action in plan(wanted, loaded, may_unload):
             await self._apply(pool, by_url[action.replica], action)
         self._publish(pool)
+
+    async def _busy_elsewhere(self, candidates: set[str]) -> frozenset[str]:
+        """Of the versions this gateway would unload, those other gateways still need."""
+        if not candidates or self._others is None:
+            return frozenset()
+        try:
+            return await self._others.busy_elsewhere()
+        except Exception:
+            # Unknown is not idle: unload nothing this pass, the next one asks again.
+            log.warning("cannot read the other gateways' in-flight versions", exc_info=True)
+            return frozenset(candidates)
 
     async def _apply(self, pool: EnginePool, replica: Replica, action: Action) -> None:
         try:

@@ -1,14 +1,17 @@
 """Loads the in-memory view each gateway replica serves from: routes, rollouts and API keys.
 
 Requests never read the database for these; a background loop reloads them every
-``snapshot_refresh_s``. A key id that is not in the snapshot is looked up once in the
-database, so a key created a moment ago works at once; ``key_lookups`` rations those lookups
-so that made-up keys cannot turn into a query each. The view's values are in ``view``.
+``snapshot_refresh_s``, and at once when ``wake`` is called (on PostgreSQL, when another
+gateway or a CLI command announces a change). A key id that is not in the snapshot is looked
+up once in the database, so a key created a moment ago works at once; ``key_lookups`` rations
+those lookups so that made-up keys cannot turn into a query each. The view's values are in
+``view``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -92,8 +95,21 @@ class SnapshotStore:
         self.loaded = False
         # Called with (old, new) after each reload, e.g. to place newly wanted adapters at once.
         self.on_reload: list[Callable[[Snapshot, Snapshot], None]] = []
+        self._wake = asyncio.Event()
+        # One reload at a time: one that began before a change committed must not install
+        # its older view after one that began later.
+        self._reloading = asyncio.Lock()
+
+    def wake(self) -> None:
+        """Reload now rather than at the next interval. Calls during a reload coalesce into
+        one more reload after it."""
+        self._wake.set()
 
     async def reload(self) -> None:
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         async with self._sessions() as session:
             routes = await repositories.list_routes(session)
             keys = await repositories.active_keys(session)
@@ -139,7 +155,11 @@ class SnapshotStore:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._refresh_s)
+            # asyncio.timeout, not wait_for: see AdapterReconciler.run.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._refresh_s):
+                    await self._wake.wait()
+            self._wake.clear()
             try:
                 await self.reload()
             except Exception:

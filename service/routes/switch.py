@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rollout import store as rollout_store
 from service import clock
+from service.db.changes import announce
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.errors import RolloutConflict
@@ -57,6 +58,7 @@ async def point(session: AsyncSession, route_name: str, target: str, now: dateti
     if route.target != target:
         route.target = target
         route.updated_at = now
+        await announce(session, f"route:{route_name}")
     return info(route)
 
 

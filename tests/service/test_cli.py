@@ -127,6 +127,22 @@ def test_db_upgrade_creates_the_schema_and_is_repeatable(unmigrated: str) -> Non
     ok("keys", "list")
 
 
+def test_db_downgrade_goes_back_to_a_revision_and_upgrade_returns(unmigrated: str) -> None:
+    ok("db", "upgrade")
+    result = ok("db", "downgrade", "0010")
+    assert "gateway_peers" not in tables(unmigrated)
+    assert "postgres@" not in result.output
+    assert "at revision 0010" in failed("db", "check").output
+    ok("db", "upgrade")
+    assert "gateway_peers" in tables(unmigrated)
+    assert "cannot downgrade to 9999" in failed("db", "downgrade", "9999").output
+
+
+def test_db_downgrade_creates_no_database(cli_env: Path) -> None:
+    assert "no loragate database" in failed("db", "downgrade", "base").output
+    assert not (cli_env / "loragate.db").exists()
+
+
 def test_default_database_is_a_sqlite_file_in_the_data_dir(cli_env: Path) -> None:
     ok("db", "upgrade")
     assert (cli_env / "loragate.db").exists()
