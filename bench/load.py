@@ -38,7 +38,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         {
             "model": args.model,
             "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 8,
+            "max_tokens": args.max_tokens,
             "stream": args.stream,
         }
     ).encode()
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--model", default="bench-base")
     parser.add_argument("--key", default="")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
         "--rate", type=float, default=0.0, help="open-loop requests/s (0: closed loop)"

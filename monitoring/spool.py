@@ -21,7 +21,6 @@ loss can take.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import struct
@@ -97,6 +96,10 @@ class Spool:
         self._next_seq = 1
         self._bytes = 0
         self._open_bytes = 0
+        self._unsynced = False  # appended to since the open segment's last fsync
+        self._named_durably = 0  # the newest segment whose directory entry was fsynced
+        # Sealed segments, oldest first: only this process seals, so no directory listing.
+        self._ready: list[Segment] = []
         # Wall-clock time of the first record in each segment not yet shipped.
         self._first_at: dict[int, float] = {}
         self._lock_fd: int | None = None
@@ -120,7 +123,11 @@ class Spool:
         self._lock_fd = lock_fd
         for path in sorted(self.directory.glob(f"*{OPEN}"), key=_seq):
             self._recover(path)
-        for segment in self.ready():
+        found = []
+        for path in self.directory.glob(f"*{READY}"):
+            found.append(Segment(_seq(path), path, path.stat().st_size))
+        self._ready = sorted(found, key=lambda s: s.seq)
+        for segment in self._ready:
             self._bytes += segment.size
             self._first_at[segment.seq] = segment.path.stat().st_mtime
             self._next_seq = max(self._next_seq, segment.seq + 1)
@@ -173,6 +180,7 @@ class Spool:
                 raise
             self._bytes += len(data)
             self._open_bytes += len(data)
+            self._unsynced = True
             if self.fsync is Fsync.ALWAYS:
                 os.fsync(fd)
 
@@ -194,6 +202,7 @@ class Spool:
             except OSError:
                 return  # left .open: it is sealed (and its torn tail cut) at the next start
             self._bytes += size - self._open_bytes
+            self._ready.append(Segment(self._open_seq, path.with_suffix(READY), size))
 
     def _start_segment(self) -> None:
         seq = self._next_seq
@@ -201,61 +210,80 @@ class Spool:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, FILE_MODE)
         self._open_seq, self._next_seq, self._open_bytes = seq, seq + 1, 0
         self._first_at[seq] = time.time()
+        if self.fsync is Fsync.ALWAYS:
+            self._sync_directory()  # an fsynced record in a file whose name could be lost
+            self._named_durably = seq
 
     # -- the shipper's side -------------------------------------------------------------------
 
     def seal(self) -> None:
-        """Close the open segment and make it shippable; appends go on into a new one."""
+        """Close the open segment and make it shippable; appends go on into a new one.
+
+        The rename needs no directory fsync of its own: a segment whose rename a power loss
+        undid is found ``.open`` at the next start and sealed then. Only a name never made
+        durable (a segment created since the last sync) is synced here."""
         with self._lock:
-            fd, seq = self._fd, self._open_seq
-            self._fd = None
+            fd, seq, size, unsynced = self._fd, self._open_seq, self._open_bytes, self._unsynced
+            self._fd, self._unsynced = None, False
         if fd is None:
             return
         try:
-            if self.fsync is not Fsync.NEVER:
-                os.fsync(fd)
+            if unsynced and self.fsync is not Fsync.NEVER:
+                os.fsync(fd)  # it may wait long for its shipping: the database may be away
         finally:
             os.close(fd)
         path = self.directory / f"{seq:012d}{OPEN}"
         path.rename(path.with_suffix(READY))
-        if self.fsync is not Fsync.NEVER:
+        if seq > self._named_durably and self.fsync is not Fsync.NEVER:
             self._sync_directory()
+            self._named_durably = seq
+        with self._lock:
+            self._ready.append(Segment(seq, path.with_suffix(READY), size))
 
     def sync(self) -> None:
         """fsync the open segment without holding appends back (the ``interval`` policy)."""
         with self._lock:
-            fd = os.dup(self._fd) if self._fd is not None else None
+            fd = os.dup(self._fd) if self._fd is not None and self._unsynced else None
+            seq = self._open_seq
+            self._unsynced = False
         if fd is None:
             return
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if seq > self._named_durably:
+            self._sync_directory()
+            self._named_durably = seq
 
     def has_open_records(self) -> bool:
         with self._lock:
             return self._fd is not None and self._open_bytes > 0
 
+    def open_age_s(self) -> float:
+        """How long the open segment's first record has waited (0 when it holds none)."""
+        with self._lock:
+            if self._fd is None or not self._open_bytes:
+                return 0.0
+            return max(0.0, time.time() - self._first_at[self._open_seq])
+
     def ready(self) -> list[Segment]:
         """Sealed segments, oldest first."""
-        segments = []
-        for path in self.directory.glob(f"*{READY}"):
-            with contextlib.suppress(FileNotFoundError):  # shipped and deleted meanwhile
-                segments.append(Segment(_seq(path), path, path.stat().st_size))
-        return sorted(segments, key=lambda s: s.seq)
+        with self._lock:
+            return list(self._ready)
 
     def read(self, segment: Segment) -> Frames:
         return read_frames(segment.path.read_bytes())
 
     def shipped(self, segments: list[Segment]) -> None:
-        """Delete segments whose rows are committed."""
+        """Delete segments whose rows are committed. No directory fsync: a deletion a power
+        loss undid ships the segment again, which inserts nothing twice."""
         for segment in segments:
             segment.path.unlink()
             with self._lock:
                 self._bytes -= segment.size
                 self._first_at.pop(segment.seq, None)
-        if self.fsync is not Fsync.NEVER:
-            self._sync_directory()
+                self._ready = [s for s in self._ready if s.seq != segment.seq]
 
     def oldest_unshipped_s(self) -> float:
         """Age of the oldest record not yet in the database (0 when none waits)."""

@@ -137,7 +137,10 @@ class Settings(BaseSettings):
         default=5000, gt=0, description="Most records the shipper writes in one transaction."
     )
     record_flush_interval_s: float = Field(
-        default=0.2, gt=0, description="How often the shipper moves spooled records."
+        default=1.0,
+        gt=0,
+        description="How often the shipper moves spooled records into the database: the most "
+        "a record waits there (its durability is the spool's, see spool_fsync).",
     )
     record_drain_timeout_s: float = Field(
         default=20.0,

@@ -44,6 +44,9 @@ class Attempted(Generic[T]):
     attempts: int
 
 
+MAX_SSE_LINE = 1024 * 1024
+
+
 @dataclass(slots=True)
 class EngineStream:
     """An open streaming response; iterate ``lines()`` and always ``close()``."""
@@ -58,13 +61,18 @@ class EngineStream:
     _closed: bool = field(default=False)
 
     async def lines(self) -> AsyncIterator[bytes]:
-        """Non-empty SSE lines; raises EngineTimeout / EngineStreamBroken on failure."""
+        """Non-empty SSE lines; raises EngineTimeout / EngineStreamBroken on failure.
+
+        Reads whatever has arrived (usually one whole event with its blank line) under one
+        timeout, rather than line by line: a timeout costs about 10 us of CPU, which per line
+        was most of a streamed answer's relay cost."""
         timeout = self.first_byte_timeout_s
         content = self.response.content
+        partial = b""
         while True:
             try:
                 async with asyncio.timeout(timeout):
-                    line = await content.readline()
+                    data = await content.readany()
             except TimeoutError as exc:
                 self.pool.eject(self.replica, "stream stalled")
                 raise EngineTimeout(
@@ -72,12 +80,18 @@ class EngineStream:
                 ) from exc
             except aiohttp.ClientError as exc:
                 raise EngineStreamBroken("The engine connection broke during the stream.") from exc
-            if not line:
+            if not data:
+                if partial.strip():
+                    yield partial.strip()
                 return
             timeout = self.idle_timeout_s
-            line = line.rstrip(b"\r\n")
-            if line:
-                yield line
+            *complete, partial = (partial + data).split(b"\n")
+            if len(partial) > MAX_SSE_LINE:
+                raise EngineBadResponse("The engine sent a stream line longer than 1 MiB.")
+            for line in complete:
+                line = line.rstrip(b"\r")
+                if line:
+                    yield line
 
     def close(self) -> None:
         if not self._closed:

@@ -160,3 +160,46 @@ def test_a_failed_write_leaves_the_segment_readable(
     spool.seal()
     assert _all_payloads(spool) == [b"before", b"after"]
     assert spool.size_bytes == len(frame(b"before")) + len(frame(b"after"))
+
+
+def test_the_open_segment_is_synced_only_when_something_was_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = _spool(tmp_path)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    spool.append(b"one")
+    spool.sync()
+    assert len(synced) == 2  # the segment, and the directory holding its new name
+    spool.sync()  # nothing new: no fsync at all
+    spool.sync()
+    assert len(synced) == 2
+    spool.append(b"two")
+    spool.sync()
+    assert len(synced) == 3  # the segment only: its name is durable already
+    spool.seal()
+    assert len(synced) == 3  # synced and named already: the rename needs nothing
+    spool.shipped(spool.ready())
+    assert len(synced) == 3  # a deletion undone by a power loss only ships it again
+
+
+def test_ready_segments_are_known_without_listing_and_survive_a_restart(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    spool.append(b"a")
+    spool.seal()
+    spool.append(b"b")
+    spool.seal()
+    first, second = spool.ready()
+    assert first.seq < second.seq
+    spool.shipped([first])
+    assert spool.ready() == [second]
+    spool.close()
+    again = _spool(tmp_path)  # a new process finds the same ready segment on disk
+    assert [s.seq for s in again.ready()] == [second.seq]
+    assert _all_payloads(again) == [b"b"]
