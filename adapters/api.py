@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest
 from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.audit.actor import api_actor
 from service.auth import Principal
 from service.gateway.parts import Gateway
 
@@ -123,6 +124,7 @@ async def register(
             data_snapshot_id=body.data_snapshot_id,
             changelog=body.changelog,
             created_by=principal.key_id,
+            audit=api_actor(principal, request),
         )
     )
     if not registration.created:

@@ -14,6 +14,7 @@ import typer
 from adapters import demo, training
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
 from adapters.registry_db import build_registry
+from service.audit.actor import cli_actor
 from service.cli.common import (
     UrlOption,
     call_gateway,
@@ -80,6 +81,7 @@ def adapters_register(
         data_snapshot_id=data_snapshot,
         changelog=changelog,
         created_by="cli",
+        audit=cli_actor(),
     )
     registration = _with_registry(settings, lambda registry: registry.register(request))
     version = registration.version

@@ -31,6 +31,7 @@ from adapters.inspect import Inspector
 from adapters.locks import KeyedLocks
 from adapters.tensors import model_weight_shapes
 from adapters.validation import read_adapter, scan_source
+from service.audit.actor import Actor
 from service.clock import Clock, now
 from service.errors import (
     AdapterNameInvalid,
@@ -82,8 +83,9 @@ class VersionRepository(Protocol):
 
     async def find_by_content(self, name: str, sha256: str) -> AdapterVersionRecord | None: ...
 
-    async def insert_next(self, new: NewVersion) -> AdapterVersionRecord:
-        """Insert as version max + 1 of its name; raise VersionConflict on a collision."""
+    async def insert_next(self, new: NewVersion, audit: Actor | None) -> AdapterVersionRecord:
+        """Insert as version max + 1 of its name, with its audit event for ``audit`` in the same
+        transaction; raise VersionConflict on a collision."""
         ...
 
     async def get(self, version_id: str) -> AdapterVersionRecord | None: ...
@@ -99,6 +101,7 @@ class RegistrationRequest:
     data_snapshot_id: str | None = None
     changelog: str = ""
     created_by: str | None = None  # key id, or "cli"
+    audit: Actor | None = None  # who registers it, for the audit trail
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,8 @@ class Registry:
                 changelog=request.changelog,
             )
             try:
-                return Registration(await self.versions.insert_next(new), created=True)
+                inserted = await self.versions.insert_next(new, request.audit)
+                return Registration(inserted, created=True)
             except VersionConflict as exc:
                 conflict = exc
         raise AdapterRegistrationConflict(

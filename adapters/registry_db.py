@@ -22,6 +22,8 @@ from adapters.registry import (
     RegistryConfig,
     VersionConflict,
 )
+from service.audit.actor import Actor
+from service.audit.events import record_event
 from service.clock import as_utc
 from service.db.models import AdapterVersion
 from service.settings import Settings
@@ -66,7 +68,7 @@ class SqlAdapterVersions:
             )
         return _adapter_version(row) if row is not None else None
 
-    async def insert_next(self, new: NewVersion) -> AdapterVersionRecord:
+    async def insert_next(self, new: NewVersion, audit: Actor | None) -> AdapterVersionRecord:
         # One statement computes N and inserts it: on SQLite a read followed by a write in one
         # transaction fails outright when another writer committed in between, and on
         # PostgreSQL a concurrent insert of the same N is refused by the unique constraint.
@@ -91,6 +93,12 @@ class SqlAdapterVersions:
         try:
             async with self.sessions.begin() as session:
                 version_id, version = (await session.execute(statement)).one()
+                if audit is not None:
+                    after = {"sha256": new.sha256, "pool": new.pool, "changelog": new.changelog,
+                             "data_snapshot_id": new.data_snapshot_id}  # fmt: skip
+                    await record_event(
+                        session, audit, "adapter.register", f"adapter:{version_id}", after=after
+                    )
         except IntegrityError as exc:
             raise VersionConflict(str(exc.orig)) from exc
         return AdapterVersionRecord(id=version_id, version=version, **_fields(new))

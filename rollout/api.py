@@ -19,6 +19,7 @@ from rollout.core.machine import Command, traffic
 from rollout.core.spec import RolloutSpec
 from rollout.store import SavedFigures, StoredEvent, StoredRollout
 from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.audit.actor import api_actor
 from service.auth import Principal
 from service.errors import InvalidRolloutSpec
 
@@ -232,7 +233,7 @@ async def start(
 ) -> RolloutOut:
     spec = parse_spec(route, body)
     rollout = await gateway(request).rollouts.start(
-        route, spec, actor_of(principal), principal.key_id
+        route, spec, actor_of(principal), principal.key_id, api_actor(principal, request)
     )
     return RolloutOut.of(rollout)
 
@@ -275,7 +276,9 @@ def _command_endpoint(cmd: Command, summary: str, description: str) -> None:
         reason = (
             body.reason if body is not None and body.reason else f"{cmd.value} by {principal.name}"
         )
-        rollout = await gateway(request).rollouts.command(route, cmd, actor_of(principal), reason)
+        rollout = await gateway(request).rollouts.command(
+            route, cmd, actor_of(principal), reason, api_actor(principal, request)
+        )
         return RolloutOut.of(rollout)
 
     router.add_api_route(

@@ -36,6 +36,8 @@ from rollout.core.machine import (
 from rollout.core.spec import GateName, RolloutSpec, StepKind
 from rollout.core.split import Arm
 from rollout.store import RouteBusy, SavedFigures, StaleRollout, StoredEvent, StoredRollout
+from service.audit.actor import Actor
+from service.audit.events import record_event
 from service.clock import Clock, now
 from service.drift.monitor import freeze_on_promotion
 from service.engine.client import EngineClient
@@ -87,9 +89,15 @@ class RolloutControl:
     # --- commands -------------------------------------------------------------------------
 
     async def start(
-        self, route_name: str, spec: RolloutSpec, actor: str, created_by: str | None = None
+        self,
+        route_name: str,
+        spec: RolloutSpec,
+        actor: str,
+        created_by: str | None = None,
+        audit: Actor | None = None,
     ) -> StoredRollout:
-        """Start rolling ``spec.candidate`` out on the route; the same request again is a no-op."""
+        """Start rolling ``spec.candidate`` out on the route; the same request again is a no-op.
+        A start made for ``audit`` is audited in its transaction."""
         async with self._sessions() as session:
             route = await get_route(session, route_name)
             existing = await rollout_store.active_for_route(session, route_name)
@@ -109,6 +117,12 @@ class RolloutControl:
                     session, rollout_id=rollout_id, route=route_name, stable=route.target,
                     spec=spec, state=State.new(now), actor=actor, created_by=created_by, now=now,
                 )  # fmt: skip
+                if audit is not None:
+                    await record_event(
+                        session, audit, "rollout.start", f"rollout:{rollout_id}",
+                        after={"route": route_name, "stable": route.target,
+                               "candidate": spec.candidate, "phase": State.new(now).phase.value},
+                    )  # fmt: skip
         except RouteBusy:
             async with self._sessions() as session:
                 existing = await rollout_store.active_for_route(session, route_name)
@@ -135,9 +149,10 @@ class RolloutControl:
         )
 
     async def command(
-        self, route_name: str, cmd: Command, actor: str, reason: str
+        self, route_name: str, cmd: Command, actor: str, reason: str, audit: Actor | None = None
     ) -> StoredRollout:
-        """Apply a command to the route's latest rollout. Idempotent; 409 where it does not fit."""
+        """Apply a command to the route's latest rollout. Idempotent; 409 where it does not fit.
+        A command that changes the rollout, made for ``audit``, is audited in its transaction."""
         for _ in range(COMMAND_TRIES):
             async with self._sessions() as session:
                 await get_route(session, route_name)
@@ -151,7 +166,7 @@ class RolloutControl:
             if not outcome.changed:
                 return current
             try:
-                await self._save(current, outcome, verdicts=None)
+                await self._save(current, outcome, verdicts=None, audit=(audit, cmd, reason))
             except StaleRollout:
                 continue  # something else moved it; read again and re-decide
             except RouteBusy as exc:
@@ -226,12 +241,21 @@ class RolloutControl:
         outcome: Outcome,
         verdicts: tuple[GateResult, ...] | None,
         figures: SavedFigures | None = None,
+        audit: tuple[Actor | None, Command, str] | None = None,
     ) -> None:
         now = self._clock()
         async with self._sessions.begin() as session:
             await rollout_store.save(
                 session, current, outcome.state, outcome.event, verdicts, now, figures
             )
+            actor, cmd, reason = audit if audit is not None else (None, None, "")
+            if actor is not None and cmd is not None:
+                await record_event(
+                    session, actor, f"rollout.{cmd.value}", f"rollout:{current.id}",
+                    before={"phase": current.state.phase.value, "step": current.state.step},
+                    after={"phase": outcome.state.phase.value, "step": outcome.state.step,
+                           "reason": reason},
+                )  # fmt: skip
             if outcome.state.phase is Phase.PROMOTED and outcome.changed:
                 await switch.point(session, current.route, current.candidate, now)
                 await freeze_on_promotion(

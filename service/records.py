@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from monitoring.metrics import Metrics
 from monitoring.shipper import Maintenance, Shipper
 from monitoring.spool import Spool
+from service.audit.retention import audit_pruner
 from service.clock import now
 from service.db import repositories
 from service.db.session import create_engine
@@ -54,6 +55,26 @@ def pruner(retention_days: float) -> Maintenance | None:
                 return
 
     return prune if retention_days > 0 else None
+
+
+def maintenance(settings: Settings) -> Maintenance | None:
+    """Record retention, then audit retention (each its own setting); None when neither."""
+    tasks = [
+        task
+        for task in (
+            pruner(settings.record_retention_days),
+            audit_pruner(settings.audit_retention_days),
+        )
+        if task is not None
+    ]
+    if not tasks:
+        return None
+
+    async def run(sessions: async_sessionmaker[Any]) -> None:
+        for task in tasks:
+            await task(sessions)
+
+    return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +122,7 @@ def build(
         interval_s=settings.record_flush_interval_s,
         batch_records=settings.record_batch_size,
         fsync_interval_s=settings.spool_fsync_interval_s,
-        maintenance=pruner(settings.record_retention_days),
+        maintenance=maintenance(settings),
         maintenance_every_s=PRUNE_EVERY_S,
     )
     keeper = RecordKeeper(

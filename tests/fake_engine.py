@@ -202,9 +202,16 @@ class FakeEngine:
             if b.token_delay_s:
                 await asyncio.sleep(b.token_delay_s)
             last = index == len(b.tokens) - 1
-            await response.write(
-                _event(_chunk(body, rid, chat, token, finish="stop" if last else None))
-            )
+            chunk = _chunk(body, rid, chat, token, finish="stop" if last else None)
+            if body.get("logprobs") and chat:  # vLLM sends each chunk's tokens with it
+                value = b.logprobs[index] if b.logprobs else -0.05
+                chunk["choices"][0]["logprobs"] = {
+                    "content": [
+                        {"token": token, "logprob": value, "bytes": list(token.encode()),
+                         "top_logprobs": []}
+                    ]
+                }  # fmt: skip
+            await response.write(_event(chunk))
         if (body.get("stream_options") or {}).get("include_usage"):
             await response.write(_event(_usage_chunk(body, rid, len(b.tokens))))
         await response.write(b"data: [DONE]\n\n")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monitoring.drift import Bin, FeatureDrift
 from service.api.deps import SRE_ROLES, require_roles
+from service.audit.actor import api_actor
 from service.auth import Principal
 from service.drift.monitor import DriftMonitor, DriftReport, ReferenceSpan, Span
 from service.errors import InvalidRequest
@@ -179,7 +180,8 @@ async def pin(route: str, request: Request, principal: SreKey, body: ReferenceIn
     since, until = utc(body.since, "since"), utc(body.until, "until")
     assert since is not None and until is not None
     actor = f"{principal.name} ({principal.key_id})"[-64:]
-    target, span = await monitor(request).pin(route, since, until, actor)
+    audit = api_actor(principal, request)
+    target, span = await monitor(request).pin(route, since, until, actor, audit)
     return PinnedOut(route=route, target=target, reference=ReferenceOut.of(span))
 
 
@@ -191,6 +193,6 @@ async def pin(route: str, request: Request, principal: SreKey, body: ReferenceIn
     response_class=Response,
     responses=ERRORS,
 )
-async def unpin(route: str, request: Request, _: SreKey) -> Response:
-    await monitor(request).unpin(route)
+async def unpin(route: str, request: Request, principal: SreKey) -> Response:
+    await monitor(request).unpin(route, api_actor(principal, request))
     return Response(status_code=204)

@@ -35,6 +35,8 @@ from monitoring.drift import (
     worst,
 )
 from rollout.core.split import Arm
+from service.audit.actor import Actor
+from service.audit.events import record_event
 from service.clock import Clock, require_utc
 from service.db.repositories import list_routes
 from service.drift import store
@@ -174,10 +176,15 @@ class DriftMonitor:
         return timedelta(seconds=self._rules.window_s)
 
     async def pin(
-        self, route_name: str, since: datetime, until: datetime, actor: str | None
+        self,
+        route_name: str,
+        since: datetime,
+        until: datetime,
+        actor: str | None,
+        audit: Actor | None = None,
     ) -> tuple[str, ReferenceSpan]:
         """Pin the reference of the route's current version to [since, until); 400 when the
-        range holds too few of its records."""
+        range holds too few of its records. Audited for ``audit`` in its transaction."""
         since, until = require_utc(since), require_utc(until)
         if since >= until:
             raise InvalidRequest("'since' must be before 'until'.", param="since")
@@ -196,13 +203,26 @@ class DriftMonitor:
                 session, window, pinned=True, source=PINNED, now=self._clock(),
                 samples=found.samples, found=found, created_by=actor,
             )  # fmt: skip
+            if audit is not None:
+                await record_event(
+                    session, audit, "drift.pin_reference", f"drift-reference:{route.name}",
+                    after={"target": route.target, "since": since.isoformat(),
+                           "until": until.isoformat(), "samples": found.samples},
+                )  # fmt: skip
         return route.target, ReferenceSpan(since, until, found.samples, PINNED)
 
-    async def unpin(self, route_name: str) -> tuple[str, bool]:
-        """Back to the automatic reference; whether a pinned one was there."""
+    async def unpin(self, route_name: str, audit: Actor | None = None) -> tuple[str, bool]:
+        """Back to the automatic reference; whether a pinned one was there. Dropping one is
+        audited for ``audit`` in its transaction."""
         async with self._sessions.begin() as session:
             route = await _route(session, route_name)
-            return route.target, await store.drop_pinned(session, route.name, route.target)
+            dropped = await store.drop_pinned(session, route.name, route.target)
+            if dropped and audit is not None:
+                await record_event(
+                    session, audit, "drift.unpin_reference", f"drift-reference:{route.name}",
+                    before={"target": route.target, "pinned": True}, after={"pinned": False},
+                )  # fmt: skip
+            return route.target, dropped
 
     async def routes(self) -> list[str]:
         async with self._sessions() as session:

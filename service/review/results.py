@@ -4,13 +4,15 @@ A held answer's result is ``pending`` until a reviewer decides: then ``approved`
 answer), ``corrected`` (the reviewer's) or ``rejected`` (no answer, a reason). A parked item is
 still ``pending`` for the client. Only the key that made the request reads its result (an admin
 reads any: ``result_for`` with no key). Callbacks go only to URLs under an allow-listed prefix
-(same scheme, host and port, path segment by segment, no userinfo or dot segments), once, with a
-short timeout and no redirects; a failed callback is logged and the result stays readable.
+(same scheme, host and port, path segment by segment, no userinfo or dot segments), with a short
+timeout and no redirects, from a durable outbox: a failed try is recorded and retried with
+backoff (also after a restart) until a 2xx answer or the last try; the result stays readable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -22,10 +24,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.clock import Clock, now
 from service.db.models import RequestRecord
-from service.review import queue
+from service.review import outbox, queue
 
 log = logging.getLogger(__name__)
 CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -122,50 +126,91 @@ def allowed(url: str, allowlist: Sequence[str]) -> bool:
 
 
 class ReviewCallbacks:
-    """Posts decisions of held answers to the route's callback URL, in the background."""
+    """Posts decisions of held answers to the route's callback URL from the durable outbox
+    (``service.review.outbox``): queued in the decision's transaction, retried with backoff,
+    every try recorded; what is due when a gateway starts is sent by it."""
 
     def __init__(
         self,
         sessions: async_sessionmaker[Any],
         callback_url: Callable[[str], str | None],
         allowlist: Sequence[str],
+        backoff: outbox.Backoff,
+        poll_s: float,
+        clock: Clock = now,
     ) -> None:
         self._sessions = sessions
         self._callback_url = callback_url  # route name -> its hold callback, if any
         self._allowlist = tuple(allowlist)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._backoff = backoff
+        self._poll_s = poll_s
+        self._clock = clock
+        self._wake = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
 
     def attach(self, http: aiohttp.ClientSession) -> None:
         self._http = http
 
-    def decided(self, review_id: str) -> None:
-        """Called after a decision; posts it if the route holds answers and names a callback."""
-        task = asyncio.create_task(self._post(review_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _post(self, review_id: str) -> None:
-        if self._http is None:
-            raise RuntimeError("ReviewCallbacks used before the app started")
-        async with self._sessions() as session:
-            result, route = await result_of(session, review_id)
-        url = self._callback_url(route)
+    async def enqueue(self, session: AsyncSession, review_id: str, at: datetime) -> None:
+        """In a decision's transaction: queue its callback if the item's route names one."""
+        item = await queue.get(session, review_id)
+        if item.state not in FINAL:
+            return
+        url = self._callback_url(item.route)
         if url is None:
             return
         if not allowed(url, self._allowlist):
-            log.warning("review callback to %s not sent: not in the allow-list", url)
+            log.warning("review callback to %s not queued: not in the allow-list", url)
             return
+        await outbox.add(session, review_id, url, at)
+
+    def decided(self, review_id: str) -> None:
+        """Called after a decision is committed: look at the outbox now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send what is due, then wait for a decision or the next poll; forever."""
+        while True:
+            try:
+                await self.deliver_due()
+            except (SQLAlchemyError, OSError):
+                # The database is away: the outbox keeps everything; the next round tries again.
+                log.exception("review callback outbox round failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # as the event is set, and the gateway's shutdown would wait on this loop forever.
+            with contextlib.suppress(TimeoutError):  # a poll: look again for due retries
+                async with asyncio.timeout(self._poll_s):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def deliver_due(self) -> None:
+        for callback in await outbox.take_due(self._sessions, self._clock()):
+            attempt = await self._post(callback)
+            state = await outbox.record_attempt(self._sessions, callback, attempt, self._backoff)
+            if state is outbox.CallbackState.FAILED:
+                log.warning(
+                    "review callback %d to %s given up after %d tries",
+                    callback.id, callback.url, callback.attempts + 1,
+                )  # fmt: skip
+
+    async def _post(self, callback: outbox.DueCallback) -> outbox.Attempt:
+        if self._http is None:
+            raise RuntimeError("ReviewCallbacks used before the app started")
+        async with self._sessions() as session:
+            result, _route = await result_of(session, callback.review_id)
         try:
             # Never redirected: a redirect would leave the allow-listed place.
             async with self._http.post(
-                url, json=result.model_dump(mode="json"), timeout=CALLBACK_TIMEOUT,
+                callback.url, json=result.model_dump(mode="json"), timeout=CALLBACK_TIMEOUT,
                 allow_redirects=False,
             ) as response:  # fmt: skip
-                if response.status >= 300:
-                    log.warning("review callback to %s answered %d", url, response.status)
+                status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("review callback to %s failed: %r", url, exc)
+            log.warning("review callback to %s failed: %r", callback.url, exc)
+            return outbox.Attempt(self._clock(), None, repr(exc)[:500])
+        if status >= 300:
+            log.warning("review callback to %s answered %d", callback.url, status)
+        return outbox.Attempt(self._clock(), status, None)
 
     async def close(self) -> None:
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Nothing to wait for: what is not delivered stays in the outbox for the next start."""

@@ -36,6 +36,7 @@ from adapters.registry import (
     VersionConflict,
 )
 from adapters.registry_db import build_registry
+from service.audit.actor import Actor
 from service.auth import Role
 from service.db.session import create_engine, session_factory
 from service.errors import (
@@ -215,7 +216,7 @@ class FlakyVersions:
     async def find_by_content(self, name: str, sha256: str) -> AdapterVersionRecord | None:
         return next((r for r in self.rows if (r.name, r.sha256) == (name, sha256)), None)
 
-    async def insert_next(self, new: NewVersion) -> AdapterVersionRecord:
+    async def insert_next(self, new: NewVersion, audit: Actor | None) -> AdapterVersionRecord:
         if self.collisions:
             self.collisions -= 1
             raise VersionConflict("uq_adapter_versions_name_version")

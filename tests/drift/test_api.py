@@ -148,6 +148,10 @@ async def test_an_sre_pins_and_unpins_the_reference(harness: Harness) -> None:
     assert (await h.client.delete(path, headers=sre)).status_code == 204
     assert (await h.client.delete(path, headers=sre)).status_code == 204
     assert (await get(h, "triage")).json()["reference"]["source"] == "first_records"
+    # The refused pins and the second unpin changed nothing and left no event.
+    audit = (await h.client.get("/v1/admin/audit", headers=sre)).json()["data"]
+    assert [e["action"] for e in audit] == ["drift.unpin_reference", "drift.pin_reference"]
+    assert audit[1]["object"] == "drift-reference:triage" and audit[1]["after"]["samples"] == 12
 
 
 async def test_the_openapi_document_describes_the_drift_endpoints(harness: Harness) -> None:

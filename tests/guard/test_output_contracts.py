@@ -218,8 +218,7 @@ async def test_a_route_that_refuses_invalid_answers_answers_422(
 
 @pytest.mark.parametrize(
     ("extra", "param"),
-    [({"stream": True}, "stream"),
-     ({"response_format": {"type": "json_object"}}, "response_format")],
+    [({"response_format": {"type": "json_object"}}, "response_format")],
 )  # fmt: skip
 async def test_what_a_contract_route_does_not_take(
     gw: Harness, engine: FakeEngine, extra: dict[str, Any], param: str

@@ -333,6 +333,15 @@ async def test_commands_are_idempotent_and_409_where_the_phase_does_not_allow_th
         ("aborted", "wrong data"), ("retried", "data fixed"), ("promoted", "hotfix"),
     ]  # fmt: skip
     assert all("test sre" in e["actor"] for e in events if e["actor"] != "controller")
+    # One audit event per command that changed the rollout; repeated and refused ones add none.
+    page = (await gw.client.get("/v1/admin/audit", headers=gw.auth(Role.SRE))).json()
+    page["data"] = [e for e in page["data"] if e["action"].startswith("rollout.")]
+    assert [e["action"] for e in reversed(page["data"])] == [
+        "rollout.start", "rollout.pause", "rollout.resume", "rollout.abort", "rollout.retry",
+        "rollout.promote",
+    ]  # fmt: skip
+    assert page["data"][0]["before"]["phase"] == "pending"
+    assert page["data"][0]["after"]["phase"] == "promoted"
 
 
 async def test_concurrent_promote_and_abort_exactly_one_wins(gw: Harness, clock: Clock) -> None:

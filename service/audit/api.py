@@ -1,0 +1,96 @@
+"""``GET /v1/admin/audit``: the audit trail, read-only (no endpoint changes or deletes an event)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.audit.store import AuditFilters, StoredEvent, list_events
+from service.auth import Principal
+from service.errors import InvalidRequest
+
+router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
+SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
+MAX_LIMIT = 1000
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A bad filter: a time without a UTC offset, a limit out of range."},
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The key's role is neither sre nor admin."},
+}
+
+
+class AuditEventOut(BaseModel):
+    id: int = Field(description="Grows with every event; the cursor pages by it.")
+    at: datetime
+    actor: str = Field(description="The key id that made the change, or `cli`.")
+    actor_role: str | None = Field(description="The key's role; null for the CLI.")
+    os_user: str | None = Field(description="The OS user who ran the CLI command.")
+    action: str = Field(description="What was done, `domain.verb`, e.g. `key.revoke`.")
+    object: str = Field(description="What it was done to, `kind:id`, e.g. `route:ticket-triage`.")
+    before: dict[str, Any] | None = Field(description="The object's summary before the change.")
+    after: dict[str, Any] | None = Field(description="... and after it.")
+    request_id: str | None = Field(
+        description="The API request's id (its `x-request-id` header when sent)."
+    )
+    client: str | None = Field(description="The client's address.")
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> AuditEventOut:
+        return cls.model_validate(event, from_attributes=True)
+
+
+class AuditPageOut(BaseModel):
+    object: str = "list"
+    data: list[AuditEventOut] = Field(description="Newest first.")
+    next_cursor: int | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidRequest(f"'{name}' needs a UTC offset, e.g. 2026-12-02T10:00:00Z.", param=name)
+    return value
+
+
+@router.get(
+    "",
+    summary="The audit trail",
+    description=(
+        "Every change made through the admin, SRE and reviewer APIs and the CLI (keys, routes, "
+        "adapters, rollout commands, review decisions, exports, drift references), newest "
+        "first. Filters combine; page with `cursor`. Events are append-only: no endpoint "
+        "changes or deletes them, and the database refuses to."
+    ),
+    response_model=AuditPageOut,
+    responses=ERRORS,
+)
+async def audit_events(
+    request: Request,
+    _: SreKey,
+    since: Annotated[datetime | None, Query(description="At or after (ISO 8601, offset).")] = None,
+    until: Annotated[datetime | None, Query(description="Before (ISO 8601, offset).")] = None,
+    actor: Annotated[str | None, Query(max_length=64, description="A key id, or `cli`.")] = None,
+    action: Annotated[str | None, Query(max_length=64, description="e.g. `rollout.abort`.")] = None,
+    object: Annotated[
+        str | None, Query(max_length=300, description="e.g. `key:3f2a9c01b7d4`.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Events per page.")] = 100,
+    cursor: Annotated[
+        int | None, Query(ge=1, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> AuditPageOut:
+    filters = AuditFilters(
+        since=_utc(since, "since"), until=_utc(until, "until"), actor=actor, action=action,
+        object=object, cursor=cursor, limit=limit,
+    )  # fmt: skip
+    async with gateway(request).sessions() as session:
+        page = await list_events(session, filters)
+    return AuditPageOut(
+        data=[AuditEventOut.of(e) for e in page.events], next_cursor=page.next_cursor
+    )

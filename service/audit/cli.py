@@ -1,0 +1,72 @@
+"""``loragate audit list``: the audit trail, read from the configured database."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.audit.store import AuditFilters, EventPage, list_events
+from service.cli.common import fail, settings_of
+from service.cli.db import with_session
+
+audit_app = typer.Typer(help="The audit trail of changes (read-only).", no_args_is_help=True)
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise fail(f"{option} must be an ISO 8601 time, got {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise fail(f"{option} needs a UTC offset (e.g. {value}+00:00 or {value}Z)")
+    return parsed
+
+
+def _summary(value: dict[str, object] | None) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str) if value is not None else "-"
+
+
+@audit_app.command("list")
+def audit_list(
+    ctx: typer.Context,
+    since: Annotated[str | None, typer.Option(help="At or after this ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this ISO time.")] = None,
+    actor: Annotated[str | None, typer.Option(help="A key id, or 'cli'.")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. key.revoke, rollout.abort.")] = None,
+    object: Annotated[str | None, typer.Option(help="e.g. key:3f2a9c01b7d4.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Events to show.")] = 100,
+    cursor: Annotated[
+        int | None, typer.Option(min=1, help="Show events older than this id (paging).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List audit events, newest first: time, actor (key id and role, or cli and the OS user),
+    action, object, before -> after, request id and client address."""
+    filters = AuditFilters(
+        since=_when(since, "--since"), until=_when(until, "--until"), actor=actor,
+        action=action, object=object, cursor=cursor, limit=limit,
+    )  # fmt: skip
+
+    async def work(session: AsyncSession) -> EventPage:
+        return await list_events(session, filters)
+
+    page = with_session(settings_of(ctx), work)
+    for e in page.events:
+        if as_json:
+            typer.echo(json.dumps(asdict(e), default=str))
+            continue
+        who = f"{e.actor}/{e.actor_role}" if e.actor_role else f"{e.actor}({e.os_user or '?'})"
+        typer.echo(
+            f"{e.id:>6}  {e.at.isoformat(timespec='seconds')}  {who:<24} {e.action:<22} "
+            f"{e.object}  {_summary(e.before)} -> {_summary(e.after)}  "
+            f"req={e.request_id or '-'} client={e.client or '-'}"
+        )
+    if page.next_cursor is not None:
+        typer.echo(f"more: --cursor {page.next_cursor}", err=True)

@@ -1,0 +1,244 @@
+"""The audit trail: every writer adds exactly one event in the transaction of its change, the
+API and CLI read it with filters, and nothing (no endpoint, no SQL) updates or deletes an event
+except retention past its cutoff."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from typer.testing import CliRunner, Result
+
+import service.cli.keys
+from service.audit.store import prune_events
+from service.auth import Role
+from service.cli.app import app
+from service.db.models import ApiKey, AuditEvent
+from service.db.session import create_engine, session_factory
+from service.review import queue
+from tests.conftest import Harness, make_settings, running_gateway
+from tests.fake_engine import FakeEngine
+
+runner = CliRunner()
+AUDIT = "/v1/admin/audit"
+
+
+def cli(*args: str) -> Result:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result
+
+
+async def events_in(url: str) -> list[AuditEvent]:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            return list((await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all())
+    finally:
+        await engine.dispose()
+
+
+def events(url: str) -> list[AuditEvent]:
+    return asyncio.run(events_in(url))
+
+
+@pytest.fixture
+def cli_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("LORAGATE_DATABASE_URL", db_url)
+    monkeypatch.setenv("LORAGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("LOGNAME", "alice")
+    yield db_url
+
+
+def test_every_key_command_adds_one_event_with_the_os_user(cli_db: str) -> None:
+    key_id = cli("keys", "create", "--role", "app", "--name", "billing", "--quiet").output
+    key_id = key_id.strip().split("-")[1]
+    cli("keys", "limits", key_id, "--rpm", "60")
+    cli("keys", "revoke", key_id)
+    found = events(cli_db)
+    assert [e.action for e in found] == ["key.create", "key.limits", "key.revoke"]
+    assert {e.object for e in found} == {f"key:{key_id}"}
+    assert {(e.actor, e.actor_role, e.os_user) for e in found} == {("cli", None, "alice")}
+    assert found[0].after is not None and found[0].after["role"] == "app"
+    assert "secret" not in str(found[0].after) and "hash" not in str(found[0].after)
+    assert found[1].before == {"limits": None}
+    assert found[1].after is not None and found[1].after["limits"]["rpm"] == 60
+    assert (found[2].before, found[2].after) == ({"state": "active"}, {"state": "revoked"})
+
+
+def test_routes_sync_adds_one_event(cli_db: str, tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(yaml.safe_dump({"routes": [{"name": "chat"}, {"name": "triage"}]}))
+    cli("routes", "sync", str(routes))
+    (event,) = events(cli_db)
+    assert event.action == "routes.sync" and event.object == f"routes-file:{routes}"
+    assert event.after is not None and set(event.after["targets"]) == {"chat", "triage"}
+
+
+def test_a_change_that_fails_after_its_event_leaves_neither(
+    cli_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_id = cli("keys", "create", "--role", "app", "--quiet").output.strip().split("-")[1]
+
+    async def broken(*_: Any) -> None:
+        raise OSError("the notification could not be sent")
+
+    # ``keys limits`` records its event, then announces the change: make that fail.
+    monkeypatch.setattr(service.cli.keys, "announce", broken)
+    result = runner.invoke(app, ["keys", "limits", key_id, "--rpm", "5"])
+    assert result.exit_code == 1
+    assert [e.action for e in events(cli_db)] == ["key.create"]
+
+    async def limits() -> object:
+        engine = create_engine(cli_db)
+        try:
+            async with session_factory(engine)() as session:
+                return await session.scalar(select(ApiKey.limits).where(ApiKey.id == key_id))
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(limits()) is None
+
+
+async def test_the_database_refuses_updates_and_deletes(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sessions = session_factory(engine)
+    old, new = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    try:
+        async with sessions.begin() as session:
+            for at in (old, new):
+                session.add(AuditEvent(at=at, actor="cli", action="key.create", object="key:x"))
+        for statement in (
+            "UPDATE audit_events SET actor = 'someone else'",
+            "DELETE FROM audit_events",
+        ):
+            with pytest.raises((DBAPIError, IntegrityError)) as refused:
+                async with sessions.begin() as session:
+                    await session.execute(text(statement))
+            assert "append-only" in str(refused.value)
+        # Retention deletes what is past its cutoff, and nothing else.
+        async with sessions.begin() as session:
+            assert await prune_events(session, datetime(2026, 3, 1, tzinfo=UTC)) == 1
+        async with sessions() as session:
+            left = (await session.scalars(select(AuditEvent.at))).all()
+            assert [at.replace(tzinfo=UTC) if at.tzinfo is None else at for at in left] == [new]
+            # The cutoff lived only inside the pruning transaction.
+            assert await session.scalar(text("SELECT count(*) FROM audit_prune_cutoffs")) == 0
+        with pytest.raises((DBAPIError, IntegrityError)):
+            async with sessions.begin() as session:
+                await session.execute(text("DELETE FROM audit_events"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def harness(db_url: str, tmp_path: Path, engine: FakeEngine) -> Any:
+    async with running_gateway(make_settings(db_url, tmp_path, [engine.url])) as h:
+        yield h
+
+
+def key_id(h: Harness, role: Role) -> str:
+    return h.keys[role].split("-", 2)[1]
+
+
+async def count_events(h: Harness) -> int:
+    async with h.app.state.gateway.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+
+
+async def test_a_review_decision_adds_one_event_with_key_request_and_client(
+    harness: Harness,
+) -> None:
+    h = harness
+    async with h.app.state.gateway.sessions.begin() as session:
+        item_id = await queue.enqueue(
+            session,
+            queue.NewItem(
+                request_id="req-1", route="chat", target="m@1", reason="low_confidence",
+                answer='{"a": 1}', created_at=datetime.now(UTC),
+            ),
+        )  # fmt: skip
+    reviewer = h.auth(Role.REVIEWER)
+    claimed = (await h.client.post("/v1/reviews/claim", json={}, headers=reviewer)).json()
+    decision = {"token": claimed["token"], "kind": "reject", "reason": "wrong"}
+    headers = {**reviewer, "x-request-id": "trace-42"}
+    url = f"/v1/reviews/items/{item_id}/decision"
+    assert (await h.client.post(url, json=decision, headers=headers)).status_code == 200
+    # The same decision again changes nothing, and adds no event.
+    assert (await h.client.post(url, json=decision, headers=reviewer)).status_code == 200
+    page = (await h.client.get(AUDIT, headers=h.auth(Role.SRE))).json()
+    (event,) = page["data"]
+    assert (event["actor"], event["actor_role"]) == (key_id(h, Role.REVIEWER), "reviewer")
+    assert (event["action"], event["object"]) == ("review.reject", f"review_item:{item_id}")
+    assert event["request_id"] == "trace-42" and event["client"]
+    assert event["after"]["reject_reason"] == "wrong" and page["next_cursor"] is None
+
+
+async def test_an_export_adds_one_event(harness: Harness) -> None:
+    h = harness
+    r = await h.client.post("/v1/reviews/export", headers=h.auth(Role.REVIEWER))
+    assert r.status_code == 200, r.text
+    snapshot = r.headers["x-loragate-snapshot"]
+    page = (await h.client.get(AUDIT, params={"action": "review.export"},
+                               headers=h.auth(Role.ADMIN))).json()  # fmt: skip
+    (event,) = page["data"]
+    assert event["object"] == f"snapshot:{snapshot}" and event["after"]["created"] is True
+    # Listing snapshots reads only.
+    listed = await h.client.get("/v1/reviews/export", headers=h.auth(Role.REVIEWER))
+    assert listed.status_code == 200 and listed.json()["data"][0]["id"] == snapshot
+    assert await count_events(h) == 1
+
+
+async def test_the_api_filters_pages_and_has_no_way_to_change_an_event(
+    harness: Harness,
+) -> None:
+    h = harness
+    base = datetime(2026, 5, 1, tzinfo=UTC)
+    async with h.app.state.gateway.sessions.begin() as session:
+        for n in range(5):
+            session.add(
+                AuditEvent(
+                    at=base + timedelta(minutes=n), actor="k1" if n % 2 else "cli",
+                    action="key.create", object=f"key:{n}",
+                )
+            )  # fmt: skip
+    sre = h.auth(Role.SRE)
+    first = (await h.client.get(AUDIT, params={"limit": 2}, headers=sre)).json()
+    assert [e["object"] for e in first["data"]] == ["key:4", "key:3"]
+    second = (
+        await h.client.get(AUDIT, params={"limit": 2, "cursor": first["next_cursor"]}, headers=sre)
+    ).json()
+    assert [e["object"] for e in second["data"]] == ["key:2", "key:1"]
+    only = (await h.client.get(AUDIT, params={"actor": "k1"}, headers=sre)).json()
+    assert [e["object"] for e in only["data"]] == ["key:3", "key:1"]
+    since = (base + timedelta(minutes=3)).isoformat()
+    recent = (await h.client.get(AUDIT, params={"since": since}, headers=sre)).json()
+    assert [e["object"] for e in recent["data"]] == ["key:4", "key:3"]
+    bad = await h.client.get(AUDIT, params={"since": "2026-05-01T00:00:00"}, headers=sre)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+    assert (await h.client.get(AUDIT, headers=h.auth(Role.APP))).status_code == 403
+    assert (await h.client.get(AUDIT, headers=h.auth(Role.REVIEWER))).status_code == 403
+    for method in ("PUT", "PATCH", "DELETE", "POST"):
+        refused = await h.client.request(method, AUDIT, headers=h.auth(Role.ADMIN))
+        assert refused.status_code == 405, method
+        refused = await h.client.request(method, f"{AUDIT}/1", headers=h.auth(Role.ADMIN))
+        assert refused.status_code in (404, 405), method
+    assert await count_events(h) == 5
+
+
+def test_the_cli_lists_with_filters(cli_db: str) -> None:
+    cli("keys", "create", "--role", "app", "--quiet")
+    cli("keys", "create", "--role", "sre", "--quiet")
+    listed = cli("audit", "list", "--action", "key.create", "--limit", "1").output
+    assert listed.count("key.create") == 1 and "cli(alice)" in listed
+    assert "more: --cursor" in listed
+    refused = runner.invoke(app, ["audit", "list", "--since", "2026-01-01T00:00:00"])
+    assert refused.exit_code == 1 and "UTC offset" in refused.output
