@@ -216,6 +216,40 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.review_sla_breaches = Counter(
+            "loragate_review_sla_breaches",
+            "Review items that grew older than their risk tier's target age while open (each "
+            "counted once, by one replica: sum over replicas).",
+            ["route", "tier"],
+            registry=r,
+        )
+        self.review_overdue = Gauge(
+            "loragate_review_overdue_items",
+            "Open review items older than their risk tier's target age, per tier.",
+            ["tier"],
+            registry=r,
+        )
+        self.review_qa_changed_share = Gauge(
+            "loragate_review_qa_changed_share",
+            "Per route: the share of QA-sampled (unescalated) answers reviewers corrected or "
+            "rejected; bound is estimate, low or high (95 % Wilson interval). NaN before any.",
+            ["route", "bound"],
+            registry=r,
+        )
+        self.review_kappa = Gauge(
+            "loragate_review_kappa",
+            "Per route: Cohen's kappa of two reviewers' independent decisions (approve, correct, "
+            "reject). NaN while undefined.",
+            ["route"],
+            registry=r,
+        )
+        self.review_field_agreement = Gauge(
+            "loragate_review_field_agreement",
+            "Per route: the share of fields two reviewers set alike when both corrected an "
+            "answer. NaN before any.",
+            ["route"],
+            registry=r,
+        )
 
         self.drift_score = Gauge(
             "loragate_drift_score",

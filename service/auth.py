@@ -23,6 +23,7 @@ class Role(StrEnum):
     APP = "app"
     SRE = "sre"
     REVIEWER = "reviewer"
+    LEAD = "lead"  # a reviewer who also adjudicates two reviewers' disagreements
     ADMIN = "admin"
 
 
@@ -36,9 +37,17 @@ class Principal:
     role: Role
     allowed_routes: frozenset[str] | None
     limits: KeyLimits | None = None
+    # A reviewer key limited to the review items of these risk tiers (None: every tier).
+    allowed_tiers: frozenset[str] | None = None
 
     def may_use_route(self, route: str) -> bool:
         return self.allowed_routes is None or route in self.allowed_routes
+
+    def may_review(self, route: str, risk: str) -> bool:
+        """Whether the key's route and tier limits let it see a review item."""
+        return self.may_use_route(route) and (
+            self.allowed_tiers is None or risk in self.allowed_tiers
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +110,13 @@ def stored_key(
     allowed_routes: list[str] | None,
     limits: dict[str, object] | None = None,
     revoked_at: datetime | None = None,
+    allowed_tiers: list[str] | None = None,
 ) -> StoredKey | None:
     if revoked_at is not None:
         return None
     routes = frozenset(allowed_routes) if allowed_routes is not None else None
-    principal = Principal(key_id, name, Role(role), routes, KeyLimits.from_json(limits))
+    tiers = frozenset(allowed_tiers) if allowed_tiers is not None else None
+    principal = Principal(
+        key_id, name, Role(role), routes, KeyLimits.from_json(limits), allowed_tiers=tiers
+    )
     return StoredKey(principal, secret_hash)

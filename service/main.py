@@ -25,6 +25,7 @@ from service import records
 from service.api import health
 from service.api.edge import document_the_edge
 from service.api.errors import document_validation_errors_as_400, install_error_handlers
+from service.audit import api as audit_api
 from service.clock import Clock, now
 from service.db import repositories
 from service.db.change_listener import ChangeListener
@@ -50,7 +51,9 @@ from service.review import api as reviews_api
 from service.review import export_api as reviews_export
 from service.review import results_api as review_results
 from service.review import ui as review_ui
+from service.review.outbox import Backoff
 from service.review.results import ReviewCallbacks
+from service.review.sla import sla_targets
 from service.review.stats import ReviewStats
 from service.routes import api as routes_admin
 from service.routes.config import DEFAULT_ROUTES, load_routes_file, sync_routes
@@ -132,7 +135,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(peers.run(), name="gateway-peers"))
     tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
     tasks.append(asyncio.create_task(gw.rollouts.run(), name="rollout-analysis"))
-    stats = ReviewStats(gw.sessions, gw.metrics, now, settings.review_stats_interval_s)
+    tasks.append(asyncio.create_task(gw.callbacks.run(), name="review-callbacks"))
+    stats = ReviewStats(
+        gw.sessions, gw.metrics, now, settings.review_stats_interval_s, sla_targets(settings)
+    )
     tasks.append(asyncio.create_task(stats.run(), name="review-stats"))
     if settings.drift_interval_s > 0:
         watch = DriftWatch(app.state.drift, gw.metrics, settings.drift_interval_s)
@@ -252,7 +258,16 @@ def create_app(
         ),
         rollouts=rollouts,
         callbacks=ReviewCallbacks(
-            sessions, _hold_callback(snapshot), settings.review_callback_allowlist
+            sessions,
+            _hold_callback(snapshot),
+            settings.review_callback_allowlist,
+            Backoff(
+                settings.review_callback_backoff_s,
+                settings.review_callback_backoff_max_s,
+                settings.review_callback_attempts,
+            ),
+            settings.review_callback_poll_s,
+            clock,
         ),
         schema_checks=SchemaChecks(
             refusal,
@@ -287,6 +302,7 @@ def create_app(
     app.include_router(adapters_api.router)
     app.include_router(rollouts_api.router)
     app.include_router(drift_api.router)
+    app.include_router(audit_api.router)
     app.include_router(review_results.router)
     app.include_router(reviews_api.router)
     app.include_router(reviews_export.router)

@@ -171,6 +171,12 @@ class Settings(BaseSettings):
         description="Records older than this are deleted (0 keeps them), except those a review "
         "item refers to.",
     )
+    audit_retention_days: float = Field(
+        default=0,
+        ge=0,
+        description="Audit events older than this are deleted (0, the default, keeps them "
+        "forever); independent of record_retention_days.",
+    )
     hold_commit_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait to store a held answer's review item."
     )
@@ -268,13 +274,52 @@ class Settings(BaseSettings):
         description="URL prefixes a route's review callback may start with (e.g. "
         "https://tickets.internal/hooks/); callbacks elsewhere are not sent.",
     )
+    review_callback_attempts: int = Field(
+        default=10, ge=1, description="Tries of a review callback before it is given up."
+    )
+    review_callback_backoff_s: float = Field(
+        default=2.0, gt=0, description="Wait after a callback's first failed try; doubles each try."
+    )
+    review_callback_backoff_max_s: float = Field(
+        default=600.0, gt=0, description="The longest wait between two tries of a callback."
+    )
+    review_callback_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between looks at the callback outbox (a decision on this gateway "
+        "wakes it at once; this finds retries and other gateways' callbacks).",
+    )
     review_stats_interval_s: float = Field(
         default=15.0, gt=0, description="Seconds between refreshes of the review queue gauges."
+    )
+    review_ui_lease_s: float = Field(
+        default=300.0,
+        ge=2,
+        le=3600,
+        description="The lease of a claim made in the reviewer UI (/review); the open item's "
+        "page renews it every third of this while it stays open.",
     )
     review_session_ttl_s: float = Field(
         default=8 * 3600.0,
         gt=0,
         description="A reviewer's browser session (/review) ends this long after sign-in.",
+    )
+    review_sla_critical_s: float = Field(
+        default=15 * 60.0,
+        gt=0,
+        description="Target age of an open review item of a critical route; older ones are "
+        "overdue: counted, highlighted and handed out first.",
+    )
+    review_sla_high_s: float = Field(
+        default=3600.0, gt=0, description="Target age of an open review item of a high route."
+    )
+    review_sla_medium_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="Target age of an open review item of a medium route.",
+    )
+    review_sla_low_s: float = Field(
+        default=24 * 3600.0, gt=0, description="Target age of an open review item of a low route."
     )
     secure_cookies: bool = Field(
         default=False,

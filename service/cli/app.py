@@ -1,7 +1,7 @@
 """The ``loragate`` command line. Settings come from ``LORAGATE_*`` variables or ``.env``.
 
 The root: ``serve`` and ``db``; each domain adds its group (``keys``, ``engine``, ``routes``,
-``adapters``, ``rollout``, ``reviews``, ``drift``) from its own ``cli`` module.
+``adapters``, ``rollout``, ``reviews``, ``drift``, ``audit``) from its own ``cli`` module.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from adapters.cli import adapters_app
 from rollout.cli import rollout_app
+from service.audit.cli import audit_app
 from service.cli.common import fail, settings_of
 from service.cli.db import with_session, with_sessions
 from service.cli.engine import engine_app
@@ -38,6 +39,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(drift_app, name="drift")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.actor import cli_actor
+from service.audit.events import record_event
 from service.auth import Role, generate_key, hash_secret, split_key
 from service.cli.common import fail, settings_of
 from service.cli.db import with_session
@@ -17,10 +19,13 @@ from service.db.changes import announce
 from service.db.models import ApiKey
 from service.errors import AuthenticationFailed
 from service.limits.quota import KeyLimits, Quota
+from service.review.tiers import Risk
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
 KEY_ID_MAX = 32  # the api_keys.id column
+# Keys whose --route and --tier limit which review items they see (admins see all).
+REVIEW_ROLES = (Role.REVIEWER, Role.LEAD)
 SECRET_MIN = 32  # a given secret must be as hard to guess as a generated one
 
 QuietOption = Annotated[
@@ -53,9 +58,17 @@ def _print_key(key: ApiKey, plaintext: str, quiet: bool) -> None:
         typer.echo(plaintext)
         return
     typer.echo(f"id:    {key.id}\nrole:  {key.role}\nroutes: {key.allowed_routes or 'all'}")
+    if key.role in REVIEW_ROLES:
+        typer.echo(f"tiers: {key.allowed_tiers or 'all'}")
     typer.echo(f"limits: {_limits_text(key.limits)}")
     typer.secho(f"key:   {plaintext}", bold=True)
     typer.echo("Store the key now: it is shown only once.")
+
+
+def _key_summary(key: ApiKey) -> dict[str, object]:
+    """What an audit event keeps of a key: never its secret or hash."""
+    return {"name": key.name, "role": key.role, "routes": key.allowed_routes,
+            "tiers": key.allowed_tiers, "limits": key.limits}  # fmt: skip
 
 
 def _new_key(
@@ -77,10 +90,27 @@ def _new_key(
 @keys_app.command("create")
 def keys_create(
     ctx: typer.Context,
-    role: Annotated[Role, typer.Option(help="app, sre, reviewer or admin.")],
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="app, sre, reviewer, lead (a reviewer who also adjudicates two reviewers' "
+            "disagreements) or admin."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="Who or what uses the key.")] = "",
     route: Annotated[
-        list[str] | None, typer.Option(help="Limit an app key to this route (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="Limit an app key to calling this route, or a reviewer or lead key to "
+            "reviewing its items (repeatable)."
+        ),
+    ] = None,
+    tier: Annotated[
+        list[Risk] | None,
+        typer.Option(
+            help="Limit a reviewer or lead key to review items of this risk tier: low, "
+            "medium, high or critical (repeatable)."
+        ),
     ] = None,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
@@ -89,14 +119,20 @@ def keys_create(
 ) -> None:
     """Create an API key and print it once; --rpm, --tpm and --max-concurrent limit what it
     may use on inference, across every gateway."""
-    if route and role is not Role.APP:
-        raise fail("--route limits apply to app keys only")
+    if route and role not in (Role.APP, *REVIEW_ROLES):
+        raise fail("--route limits apply to app, reviewer and lead keys only")
+    if tier and role not in REVIEW_ROLES:
+        raise fail("--tier limits apply to reviewer and lead keys only")
     quota = Quota(rpm, tpm, max_concurrent)
     limits = KeyLimits(quota) if not quota.empty else None
     row, plaintext = _new_key(role, name or role.value, route or None, limits)
+    row.allowed_tiers = sorted({t.value for t in tier}) if tier else None
 
     async def work(session: AsyncSession) -> None:
         session.add(row)
+        await record_event(
+            session, cli_actor(), "key.create", f"key:{row.id}", after=_key_summary(row)
+        )
 
     with_session(settings_of(ctx), work, write=True)
     _print_key(row, plaintext, quiet)
@@ -127,6 +163,9 @@ def keys_bootstrap(
         if await repositories.count_keys(session, Role.ADMIN.value):
             return False
         session.add(row)
+        await record_event(
+            session, cli_actor(), "key.bootstrap", f"key:{row.id}", after=_key_summary(row)
+        )
         return True
 
     if not with_session(settings_of(ctx), work, write=True):
@@ -162,12 +201,13 @@ def _given_key(variable: str) -> tuple[ApiKey, str]:
 
 @keys_app.command("list")
 def keys_list(ctx: typer.Context) -> None:
-    """List keys (id, role, state, routes, limits); secrets are never shown."""
+    """List keys (id, role, state, routes, tiers, limits); secrets are never shown."""
     for key in with_session(settings_of(ctx), repositories.list_keys):
         state = "revoked" if key.revoked_at else "active"
         routes = ",".join(key.allowed_routes) if key.allowed_routes else "all"
+        tiers = ",".join(key.allowed_tiers) if key.allowed_tiers else "all"
         typer.echo(
-            f"lg-{key.id}  {key.role:<8} {state:<8} routes={routes}  "
+            f"lg-{key.id}  {key.role:<8} {state:<8} routes={routes}  tiers={tiers}  "
             f"limits={_limits_text(key.limits)}  {key.name}"
         )
 
@@ -193,9 +233,14 @@ def keys_limits(
         key = await repositories.get_active_key(session, key_id)
         if key is None:
             raise fail(f"no active key with id {key_id}")
+        before = key.limits
         current = KeyLimits.from_json(key.limits) or KeyLimits()
         changed = current.with_quota(route, Quota(rpm, tpm, max_concurrent))
         key.limits = changed.to_json()
+        await record_event(
+            session, cli_actor(), "key.limits", f"key:{key_id}",
+            before={"limits": before}, after={"limits": key.limits},
+        )  # fmt: skip
         await announce(session, f"key:{key_id}")
         return changed
 
@@ -213,7 +258,13 @@ def keys_revoke(
     key_id = key_id.removeprefix("lg-").split("-")[0]
 
     async def work(session: AsyncSession) -> bool:
-        return await repositories.revoke_key(session, key_id, now())
+        if not await repositories.revoke_key(session, key_id, now()):
+            return False
+        await record_event(
+            session, cli_actor(), "key.revoke", f"key:{key_id}",
+            before={"state": "active"}, after={"state": "revoked"},
+        )  # fmt: skip
+        return True
 
     if not with_session(settings_of(ctx), work, write=True):
         raise fail(f"no active key with id {key_id}")

@@ -36,6 +36,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # {"rpm", "tpm", "max_concurrent", "routes": {route: {...}}}: see service/limits/quota.py.
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A reviewer key limited to review items of these risk tiers (null: every tier).
+    allowed_tiers: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class RateWindow(Base):
@@ -73,6 +75,8 @@ class Route(Base):
     # The output contract: a Draft 2020-12 JSON Schema, and the review policy (see guard.policy).
     output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     review_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # low | medium | high | critical: the review policy's defaults (service.review.tiers).
+    risk: Mapped[str] = mapped_column(String(16), server_default="medium")
 
 
 class RequestRecord(Base):
@@ -225,6 +229,13 @@ class ReviewItem(Base):
     decided_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     corrected_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
     reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The route's risk tier when the item was queued (reviewer keys' limits, queue SLA).
+    risk: Mapped[str] = mapped_column(String(16), server_default="medium")
+    # 2: decided by two reviewers independently (``review_votes``), who must agree.
+    reviews_needed: Mapped[int] = mapped_column(Integer, server_default="1")
+    votes: Mapped[int] = mapped_column(Integer, server_default="0")
+    # When the item was first seen past its tier's target age (counted once, by one replica).
+    sla_breached_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 # The claim order: the highest priority first, then the oldest.
@@ -245,6 +256,29 @@ class ReviewDecision(Base):
     kind: Mapped[str] = mapped_column(String(16))
     claim_token: Mapped[int] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ReviewVote(Base):
+    """One of the two independent decisions on an item that needs two reviewers; append-only.
+
+    The unique constraints make the database itself refuse a reviewer deciding the same item
+    twice, and a third vote."""
+
+    __tablename__ = "review_votes"
+    __table_args__ = (
+        UniqueConstraint("item_id", "reviewer", name="uq_review_votes_item_reviewer"),
+        UniqueConstraint("item_id", "seq", name="uq_review_votes_item_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer)  # 1 or 2, in the order they came
+    reviewer: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    corrected_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claim_token: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 DECISION_KINDS = ("approve", "correct", "reject")
@@ -330,3 +364,68 @@ class GatewayPeer(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     wanted: Mapped[list[str]] = mapped_column(JSON)
     draining: Mapped[dict[str, int]] = mapped_column(JSON)  # version -> requests in flight
+
+
+class AuditEvent(Base):
+    """Append-only: one change made through the admin, SRE or reviewer API or the CLI, written in
+    the transaction of the change (``service.audit``). A database trigger refuses updates and
+    deletes, except deletes of events older than a pruning cutoff (``AuditPruneCutoff``)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_actor", "actor", "id"),
+        Index("ix_audit_events_action", "action", "id"),
+        Index("ix_audit_events_object", "object", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))  # a key id, or "cli"
+    actor_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    os_user: Mapped[str | None] = mapped_column(String(64), nullable=True)  # CLI only
+    action: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(300))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditPruneCutoff(Base):
+    """Written and removed again inside a retention pruning transaction: while a row is there,
+    the audit trigger lets events older than ``cutoff`` be deleted (and nothing else)."""
+
+    __tablename__ = "audit_prune_cutoffs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cutoff: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewCallback(Base):
+    """The outbox of review callbacks: a decision to post to a route's callback URL, written in
+    the decision's transaction and retried with backoff until delivered or given up."""
+
+    __tablename__ = "review_callbacks"
+    __table_args__ = (Index("ix_review_callbacks_due", "state", "next_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    review_id: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewCallbackAttempt(Base):
+    """One try of a review callback: the HTTP status it got, or the error."""
+
+    __tablename__ = "review_callback_attempts"
+    __table_args__ = (Index("ix_review_callback_attempts_callback", "callback_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    callback_id: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -50,15 +51,20 @@ from service.gateway.request_rules import (
     route_name,
 )
 from service.gateway.shadow import ShadowCall
+from service.gateway.stream_guard import StreamedAnswer
 from service.guard.answers import answer_text, first_finish_reason
-from service.guard.route_guard import Judgement, RouteContract, judge, present
+from service.guard.policy import QA_SAMPLE
+from service.guard.route_guard import Judgement, RouteContract, judge, present, verdict_metadata
 from service.limits.limiter import Grant
 from service.review.queue import NewItem
+from service.review.tiers import DEFAULT_RISK
 from service.routes.view import RouteView
 
 JSON = "application/json"
 # Every answer names its request record, so a client's report can be matched to it.
 REQUEST_ID = "x-request-id"
+# Invalid answers first in the queue; QA samples of unescalated answers last.
+REVIEW_PRIORITY = {"invalid": 1, QA_SAMPLE: -1}
 # A held answer: accepted, its review pending.
 HELD = 202
 # Rollouts keep a subject on one arm: the body's `user`, else this header, else the request.
@@ -112,8 +118,12 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 )  # fmt: skip
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
+                guarded = None
+                if route.contract is not None:
+                    keep = bool(payload.get("logprobs"))
+                    guarded = GuardedStream(route, StreamedAnswer(keep_logprobs=keep))
                 return RelayResponse(
-                    relay(gw, stream, prepared, record, endpoint, shadow, grant),
+                    relay(gw, stream, prepared, record, endpoint, shadow, grant, guarded),
                     record.id,
                     grant.headers if grant is not None else None,
                 )
@@ -215,11 +225,17 @@ def contract_fields(
     """The fields a route's output contract adds to the engine's body (None without one)."""
     if route.contract is None:
         return None
-    if endpoint is not Endpoint.CHAT or payload.get("stream"):
+    if endpoint is not Endpoint.CHAT:
         raise InvalidRequest(
-            f"The route '{route.name}' has an output contract: answers are validated whole, "
-            "so it serves non-streamed chat completions only.",
-            param="stream" if endpoint is Endpoint.CHAT else "model",
+            f"The route '{route.name}' has an output contract: it serves chat completions only.",
+            param="model",
+        )
+    if payload.get("stream") and route.contract.policy.delivery == "hold":
+        raise InvalidRequest(
+            f"The route '{route.name}' holds answers for review before they are delivered "
+            "(delivery: hold), so it cannot stream them as they are written: send the request "
+            "without 'stream'.",
+            param="stream",
         )
     return route.contract.forced_fields(payload)
 
@@ -239,7 +255,7 @@ async def guard_answer(
     """Validate and score the answer (asking again once if the policy says so), decide on
     review, and build the client's body and status: 202 and the review id when the route holds
     escalated answers. The record carries the verdict and the review item."""
-    judgement = judge(answer, contract)
+    judgement = judge(answer, contract, request_id=record.id)
     for _ in range(contract.policy.retry_invalid):
         if judgement.valid is not False:
             break
@@ -252,27 +268,14 @@ async def guard_answer(
             )
         record.attempts += reply.attempts
         answer = parse_reply(reply.value)
-        judgement = judge(answer, contract)
-    valid, score = judgement.valid, judgement.score
-    record.schema_valid, record.confidence = valid, score
-    record.fields = judgement.fields
-    version = str(answer.get("model") or target)
-    if valid is not None:
-        gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()
-    if score is not None:
-        gw.metrics.confidence.labels(route.name, version).observe(score)
-    reason = judgement.review_reason
-    if valid is False and contract.policy.invalid == "refuse":
+        judgement = judge(answer, contract, request_id=record.id)
+    if judgement.valid is False and contract.policy.invalid == "refuse":
+        settle(gw, route, target, record, answer, judgement, escalate=False)
         raise OutputInvalid(
             "The model's answer does not follow the route's output schema: "
             + "; ".join(judgement.errors)
         )
-    review_id = None
-    record.escalated = reason is not None
-    if reason is not None:
-        review_id = secrets.token_hex(16)
-        gw.metrics.escalations.labels(route.name, reason).inc()
-        record.review = review_item(record, route, version, reason, review_id, answer, judgement)
+    review_id = settle(gw, route, target, record, answer, judgement)
     body = present(answer, judgement, keep_logprobs=keep_logprobs, review_id=review_id)
     if review_id is not None and contract.policy.delivery == "hold":
         record.response_body = body.decode("utf-8", "replace")  # the record keeps the answer
@@ -282,16 +285,46 @@ async def guard_answer(
     return answer, body, 200
 
 
+def settle(
+    gw: Gateway, route: RouteView, target: str, record: RecordDraft, answer: dict[str, Any],
+    judgement: Judgement, *, escalate: bool = True,
+) -> str | None:  # fmt: skip
+    """Put a judged answer's verdict on its record and in the metrics and, when the policy
+    escalates it, its review item on the record; the review id (None when not escalated)."""
+    valid, score = judgement.valid, judgement.score
+    record.schema_valid, record.confidence = valid, score
+    record.fields = judgement.fields
+    version = str(answer.get("model") or target)
+    if valid is not None:
+        gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()
+    if score is not None:
+        gw.metrics.confidence.labels(route.name, version).observe(score)
+    if not escalate:
+        return None
+    reason = judgement.review_reason
+    record.escalated = judgement.escalated
+    if reason is None:
+        return None
+    review_id = secrets.token_hex(16)
+    gw.metrics.escalations.labels(route.name, reason).inc()
+    record.review = review_item(record, route, version, reason, review_id, answer, judgement)
+    # A QA sample is reviewed behind the client's back: its answer is neither flagged nor held.
+    return review_id if judgement.escalated else None
+
+
 def review_item(
     record: RecordDraft, route: RouteView, version: str, reason: str, review_id: str,
     answer: dict[str, Any], judgement: Judgement,
 ) -> NewItem:  # fmt: skip
     """The review item written with the record, in the same transaction."""
     confidence = judgement.confidence
+    policy = route.contract.policy if route.contract is not None else None
     return NewItem(
         item_id=review_id, request_id=record.id, route=route.name, target=version,
         reason=reason, answer=answer_text(answer, chat=True) or "",
-        created_at=record.created_at, priority=1 if reason == "invalid" else 0,
+        created_at=record.created_at, priority=REVIEW_PRIORITY.get(reason, 0),
+        risk=policy.risk.value if policy is not None else DEFAULT_RISK.value,
+        reviews_needed=judgement.reviewers,
         request_body=record.request_body,
         confidence=confidence.score if confidence is not None else None,
         field_confidence=dict(confidence.fields) if confidence is not None else None,
@@ -352,8 +385,11 @@ async def relay(
     endpoint: Endpoint,
     shadow: ShadowCall | None,
     grant: Grant | None,
+    guarded: GuardedStream | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE]."""
+    """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE].
+    Under an output contract (``guarded``) the answer is judged at its end and the verdict is
+    the last event before [DONE]."""
     text: list[str] = []
     finished = False
     echoed = False
@@ -380,10 +416,15 @@ async def relay(
             data = line[5:].strip()
             if data == b"[DONE]":
                 finished = True
+                verdict = guard_stream(gw, record, guarded, "".join(text)) if guarded else None
                 record_it()
+                if verdict is not None:
+                    yield verdict
                 yield b"data: [DONE]\n\n"
                 break
             event = parse_event(data)
+            if guarded is not None and guarded.answer.take(event):
+                data = orjson.dumps(event)  # logprobs the client did not ask for taken out
             if not echoed and isinstance(event.get("model"), str):
                 record.target, echoed = event["model"], True  # the exact version that answered
             choices = event.get("choices") or []
@@ -418,6 +459,25 @@ async def relay(
         yield internal.sse_event()
     finally:
         record_it()
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedStream:
+    """A stream on a route with an output contract, and its answer being collected."""
+
+    route: RouteView
+    answer: StreamedAnswer
+
+
+def guard_stream(gw: Gateway, record: RecordDraft, guarded: GuardedStream, text: str) -> bytes:
+    """Judge a finished stream's answer as a non-streamed one is (no retry: its tokens are
+    out), put the verdict and any review item on the record; the verdict event."""
+    contract = guarded.route.contract
+    assert contract is not None
+    answer = guarded.answer.answer(text, record.finish_reason)
+    judgement = judge(answer, contract, request_id=record.id)
+    review_id = settle(gw, guarded.route, record.target or "", record, answer, judgement)
+    return guarded.answer.verdict_event(verdict_metadata(judgement, review_id))
 
 
 def parse_event(data: bytes) -> dict[str, Any]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from service.review.tiers import DEFAULT_RISK, Risk
 
 # A JSON pointer to a field of the answer, e.g. `/category` or `/items/0/name`.
 Pointer = Annotated[str, StringConstraints(pattern=r"^(/([^/~]|~[01])*)+$", max_length=300)]
@@ -18,8 +20,18 @@ class Escalate(StrEnum):
     ALWAYS = "always"
 
 
+QA_SAMPLE = "qa_sample"
+
+
 class ReviewPolicy(BaseModel):
+    """Built from the route's risk tier's defaults and its own ``review`` block
+    (``service.review.tiers``)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    risk: Risk = Field(
+        default=DEFAULT_RISK, description="The route's risk tier (declared on the route)."
+    )
 
     escalate: Escalate = Field(
         default=Escalate.BELOW,
@@ -58,6 +70,35 @@ class ReviewPolicy(BaseModel):
         description="`hold`: the decision is also posted here; it must start with one of "
         "LORAGATE_REVIEW_CALLBACK_ALLOWLIST.",
     )
+    qa_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description="The share of answers nobody escalated that still go to review (reason "
+        "`qa_sample`, low priority, never held), drawn from the request id.",
+    )
+    agreement_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description="The share of review items given to two reviewers independently; they "
+        "must agree, else an adjudicator decides. 1 on a critical route.",
+    )
+
+    @model_validator(mode="after")
+    def _critical_needs_two(self) -> ReviewPolicy:
+        if self.risk is Risk.CRITICAL and self.agreement_rate < 1.0:
+            raise ValueError(
+                "a critical route has every item decided by two reviewers: "
+                "'agreement_rate' must stay 1"
+            )
+        return self
+
+
+def qa_sampled(policy: ReviewPolicy, draw: float) -> bool:
+    """Whether an answer nobody escalated goes to review as a QA sample."""
+    return draw < policy.qa_rate
+
+
+def reviewers_needed(policy: ReviewPolicy, draw: float) -> int:
+    """How many reviewers decide the item independently: 2 for an agreement sample."""
+    return 2 if draw < policy.agreement_rate else 1
 
 
 def escalation_reason(

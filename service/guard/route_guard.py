@@ -31,7 +31,16 @@ from service.guard import (
 )
 from service.guard.answers import answer_text, first_choice, first_finish_reason
 from service.guard.output_fields import FieldKind, FieldValue, field_values, output_field_kinds
-from service.guard.policy import ReviewPolicy, escalation_reason
+from service.guard.policy import (
+    QA_SAMPLE,
+    ReviewPolicy,
+    escalation_reason,
+    qa_sampled,
+    reviewers_needed,
+)
+from service.review.sampling import Purpose
+from service.review.sampling import draw as draw_of
+from service.review.tiers import DEFAULT_RISK, Risk, tier_policy
 
 METADATA = "loragate"
 
@@ -50,10 +59,13 @@ class RouteContract:
 
     @classmethod
     def build(
-        cls, schema: Mapping[str, Any] | None, policy: Mapping[str, Any] | None
-    ) -> RouteContract:
-        """Checked when routes are loaded: a bad schema or policy never reaches a request."""
-        review = ReviewPolicy.model_validate(policy or {})
+        cls, schema: Mapping[str, Any] | None, policy: Mapping[str, Any] | None,
+        risk: Risk | str = DEFAULT_RISK,
+    ) -> RouteContract:  # fmt: skip
+        """Checked when routes are loaded: a bad schema or policy never reaches a request.
+
+        The policy is the risk tier's defaults overridden by the route's own ``policy``."""
+        review = ReviewPolicy.model_validate(tier_policy(risk, policy))
         if schema is None:
             if review.confidence_fields is not None:
                 raise SchemaRefused(
@@ -92,6 +104,12 @@ class Judgement:
     review_reason: str | None
     # The answer's values of the contract's binned fields, for its record (drift monitoring).
     fields: dict[str, FieldValue] | None = None
+    reviewers: int = 1  # how many reviewers decide its review item independently
+
+    @property
+    def escalated(self) -> bool:
+        """Sent to review by the policy; a QA sample is reviewed but not escalated."""
+        return self.review_reason is not None and self.review_reason != QA_SAMPLE
 
     @property
     def valid(self) -> bool | None:
@@ -107,8 +125,13 @@ class Judgement:
 
 
 def judge(
-    answer: Mapping[str, Any], contract: RouteContract, draw: float | None = None
-) -> Judgement:
+    answer: Mapping[str, Any], contract: RouteContract, draw: float | None = None,
+    *, request_id: str | None = None,
+) -> Judgement:  # fmt: skip
+    """Validate, score and decide on review. With ``request_id`` the samples (``escalate:
+    sample``, QA, agreement) are drawn from it, so the same request is sampled the same way;
+    without, only ``draw`` (else a random number) decides ``escalate: sample``, and nothing is
+    QA-sampled (shadow answers)."""
     choice = first_choice(answer)
     text = answer_text(answer, chat=True)
     finish = first_finish_reason(answer)
@@ -123,11 +146,25 @@ def judge(
     else:
         confidence = score_free(tokens)
     score = confidence.score if confidence is not None else None
-    roll = random.random() if draw is None else draw
+    policy = contract.policy
+    if draw is not None:
+        roll = draw
+    elif request_id is not None:
+        roll = draw_of(request_id, Purpose.SAMPLE)
+    else:
+        roll = random.random()
     valid = validation is None or validation.valid
-    reason = escalation_reason(contract.policy, valid, score, roll)
+    reason = escalation_reason(policy, valid, score, roll)
+    if reason is None and request_id and qa_sampled(policy, draw_of(request_id, Purpose.QA)):
+        reason = QA_SAMPLE
+    reviewers = 1
+    if reason is not None:
+        pick = draw_of(request_id, Purpose.AGREEMENT) if request_id else random.random()
+        reviewers = reviewers_needed(policy, pick)
     parsed = validation.value if validation is not None else None
-    return Judgement(validation, confidence, reason, field_values(parsed, contract.binned))
+    return Judgement(
+        validation, confidence, reason, field_values(parsed, contract.binned), reviewers
+    )
 
 
 def present(
@@ -138,8 +175,15 @@ def present(
         for choice in answer.get("choices") or []:
             if isinstance(choice, dict):
                 choice["logprobs"] = None
+    answer[METADATA] = verdict_metadata(judgement, review_id)
+    return orjson.dumps(answer)
+
+
+def verdict_metadata(judgement: Judgement, review_id: str | None) -> dict[str, Any]:
+    """The documented ``loragate`` verdict of an answer (non-streamed body, or a stream's last
+    event)."""
     confidence = judgement.confidence
-    answer[METADATA] = {
+    return {
         "schema_valid": judgement.valid,
         "schema_errors": list(judgement.errors),
         "confidence": confidence.score if confidence is not None else None,
@@ -147,4 +191,3 @@ def present(
         "confidence_fields": list(confidence.counted) if confidence is not None else [],
         "review_id": review_id,
     }
-    return orjson.dumps(answer)

@@ -10,15 +10,10 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from service.audit.actor import cli_actor
 from service.cli.common import fail, settings_of
 from service.cli.db import with_sessions
-from service.review.export import (
-    Export,
-    ExportFilters,
-    RecordedExport,
-    content_bytes,
-    export_and_record,
-)
+from service.review.export import Export, ExportFilters, RecordedExport, export_and_record
 
 reviews_app = typer.Typer(help="Review decisions (training data export).", no_args_is_help=True)
 
@@ -37,12 +32,8 @@ def _when(value: str | None, option: str) -> datetime | None:
     return parsed
 
 
-def write_export(out: Path, export: Export) -> None:
-    """train.jsonl, validation.jsonl, all.jsonl (both, for ``adapters train``), manifest.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.jsonl").write_bytes(content_bytes(export.train_lines))
-    (out / "validation.jsonl").write_bytes(content_bytes(export.val_lines))
-    (out / "all.jsonl").write_bytes(content_bytes(export.all_lines))
+def write_manifest(out: Path, export: Export) -> None:
+    """manifest.json, next to the JSONL files the export wrote."""
     manifest = json.dumps(export.manifest, indent=2, ensure_ascii=False) + "\n"
     (out / "manifest.json").write_text(manifest, encoding="utf-8")
 
@@ -79,6 +70,7 @@ def export(
 ) -> None:
     """Export approved and corrected answers as chat JSONL, and record the data snapshot.
 
+    The files are written as the rows are read (memory stays flat however large the export).
     Writes OUT/train.jsonl and OUT/validation.jsonl (a deterministic split by content hash),
     OUT/all.jsonl (both: `loragate adapters train --data OUT/all.jsonl` takes one file and
     splits it itself) and OUT/manifest.json (counts, filters, sha256 of each file, snapshot id).
@@ -93,11 +85,11 @@ def export(
     )  # fmt: skip
 
     async def run(sessions: async_sessionmaker[Any]) -> RecordedExport:
-        return await export_and_record(sessions, filters, "cli")
+        return await export_and_record(sessions, filters, "cli", cli_actor(), out)
 
     recorded = with_sessions(settings_of(ctx), run)
     data = recorded.export
-    write_export(out, data)
+    write_manifest(out, data)
     counts = data.manifest["counts"]
     typer.echo(
         f"approved {counts['approved']}, corrected {counts['corrected']}, "

@@ -1,4 +1,5 @@
-"""Deciding a claimed review item: the one operation the reviewer API and the web UI share.
+"""Deciding a claimed review item (and keeping its claim alive): the operations the reviewer
+API and the web UI share.
 
 ``decide`` checks a correction against the route's output contract, records the decision on the
 caller's live claim (``queue.decide``), turns the queue's refusals into the gateway's errors and
@@ -9,12 +10,16 @@ announces the decision to the route's callback. The handlers (``service.review.a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.actor import Actor
+from service.audit.events import record_event
 from service.errors import GatewayError, ReviewConflict, ReviewDecisionInvalid, ReviewItemNotFound
 from service.guard.route_guard import RouteContract
 from service.review import queue
@@ -41,6 +46,7 @@ class DecisionOrder:
     kind: DecisionKind
     payload: str | None  # the corrected answer (correct), the reason (reject), None (approve)
     now: datetime
+    audit: Actor | None = None  # who decides, for the audit trail
 
 
 def item_not_found(item_id: str) -> ReviewItemNotFound:
@@ -86,6 +92,51 @@ def check_corrected_answer(contract: RouteContract | None, answer: str) -> None:
         )
 
 
+def state_after(decision: Decision) -> queue.ItemState:
+    """The item's state once ``decision`` is in: the decided state only for a final decision;
+    a first of two decisions leaves it pending (for the other reviewer), a dispute disputed."""
+    if decision.outcome is queue.Outcome.VOTED:
+        return queue.ItemState.PENDING
+    if decision.outcome is queue.Outcome.DISPUTED:
+        return queue.ItemState.DISPUTED
+    return queue.DECIDED_STATE[decision.kind]
+
+
+def _with_decision(
+    gw: Gateway, audit: Actor | None
+) -> Callable[[AsyncSession, Decision], Awaitable[None]]:
+    """What a new decision writes in its own transaction: its audit event and, for a held
+    answer whose route names a callback, the callback's outbox row."""
+
+    async def write(session: AsyncSession, decision: Decision) -> None:
+        if audit is not None:
+            await record_event(
+                session, audit, f"review.{decision.kind.value}", f"review_item:{decision.item_id}",
+                before={"state": "claimed", "token": decision.token},
+                after={"state": state_after(decision).value,
+                       "outcome": decision.outcome.value, "reviewer": decision.reviewer,
+                       "reject_reason": decision.reject_reason,
+                       "corrected": decision.corrected_answer is not None},
+            )  # fmt: skip
+        if decision.outcome is queue.Outcome.DECIDED:  # not a vote, not a dispute
+            await gw.callbacks.enqueue(session, decision.item_id, decision.at)
+
+    return write
+
+
+async def renew(
+    gw: Gateway, item_id: str, token: int, reviewer: str, now: datetime, lease_s: float
+) -> datetime:
+    """Extend the reviewer's live claim to ``now + lease_s``; the new lease end. 404 for an
+    unknown item, 409 when the claim is no longer the reviewer's (stale token, lease ran out)."""
+    try:
+        return await queue.heartbeat(gw.sessions, item_id, token, reviewer, now, lease_s)
+    except ItemNotFound as exc:
+        raise item_not_found(item_id) from exc
+    except StaleClaim as exc:
+        raise stale_claim(item_id) from exc
+
+
 async def decide(gw: Gateway, order: DecisionOrder) -> Decision:
     """Record the decision and post it to the route's callback; a ``GatewayError`` if refused.
 
@@ -101,9 +152,10 @@ async def decide(gw: Gateway, order: DecisionOrder) -> Decision:
             check_corrected_answer(route.contract if route else None, order.payload)
         decision = await queue.decide(
             gw.sessions, item_id, order.token, order.reviewer, order.kind, order.payload,
-            order.now,
+            order.now, _with_decision(gw, order.audit),
         )  # fmt: skip
     except (ItemNotFound, StaleClaim, AlreadyDecided, InvalidDecision) as exc:
         raise _refusal(item_id, exc) from exc
-    gw.callbacks.decided(item_id)
+    if decision.outcome is queue.Outcome.DECIDED:
+        gw.callbacks.decided(item_id)
     return decision

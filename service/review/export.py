@@ -46,8 +46,10 @@ sha256) do not depend on the order the database returned rows in.
 The snapshot id is ``"ds-" + sha256("train:<train sha256>\\nvalidation:<validation sha256>\\n")``
 cut to 16 hex digits: the same data always has the same id, whatever the filters or the time.
 ``export_and_record`` builds an export and records its snapshot: the one operation behind
-``GET /v1/reviews/export`` (``service.review.export_api``) and ``loragate reviews export``
-(``service.review.cli``).
+``POST /v1/reviews/export`` (``service.review.export_api``) and ``loragate reviews export``
+(``service.review.cli``). The files are written to disk as the rows are read, a batch at a
+time from a server-side cursor, and split and hashed on the way
+(``service.review.export_files``): memory does not grow with the size of the export.
 """
 
 from __future__ import annotations
@@ -55,9 +57,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select
@@ -66,12 +72,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import clock
+from service.audit.actor import Actor
+from service.audit.events import record_event
 from service.db.models import RequestRecord, ReviewItem, TrainingSnapshot
 from service.guard.answers import answer_text
+from service.review.export_files import FILES, SpillWriter, hash_fraction
 from service.review.queue import write_transaction
 
 ROLES = frozenset({"system", "user", "assistant"})
 SOURCES = ("approved", "corrected", "unreviewed")
+BATCH_ROWS = 500  # rows fetched at a time while an export is written
 
 EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
@@ -114,37 +124,54 @@ class ExportFilters:
     redact: bool = True
 
 
-@dataclass(frozen=True)
 class Export:
-    train_lines: list[str]
-    val_lines: list[str]
-    manifest: dict[str, Any]
+    """An export written to ``directory`` (train.jsonl, validation.jsonl, all.jsonl) and its
+    manifest. Built without a directory of its own, it owns a temporary one, removed by
+    ``discard`` or when the export is garbage-collected."""
+
+    def __init__(self, manifest: dict[str, Any], directory: Path, *, temporary: bool) -> None:
+        self.manifest = manifest
+        self.directory = directory
+        self._cleanup = (
+            weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+            if temporary
+            else None
+        )
 
     @property
     def snapshot_id(self) -> str:
         return str(self.manifest["snapshot_id"])
 
+    def path(self, split: str) -> Path:
+        """The file of ``train``, ``validation`` or ``all``."""
+        return self.directory / FILES[split]
+
+    def chunks(self, split: str, size: int = 64 * 1024) -> Iterator[bytes]:
+        """A file's bytes, a chunk at a time (for streaming it out)."""
+        with self.path(split).open("rb") as file:
+            while chunk := file.read(size):
+                yield chunk
+
+    def lines(self, split: str) -> list[str]:
+        """A file's lines in memory: for small exports (and tests), not for streaming."""
+        return self.path(split).read_text(encoding="utf-8").splitlines()
+
+    @property
+    def train_lines(self) -> list[str]:
+        return self.lines("train")
+
+    @property
+    def val_lines(self) -> list[str]:
+        return self.lines("validation")
+
     @property
     def all_lines(self) -> list[str]:
-        return [*self.train_lines, *self.val_lines]
+        return self.lines("all")
 
-
-@dataclass
-class _Collected:
-    lines: dict[str, str] = field(default_factory=dict)  # dedupe key -> line
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys((*SOURCES, "duplicates_removed", "skipped"), 0)
-    )
-
-    def add(self, source: str, line: str | None) -> None:
-        if line is None:
-            self.counts["skipped"] += 1
-            return
-        self.counts[source] += 1
-        if line in self.lines:
-            self.counts["duplicates_removed"] += 1
-        else:
-            self.lines[line] = line
+    def discard(self) -> None:
+        """Remove the temporary directory now (nothing for an export written to ``out``)."""
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 def content_text(raw: object) -> str | None:
@@ -205,12 +232,11 @@ def example_line(request_body: str | None, answer: str | None, *, redacted: bool
     return _dumps({"messages": messages})
 
 
-def _record_answer(record: RequestRecord) -> str | None:
+def _record_answer(body: str | None, stream: bool | None) -> str | None:
     """The answer text of a stored chat response (or of a relayed stream)."""
-    body = record.response_body
     if not body:
         return None
-    if record.stream:
+    if stream:
         return body
     try:
         payload = json.loads(body)
@@ -219,18 +245,13 @@ def _record_answer(record: RequestRecord) -> str | None:
     return answer_text(payload, chat=True) if isinstance(payload, dict) else None
 
 
-def _hash_fraction(line: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}\n{line}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def split_lines(
     lines: Iterable[str], *, val_fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
     """(train, validation) by each line's hash, both in hash order; see the module docstring."""
     if not 0 <= val_fraction < 1:
         raise ValueError("val_fraction must be at least 0 and below 1")
-    ranked = sorted((_hash_fraction(line, seed), line) for line in set(lines))
+    ranked = sorted((hash_fraction(line, seed), line) for line in set(lines))
     train = [line for value, line in ranked if value >= val_fraction]
     val = [line for value, line in ranked if value < val_fraction]
     if len(ranked) >= 2 and val_fraction > 0 and not val:
@@ -254,65 +275,116 @@ def snapshot_id_of(train_sha: str, val_sha: str) -> str:
     return f"ds-{digest[:16]}"
 
 
-async def build_export(
-    session: AsyncSession, filters: ExportFilters, *, now: datetime | None = None
-) -> Export:
-    """Collect the examples, remove duplicates, split them and describe them in a manifest."""
-    routes, threshold, redacted = filters.routes, filters.include_unreviewed_above, filters.redact
-    since = clock.require_utc(filters.since) if filters.since is not None else None
-    until = clock.require_utc(filters.until) if filters.until is not None else None
-    if not 0 <= filters.val_fraction < 1:
-        raise ValueError("val_fraction must be at least 0 and below 1")
-    collected = _Collected()
+def _item_rows(filters: ExportFilters, since: datetime | None, until: datetime | None) -> Any:
     items = select(
-        ReviewItem.id, ReviewItem.state, ReviewItem.request_body, ReviewItem.answer,
-        ReviewItem.corrected_answer,
+        ReviewItem.state, ReviewItem.request_body, ReviewItem.answer, ReviewItem.corrected_answer,
     ).where(ReviewItem.state.in_(("approved", "corrected")))  # fmt: skip
-    if routes:
-        items = items.where(ReviewItem.route.in_(list(routes)))
+    if filters.routes:
+        items = items.where(ReviewItem.route.in_(list(filters.routes)))
     if since is not None:
         items = items.where(ReviewItem.decided_at >= since)
     if until is not None:
         items = items.where(ReviewItem.decided_at < until)
-    for _id, state, body, answer, corrected in await session.execute(items.order_by(ReviewItem.id)):
-        chosen = corrected if state == "corrected" else answer
-        collected.add(state, example_line(body, chosen, redacted=redacted))
-    if threshold is not None:
-        reviewed = select(ReviewItem.request_id)
-        records = select(RequestRecord).where(
-            RequestRecord.endpoint == "chat",
-            RequestRecord.status_code == 200,
-            RequestRecord.arm != "shadow",
-            RequestRecord.shadow_of.is_(None),
-            RequestRecord.schema_valid.is_(True),
-            (RequestRecord.escalated.is_(None)) | (RequestRecord.escalated.is_(False)),
-            RequestRecord.confidence >= threshold,
-            RequestRecord.id.not_in(reviewed),
-        )
-        if routes:
-            records = records.where(RequestRecord.route.in_(list(routes)))
-        if since is not None:
-            records = records.where(RequestRecord.created_at >= since)
-        if until is not None:
-            records = records.where(RequestRecord.created_at < until)
-        for record in await session.scalars(records.order_by(RequestRecord.id)):
-            line = example_line(record.request_body, _record_answer(record), redacted=redacted)
-            collected.add("unreviewed", line)
-    train, val = split_lines(
-        collected.lines.values(), val_fraction=filters.val_fraction, seed=filters.seed
+    return items.order_by(ReviewItem.id)
+
+
+def _record_rows(
+    filters: ExportFilters, threshold: float, since: datetime | None, until: datetime | None
+) -> Any:
+    records = select(
+        RequestRecord.request_body, RequestRecord.response_body, RequestRecord.stream
+    ).where(
+        RequestRecord.endpoint == "chat",
+        RequestRecord.status_code == 200,
+        RequestRecord.arm != "shadow",
+        RequestRecord.shadow_of.is_(None),
+        RequestRecord.schema_valid.is_(True),
+        (RequestRecord.escalated.is_(None)) | (RequestRecord.escalated.is_(False)),
+        RequestRecord.confidence >= threshold,
+        RequestRecord.id.not_in(select(ReviewItem.request_id)),
     )
-    train_sha, val_sha = sha256_hex(content_bytes(train)), sha256_hex(content_bytes(val))
+    if filters.routes:
+        records = records.where(RequestRecord.route.in_(list(filters.routes)))
+    if since is not None:
+        records = records.where(RequestRecord.created_at >= since)
+    if until is not None:
+        records = records.where(RequestRecord.created_at < until)
+    return records.order_by(RequestRecord.id)
+
+
+async def _rows(session: AsyncSession, query: Any, batch_size: int) -> AsyncIterator[Any]:
+    """The query's rows, fetched ``batch_size`` at a time from a server-side cursor."""
+    result = await session.stream(query.execution_options(yield_per=batch_size))
+    async for batch in result.partitions(batch_size):
+        for row in batch:
+            yield row
+
+
+async def build_export(
+    session: AsyncSession, filters: ExportFilters, out: Path | None = None, *,
+    now: datetime | None = None, batch_size: int = BATCH_ROWS,
+) -> Export:  # fmt: skip
+    """Write the examples to ``out`` (train.jsonl, validation.jsonl, all.jsonl; a temporary
+    directory the export owns when ``None``) as rows are read, ``batch_size`` rows at a time,
+    without duplicates, split, and described in a manifest; memory holds a batch of rows and
+    one spill bucket (``service.review.export_files``), never the whole export."""
+    if not 0 <= filters.val_fraction < 1:
+        raise ValueError("val_fraction must be at least 0 and below 1")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if out is not None:
+        return await _build(session, filters, out, now, batch_size, temporary=False)
+    directory = Path(tempfile.mkdtemp(prefix="loragate-export-"))
+    try:
+        return await _build(session, filters, directory, now, batch_size, temporary=True)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+async def _build(
+    session: AsyncSession, filters: ExportFilters, directory: Path, now: datetime | None,
+    batch_size: int, *, temporary: bool,
+) -> Export:  # fmt: skip
+    threshold, redacted = filters.include_unreviewed_above, filters.redact
+    since = clock.require_utc(filters.since) if filters.since is not None else None
+    until = clock.require_utc(filters.until) if filters.until is not None else None
+    counts = dict.fromkeys((*SOURCES, "skipped"), 0)
+    spill = SpillWriter(Path(tempfile.mkdtemp(prefix=".spill-", dir=_made(directory))),
+                        filters.seed)  # fmt: skip
+
+    def add(source: str, line: str | None) -> None:
+        if line is None:
+            counts["skipped"] += 1
+        else:
+            counts[source] += 1
+            spill.add(line)
+
+    try:
+        async for state, body, answer, corrected in _rows(
+            session, _item_rows(filters, since, until), batch_size
+        ):
+            add(state, example_line(body, corrected if state == "corrected" else answer,
+                                    redacted=redacted))  # fmt: skip
+        if threshold is not None:
+            query = _record_rows(filters, threshold, since, until)
+            async for body, response, stream in _rows(session, query, batch_size):
+                add(
+                    "unreviewed",
+                    example_line(body, _record_answer(response, stream), redacted=redacted),
+                )
+        written = spill.finish(directory, filters.val_fraction)
+    finally:
+        spill.discard()
     manifest: dict[str, Any] = {
-        "snapshot_id": snapshot_id_of(train_sha, val_sha),
+        "snapshot_id": snapshot_id_of(written.sha256["train"], written.sha256["validation"]),
         "format": "chat-jsonl",
-        "sha256": {
-            "train": train_sha,
-            "validation": val_sha,
-            "all": sha256_hex(content_bytes([*train, *val])),
-        },
-        "counts": {**collected.counts, "train": len(train), "validation": len(val)},
+        "sha256": written.sha256,
+        "counts": {**{source: counts[source] for source in SOURCES},
+                   "duplicates_removed": written.duplicates, "skipped": counts["skipped"],
+                   "train": written.train, "validation": written.validation},
         "filters": {
-            "routes": sorted(routes) if routes else None,
+            "routes": sorted(filters.routes) if filters.routes else None,
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
             "include_unreviewed_above": threshold,
@@ -321,8 +393,13 @@ async def build_export(
             "redact": redacted,
         },
         "created_at": (now or clock.now()).astimezone(UTC).isoformat(),
-    }
-    return Export(train, val, manifest)
+    }  # fmt: skip
+    return Export(manifest, directory, temporary=temporary)
+
+
+def _made(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 async def save_snapshot(session: AsyncSession, export: Export, created_by: str | None) -> bool:
@@ -351,6 +428,12 @@ async def save_snapshot(session: AsyncSession, export: Export, created_by: str |
     return int(cast(CursorResult[Any], result).rowcount) == 1
 
 
+async def list_snapshots(session: AsyncSession, limit: int) -> list[TrainingSnapshot]:
+    """Recorded snapshots, newest first."""
+    query = select(TrainingSnapshot).order_by(TrainingSnapshot.created_at.desc()).limit(limit)
+    return list((await session.scalars(query)).all())
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedExport:
     export: Export
@@ -358,11 +441,25 @@ class RecordedExport:
 
 
 async def export_and_record(
-    sessions: async_sessionmaker[AsyncSession], filters: ExportFilters, created_by: str | None
+    sessions: async_sessionmaker[AsyncSession],
+    filters: ExportFilters,
+    created_by: str | None,
+    audit: Actor | None = None,
+    out: Path | None = None,
 ) -> RecordedExport:
-    """The export, with its snapshot recorded: the one operation of the API and the CLI."""
+    """The export written to ``out`` (a temporary directory the export owns when ``None``),
+    with its snapshot recorded (and audited for ``audit`` in the same transaction): the one
+    operation of the API and the CLI."""
     async with sessions() as session:
-        export = await build_export(session, filters)
+        export = await build_export(session, filters, out)
     # A short write of its own (on SQLite, holding the write lock from its start).
     async with write_transaction(sessions) as session:
-        return RecordedExport(export, await save_snapshot(session, export, created_by))
+        created = await save_snapshot(session, export, created_by)
+        if audit is not None:
+            counts = export.manifest["counts"]
+            await record_event(
+                session, audit, "review.export", f"snapshot:{export.snapshot_id}",
+                after={"created": created, "filters": export.manifest["filters"],
+                       "train": counts["train"], "validation": counts["validation"]},
+            )  # fmt: skip
+        return RecordedExport(export, created)

@@ -1,29 +1,31 @@
-"""``GET /v1/reviews/export``: reviewers' decisions as chat JSONL training data (NDJSON).
+"""``POST /v1/reviews/export``: reviewers' decisions as chat JSONL training data (NDJSON);
+``GET /v1/reviews/export``: the recorded snapshots (reads only).
 
 The same export as ``loragate reviews export`` (see ``service.review.export``): approved and
 corrected answers, optionally trusted unreviewed ones, redacted by default, split by content
-hash. The snapshot is recorded (idempotently: its id is its content) and named in the
+hash. The snapshot is recorded (idempotently: its id is its content), audited, and named in the
 ``x-loragate-snapshot`` header, so an adapter trained on it can cite it as ``data_snapshot_id``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
 from service.api.deps import gateway, require_roles
+from service.audit.actor import api_actor
 from service.auth import Principal, Role
 from service.errors import InvalidRequest
-from service.review.export import ExportFilters, export_and_record
+from service.review.export import ExportFilters, export_and_record, list_snapshots
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
-ReviewerKey = Annotated[Principal, Depends(require_roles(Role.REVIEWER, Role.ADMIN))]
+ReviewerKey = Annotated[Principal, Depends(require_roles(Role.REVIEWER, Role.LEAD, Role.ADMIN))]
 SNAPSHOT_HEADER = "x-loragate-snapshot"
-CHUNK_LINES = 256
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -32,20 +34,52 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: {"description": "since/until without a UTC offset, or a bad value."},
     401: {"description": "Missing or invalid API key."},
-    403: {"description": "The key's role is neither reviewer nor admin."},
+    403: {"description": "The key's role is not reviewer, lead or admin."},
 }
 
 
-def _chunks(lines: list[str]) -> Iterator[bytes]:
-    for start in range(0, len(lines), CHUNK_LINES):
-        yield "".join(f"{line}\n" for line in lines[start : start + CHUNK_LINES]).encode()
+class SnapshotOut(BaseModel):
+    id: str = Field(description="`ds-...`: what `adapters register --data-snapshot` names.")
+    created_at: datetime
+    created_by: str | None = Field(description="The key id that created it, or `cli`.")
+    train_examples: int
+    validation_examples: int
+    manifest: dict[str, Any] = Field(description="Filters, counts and each file's sha256.")
+
+
+class SnapshotListOut(BaseModel):
+    object: str = "list"
+    data: list[SnapshotOut] = Field(description="Newest first.")
 
 
 @router.get(
     "/export",
+    summary="List recorded training data snapshots",
+    description="The snapshots exports recorded, newest first. Reads only: creating a "
+    "snapshot is `POST /v1/reviews/export`.",
+    response_model=SnapshotListOut,
+    responses={k: v for k, v in RESPONSES.items() if k != 200},
+)
+async def snapshots(
+    request: Request,
+    _: ReviewerKey,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Snapshots to list.")] = 100,
+) -> SnapshotListOut:
+    async with gateway(request).sessions() as session:
+        found = await list_snapshots(session, limit)
+    return SnapshotListOut(
+        data=[SnapshotOut.model_validate(snapshot, from_attributes=True) for snapshot in found]
+    )
+
+
+@router.post(
+    "/export",
     summary="Export review decisions as training data",
-    description="Chat JSONL that `loragate adapters train` accepts, as NDJSON. Counts, "
-    "filters and sha256s are in the snapshot's manifest; its id is in `x-loragate-snapshot`.",
+    description="Records the snapshot (the same data again keeps the first record) and the "
+    "audit event, and returns the chat JSONL that `loragate adapters train` accepts, as "
+    "NDJSON. Counts, filters and sha256s are in the "
+    "snapshot's manifest; its id is in `x-loragate-snapshot`. The filters are query "
+    "parameters; the request has no body.",
     response_class=StreamingResponse,
     responses=RESPONSES,
 )
@@ -74,10 +108,17 @@ async def export(
         include_unreviewed_above=include_unreviewed_above, val_fraction=val_fraction,
         seed=seed, redact=redact,
     )  # fmt: skip
-    data = (await export_and_record(gateway(request).sessions, filters, principal.key_id)).export
-    lines = {"train": data.train_lines, "validation": data.val_lines, "all": data.all_lines}[split]
-    headers = {SNAPSHOT_HEADER: data.snapshot_id, "x-loragate-examples": str(len(lines))}
-    return StreamingResponse(_chunks(lines), media_type="application/x-ndjson", headers=headers)
+    audit = api_actor(principal, request)
+    recorded = await export_and_record(gateway(request).sessions, filters, principal.key_id, audit)
+    data = recorded.export
+    counts = data.manifest["counts"]
+    examples = counts["train"] + counts["validation"] if split == "all" else counts[split]
+    headers = {SNAPSHOT_HEADER: data.snapshot_id, "x-loragate-examples": str(examples)}
+    # Streamed from the temporary files, which are removed once the response is sent.
+    return StreamingResponse(
+        data.chunks(split), media_type="application/x-ndjson", headers=headers,
+        background=BackgroundTask(data.discard),
+    )  # fmt: skip
 
 
 def _iso_time(name: str, value: str | None) -> datetime | None:

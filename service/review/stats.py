@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -15,8 +16,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from monitoring.metrics import Metrics
 from service.clock import Clock
 from service.review import queue
+from service.review.quality import quality
+from service.review.sla import SlaTargets, mark_breaches, overdue_counts
 
 log = logging.getLogger(__name__)
+# The QA and agreement gauges read the review items of this long ago and since.
+QUALITY_WINDOW = timedelta(days=30)
 
 
 class ReviewStats:
@@ -26,18 +31,39 @@ class ReviewStats:
         metrics: Metrics,
         clock: Clock,
         interval_s: float,
+        sla: SlaTargets | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
         self._clock = clock
         self._interval_s = interval_s
+        self._sla = sla or SlaTargets()
         self._routes: set[str] = set()
 
     async def refresh(self) -> None:
+        now = self._clock()
+        async with queue.write_transaction(self._sessions) as session:
+            breaches = await mark_breaches(session, self._sla, now)
         async with self._sessions() as session:
-            stats = await queue.queue_stats(session, self._clock())
+            stats = await queue.queue_stats(session, now)
             decided = await queue.decided_counts(session)
+            overdue = await overdue_counts(session, self._sla, now)
+            figures = await quality(session, now - QUALITY_WINDOW)
         m = self._metrics
+        for (route, tier), count in breaches.items():
+            m.review_sla_breaches.labels(route, tier).inc(count)
+        for tier, count in overdue.items():
+            m.review_overdue.labels(tier).set(count)
+        nan = float("nan")
+        for route, qa in figures.qa.items():
+            share = qa.changed
+            for bound, value in (("estimate", share.estimate), ("low", share.low),
+                                 ("high", share.high)):  # fmt: skip
+                m.review_qa_changed_share.labels(route, bound).set(nan if value is None else value)
+        for route, agreed in figures.agreement.items():
+            m.review_kappa.labels(route).set(nan if agreed.kappa is None else agreed.kappa)
+            fields = agreed.field_agreement
+            m.review_field_agreement.labels(route).set(nan if fields is None else fields)
         self._routes |= stats.depth.keys()
         for route in self._routes:  # a route drained since the last refresh shows 0
             m.review_depth.labels(route).set(stats.depth.get(route, 0))

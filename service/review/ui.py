@@ -31,13 +31,24 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader
 
 from service.api.deps import gateway
+from service.audit.actor import api_actor
 from service.auth import Principal, require_role
-from service.errors import GatewayError, ReviewDecisionInvalid
-from service.review import decisions, queue, sessions
-from service.review.api import DEFAULT_LEASE_S, REVIEW_ROLES, Now, reviewer_of
+from service.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    PermissionDenied,
+    ReviewDecisionInvalid,
+)
+from service.review import decisions, parking, queue, sessions
+from service.review.api import REVIEW_ROLES, Now, reviewer_of
 from service.review.decisions import DecisionOrder, item_not_found
 from service.review.export import content_text
-from service.review.queue import DecisionKind, ItemNotFound, ItemState, ReviewItemView
+from service.review.quality import quality
+from service.review.queue import DecisionKind, ItemNotFound, ItemState, Outcome, ReviewItemView
+from service.review.sla import OPEN_STATES, overdue_counts, sla_targets
+from service.review.stats import QUALITY_WINDOW
+from service.review.tiers import Risk
+from service.review.visibility import adjudicates, may_see, scope_of, shown_votes
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 
@@ -46,12 +57,17 @@ COOKIE_PATH = "/review"
 LOW_CONFIDENCE = 0.5
 MAX_FORM_BYTES = 1_000_000
 QUEUE_LIMIT = 200
+TIERS = tuple(t.value for t in Risk)
 
 NOTICES = {
     "approve": "Approved.",
+    "voted": "Decision recorded; a second reviewer decides independently.",
+    "disputed": "Recorded; it differs from the first reviewer's: an adjudicator decides.",
     "correct": "Correction saved.",
     "reject": "Rejected.",
     "empty": "Nothing to claim right now.",
+    "unparked-pending": "Unparked: the item is back in the queue.",
+    "unparked-disputed": "Unparked: the item waits for an adjudicator again.",
     "signed-out": "Signed out.",
 }
 
@@ -71,7 +87,7 @@ def _render(
     response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -183,7 +199,11 @@ async def logout(request: Request) -> Response:
 
 
 def _age(created_at: datetime, now: datetime) -> str:
-    seconds = max(0, int((now - created_at).total_seconds()))
+    return _age_of((now - created_at).total_seconds())
+
+
+def _age_of(span_s: float) -> str:
+    seconds = max(0, int(span_s))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -202,23 +222,35 @@ async def queue_page(request: Request, now: Now) -> Response:
     route = params.get("route", "").strip()
     reason = params.get("reason", "").strip()
     state = params.get("state", "").strip()
+    tier = params.get("tier", "").strip()
     error = None
     if state and state not in {s.value for s in ItemState}:
         error = f"Unknown state '{state}'."
         state = ""
+    if tier and tier not in TIERS:
+        error = f"Unknown risk tier '{tier}'."
+        tier = ""
+    sla = sla_targets(gateway(request).settings)
     async with gateway(request).sessions() as session:
         items = await queue.list_items(
-            session, state=state or None, route=route or None, reason=reason or None,
-            limit=QUEUE_LIMIT,
+            session, state=state or None, limit=QUEUE_LIMIT,
+            scope=scope_of(principal, route=route or None, reason=reason or None,
+                           tier=tier or None),
+            sla=sla, now=now,
         )  # fmt: skip
+        overdue = await overdue_counts(session, sla, now)
+        figures = await quality(session, now - QUALITY_WINDOW)
     rows = [
-        {"item": item, "age": _age(item.created_at, now), "low": _is_low(item.confidence)}
+        {"item": item, "age": _age(item.created_at, now), "low": _is_low(item.confidence),
+         "overdue": item.state.value in OPEN_STATES
+         and sla.is_overdue(item.risk, item.created_at, now)}
         for item in items
-    ]
+    ]  # fmt: skip
     return _render(
         "queue.html", error=error, notice=NOTICES.get(params.get("notice", "")),
-        rows=rows, route=route, reason=reason, state=state,
-        states=[s.value for s in ItemState], reviewer=principal,
+        rows=rows, route=route, reason=reason, state=state, tier=tier, tiers=TIERS,
+        states=[s.value for s in ItemState], reviewer=principal, overdue=overdue,
+        targets={t: _age_of(sla.target_s(t)) for t in TIERS}, quality=figures,
     )  # fmt: skip
 
 
@@ -232,12 +264,19 @@ async def claim(request: Request, now: Now) -> Response:
     form = await _form(request)
     route = _blank_to_none(form.get("route", "").strip())
     reason = _blank_to_none(form.get("reason", "").strip())
+    tier = _blank_to_none(form.get("tier", "").strip())
+    if tier is not None and tier not in TIERS:
+        tier = None
     claimed = await queue.claim_next(
-        gateway(request).sessions, reviewer_of(principal), now, DEFAULT_LEASE_S,
-        route=route, reason=reason,
+        gateway(request).sessions, reviewer_of(principal), now,
+        gateway(request).settings.review_ui_lease_s,
+        scope=scope_of(principal, route=route, reason=reason, tier=tier),
+        adjudicator=adjudicates(principal), sla=sla_targets(gateway(request).settings),
     )  # fmt: skip
     if claimed is None:
-        return _redirect("/review", notice="empty", route=route or "", reason=reason or "")
+        return _redirect(
+            "/review", notice="empty", route=route or "", reason=reason or "", tier=tier or ""
+        )
     return _redirect(f"/review/items/{claimed.item.id}")
 
 
@@ -297,7 +336,7 @@ def _holds_claim(item: ReviewItemView, principal: Principal, now: datetime) -> b
 async def _item_page(
     request: Request, principal: Principal, item_id: str, now: datetime, *,
     status: int = 200, error: str | None = None, draft: str | None = None,
-    reject_reason: str = "",
+    reject_reason: str = "", notice: str | None = None,
 ) -> Response:  # fmt: skip
     async with gateway(request).sessions() as session:
         try:
@@ -305,7 +344,11 @@ async def _item_page(
         except ItemNotFound:
             return _render("error.html", 404, title="Not found",
                            message=item_not_found(item_id).message)  # fmt: skip
+        if not may_see(principal, item):
+            return _render("error.html", 404, title="Not found",
+                           message=item_not_found(item_id).message)  # fmt: skip
         history = await queue.history(session, item_id)
+        votes = shown_votes(item, await queue.votes(session, item_id))
     messages, raw_request = _messages(item.request_body)
     fields = sorted((item.field_confidence or {}).items())
     answer = _pretty(item.answer)
@@ -317,7 +360,11 @@ async def _item_page(
         overall_low=_is_low(item.confidence),
         schema_errors=[_error_text(e) for e in item.schema_errors or []],
         history=history, holds=_holds_claim(item, principal, now), error=error,
-        reviewer=principal,
+        reviewer=principal, votes=votes, notice=notice,
+        may_unpark=parking.may_unpark(principal) and item.state is ItemState.PARKED,
+        heartbeat_ms=int(gateway(request).settings.review_ui_lease_s * 1000 / 3),
+        overdue=item.state.value in OPEN_STATES
+        and sla_targets(gateway(request).settings).is_overdue(item.risk, item.created_at, now),
     )  # fmt: skip
 
 
@@ -326,7 +373,57 @@ async def item_page(item_id: str, request: Request, now: Now) -> Response:
     principal = await _signed_in(request, now)
     if principal is None:
         return _to_login()
-    return await _item_page(request, principal, item_id, now)
+    notice = NOTICES.get(request.query_params.get("notice", ""))
+    return await _item_page(request, principal, item_id, now, notice=notice)
+
+
+def _lease_text(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@router.post("/items/{item_id}/heartbeat")
+async def heartbeat(item_id: str, request: Request, now: Now) -> Response:
+    """Renew the signed-in reviewer's claim (the open item's page calls this); JSON, with the
+    gateway's error envelope on refusal (409: the claim is no longer theirs)."""
+    if not _same_origin(request):
+        raise PermissionDenied("This request was not sent from this site.")
+    principal = await _signed_in(request, now)
+    if principal is None:
+        raise AuthenticationFailed("Your review session has ended; sign in again.")
+    try:
+        token = int((await _form(request)).get("token", ""))
+    except ValueError:
+        token = -1
+    if not 0 <= token <= queue.MAX_INT:
+        raise ReviewDecisionInvalid("The request carries no claim token.", param="token")
+    gw = gateway(request)
+    lease_until = await decisions.renew(
+        gw, item_id, token, reviewer_of(principal), now, gw.settings.review_ui_lease_s
+    )
+    body = {"item_id": item_id, "token": token, "lease_until": lease_until.isoformat(),
+            "lease_until_text": _lease_text(lease_until)}  # fmt: skip
+    return Response(orjson.dumps(body), media_type="application/json",
+                    headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+@router.post("/items/{item_id}/unpark")
+async def unpark(item_id: str, request: Request, now: Now) -> Response:
+    if not _same_origin(request):
+        return _forbidden()
+    principal = await _signed_in(request, now)
+    if principal is None:
+        return _to_login()
+    if not parking.may_unpark(principal):
+        return _render("error.html", 403, title="Refused",
+                       message="Only a lead or an admin can unpark an item.")  # fmt: skip
+    try:
+        state = await parking.unpark(
+            gateway(request), principal, item_id, now, api_actor(principal, request)
+        )
+    except GatewayError as exc:
+        return await _item_page(request, principal, item_id, now, status=exc.status,
+                                error=exc.message)  # fmt: skip
+    return _redirect(f"/review/items/{item_id}", notice=f"unparked-{state.value}")
 
 
 @router.post("/items/{item_id}/decision")
@@ -356,9 +453,14 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
     if kind not in ("approve", "correct", "reject"):
         return await refused(ReviewDecisionInvalid(f"Unknown decision '{kind}'."))
     payload = {"approve": None, "correct": corrected, "reject": reason}[kind]
-    order = DecisionOrder(item_id, token, reviewer_of(principal), DecisionKind(kind), payload, now)
+    order = DecisionOrder(
+        item_id, token, reviewer_of(principal), DecisionKind(kind), payload, now,
+        api_actor(principal, request),
+    )  # fmt: skip
     try:
-        await decisions.decide(gateway(request), order)
+        decision = await decisions.decide(gateway(request), order)
     except GatewayError as exc:
         return await refused(exc)
+    if decision.outcome is not Outcome.DECIDED:
+        return _redirect("/review", notice=decision.outcome.value)
     return _redirect("/review", notice=kind)

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.audit.actor import api_actor
 from service.auth import Principal
+from service.review.tiers import Risk
 from service.routes import switch, targets
 from service.routes.targets import RouteInfo
 
@@ -25,6 +27,10 @@ class RouteOut(BaseModel):
     default_max_tokens: int | None
     description: str
     updated_at: datetime
+    risk: Risk = Field(
+        description="The route's risk tier (`low`, `medium`, `high` or `critical`): how much "
+        "human review its answers get by default."
+    )
 
     @classmethod
     def of(cls, route: RouteInfo) -> RouteOut:
@@ -60,9 +66,10 @@ async def list_routes(request: Request, _: SreKey) -> list[RouteOut]:
         502: {"description": "A replica could not load the version."},
     },
 )
-async def set_target(name: str, body: TargetIn, request: Request, _: SreKey) -> RouteOut:
+async def set_target(name: str, body: TargetIn, request: Request, principal: SreKey) -> RouteOut:
     gw = gateway(request)
     route = await switch.switch(
-        gw.sessions, gw.engines, gw.reconciler, gw.snapshot, name, body.target
-    )
+        gw.sessions, gw.engines, gw.reconciler, gw.snapshot, name, body.target,
+        api_actor(principal, request),
+    )  # fmt: skip
     return RouteOut.of(route)

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.actor import cli_actor
+from service.audit.events import record_event
 from service.cli.common import (
     KeyOption,
     UrlOption,
@@ -22,6 +24,10 @@ from service.db import repositories
 from service.routes.config import RoutesConfigError, load_routes_file, sync_routes
 
 routes_app = typer.Typer(help="Routes (what clients name as `model`).", no_args_is_help=True)
+
+
+async def _targets(session: AsyncSession) -> dict[str, str]:
+    return {r.name: r.target for r in await repositories.list_routes(session)}
 
 
 @routes_app.command("sync")
@@ -40,7 +46,15 @@ def routes_sync(
         specs = load_routes_file(typed_path(settings, path))
 
         async def work(session: AsyncSession) -> list[str]:
-            return await sync_routes(session, specs, settings.engine_pools())
+            before = await _targets(session)
+            names = await sync_routes(session, specs, settings.engine_pools())
+            after = await _targets(session)
+            await record_event(
+                session, cli_actor(), "routes.sync", f"routes-file:{path}",
+                before={"targets": {n: before.get(n) for n in names}},
+                after={"targets": {n: after.get(n) for n in names}},
+            )  # fmt: skip
+            return names
 
         names = with_session(settings, work, write=True)
     except RoutesConfigError as exc:
@@ -50,10 +64,12 @@ def routes_sync(
 
 @routes_app.command("list")
 def routes_list(ctx: typer.Context) -> None:
-    """List routes and their targets."""
+    """List routes, their targets and risk tiers."""
     for r in with_session(settings_of(ctx), repositories.list_routes):
         cap = r.max_tokens_cap or "default"
-        typer.echo(f"{r.name:<24} pool={r.pool} target={r.target} max_tokens_cap={cap}")
+        typer.echo(
+            f"{r.name:<24} pool={r.pool} target={r.target} max_tokens_cap={cap} risk={r.risk}"
+        )
 
 
 @routes_app.command("set-target")

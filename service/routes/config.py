@@ -12,6 +12,8 @@ routes:
   - name: ticket-triage
     output_schema: tickets.schema.json   # a JSON Schema (2020-12), inline or a file next to
                                           # this one; answers are constrained and validated
+    risk: high                 # low | medium (default) | high | critical: the review
+                               # defaults of README "Risk tiers and review"
     review:                    # optional; see README "Output contracts"
       escalate: below          # never | sample | below | always
       threshold: 0.6
@@ -37,6 +39,7 @@ from service.db.changes import announce
 from service.db.models import AdapterVersion, Route
 from service.guard import SchemaRefused
 from service.guard.route_guard import RouteContract
+from service.review.tiers import DEFAULT_RISK, Risk, TierConflict
 from service.settings import EnginePoolSettings
 
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -52,6 +55,7 @@ class RouteSpec(BaseModel):
     description: str = ""
     output_schema: dict[str, Any] | str | None = None  # inline, or a file relative to the YAML
     review: dict[str, Any] | None = None
+    risk: Risk = DEFAULT_RISK  # the tier whose review defaults `review` overrides
 
     @field_validator("name")
     @classmethod
@@ -104,10 +108,12 @@ def _with_contract(spec: RouteSpec, base: Path) -> RouteSpec:
         except (OSError, ValueError) as exc:
             raise RoutesConfigError(f"route {spec.name!r}: cannot read {schema}: {exc}") from exc
         spec = spec.model_copy(update={"output_schema": schema})
-    if isinstance(schema, dict) or spec.review is not None:
+    if isinstance(schema, dict) or spec.review is not None or spec.risk is not DEFAULT_RISK:
         try:
-            RouteContract.build(schema if isinstance(schema, dict) else None, spec.review)
-        except (SchemaRefused, ValidationError) as exc:
+            RouteContract.build(
+                schema if isinstance(schema, dict) else None, spec.review, spec.risk
+            )
+        except (SchemaRefused, ValidationError, TierConflict) as exc:
             raise RoutesConfigError(f"route {spec.name!r}: {exc}") from exc
     return spec
 
@@ -132,6 +138,7 @@ def resolve(spec: RouteSpec, pools: list[EnginePoolSettings]) -> dict[str, Any]:
         "updated_at": now(),
         "output_schema": spec.output_schema,
         "review_policy": spec.review,
+        "risk": spec.risk.value,
     }
     if spec.target is None:
         return row

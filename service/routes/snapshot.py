@@ -30,13 +30,14 @@ from service.db import repositories
 from service.db.models import AdapterVersion, ApiKey, Route
 from service.guard.route_guard import RouteContract
 from service.limits.quota import BadLimits
+from service.review.tiers import DEFAULT_RISK
 from service.routes.key_lookups import KeyLookups, Outcome
 from service.routes.view import AdapterView, RouteView, Snapshot
 
 log = logging.getLogger(__name__)
 
-# Per route: the (schema, policy) a contract was built from, and the contract.
-Contracts = dict[str, tuple[tuple[Any, Any], RouteContract]]
+# Per route: the (schema, policy, risk) a contract was built from, and the contract.
+Contracts = dict[str, tuple[tuple[Any, Any, str], RouteContract]]
 
 
 def route_view(
@@ -45,13 +46,17 @@ def route_view(
     """``previous`` holds the contracts of the last reload: a schema's whole check costs
     milliseconds on the event loop, so an unchanged contract is not built again."""
     contract = None
-    if route.output_schema is not None or route.review_policy is not None:
-        source = (route.output_schema, route.review_policy)
+    if (
+        route.output_schema is not None
+        or route.review_policy is not None
+        or route.risk != DEFAULT_RISK
+    ):
+        source = (route.output_schema, route.review_policy, route.risk)
         known = previous.get(route.name)
         if known is not None and known[0] == source:
             contract = known[1]
         else:
-            contract = RouteContract.build(route.output_schema, route.review_policy)
+            contract = RouteContract.build(route.output_schema, route.review_policy, route.risk)
         built[route.name] = (source, contract)
     return RouteView(
         route.name, route.pool, route.target, route.max_tokens_cap, route.default_max_tokens,
@@ -64,8 +69,9 @@ def usable_key(row: ApiKey) -> StoredKey | None:
     so refused) rather than served without them."""
     try:
         return stored_key(
-            row.id, row.name, row.role, row.secret_hash, row.allowed_routes, row.limits
-        )
+            row.id, row.name, row.role, row.secret_hash, row.allowed_routes, row.limits,
+            allowed_tiers=row.allowed_tiers,
+        )  # fmt: skip
     except BadLimits as exc:
         log.error("key lg-%s is refused: its limits cannot be read: %s", row.id, exc)
         return None

@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rollout import store as rollout_store
 from service import clock
+from service.audit.actor import Actor
+from service.audit.events import record_event
 from service.db.changes import announce
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
@@ -69,8 +71,10 @@ async def switch(
     snapshot: SnapshotStore,
     route_name: str,
     wanted: str,
+    actor: Actor | None = None,
 ) -> RouteInfo:
-    """Switch a route that has no active rollout to ``wanted``, once every replica serves it."""
+    """Switch a route that has no active rollout to ``wanted``, once every replica serves it;
+    a change made for ``actor`` is audited in its transaction."""
     async with sessions() as session:
         route = await get_route(session, route_name)
         if await rollout_store.active_for_route(session, route_name) is not None:
@@ -81,6 +85,12 @@ async def switch(
         target = await check_target(session, route, wanted, base_model=base_model)
     await place(target, engines, reconciler)
     async with sessions.begin() as session:
+        before = (await route_row(session, route_name)).target
         switched = await point(session, route_name, target.id, clock.now())
+        if actor is not None and before != switched.target:
+            await record_event(
+                session, actor, "route.set_target", f"route:{route_name}",
+                before={"target": before}, after={"target": switched.target},
+            )  # fmt: skip
     await snapshot.reload()
     return switched

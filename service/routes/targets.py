@@ -22,12 +22,13 @@ class RouteInfo:
     default_max_tokens: int | None
     description: str
     updated_at: datetime  # UTC
+    risk: str = "medium"  # the route's risk tier: low | medium | high | critical
 
 
 def info(route: Route) -> RouteInfo:
     return RouteInfo(
         route.name, route.pool, route.target, route.max_tokens_cap, route.default_max_tokens,
-        route.description, as_utc(route.updated_at),
+        route.description, as_utc(route.updated_at), route.risk,
     )  # fmt: skip
 
 

@@ -437,7 +437,12 @@ async def test_numbers_too_large_to_store_are_a_400_not_a_crash(harness: Harness
 async def test_stats(harness: Harness, clock: Clock) -> None:
     h = harness
     empty = (await h.client.get("/v1/reviews/stats", headers=reviewer(h))).json()
-    assert empty == {"depth": {}, "claimed": {}, "oldest_pending_age_s": None, "parked": 0}
+    assert empty == {
+        "depth": {}, "claimed": {}, "oldest_pending_age_s": None, "parked": 0,
+        "sla_target_s": {"low": 86400.0, "medium": 14400.0, "high": 3600.0, "critical": 900.0},
+        "overdue": {"low": 0, "medium": 0, "high": 0, "critical": 0},
+        "qa": {}, "agreement": {}, "pairs": [],
+    }  # fmt: skip
 
     await add(h, route="triage", age_s=100)
     await add(h, route="triage", age_s=40)

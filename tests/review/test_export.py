@@ -496,7 +496,7 @@ async def test_api_streams_ndjson_with_the_snapshot_header(
             await add_item(sessions, "approved", request_body=body(f"q{i}"), answer=f"a{i}")
         await add_item(sessions, "rejected", request_body=body("no"), answer="rejected")
         url = "/v1/reviews/export"
-        response = await h.client.get(url, headers=h.auth(Role.REVIEWER))
+        response = await h.client.post(url, headers=h.auth(Role.REVIEWER))
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("application/x-ndjson")
         snapshot = response.headers["x-loragate-snapshot"]
@@ -510,7 +510,7 @@ async def test_api_streams_ndjson_with_the_snapshot_header(
 
         parts = {}
         for split in ("train", "validation"):
-            part = await h.client.get(url, params={"split": split}, headers=h.auth(Role.ADMIN))
+            part = await h.client.post(url, params={"split": split}, headers=h.auth(Role.ADMIN))
             assert part.status_code == 200
             assert part.headers["x-loragate-snapshot"] == snapshot
             parts[split] = part.text.splitlines()
@@ -523,23 +523,23 @@ async def test_api_streams_ndjson_with_the_snapshot_header(
             count = await session.scalar(select(func.count()).select_from(TrainingSnapshot))
             assert count == 1
 
-        filtered = await h.client.get(
+        filtered = await h.client.post(
             url, params={"route": "nothing"}, headers=h.auth(Role.REVIEWER)
         )
         assert filtered.status_code == 200 and filtered.text == ""
 
         for role in (Role.APP, Role.SRE):
-            denied = await h.client.get(url, headers=h.auth(role))
+            denied = await h.client.post(url, headers=h.auth(role))
             assert denied.status_code == 403
-        assert (await h.client.get(url)).status_code == 401
-        naive = await h.client.get(
+        assert (await h.client.post(url)).status_code == 401
+        naive = await h.client.post(
             url, params={"since": "2026-11-01T00:00:00"}, headers=h.auth(Role.REVIEWER)
         )
         assert naive.status_code == 400
         for number in ("0.5", "1700000000"):  # pydantic would read these as Unix times
-            unix = await h.client.get(url, params={"until": number}, headers=h.auth(Role.REVIEWER))
+            unix = await h.client.post(url, params={"until": number}, headers=h.auth(Role.REVIEWER))
             assert unix.status_code == 400 and unix.json()["error"]["param"] == "until"
         zulu = {"since": "2026-11-01T00:00:00Z", "until": "2026-11-02T00:00:00+00:00"}
-        assert (await h.client.get(url, params=zulu, headers=h.auth(Role.REVIEWER))).text == ""
-        bad = await h.client.get(url, params={"split": "x"}, headers=h.auth(Role.REVIEWER))
+        assert (await h.client.post(url, params=zulu, headers=h.auth(Role.REVIEWER))).text == ""
+        bad = await h.client.post(url, params={"split": "x"}, headers=h.auth(Role.REVIEWER))
         assert bad.status_code == 400

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.db.models import RequestRecord, ReviewDecision, ReviewItem
+from service.db.models import RequestRecord, ReviewDecision, ReviewItem, ReviewVote
 from service.db.session import create_engine, session_factory
 from service.review import queue
 from service.review.queue import (
@@ -503,3 +503,94 @@ async def test_eight_reviewers_drain_five_hundred_items_each_exactly_once(
         assert Counter(tokens) == {1: ITEMS - 1, 2: 1}
     print(f"\n{db_url.split(':')[0]}: {ITEMS} items, {REVIEWERS} reviewers, "
           f"{elapsed:.1f}s, per reviewer {per_reviewer}")  # fmt: skip
+
+
+async def test_eight_reviewers_give_five_hundred_critical_items_two_decisions_each(
+    db_url: str, sessions: Sessions
+) -> None:
+    """Critical items need two distinct reviewers: none is decided by fewer, none by the same
+    reviewer twice. Reviewers agree on most items; where they disagree an adjudicator decides."""
+    async with sessions.begin() as session:
+        for i in range(ITEMS):
+            await queue.enqueue(
+                session,
+                queue.NewItem(
+                    request_id=f"req-{i}", route=("triage", "summary")[i % 2], target="m@1",
+                    reason="always", answer="{}", created_at=at(i / 100), priority=i % 4,
+                    risk="critical", reviews_needed=2,
+                ),
+            )  # fmt: skip
+    now = at(3600)
+    claims: Counter[tuple[str, str]] = Counter()  # (item, reviewer)
+    finished: set[str] = set()  # decided or disputed: no more votes wanted
+    outcomes: Counter[str] = Counter()
+
+    def kind_of(item_id: str, n: int) -> tuple[str, str | None]:
+        # Every tenth item: reviewers of odd and even number disagree.
+        if int(item_id, 16) % 10 == 0:
+            return KINDS[n % 2]
+        return KINDS[int(item_id, 16) % 3]
+
+    async def reviewer(n: int) -> int:
+        name = f"rev{n}"
+        engine = create_engine(db_url)
+        try:
+            mine = session_factory(engine)
+            done = 0
+            while len(finished) < ITEMS:
+                got = await queue.claim_next(mine, name, now, 3600)
+                if got is None:  # what is left waits for someone else's second decision
+                    await asyncio.sleep(0.02)
+                    continue
+                item_id = got.item.id
+                claims[(item_id, name)] += 1
+                await asyncio.sleep(0)
+                kind, payload = kind_of(item_id, n)
+                decision = await queue.decide(mine, item_id, got.token, name, kind, payload, now)
+                outcomes[decision.outcome.value] += 1
+                if decision.outcome is not queue.Outcome.VOTED:
+                    finished.add(item_id)
+                done += 1
+            return done
+        finally:
+            await engine.dispose()
+
+    async with asyncio.timeout(900), asyncio.TaskGroup() as group:  # a hang fails, not stalls
+        tasks = [group.create_task(reviewer(n)) for n in range(REVIEWERS)]
+    assert sum(task.result() for task in tasks) == 2 * ITEMS
+    assert set(claims.values()) == {1}  # nobody claimed an item twice
+    assert outcomes["voted"] == ITEMS and outcomes["decided"] + outcomes["disputed"] == ITEMS
+    adjudicated = 0
+    while (
+        got := await queue.claim_next(sessions, "lead", now, 3600, adjudicator=True)
+    ) is not None:
+        await queue.decide(sessions, got.item.id, got.token, "lead", "approve", None, now)
+        adjudicated += 1
+    assert adjudicated == outcomes["disputed"]
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                select(ReviewVote.item_id, ReviewVote.reviewer).order_by(ReviewVote.seq)
+            )
+        ).all()
+        voters: dict[str, list[str]] = {}
+        for item_id, name in rows:
+            voters.setdefault(item_id, []).append(name)
+        assert len(voters) == ITEMS
+        assert all(len(v) == 2 and len(set(v)) == 2 for v in voters.values())
+        items = (await session.scalars(select(ReviewItem))).all()
+        assert {row.state for row in items} <= {"approved", "corrected", "rejected"}
+        for row in items:
+            assert row.votes == 2
+            if row.decided_by == "lead":
+                assert "lead" not in voters[row.id]
+            else:
+                assert row.decided_by == voters[row.id][1]  # the second voter, who agreed
+        decisions = (
+            await session.scalars(
+                select(ReviewDecision.item_id).where(ReviewDecision.kind.in_(DECISION_KINDS))
+            )
+        ).all()
+        assert len(decisions) == len(set(decisions)) == ITEMS
+    print(f"\n{db_url.split(':')[0]}: {ITEMS} critical items, {REVIEWERS} reviewers, "
+          f"{outcomes['disputed']} disputed")  # fmt: skip

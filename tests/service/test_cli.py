@@ -184,12 +184,30 @@ def test_create_key_with_several_routes(migrated: str) -> None:
     assert "routes=chat,triage" in ok("keys", "list").output
 
 
-@pytest.mark.parametrize("role", ["sre", "reviewer", "admin"])
-def test_route_limits_apply_to_app_keys_only(migrated: str, role: str) -> None:
+@pytest.mark.parametrize("role", ["sre", "admin"])
+def test_route_limits_apply_to_app_and_reviewer_keys_only(migrated: str, role: str) -> None:
     result = failed("keys", "create", "--role", role, "--route", "x")
-    assert "app keys only" in result.output
+    assert "app, reviewer and lead keys only" in result.output
     assert "lg-" not in result.output
     assert query(migrated, _all_keys) == []
+
+
+def test_reviewer_keys_limited_to_tiers_and_routes(migrated: str) -> None:
+    ok("keys", "create", "--role", "reviewer", "--tier", "high", "--tier", "critical",
+       "--route", "refunds")  # fmt: skip
+    ok("keys", "create", "--role", "lead", "--name", "lead")
+    rows = sorted(query(migrated, _all_keys), key=lambda row: row.role)
+    assert [(r.role, r.allowed_tiers, r.allowed_routes) for r in rows] == [
+        ("lead", None, None), ("reviewer", ["critical", "high"], ["refunds"]),
+    ]  # fmt: skip
+    listed = ok("keys", "list").output
+    assert "tiers=critical,high" in listed and "routes=refunds" in listed
+    for role in ("app", "admin"):
+        assert (
+            "reviewer and lead keys only"
+            in failed("keys", "create", "--role", role, "--tier", "low").output
+        )
+    assert invoke("keys", "create", "--role", "reviewer", "--tier", "extreme").exit_code == 2
 
 
 def test_keys_carry_limits_that_can_be_changed_per_route_and_cleared(migrated: str) -> None:
@@ -346,6 +364,7 @@ def test_routes_sync_and_list(migrated: str, cli_env: Path) -> None:
         "pool=default",
         "target=smollm2-135m-instruct",
         "max_tokens_cap=default",
+        "risk=medium",
     ]
     assert lines[1].split()[0] == "ticket-triage"
     assert "max_tokens_cap=512" in lines[1]
