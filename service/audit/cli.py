@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.store import AuditFilters, EventPage, list_events
-from service.cli.common import fail, settings_of
+from service.cli.common import iso_time, settings_of
 from service.cli.db import with_session
 
 audit_app = typer.Typer(help="The audit trail of changes (read-only).", no_args_is_help=True)
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise fail(f"{option} must be an ISO 8601 time, got {value!r}") from exc
-    if parsed.tzinfo is None:
-        raise fail(f"{option} needs a UTC offset (e.g. {value}+00:00 or {value}Z)")
-    return parsed
 
 
 def _summary(value: dict[str, object] | None) -> str:
@@ -50,7 +37,7 @@ def audit_list(
     """List audit events, newest first: time, actor (key id and role, or cli and the OS user),
     action, object, before -> after, request id and client address."""
     filters = AuditFilters(
-        since=_when(since, "--since"), until=_when(until, "--until"), actor=actor,
+        since=iso_time(since, "--since"), until=iso_time(until, "--until"), actor=actor,
         action=action, object=object, cursor=cursor, limit=limit,
     )  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,19 @@ UrlOption = Annotated[
 KeyOption = Annotated[
     str, typer.Option("--key", envvar="LORAGATE_API_KEY", help="An sre or admin API key.")
 ]
+
+
+def iso_time(value: str | None, option: str) -> datetime | None:
+    """An ``--since``/``--until`` style option: ISO 8601 with a UTC offset, or None."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise fail(f"{option} must be an ISO 8601 time, got {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise fail(f"{option} needs a UTC offset (e.g. {value}+00:00 or {value}Z)")
+    return parsed
 
 
 def gateway_url(settings: Settings, url: str | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,25 +10,13 @@ import typer
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service.audit.actor import cli_actor
-from service.cli.common import fail, settings_of
+from service.cli.common import fail, iso_time, settings_of
 from service.cli.db import with_sessions
 from service.review.export import Export, ExportFilters, RecordedExport, export_and_record
 
 reviews_app = typer.Typer(help="Review decisions (training data export).", no_args_is_help=True)
 
 FILES = ("train.jsonl", "validation.jsonl", "all.jsonl", "manifest.json")
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise fail(f"{option} must be an ISO 8601 time, got {value!r}") from exc
-    if parsed.tzinfo is None:
-        raise fail(f"{option} needs a UTC offset (e.g. {value}+00:00 or {value}Z)")
-    return parsed
 
 
 def write_manifest(out: Path, export: Export) -> None:
@@ -79,7 +66,7 @@ def export(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise fail(f"{out} exists and is not an empty directory; choose a new --out")
     filters = ExportFilters(
-        routes=route or None, since=_when(since, "--since"), until=_when(until, "--until"),
+        routes=route or None, since=iso_time(since, "--since"), until=iso_time(until, "--until"),
         include_unreviewed_above=include_unreviewed_above, val_fraction=val_fraction,
         seed=seed, redact=redact,
     )  # fmt: skip
