@@ -5,7 +5,8 @@ except retention past its cutoff."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,22 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from typer.testing import CliRunner, Result
 
+import adapters.cli
+import adapters.registry_db
 import service.cli.keys
+from adapters.registry import Registry
+from adapters.registry_db import build_registry
 from service.audit.store import prune_events
 from service.auth import Role
 from service.cli.app import app
-from service.db.models import ApiKey, AuditEvent
+from service.db.models import AdapterVersion, ApiKey, AuditEvent
 from service.db.session import create_engine, session_factory
 from service.review import queue
+from service.settings import Settings
+from tests.adapter_factory import write_adapter, write_base_model
+from tests.adapters.test_registry import json_inspector, pool_settings
 from tests.conftest import Harness, make_settings, running_gateway
-from tests.fake_engine import FakeEngine
+from tests.fake_engine import MODEL, FakeEngine
 
 runner = CliRunner()
 AUDIT = "/v1/admin/audit"
@@ -242,3 +250,137 @@ def test_the_cli_lists_with_filters(cli_db: str) -> None:
     assert "more: --cursor" in listed
     refused = runner.invoke(app, ["audit", "list", "--since", "2026-01-01T00:00:00"])
     assert refused.exit_code == 1 and "UTC offset" in refused.output
+
+
+# -- adapter registration, route switches and the bootstrap key --------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_base_model(tmp_path_factory.mktemp("models") / "tiny-base")
+
+
+@pytest.fixture
+async def adapter_gateway(
+    db_url: str, tmp_path: Path, engine: FakeEngine, base_model_dir: Path
+) -> AsyncIterator[Harness]:
+    """The gateway with a pool adapters can be validated for (by the torch-free inspector)."""
+    settings = make_settings(
+        db_url, tmp_path, [], engines=[pool_settings(base_model_dir, engine.url)]
+    )
+    async with running_gateway(settings, adapter_inspector=json_inspector) as h:
+        yield h
+
+
+async def test_registering_an_adapter_and_switching_a_route_add_one_event_each(
+    adapter_gateway: Harness,
+) -> None:
+    h = adapter_gateway
+    imports = Path(h.app.state.gateway.settings.effective_import_root)
+    write_adapter(imports / "runs" / "one")
+    sre = {**h.auth(Role.SRE), "x-request-id": "trace-7"}
+    body = {"name": "triage", "path": "runs/one", "changelog": "first", "data_snapshot_id": "s1"}
+    created = await h.client.post("/v1/admin/adapters", json=body, headers=sre)
+    assert created.status_code == 201, created.text
+    # The same content again returns that version, changes nothing and adds no event.
+    again = await h.client.post("/v1/admin/adapters", json=body, headers=h.auth(Role.ADMIN))
+    assert again.status_code == 200 and again.json()["id"] == "triage@1"
+    page = (await h.client.get(AUDIT, headers=h.auth(Role.SRE))).json()
+    (event,) = page["data"]
+    assert (event["actor"], event["actor_role"]) == (key_id(h, Role.SRE), "sre")
+    assert (event["action"], event["object"]) == ("adapter.register", "adapter:triage@1")
+    assert event["request_id"] == "trace-7" and event["client"]
+    assert event["after"] == {
+        "sha256": created.json()["sha256"], "pool": "default", "changelog": "first",
+        "data_snapshot_id": "s1",
+    }  # fmt: skip
+
+    url = "/v1/admin/routes/chat/target"
+    switched = await h.client.put(url, json={"target": "triage@1"}, headers=h.auth(Role.ADMIN))
+    assert switched.status_code == 200, switched.text
+    # Idempotent: the same switch again changes nothing and adds no event.
+    same = await h.client.put(url, json={"target": "triage@1"}, headers=h.auth(Role.SRE))
+    assert same.status_code == 200
+    # A switch refused (no such version) changes nothing and adds no event either.
+    missing = await h.client.put(url, json={"target": "triage@9"}, headers=h.auth(Role.SRE))
+    assert missing.status_code == 404
+    page = (await h.client.get(AUDIT, headers=h.auth(Role.SRE))).json()
+    assert [e["action"] for e in page["data"]] == ["route.set_target", "adapter.register"]
+    event = page["data"][0]
+    assert (event["actor"], event["actor_role"]) == (key_id(h, Role.ADMIN), "admin")
+    assert event["object"] == "route:chat" and event["request_id"] and event["client"]
+    assert (event["before"], event["after"]) == ({"target": MODEL}, {"target": "triage@1"})
+    assert await count_events(h) == 2
+
+
+@pytest.fixture
+def adapter_cli(
+    cli_db: str, tmp_path: Path, base_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The CLI on ``cli_db`` with a pool adapters can be validated for; the import root."""
+    pools = [pool_settings(base_model_dir).model_dump(mode="json")]
+    monkeypatch.setenv("LORAGATE_ENGINES", json.dumps(pools))
+
+    def with_json_inspector(settings: Settings, sessions: Any, inspector: Any = None) -> Registry:
+        return build_registry(settings, sessions, json_inspector)
+
+    monkeypatch.setattr(adapters.cli, "build_registry", with_json_inspector)
+    return tmp_path / "imports"
+
+
+async def adapter_versions(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            return list((await session.scalars(select(AdapterVersion.id))).all())
+    finally:
+        await engine.dispose()
+
+
+def test_the_cli_registering_an_adapter_adds_one_event(adapter_cli: Path, cli_db: str) -> None:
+    path = write_adapter(adapter_cli / "one")
+    cli("adapters", "register", "triage", str(path), "--changelog", "first")
+    cli("adapters", "register", "triage", str(path))  # same content: nothing new
+    (event,) = events(cli_db)
+    assert (event.actor, event.actor_role, event.os_user) == ("cli", None, "alice")
+    assert (event.action, event.object) == ("adapter.register", "adapter:triage@1")
+    assert event.after is not None
+    assert (event.after["changelog"], event.after["data_snapshot_id"]) == ("first", None)
+    assert event.request_id is None and event.client is None
+
+
+def test_an_adapter_whose_event_cannot_be_written_is_not_registered(
+    adapter_cli: Path, cli_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_adapter(adapter_cli / "one")
+
+    async def refused(*_: Any, **__: Any) -> None:
+        raise OSError("the audit event could not be written")
+
+    # The version's row is inserted in the transaction before its event: the failed event
+    # must take it back with it.
+    monkeypatch.setattr(adapters.registry_db, "record_event", refused)
+    result = runner.invoke(app, ["adapters", "register", "triage", str(path)])
+    assert result.exit_code != 0 and "registered" not in result.output
+    assert events(cli_db) == [] and asyncio.run(adapter_versions(cli_db)) == []
+    monkeypatch.undo()
+    # Nothing was left half-done: the same adapter registers as the first version.
+    assert "registered triage@1" in cli("adapters", "register", "triage", str(path)).output
+    assert asyncio.run(adapter_versions(cli_db)) == ["triage@1"]
+    assert [e.action for e in events(cli_db)] == ["adapter.register"]
+
+
+def test_keys_bootstrap_adds_one_event(cli_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    plaintext = cli("keys", "bootstrap", "--quiet").output.strip()
+    created = plaintext.split("-")[1]
+    (event,) = events(cli_db)
+    assert (event.actor, event.actor_role, event.os_user) == ("cli", None, "alice")
+    assert (event.action, event.object) == ("key.bootstrap", f"key:{created}")
+    assert event.after is not None and event.after["role"] == "admin"
+    assert plaintext.split("-")[2] not in str(event.after) and "hash" not in str(event.after)
+    # Refused once an admin key exists, and a deployment's re-run is a no-op: no events.
+    refused = runner.invoke(app, ["keys", "bootstrap"])
+    assert refused.exit_code == 1
+    monkeypatch.setenv("ADMIN_KEY", f"lg-given-{'s' * 40}")
+    assert "nothing to do" in cli("keys", "bootstrap", "--from-env", "ADMIN_KEY").output
+    assert len(events(cli_db)) == 1
