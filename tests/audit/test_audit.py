@@ -359,11 +359,12 @@ def test_an_adapter_whose_event_cannot_be_written_is_not_registered(
 
     # The version's row is inserted in the transaction before its event: the failed event
     # must take it back with it.
-    monkeypatch.setattr(adapters.registry_db, "record_event", refused)
-    result = runner.invoke(app, ["adapters", "register", "triage", str(path)])
+    with monkeypatch.context() as patched:
+        patched.setattr(adapters.registry_db, "record_event", refused)
+        result = runner.invoke(app, ["adapters", "register", "triage", str(path)])
     assert result.exit_code != 0 and "registered" not in result.output
+    assert "could not be written" in f"{result.output}{result.exception!r}"
     assert events(cli_db) == [] and asyncio.run(adapter_versions(cli_db)) == []
-    monkeypatch.undo()
     # Nothing was left half-done: the same adapter registers as the first version.
     assert "registered triage@1" in cli("adapters", "register", "triage", str(path)).output
     assert asyncio.run(adapter_versions(cli_db)) == ["triage@1"]
