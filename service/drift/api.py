@@ -169,9 +169,11 @@ async def status(
     "/{route}/reference",
     summary="Pin the reference of a route's current version",
     description=(
-        "The version's records in [since, until) become its reference (their histograms are "
-        "stored), in place of the automatic one. Refused (400) when the range holds fewer "
-        "than LORAGATE_DRIFT_REFERENCE_MIN_SAMPLES records of the version."
+        "The route's records in [since, until), whichever versions served them, become the "
+        "reference of its current version (their histograms are stored), in place of the "
+        "automatic one: after a switch, the new version is held against what the route "
+        "answered before. Refused (400) when the range holds fewer than "
+        "LORAGATE_DRIFT_REFERENCE_MIN_SAMPLES records."
     ),
     response_model=PinnedOut,
     responses=ERRORS,

@@ -183,19 +183,21 @@ class DriftMonitor:
         actor: str | None,
         audit: Actor | None = None,
     ) -> tuple[str, ReferenceSpan]:
-        """Pin the reference of the route's current version to [since, until); 400 when the
-        range holds too few of its records. Audited for ``audit`` in its transaction."""
+        """Pin the reference of the route's current version to the route's traffic in
+        [since, until), whichever versions served it (so a version can be held against what
+        the route answered before it); 400 when the range holds too few records. Audited for
+        ``audit`` in its transaction."""
         since, until = require_utc(since), require_utc(until)
         if since >= until:
             raise InvalidRequest("'since' must be before 'until'.", param="since")
         async with self._sessions.begin() as session:
             route = await _route(session, route_name)
-            window = Window(route.name, route.target, since, until)
+            window = Window(route.name, route.target, since, until, any_target=True)
             found = await store.profile(session, window, route.features, self._rules.bins)
             if found.samples < self._rules.reference_min:
                 raise InvalidRequest(
-                    f"The range holds {found.samples} records of '{route.target}' on route "
-                    f"'{route.name}'; a reference needs at least {self._rules.reference_min} "
+                    f"The range holds {found.samples} records of route '{route.name}'; a "
+                    f"reference needs at least {self._rules.reference_min} "
                     "(LORAGATE_DRIFT_REFERENCE_MIN_SAMPLES).",
                     param="since",
                 )

@@ -35,12 +35,14 @@ PROFILE_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One route's version over [since, until)."""
+    """One route's version over [since, until); with ``any_target``, the route's traffic in
+    that range whichever versions served it (a pinned reference: "compare with last week")."""
 
     route: str
     target: str
     since: datetime
     until: datetime
+    any_target: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,8 @@ def _stored(row: DriftReference) -> StoredReference:
 
 def _in_window(w: Window) -> tuple[ColumnElement[bool], ...]:
     r = RequestRecord
-    return (r.route == w.route, r.target == w.target, r.created_at >= w.since,
+    served = r.target.is_not(None) if w.any_target else r.target == w.target
+    return (r.route == w.route, served, r.created_at >= w.since,
             r.created_at < w.until)  # fmt: skip
 
 
@@ -223,8 +226,9 @@ async def _review_counts(session: AsyncSession, w: Window) -> dict[str, int]:
     item = ReviewItem
     query = (
         select(item.state, func.count())
-        .where(item.route == w.route, item.target == w.target, item.created_at >= w.since,
-               item.created_at < w.until, item.state.in_(list(DECIDED)))
+        .where(item.route == w.route, item.created_at >= w.since, item.created_at < w.until,
+               item.state.in_(list(DECIDED)),
+               item.target.is_not(None) if w.any_target else item.target == w.target)
         .group_by(item.state)
     )  # fmt: skip
     return {DECIDED[state]: int(n) for state, n in await session.execute(query)}

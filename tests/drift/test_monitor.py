@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from monitoring.drift import Status
-from service.db.models import DriftReference
+from service.db.models import DriftReference, Route
 from service.db.session import create_engine, session_factory
 from service.drift.monitor import DriftMonitor, DriftReport
 from service.errors import InvalidRequest, RouteNotFound
@@ -157,6 +157,32 @@ async def test_an_sre_pins_the_reference_and_unpins_it(setup: Setup) -> None:
     assert await setup.monitor.unpin("triage") == ("triage@1", False)  # idempotent
     back = await setup.monitor.report("triage", *window(1))
     assert back.reference.source == "first_records"
+
+
+async def test_a_version_switched_in_is_held_against_the_routes_pinned_past(
+    setup: Setup,
+) -> None:
+    """The demo's story: @1 answers well; the route is switched to @2 (labels shuffled); the
+    SRE pins @2's reference to the weeks @1 served, so @2's new category mix shows as drift,
+    while a good @3 switched in the same way stays ok."""
+    await write(setup.sessions, rows(setup.rng, REFERENCE, start=T0))  # served by @1
+    pin_since, pin_until = T0, T0 + timedelta(seconds=REFERENCE)
+    shuffled = Traffic(shares=(0.08, 0.12, 0.4, 0.15, 0.25))  # same labels, mixed up
+    cases = {"triage@2": (shuffled, Status.DRIFT), "triage@3": (Traffic(), Status.OK)}
+    for k, (version, (traffic, expected)) in enumerate(cases.items()):
+        async with setup.sessions.begin() as session:  # loragate routes set-target
+            await session.execute(
+                update(Route).where(Route.name == "triage").values(target=version)
+            )
+        since, until = window(k)
+        await write(
+            setup.sessions, rows(setup.rng, WINDOW, start=since, target=version, traffic=traffic)
+        )
+        target, span = await setup.monitor.pin("triage", pin_since, pin_until, "sre (k1)")
+        assert (target, span.samples) == (version, REFERENCE)  # @1's records, for this version
+        report = await setup.monitor.report("triage", since, until)
+        assert report.target == version and report.reference.source == "pinned"
+        assert statuses(report)["answer.category"] is expected, statuses(report)
 
 
 async def test_reviewers_decisions_are_a_feature(setup: Setup) -> None:
