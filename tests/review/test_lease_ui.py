@@ -20,6 +20,7 @@ from service.review import queue
 from tests.conftest import Harness, make_settings, running_gateway, served
 from tests.fake_engine import FakeEngine
 from tests.review.test_risk_api import add_key
+from tests.review.test_risk_ui import sign_in_as
 from tests.review.test_ui import GOOD, HAVE_BROWSER, ORIGIN, chromium, routes_file
 
 ITEMS = "/v1/reviews/items"
@@ -65,12 +66,6 @@ async def audit_events(h: Harness, action: str) -> list[dict[str, Any]]:
     assert page.status_code == 200, page.text
     events: list[dict[str, Any]] = page.json()["data"]
     return events
-
-
-async def sign_in_as(h: Harness, role: Role) -> None:
-    await h.client.post("/review/logout", headers=ORIGIN)
-    response = await h.client.post("/review/login", data={"key": h.keys[role]}, headers=ORIGIN)
-    assert response.status_code == 303, response.text
 
 
 # --- unpark through the API -------------------------------------------------------------------
