@@ -11,11 +11,9 @@ key id not yet in the snapshot, before the engine call; the record is written af
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -26,13 +24,11 @@ from rollout.core.split import decide
 from service.api.edge import header
 from service.api.errors import error_response
 from service.auth import INFERENCE_ROLES, Principal, require_role
-from service.engine.client import EngineStream, parse_reply
+from service.engine.client import parse_reply
 from service.errors import (
     BodyTooLarge,
     ClientClosedRequest,
-    EngineBadResponse,
     EngineError,
-    EngineStreamBroken,
     GatewayError,
     InvalidRequest,
     OutputInvalid,
@@ -52,6 +48,7 @@ from service.gateway.request_rules import (
 )
 from service.gateway.shadow import ShadowCall
 from service.gateway.stream_guard import StreamedAnswer
+from service.gateway.stream_relay import StreamRelay, used_tokens
 from service.guard.answers import answer_text, first_finish_reason
 from service.guard.policy import QA_SAMPLE
 from service.guard.route_guard import Judgement, RouteContract, judge, present, verdict_metadata
@@ -118,14 +115,15 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 )  # fmt: skip
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
-                guarded = None
+                streamed = verdict = None
                 if route.contract is not None:
-                    keep = bool(payload.get("logprobs"))
-                    guarded = GuardedStream(route, StreamedAnswer(keep_logprobs=keep))
+                    streamed = StreamedAnswer(keep_logprobs=bool(payload.get("logprobs")))
+                    verdict = partial(guard_stream, gw, record, route, streamed)
+                relayed = StreamRelay(
+                    gw, stream, prepared, record, endpoint, shadow, grant, streamed, verdict
+                )
                 return RelayResponse(
-                    relay(gw, stream, prepared, record, endpoint, shadow, grant, guarded),
-                    record.id,
-                    grant.headers if grant is not None else None,
+                    relayed, record.id, grant.headers if grant is not None else None
                 )
             with gw.span("engine.call"):
                 reply = await until_disconnected(
@@ -176,13 +174,6 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 gw.metrics.in_flight.dec()
                 gw.limits.end(grant, used_tokens(record))
                 gw.finish(record)
-
-
-def used_tokens(record: RecordDraft) -> int | None:
-    """Prompt and completion tokens the engine reported, None when it reported none."""
-    if isinstance(record.tokens_in, int) and isinstance(record.tokens_out, int):
-        return record.tokens_in + record.tokens_out
-    return None
 
 
 async def hold(gw: Gateway, record: RecordDraft) -> None:
@@ -377,127 +368,14 @@ def resolve_route(gw: Gateway, name: str, principal: Principal) -> RouteView:
     return route
 
 
-async def relay(
-    gw: Gateway,
-    stream: EngineStream,
-    prepared: Prepared,
-    record: RecordDraft,
-    endpoint: Endpoint,
-    shadow: ShadowCall | None,
-    grant: Grant | None,
-    guarded: GuardedStream | None = None,
-) -> AsyncGenerator[bytes, None]:
-    """Relay the engine's SSE events one by one; a failure ends with an error event + [DONE].
-    Under an output contract (``guarded``) the answer is judged at its end and the verdict is
-    the last event before [DONE]."""
-    text: list[str] = []
-    finished = False
-    echoed = False
-    recorded = False
-
-    def record_it() -> None:
-        # Before the stream's last bytes go out: a record is spooled for every answer sent.
-        nonlocal recorded
-        if recorded:
-            return
-        recorded = True
-        stream.close()
-        record.response_body = "".join(text)
-        if shadow is not None:
-            shadow.primary_answered(record.response_body if record.error is None else None)
-        gw.metrics.in_flight.dec()
-        gw.limits.end(grant, used_tokens(record))
-        gw.finish(record)
-
-    try:
-        async for line in stream.lines():
-            if not line.startswith(b"data:"):
-                continue  # SSE comments and keep-alives
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                finished = True
-                verdict = guard_stream(gw, record, guarded, "".join(text)) if guarded else None
-                record_it()
-                if verdict is not None:
-                    yield verdict
-                yield b"data: [DONE]\n\n"
-                break
-            event = parse_event(data)
-            if guarded is not None and guarded.answer.take(event):
-                data = orjson.dumps(event)  # logprobs the client did not ask for taken out
-            if not echoed and isinstance(event.get("model"), str):
-                record.target, echoed = event["model"], True  # the exact version that answered
-            choices = event.get("choices") or []
-            if event.get("usage"):
-                record.take_usage(event["usage"])
-                if not choices and not prepared.client_wants_usage:
-                    continue
-            for choice in choices:
-                piece = delta_text(choice, endpoint)
-                if piece:
-                    record.mark_first_token()
-                    text.append(piece)
-                if choice.get("finish_reason"):
-                    record.finish_reason = choice["finish_reason"]
-            yield b"data: " + data + b"\n\n"
-        if not finished:
-            raise EngineStreamBroken("The engine closed the stream before it finished.")
-    except GatewayError as error:
-        record.fail(error)
-        record_it()
-        yield error.sse_event()
-    except (asyncio.CancelledError, GeneratorExit):
-        # Cancelled or closed because the client left: there is nobody to tell.
-        if not recorded:
-            record.fail(ClientClosedRequest("The client closed the connection."))
-        raise
-    except Exception:
-        log.exception("relaying the stream of request %s failed", record.id)
-        internal = GatewayError("The gateway failed while relaying the stream.")
-        record.fail(internal)
-        record_it()
-        yield internal.sse_event()
-    finally:
-        record_it()
-
-
-@dataclass(frozen=True, slots=True)
-class GuardedStream:
-    """A stream on a route with an output contract, and its answer being collected."""
-
-    route: RouteView
-    answer: StreamedAnswer
-
-
-def guard_stream(gw: Gateway, record: RecordDraft, guarded: GuardedStream, text: str) -> bytes:
+def guard_stream(
+    gw: Gateway, record: RecordDraft, route: RouteView, streamed: StreamedAnswer, text: str
+) -> bytes:
     """Judge a finished stream's answer as a non-streamed one is (no retry: its tokens are
     out), put the verdict and any review item on the record; the verdict event."""
-    contract = guarded.route.contract
+    contract = route.contract
     assert contract is not None
-    answer = guarded.answer.answer(text, record.finish_reason)
+    answer = streamed.answer(text, record.finish_reason)
     judgement = judge(answer, contract, request_id=record.id)
-    review_id = settle(gw, guarded.route, record.target or "", record, answer, judgement)
-    return guarded.answer.verdict_event(verdict_metadata(judgement, review_id))
-
-
-def parse_event(data: bytes) -> dict[str, Any]:
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise EngineBadResponse("The engine sent a stream event that is not JSON.") from exc
-    if not isinstance(event, dict):
-        raise EngineBadResponse("The engine sent a stream event that is not an object.")
-    if "error" in event:
-        raise EngineStreamBroken("The engine reported an error in the middle of the stream.")
-    return event
-
-
-def delta_text(choice: object, endpoint: Endpoint) -> str | None:
-    if not isinstance(choice, dict):
-        return None
-    if endpoint is Endpoint.CHAT:
-        delta = choice.get("delta")
-        content = delta.get("content") if isinstance(delta, dict) else None
-    else:
-        content = choice.get("text")
-    return content if isinstance(content, str) else None
+    review_id = settle(gw, route, record.target or "", record, answer, judgement)
+    return streamed.verdict_event(verdict_metadata(judgement, review_id))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -71,17 +71,23 @@ async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+class Relayed(Protocol):
+    """A stream to relay: its SSE bytes, and what ends it however the response ended."""
+
+    def chunks(self) -> AsyncGenerator[bytes, None]: ...
+
+    def close(self) -> None: ...
+
+
 class RelayResponse(Response):
-    """Sends an async generator of SSE bytes; cancels it as soon as the client disconnects."""
+    """Sends a relayed stream's SSE bytes; cancels it as soon as the client disconnects."""
 
     def __init__(
-        self,
-        chunks: AsyncGenerator[bytes, None],
-        request_id: str,
-        headers: Mapping[str, str] | None = None,
+        self, relayed: Relayed, request_id: str, headers: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(status_code=200)
-        self._chunks = chunks
+        self._relayed = relayed
+        self._chunks = relayed.chunks()
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
         self._sse_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode()), *extra]
 
@@ -101,8 +107,10 @@ class RelayResponse(Response):
             if not pumping.done():
                 pumping.cancel()
                 await asyncio.wait((pumping,))
-            # Runs the generator's own cleanup (record written, upstream closed) in every case.
+            # Runs the generator's own cleanup (record written, upstream closed); `close` covers
+            # a generator that never started, whose `finally` does not run.
             await self._chunks.aclose()
+            self._relayed.close()
         failure = None if pumping.cancelled() else pumping.exception()
         # OSError: the client went away between two writes; the generator already recorded it.
         if failure is not None and not isinstance(failure, OSError):

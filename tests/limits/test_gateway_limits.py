@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import func, select
 
@@ -173,3 +174,48 @@ async def test_an_unreachable_limits_store_fails_as_configured(
         assert 'loragate_rate_limit_store_errors_total{operation="take"} 3.0' in await h.metrics()
         # Keys without limits never touch the store.
         assert (await post(h, h.auth(Role.APP))).status_code == 200
+
+
+async def test_a_stream_left_while_its_headers_go_out_is_recorded_and_frees_its_slot(
+    harness: Harness,
+) -> None:
+    # The client leaves while the response headers are being written, before the relay's
+    # generator first runs; a generator that never started runs no `finally`.
+    auth = await limited_key(harness, max_concurrent=1)
+    body = orjson.dumps(chat_body(stream=True))
+    headers_sent = asyncio.Event()
+    reads = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await headers_sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers_sent.set()
+            await asyncio.Event().wait()  # the client is gone: this write never completes
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("gateway", 80),
+        "headers": [
+            (b"authorization", auth["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+        ],
+    }  # fmt: skip
+    await asyncio.wait_for(harness.app(scope, receive, send), timeout=30)
+    assert headers_sent.is_set()
+
+    [record] = await harness.records(1)
+    assert (record.status_code, record.error_code, record.stream) == (
+        499, "client_closed_request", True,
+    )  # fmt: skip
+    assert harness.app.state.gateway.metrics.in_flight._value.get() == 0
+    assert await leases(harness) == 0
+    again = await post(harness, auth, stream=True)
+    assert again.status_code == 200, again.text  # the key's one slot was given back

@@ -1,0 +1,161 @@
+"""A streamed answer relayed event by event, and written down exactly once however it ends.
+
+The record, the in-flight gauge and the key's concurrency lease are settled by ``finish``,
+which runs before the stream's last bytes go out, when the generator closes, or from
+``close`` when the response ends before the generator ever ran (a client that left while the
+response headers were being sent): a generator that never started runs no ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import orjson
+
+from service.engine.client import EngineStream
+from service.errors import (
+    ClientClosedRequest,
+    EngineBadResponse,
+    EngineStreamBroken,
+    GatewayError,
+)
+from service.gateway.parts import Gateway
+from service.gateway.record import RecordDraft
+from service.gateway.request_rules import Endpoint, Prepared
+from service.gateway.shadow import ShadowCall
+from service.gateway.stream_guard import StreamedAnswer
+from service.limits.limiter import Grant
+
+log = logging.getLogger(__name__)
+
+
+def used_tokens(record: RecordDraft) -> int | None:
+    """Prompt and completion tokens the engine reported, None when it reported none."""
+    if isinstance(record.tokens_in, int) and isinstance(record.tokens_out, int):
+        return record.tokens_in + record.tokens_out
+    return None
+
+
+class StreamRelay:
+    """Relays the engine's SSE events; a failure ends with an error event + [DONE]. Under an
+    output contract (``answer`` and ``verdict`` given) the answer is judged at its end and the
+    verdict is the last event before [DONE]."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        stream: EngineStream,
+        prepared: Prepared,
+        record: RecordDraft,
+        endpoint: Endpoint,
+        shadow: ShadowCall | None,
+        grant: Grant | None,
+        answer: StreamedAnswer | None = None,
+        verdict: Callable[[str], bytes] | None = None,
+    ) -> None:
+        self.gw, self.stream, self.prepared, self.record = gw, stream, prepared, record
+        self.endpoint, self.shadow, self.grant = endpoint, shadow, grant
+        self.answer, self.verdict = answer, verdict
+        self.text: list[str] = []
+        self.recorded = False
+
+    def finish(self) -> None:
+        """Settle the stream once: upstream closed, record queued, gauge and lease released."""
+        if self.recorded:
+            return
+        self.recorded = True
+        self.stream.close()
+        record = self.record
+        record.response_body = "".join(self.text)
+        if self.shadow is not None:
+            self.shadow.primary_answered(record.response_body if record.error is None else None)
+        self.gw.metrics.in_flight.dec()
+        self.gw.limits.end(self.grant, used_tokens(record))
+        self.gw.finish(record)
+
+    def close(self) -> None:
+        """The response is over; a stream not yet settled was left by its client."""
+        if not self.recorded:
+            self.record.fail(ClientClosedRequest("The client closed the connection."))
+            self.finish()
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        record = self.record
+        finished = False
+        echoed = False
+        try:
+            async for line in self.stream.lines():
+                if not line.startswith(b"data:"):
+                    continue  # SSE comments and keep-alives
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    finished = True
+                    verdict = self.verdict("".join(self.text)) if self.verdict else None
+                    self.finish()
+                    if verdict is not None:
+                        yield verdict
+                    yield b"data: [DONE]\n\n"
+                    break
+                event = parse_event(data)
+                if self.answer is not None and self.answer.take(event):
+                    data = orjson.dumps(event)  # logprobs the client did not ask for taken out
+                if not echoed and isinstance(event.get("model"), str):
+                    record.target, echoed = event["model"], True  # the exact version that answered
+                choices = event.get("choices") or []
+                if event.get("usage"):
+                    record.take_usage(event["usage"])
+                    if not choices and not self.prepared.client_wants_usage:
+                        continue
+                for choice in choices:
+                    piece = delta_text(choice, self.endpoint)
+                    if piece:
+                        record.mark_first_token()
+                        self.text.append(piece)
+                    if choice.get("finish_reason"):
+                        record.finish_reason = choice["finish_reason"]
+                yield b"data: " + data + b"\n\n"
+            if not finished:
+                raise EngineStreamBroken("The engine closed the stream before it finished.")
+        except GatewayError as error:
+            record.fail(error)
+            self.finish()
+            yield error.sse_event()
+        except (asyncio.CancelledError, GeneratorExit):
+            # Cancelled or closed because the client left: there is nobody to tell.
+            if not self.recorded:
+                record.fail(ClientClosedRequest("The client closed the connection."))
+            raise
+        except Exception:
+            log.exception("relaying the stream of request %s failed", record.id)
+            internal = GatewayError("The gateway failed while relaying the stream.")
+            record.fail(internal)
+            self.finish()
+            yield internal.sse_event()
+        finally:
+            self.finish()
+
+
+def parse_event(data: bytes) -> dict[str, Any]:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EngineBadResponse("The engine sent a stream event that is not JSON.") from exc
+    if not isinstance(event, dict):
+        raise EngineBadResponse("The engine sent a stream event that is not an object.")
+    if "error" in event:
+        raise EngineStreamBroken("The engine reported an error in the middle of the stream.")
+    return event
+
+
+def delta_text(choice: object, endpoint: Endpoint) -> str | None:
+    if not isinstance(choice, dict):
+        return None
+    if endpoint is Endpoint.CHAT:
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+    else:
+        content = choice.get("text")
+    return content if isinstance(content, str) else None
