@@ -4,10 +4,9 @@
 # route is switched to @2 (the same tickets trained with shuffled labels) and answer.category
 # drifts. Prints both `loragate drift status` tables and writes the HTML reports.
 #
-#   bash scripts/drift_demo.sh [WORKDIR]      (about 15 minutes on 2 cores; needs the engine:
-#                                              loragate engine install)
+#   bash scripts/drift_demo.sh [WORKDIR]      (about 20 minutes on 2 cores, most of it training
+#                                              the demo adapters; needs loragate engine install)
 # The sample sizes are small for a demo (LORAGATE_DRIFT_* below); production defaults are larger.
-# Not yet run to its end: check it on a quiet machine before pointing users to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -24,7 +23,7 @@ SRE_KEY=$(loragate keys create --role sre --name drift-demo --quiet)
 APP_KEY=$(loragate keys create --role app --name drift-demo --quiet)
 loragate serve >"$WORK/serve.log" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$LORAGATE_PORT/readyz" >/dev/null; do
   kill -0 $SERVER || { tail -20 "$WORK/serve.log"; exit 1; }
   sleep 2
