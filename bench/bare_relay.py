@@ -12,8 +12,9 @@ import os
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 
 @contextlib.asynccontextmanager
@@ -30,6 +31,8 @@ app = FastAPI(lifespan=lifespan)
 @app.post("/v1/chat/completions")
 async def relay(request: Request) -> Response:
     body = await request.body()
+    if orjson.loads(body).get("stream"):
+        return StreamingResponse(relay_stream(request, body), media_type="text/event-stream")
     async with request.app.state.http.post(
         request.app.state.upstream + "/v1/chat/completions",
         data=body,
@@ -37,3 +40,13 @@ async def relay(request: Request) -> Response:
     ) as upstream:
         data = await upstream.read()
     return Response(data, media_type="application/json")
+
+
+async def relay_stream(request: Request, body: bytes) -> AsyncIterator[bytes]:
+    async with request.app.state.http.post(
+        request.app.state.upstream + "/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    ) as upstream:
+        async for line in upstream.content:
+            yield line

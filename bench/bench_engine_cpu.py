@@ -12,8 +12,11 @@ it serves nothing, is its idle use, and is subtracted from the gateway runs:
     CPU per request = (CPU in the gateway run - idle rate x run time) / requests completed
 
 Then the same gateway settings in front of bench/fake_upstream.py at the same request rate
-(open loop), so what only a real engine costs stands out. With `--profile DIR`, py-spy samples
-the gateway during one run of each mode and the top functions (own time) are printed.
+(open loop), so what only a real engine costs stands out, and a bare FastAPI relay
+(bench/bare_relay.py) at the same rate: the floor of any Python relay on this machine.
+Under each gateway run: its CPU per request by thread (event loop, record shipper, database
+and worker threads; idle not subtracted). With `--profile DIR`, py-spy samples the gateway
+during one run of each mode and the top functions (own time) are printed.
 Compare within one run: these machines are shared and noisy.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,47 @@ MODES = {"chat": (False, 32), "stream": (True, 64)}
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each of the process's threads, by native thread id."""
+    seconds: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds[int(task.name)] = cpu_seconds_of(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+    return seconds
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by native id, from py-spy; worker pools are named by their task."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid), "--nonblocking"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    names: dict[int, str] = {}
+    for match in re.finditer(r"^Thread (\d+) \(\w+\): \"([^\"]*)\"", out, re.MULTILINE):
+        names[int(match[1])] = re.sub(r"^Thread-\d+ ", "", match[2])
+    return names
+
+
+def by_thread(pid: int, before: dict[int, float], requests: int) -> str:
+    """CPU ms per request of each kind of thread since ``before``, largest first."""
+    names = thread_names(pid)
+    spent: Counter[str] = Counter()
+    for tid, seconds in thread_cpu(pid).items():
+        spent[names.get(tid, "other")] += seconds - before.get(tid, 0.0)
+    return ", ".join(
+        f"{name} {seconds / max(1, requests) * 1000:.2f}"
+        for name, seconds in spent.most_common()
+        if seconds > 0
+    )
 
 
 def run_load(url: str, model: str, key: str, mode: str, args: argparse.Namespace,
@@ -168,6 +213,7 @@ def main() -> None:
                 if args.profile is not None and pair == 0:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     spy = profile(gateway.pid, args.duration, args.profile / f"real-{mode}.txt")
+                threads = thread_cpu(gateway.pid)
                 via, gw_cpu, gw_wall = with_cpu(
                     gateway.pid, partial(run_load, through, "chat", key, mode, args)
                 )
@@ -179,6 +225,7 @@ def main() -> None:
                 ratios.append(via["rps"] / straight["rps"])
                 served.append(via["rps"])
                 row(f"{mode} via gateway #{pair + 1}", via, ms)
+                print(f"    by thread: {by_thread(gateway.pid, threads, via['completed'])}")
             rates[mode] = sum(served) / len(served)
             print(
                 f"  {mode}: gateway CPU per request {min(per_request):.2f}-"
@@ -204,15 +251,21 @@ def main() -> None:
 def fake_against(args: argparse.Namespace, rates: dict[str, float]) -> None:
     """The same gateway in front of the instant fake engine, at the real run's request rate."""
     workdir = Path(tempfile.mkdtemp(prefix="loragate-engine-cpu-fake-"))
-    upstream_port, port = free_port(), free_port()
-    env = gateway_env(workdir, f"http://127.0.0.1:{upstream_port}")
+    upstream_port, port, bare_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    env = gateway_env(workdir, upstream)
     processes = [start([sys.executable, str(ROOT / "bench" / "fake_upstream.py"),
                         str(upstream_port)])]  # fmt: skip
     try:
         gateway = gateway_process(workdir, env, port)
         processes.append(gateway)
+        bare = start([sys.executable, "-m", "uvicorn", "bench.bare_relay:app", "--log-level",
+                      "warning", "--no-access-log", "--port", str(bare_port)],
+                     dict(os.environ, BARE_RELAY_UPSTREAM=upstream))  # fmt: skip
+        processes.append(bare)
         key = create_key(env)
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=60)
+        wait_http(f"http://127.0.0.1:{bare_port}/docs", timeout_s=60)
         cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
         time.sleep(args.idle_s / 2)
         idle = (cpu_seconds(gateway.pid) - cpu0) / (time.monotonic() - wall0)
@@ -222,6 +275,7 @@ def fake_against(args: argparse.Namespace, rates: dict[str, float]) -> None:
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 spy = profile(gateway.pid, args.duration, args.profile / f"fake-{mode}.txt")
+            threads = thread_cpu(gateway.pid)
             via, cpu, wall = with_cpu(
                 gateway.pid, partial(run_load, through, "chat", key, mode, args, rate=rate)
             )
@@ -229,6 +283,12 @@ def fake_against(args: argparse.Namespace, rates: dict[str, float]) -> None:
                 spy.wait()
             ms = (cpu - idle * wall) / max(1, via["completed"]) * 1000
             row(f"{mode} via gateway, fake", via, ms)
+            print(f"    by thread: {by_thread(gateway.pid, threads, via['completed'])}")
+            floor, cpu, _ = with_cpu(bare.pid, partial(
+                run_load, f"http://127.0.0.1:{bare_port}/v1/chat/completions", "chat", "", mode,
+                args, rate=rate,
+            ))  # fmt: skip
+            row(f"{mode} bare relay, fake", floor, cpu / max(1, floor["completed"]) * 1000)
     finally:
         for process in reversed(processes):
             process.terminate()
