@@ -109,8 +109,21 @@ class Shipper:
         next_sync = next_pass = next_maintenance = time.monotonic()
         next_maintenance += min(self._maintenance_every_s, 60.0)
         syncing = self._spool.fsync is Fsync.INTERVAL
+        self._spool.on_new_segment = self._nudge
         try:
             while not self._stop.is_set():
+                if not self._backoff_s and self._spool.empty():
+                    # No timer while there is nothing to ship: an idle gateway stays asleep.
+                    # The first record after the quiet spell wakes the thread, and waits one
+                    # interval for company before its pass.
+                    until = next_maintenance if self._maintenance is not None else None
+                    woken = await self._sleep_until(until)
+                    if self._stop.is_set():
+                        break
+                    if woken:
+                        now = time.monotonic()
+                        next_pass = max(next_pass, now + self._interval_s)
+                        next_sync = max(next_sync, now + self._fsync_interval_s)
                 now = time.monotonic()
                 if syncing and now >= next_sync:
                     next_sync = now + self._fsync_interval_s
@@ -128,7 +141,29 @@ class Shipper:
                 await self._sleep(max(0.0, wake - time.monotonic()))
             await self._guarded(self._pass(sessions))  # what was appended before the stop
         finally:
+            self._spool.on_new_segment = None
             await engine.dispose()
+
+    def _nudge(self) -> None:
+        """From an appending thread: a segment was opened (see ``Spool.on_new_segment``)."""
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None:
+            # The loop may have ended meanwhile; then the stop's last pass ships the record.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wakeup.set)
+
+    async def _sleep_until(self, deadline: float | None) -> bool:
+        """Sleep until woken (True: a stop or a new segment) or until ``deadline`` on the
+        monotonic clock (False)."""
+        assert self._wakeup is not None
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            return False
+        if not self._stop.is_set():
+            self._wakeup.clear()
+        return True
 
     async def _sync(self) -> None:
         self._spool.sync()  # blocks this thread's loop only, never the gateway's
@@ -143,10 +178,8 @@ class Shipper:
             self._failed(exc, 0)
 
     async def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds``, or less when ``stop`` is called."""
-        assert self._wakeup is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        """Wait ``seconds``, or less when woken."""
+        await self._sleep_until(time.monotonic() + seconds)
 
     async def _pass(self, sessions: async_sessionmaker[Any]) -> None:
         if self._spool.has_open_records():

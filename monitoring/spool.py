@@ -27,6 +27,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -105,6 +106,9 @@ class Spool:
         self._lock_fd: int | None = None
         self.torn_bytes_cut = 0
         self.torn_segments = 0
+        # Called (outside the lock) when an append opens a segment: the shipper sleeps
+        # without a timer while the spool holds nothing, and this wakes it.
+        self.on_new_segment: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -167,7 +171,8 @@ class Spool:
         """Append one record; raises ``OSError`` when the OS refuses the write."""
         data = frame(payload)
         with self._lock:
-            if self._fd is None:
+            starting = self._fd is None
+            if starting:
                 self._start_segment()
             fd = self._fd
             assert fd is not None
@@ -183,6 +188,8 @@ class Spool:
             self._unsynced = True
             if self.fsync is Fsync.ALWAYS:
                 os.fsync(fd)
+        if starting and self.on_new_segment is not None:
+            self.on_new_segment()
 
     def _undo_partial_write(self, fd: int) -> None:
         """Cut a half-written frame, so the frames after it stay readable (caller holds the lock).
@@ -255,6 +262,11 @@ class Spool:
         if seq > self._named_durably:
             self._sync_directory()
             self._named_durably = seq
+
+    def empty(self) -> bool:
+        """Nothing to seal, sync or ship."""
+        with self._lock:
+            return not self._open_bytes and not self._ready
 
     def has_open_records(self) -> bool:
         with self._lock:
