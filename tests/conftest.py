@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import inspect
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from service.auth import Role, generate_key
-from service.db.migrations import upgrade
+from service.db.migrations import ALEMBIC_DIR, upgrade
 from service.db.models import ApiKey, RequestRecord
 from service.db.session import create_engine, session_factory
 from service.main import create_app
@@ -34,11 +39,62 @@ from tests.fake_engine import MODEL, FakeEngine
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-async def _create_pg_database() -> str:
+# Migrated databases are copied from a template built once per schema (every test migrating
+# its own took most of the suite's database setup time).
+TEMPLATES = Path(tempfile.gettempdir()) / "loragate-test-templates"
+
+
+@functools.cache
+def schema_hash() -> str:
+    """Changes whenever a migration (or Alembic's env) does."""
+    digest = hashlib.sha256()
+    for path in sorted(ALEMBIC_DIR.rglob("*.py")):
+        digest.update(path.relative_to(ALEMBIC_DIR).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pg_url(name: str) -> str:
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+
+async def _sqlite_template() -> Path:
+    template = TEMPLATES / f"{schema_hash()}.db"
+    if not template.exists():
+        TEMPLATES.mkdir(exist_ok=True)
+        building = TEMPLATES / f"building-{uuid.uuid4().hex}.db"
+        await asyncio.to_thread(upgrade, f"sqlite+aiosqlite:///{building}")
+        with contextlib.closing(sqlite3.connect(building)) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the one file
+        os.replace(building, template)  # a racing builder's template is just as complete
+    return template
+
+
+async def _pg_template() -> str:
+    template = f"lg_template_{schema_hash()}"
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", template):
+            return template
+    finally:
+        await conn.close()
+    building = await _create_pg_database()
+    await asyncio.to_thread(upgrade, pg_url(building))
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'ALTER DATABASE "{building}" RENAME TO "{template}"')
+    except asyncpg.DuplicateDatabaseError:
+        await conn.execute(f'DROP DATABASE "{building}"')  # another process built it first
+    finally:
+        await conn.close()
+    return template
+
+
+async def _create_pg_database(template: str | None = None) -> str:
     name = f"lg_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await conn.close()
     return name
@@ -54,19 +110,17 @@ async def _drop_pg_database(name: str) -> None:
 
 @contextlib.asynccontextmanager
 async def fresh_database(kind: str, tmp_path: Path, *, migrate: bool = True) -> AsyncIterator[str]:
-    """A new, empty database URL of the given kind ("sqlite" or "postgres")."""
+    """A new database URL of the given kind ("sqlite" or "postgres"): migrated to the newest
+    revision (a copy of the template), or empty."""
     if kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / f'lg-{uuid.uuid4().hex[:8]}.db'}"
+        path = tmp_path / f"lg-{uuid.uuid4().hex[:8]}.db"
         if migrate:
-            await asyncio.to_thread(upgrade, url)
-        yield url
+            shutil.copyfile(await _sqlite_template(), path)
+        yield f"sqlite+aiosqlite:///{path}"
         return
-    name = await _create_pg_database()
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    name = await _create_pg_database(await _pg_template() if migrate else None)
     try:
-        if migrate:
-            await asyncio.to_thread(upgrade, url)
-        yield url
+        yield pg_url(name)
     finally:
         await _drop_pg_database(name)
 
