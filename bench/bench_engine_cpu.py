@@ -4,16 +4,17 @@
                                      [--profile DIR]
 
 Starts `loragate serve` on its embedded defaults (SQLite, the managed vLLM with the bundled
-model) and sends the same load straight to vLLM and through the gateway, alternated, `--pairs`
-times, for non-streamed chat (max_tokens 32) and streamed chat (max_tokens 64). The gateway's
-CPU (user + system, from /proc) is read around every run; its use during the direct runs, when
-it serves nothing, is its idle use, and is subtracted from the gateway runs:
+model) and sends the same load straight to vLLM, through a bare FastAPI relay
+(bench/bare_relay.py: the floor of any Python relay; its CPU per request is printed) and
+through the gateway, in turn, `--pairs` times, for non-streamed chat (max_tokens 32) and
+streamed chat (max_tokens 64). The gateway's CPU (user + system, from /proc) is read around
+every run; its use during the direct runs, when it serves nothing, is its idle use, and is
+subtracted from the gateway runs:
 
     CPU per request = (CPU in the gateway run - idle rate x run time) / requests completed
 
-Then the same gateway settings in front of bench/fake_upstream.py at the same request rate
-(open loop), so what only a real engine costs stands out, and a bare FastAPI relay
-(bench/bare_relay.py) at the same rate: the floor of any Python relay on this machine.
+Then the same gateway settings, and the bare relay, in front of bench/fake_upstream.py at the
+same request rate (open loop), so what only a real engine costs stands out.
 Under each gateway run: its CPU per request by thread (event loop, record shipper, database
 and worker threads; idle not subtracted). With `--profile DIR`, py-spy samples the gateway
 during one run of each mode and the top functions (own time) are printed.
@@ -139,6 +140,15 @@ def gateway_process(workdir: Path, env: dict[str, str], port: int) -> subprocess
     return start([sys.executable, "-m", "service", "serve", "--port", str(port)], env)
 
 
+def bare_relay(port: int, upstream: str) -> subprocess.Popen[bytes]:
+    """bench/bare_relay.py in front of ``upstream``, once it answers."""
+    process = start([sys.executable, "-m", "uvicorn", "bench.bare_relay:app", "--log-level",
+                     "warning", "--no-access-log", "--port", str(port)],
+                    dict(os.environ, BARE_RELAY_UPSTREAM=upstream))  # fmt: skip
+    wait_http(f"http://127.0.0.1:{port}/docs", timeout_s=60)
+    return process
+
+
 def row(name: str, figures: dict[str, Any], per_request_ms: float | None) -> None:
     cpu = f"{per_request_ms:7.2f}" if per_request_ms is not None else "      -"
     print(
@@ -174,7 +184,7 @@ def main() -> None:
     model_dir = Path.home() / ".cache" / "loragate-test" / "smollm2-135m-instruct"
     subprocess.run([sys.executable, "-m", "service.engine.model_prep", str(model_dir)],
                    check=True, cwd=ROOT, capture_output=True)  # fmt: skip
-    port, engine_port = free_port(), free_port()
+    port, engine_port, bare_port = free_port(), free_port(), free_port()
     env = dict(os.environ)
     env.update(
         LORAGATE_DATA_DIR=str(workdir),
@@ -190,7 +200,10 @@ def main() -> None:
         processes.append(gateway)
         key = create_key(env)
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=900)
+        bare = bare_relay(bare_port, f"http://127.0.0.1:{engine_port}")
+        processes.append(bare)
         direct = f"http://127.0.0.1:{engine_port}/v1/chat/completions"
+        relayed = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{port}/v1/chat/completions"
         model = "smollm2-135m-instruct"
         cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
@@ -202,6 +215,7 @@ def main() -> None:
         rates: dict[str, float] = {}
         for mode in MODES:
             per_request: list[float] = []
+            floors: list[float] = []
             ratios: list[float] = []
             served: list[float] = []
             for pair in range(args.pairs):
@@ -209,6 +223,11 @@ def main() -> None:
                     gateway.pid, partial(run_load, direct, model, "", mode, args)
                 )
                 row(f"{mode} direct #{pair + 1}", straight, None)
+                floor, bare_cpu, _ = with_cpu(
+                    bare.pid, partial(run_load, relayed, model, "", mode, args)
+                )
+                floors.append(bare_cpu / max(1, floor["completed"]) * 1000)
+                row(f"{mode} bare relay #{pair + 1}", floor, floors[-1])
                 spy = None
                 if args.profile is not None and pair == 0:
                     args.profile.mkdir(parents=True, exist_ok=True)
@@ -229,8 +248,8 @@ def main() -> None:
             rates[mode] = sum(served) / len(served)
             print(
                 f"  {mode}: gateway CPU per request {min(per_request):.2f}-"
-                f"{max(per_request):.2f} ms; throughput via/direct "
-                f"{min(ratios):.2f}-{max(ratios):.2f}",
+                f"{max(per_request):.2f} ms (bare relay {min(floors):.2f}-{max(floors):.2f} ms); "
+                f"throughput via/direct {min(ratios):.2f}-{max(ratios):.2f}",
                 flush=True,
             )
         gateway.terminate()
@@ -259,13 +278,10 @@ def fake_against(args: argparse.Namespace, rates: dict[str, float]) -> None:
     try:
         gateway = gateway_process(workdir, env, port)
         processes.append(gateway)
-        bare = start([sys.executable, "-m", "uvicorn", "bench.bare_relay:app", "--log-level",
-                      "warning", "--no-access-log", "--port", str(bare_port)],
-                     dict(os.environ, BARE_RELAY_UPSTREAM=upstream))  # fmt: skip
-        processes.append(bare)
         key = create_key(env)
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=60)
-        wait_http(f"http://127.0.0.1:{bare_port}/docs", timeout_s=60)
+        bare = bare_relay(bare_port, upstream)
+        processes.append(bare)
         cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
         time.sleep(args.idle_s / 2)
         idle = (cpu_seconds(gateway.pid) - cpu0) / (time.monotonic() - wall0)
