@@ -141,6 +141,23 @@ def _forbidden() -> HTMLResponse:
     )
 
 
+async def _poster(request: Request, now: datetime) -> Principal | Response:
+    """The signed-in reviewer behind a form posted from this site, else the answer to give."""
+    if not _same_origin(request):
+        return _forbidden()
+    principal = await _signed_in(request, now)
+    return principal if principal is not None else _to_login()
+
+
+def _claim_token(form: dict[str, str]) -> int | None:
+    """The claim token a form carries, None when it carries none that could be valid."""
+    try:
+        token = int(form.get("token", ""))
+    except ValueError:
+        return None
+    return token if 0 <= token <= queue.MAX_INT else None
+
+
 async def _form(request: Request) -> dict[str, str]:
     """A url-encoded form body (the pages send nothing else); the first value of each field."""
     body = await request.body()
@@ -256,11 +273,9 @@ async def queue_page(request: Request, now: Now) -> Response:
 
 @router.post("/claim")
 async def claim(request: Request, now: Now) -> Response:
-    if not _same_origin(request):
-        return _forbidden()
-    principal = await _signed_in(request, now)
-    if principal is None:
-        return _to_login()
+    principal = await _poster(request, now)
+    if not isinstance(principal, Principal):
+        return principal
     form = await _form(request)
     route = _blank_to_none(form.get("route", "").strip())
     reason = _blank_to_none(form.get("reason", "").strip())
@@ -390,11 +405,8 @@ async def heartbeat(item_id: str, request: Request, now: Now) -> Response:
     principal = await _signed_in(request, now)
     if principal is None:
         raise AuthenticationFailed("Your review session has ended; sign in again.")
-    try:
-        token = int((await _form(request)).get("token", ""))
-    except ValueError:
-        token = -1
-    if not 0 <= token <= queue.MAX_INT:
+    token = _claim_token(await _form(request))
+    if token is None:
         raise ReviewDecisionInvalid("The request carries no claim token.", param="token")
     gw = gateway(request)
     lease_until = await decisions.renew(
@@ -408,11 +420,9 @@ async def heartbeat(item_id: str, request: Request, now: Now) -> Response:
 
 @router.post("/items/{item_id}/unpark")
 async def unpark(item_id: str, request: Request, now: Now) -> Response:
-    if not _same_origin(request):
-        return _forbidden()
-    principal = await _signed_in(request, now)
-    if principal is None:
-        return _to_login()
+    principal = await _poster(request, now)
+    if not isinstance(principal, Principal):
+        return principal
     if not parking.may_unpark(principal):
         return _render("error.html", 403, title="Refused",
                        message="Only a lead or an admin can unpark an item.")  # fmt: skip
@@ -428,11 +438,9 @@ async def unpark(item_id: str, request: Request, now: Now) -> Response:
 
 @router.post("/items/{item_id}/decision")
 async def decide(item_id: str, request: Request, now: Now) -> Response:
-    if not _same_origin(request):
-        return _forbidden()
-    principal = await _signed_in(request, now)
-    if principal is None:
-        return _to_login()
+    principal = await _poster(request, now)
+    if not isinstance(principal, Principal):
+        return principal
     form = await _form(request)
     kind = form.get("kind", "")
     corrected = form.get("corrected_answer")
@@ -444,11 +452,8 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
             draft=corrected, reject_reason=reason,
         )  # fmt: skip
 
-    try:
-        token = int(form.get("token", ""))
-    except ValueError:
-        token = -1
-    if not 0 <= token <= queue.MAX_INT:
+    token = _claim_token(form)
+    if token is None:
         return await refused(ReviewDecisionInvalid("The form carries no claim token."))
     if kind not in ("approve", "correct", "reject"):
         return await refused(ReviewDecisionInvalid(f"Unknown decision '{kind}'."))
