@@ -81,6 +81,8 @@ class Shipper:
         self._last_error_log = 0.0
         # The last failure to reach the database, kept after it recovered (for /readyz).
         self.last_error: str | None = None
+        # True while the thread waits, without a timer, for the spool's next record.
+        self.asleep = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="record-shipper", daemon=True)
@@ -117,7 +119,9 @@ class Shipper:
                     # The first record after the quiet spell wakes the thread, and waits one
                     # interval for company before its pass.
                     until = next_maintenance if self._maintenance is not None else None
+                    self.asleep = True
                     woken = await self._sleep_until(until)
+                    self.asleep = False
                     if self._stop.is_set():
                         break
                     if woken:

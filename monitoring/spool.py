@@ -266,7 +266,7 @@ class Spool:
     def empty(self) -> bool:
         """Nothing to seal, sync or ship."""
         with self._lock:
-            return not self._open_bytes and not self._ready
+            return (self._fd is None or not self._open_bytes) and not self._ready
 
     def has_open_records(self) -> bool:
         with self._lock:

@@ -204,6 +204,17 @@ async def test_an_unreachable_database_keeps_records_in_the_spool_until_it_answe
         await db.dispose()
 
 
+async def test_an_idle_shipper_sleeps_until_a_record(sqlite_url: str, tmp_path: Path) -> None:
+    spooled = Spooled(tmp_path, sqlite_url)  # no maintenance: nothing to wake it but a record
+    spooled.shipper.start()
+    for shipped in (1, 2):
+        await wait_until(lambda: spooled.shipper.asleep, what="the shipper asleep, spool empty")
+        spooled.add(FinishedRecord(_row(), None))
+        await spooled.shipped(shipped)
+    await wait_until(lambda: spooled.shipper.asleep, what="the shipper asleep again")
+    spooled.stop()  # a stop wakes it too
+
+
 async def test_stop_ships_what_was_appended_before_it(sqlite_url: str, tmp_path: Path) -> None:
     spooled = Spooled(tmp_path, sqlite_url)
     spooled.shipper.start()
