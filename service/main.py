@@ -29,6 +29,7 @@ from service.audit import api as audit_api
 from service.clock import Clock, now
 from service.db import repositories
 from service.db.change_listener import ChangeListener
+from service.db.data_version import DataVersion
 from service.db.migrations import ensure_migrated
 from service.db.session import create_engine, session_factory
 from service.drift import api as drift_api
@@ -165,6 +166,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.limits.close()
         await recorder.stop(settings.record_drain_timeout_s)
         await http.close()
+        gw.snapshot.close()
         await gw.db.dispose()
         if app.state.tracer_provider is not None:
             app.state.tracer_provider.shutdown()
@@ -212,6 +214,7 @@ def create_app(
             settings.key_lookups_per_s, settings.unknown_keys_remembered, time.monotonic
         ),
         metrics=metrics,
+        data_version=DataVersion.of(settings.effective_database_url),
     )
     # On PostgreSQL gateways hear each other's changes at once and unload versions only when
     # no other gateway needs them; on SQLite there is one gateway and the periodic refresh.

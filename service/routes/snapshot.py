@@ -27,6 +27,7 @@ from rollout.core.machine import traffic
 from rollout.core.split import Split
 from service.auth import StoredKey, stored_key
 from service.db import repositories
+from service.db.data_version import DataVersion
 from service.db.models import AdapterVersion, ApiKey, Route
 from service.guard.route_guard import RouteContract
 from service.limits.quota import BadLimits
@@ -91,9 +92,13 @@ class SnapshotStore:
         *,
         lookups: KeyLookups | None = None,
         metrics: Metrics | None = None,
+        data_version: DataVersion | None = None,
     ) -> None:
         self._sessions = sessions
         self._refresh_s = refresh_s
+        # On SQLite the periodic refresh reloads only after a commit (see DataVersion).
+        self._data_version = data_version
+        self._loaded_version: int | None = None
         self._lookups = lookups or KeyLookups(20.0, 10_000, time.monotonic)
         self._metrics = metrics
         self._contracts: Contracts = {}
@@ -113,7 +118,20 @@ class SnapshotStore:
 
     async def reload(self) -> None:
         async with self._reloading:
+            version = await self._data_version.read() if self._data_version else None
             await self._reload()
+            # Read before the queries: a commit landing during them shows as a change later.
+            self._loaded_version = version
+
+    async def _changed(self) -> bool:
+        """Whether the database may hold something the snapshot does not."""
+        if self._data_version is None or self._loaded_version is None:
+            return True
+        return await self._data_version.read() != self._loaded_version
+
+    def close(self) -> None:
+        if self._data_version is not None:
+            self._data_version.close()
 
     async def _reload(self) -> None:
         async with self._sessions() as session:
@@ -165,9 +183,11 @@ class SnapshotStore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_s):
                     await self._wake.wait()
+            woken = self._wake.is_set()
             self._wake.clear()
             try:
-                await self.reload()
+                if woken or await self._changed():
+                    await self.reload()
             except Exception:
                 # Keep serving the last good snapshot; the failure is logged with its traceback.
                 log.exception("snapshot refresh failed; serving the previous snapshot")

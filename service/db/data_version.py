@@ -1,0 +1,46 @@
+"""Whether a SQLite database changed: ``PRAGMA data_version`` on a connection of its own.
+
+SQLite changes that number on a connection whenever another connection, in this process or any
+other, commits to the database; this connection never writes, so every commit counts. Reading
+it costs a fraction of a millisecond where reloading the gateway's snapshot costs several
+queries, so an idle gateway on SQLite reloads only when something was committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from sqlalchemy.engine import make_url
+
+
+class DataVersion:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def of(cls, database_url: str) -> DataVersion | None:
+        """A probe for a SQLite file URL; None for other databases and in-memory SQLite."""
+        url = make_url(database_url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return cls(url.database)
+
+    async def read(self) -> int:
+        async with self._lock:  # one call at a time on the connection, from any worker thread
+            return await asyncio.to_thread(self._read)
+
+    def _read(self) -> int:
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                self._path, check_same_thread=False, isolation_level=None
+            )
+        row = self._connection.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
