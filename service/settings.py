@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between reloads of routes, rollouts and keys from the database. On "
         "PostgreSQL a change also reloads every gateway at once (LISTEN/NOTIFY); this refresh "
-        "is the fallback.",
+        "is the fallback. On SQLite a refresh reloads only when something was committed.",
     )
 
     adapter_import_root: Path | None = Field(
