@@ -37,8 +37,14 @@ class DataVersion:
             self._connection = sqlite3.connect(
                 self._path, check_same_thread=False, isolation_level=None
             )
-        row = self._connection.execute("PRAGMA data_version").fetchone()
-        return int(row[0])
+        # fetchall and close: a statement left unfinished would hold a read transaction open,
+        # and an open reader keeps SQLite from resetting its WAL file.
+        cursor = self._connection.execute("PRAGMA data_version")
+        try:
+            [(version,)] = cursor.fetchall()
+        finally:
+            cursor.close()
+        return int(version)
 
     def close(self) -> None:
         if self._connection is not None:

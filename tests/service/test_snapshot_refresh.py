@@ -4,6 +4,8 @@ another, and not while nothing was committed (PRAGMA data_version)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import subprocess
 import sys
 
@@ -50,6 +52,12 @@ async def test_the_version_moves_with_every_commit_of_another_connection(sqlite_
         assert second != first
         await asyncio.to_thread(commit_from_another_process, sqlite_path(sqlite_url))
         assert await probe.read() != second
+        # The probe holds no read transaction open between reads, which would keep the WAL
+        # from being reset: a truncating checkpoint is not blocked by it.
+        with contextlib.closing(sqlite3.connect(sqlite_path(sqlite_url))) as db:
+            assert db.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+            [(blocked, _, _)] = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        assert blocked == 0
     finally:
         probe.close()
 
