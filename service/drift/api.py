@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitoring.drift import Bin, FeatureDrift
+from monitoring.drift import Bin, FeatureDrift, Status, worst
 from service.api.deps import SRE_ROLES, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal
@@ -66,7 +66,7 @@ class FeatureOut(BaseModel):
         description="Chi-square test of homogeneity on the same bins; null when the counts are "
         "too small for it."
     )
-    status: str = Field(
+    status: Status = Field(
         description="`ok`, `warn`, `drift`, or `insufficient` (too few values on either side)."
     )
     threshold: ThresholdOut
@@ -78,7 +78,7 @@ class FeatureOut(BaseModel):
         return cls(
             name=f.name, kind=f.kind.value, statistic=f.statistic.value,
             score=None if f.score is None else round(f.score, 6),
-            p_value=None if f.p_value is None else round(f.p_value, 6), status=f.status.value,
+            p_value=None if f.p_value is None else round(f.p_value, 6), status=f.status,
             threshold=ThresholdOut(warn=f.bands.warn, drift=f.bands.drift),
             reference=[BinOut.of(b) for b in f.reference],
             current=[BinOut.of(b) for b in f.current],
@@ -121,6 +121,15 @@ class DriftOut(BaseModel):
             route=r.route, target=r.target, reference=ReferenceOut.of(r.reference),
             current=SpanOut.of(r.current), features=[FeatureOut.of(f) for f in r.features],
         )  # fmt: skip
+
+    def overall(self) -> str:
+        """The version's status at a glance: its worst feature's."""
+        return worst([f.status for f in self.features]).value
+
+    def worst_first(self) -> list[FeatureOut]:
+        """The features, drift before warn before ok before insufficient, then by name."""
+        order = {s: i for i, s in enumerate((Status.DRIFT, Status.WARN, Status.OK))}
+        return sorted(self.features, key=lambda f: (order.get(f.status, 3), f.name))
 
 
 class ReferenceIn(BaseModel):

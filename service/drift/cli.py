@@ -34,7 +34,6 @@ UntilOption = Annotated[
     ),
 ]
 HEADER = ("feature", "kind", "stat", "score", "p-value", "status", "reference", "current")
-STATUS_ORDER = {"drift": 0, "warn": 1, "ok": 2, "insufficient": 3}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -111,16 +110,13 @@ def _row(f: FeatureOut) -> tuple[str, ...]:
 
 def render(report: DriftOut) -> str:
     """The status view: the version, both windows, then one line per feature, worst first."""
-    statuses = [f.status for f in report.features]
-    overall = next((s for s in ("drift", "warn", "ok") if s in statuses), "insufficient")
     source = report.reference.source or "automatic"
-    features = sorted(report.features, key=lambda f: (STATUS_ORDER.get(f.status, 9), f.name))
     lines = [
-        f"route {report.route}: {report.target}, drift status {overall}",
+        f"route {report.route}: {report.target}, drift status {report.overall()}",
         f"reference ({source}): {_span(report.reference)}",
         f"current: {_span(report.current)}",
         "",
-        *columns([HEADER, *(_row(f) for f in features)], right=(3, 4, 6, 7)),
+        *columns([HEADER, *(_row(f) for f in report.worst_first())], right=(3, 4, 6, 7)),
     ]
     return "\n".join(lines)
 

@@ -92,8 +92,7 @@ def feature_section(f: FeatureOut) -> str:
 
 
 def render(report: DriftOut) -> str:
-    statuses = [f.status for f in report.features]
-    overall = next((s for s in ("drift", "warn", "ok") if s in statuses), "insufficient")
+    overall = report.overall()
     source = report.reference.source or "none yet"
     rows = (
         f"<tr><th>reference</th><td>{escape(source)}</td><td>{_when(report.reference)}</td>"
@@ -108,6 +107,6 @@ def render(report: DriftOut) -> str:
         f'<h1>{escape(title)} <span class="badge" id="overall" '
         f'style="background:{COLOURS[overall]}">{overall}</span></h1>'
         f'<table class="spans">{rows}</table>'
-        + "".join(feature_section(f) for f in report.features)
+        + "".join(feature_section(f) for f in report.worst_first())
         + "</body></html>\n"
     )

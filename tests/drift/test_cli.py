@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -101,6 +102,9 @@ async def test_status_reference_and_report_commands(drifted: Harness, tmp_path: 
     assert refused.exit_code == 1 and "HTTP 403" in refused.output
     assert report.exit_code == 0, report.output
     assert out.exists() and "features, drift report of triage" in report.output
+    # The report lists its features in the table's order: worst first.
+    order = re.findall(r'<section class="feature" id="feature-([^"]+)"', out.read_text())
+    assert order == [line.split()[0] for line in lines[5:]]
 
 
 def test_the_report_escapes_what_comes_from_data() -> None:
