@@ -42,8 +42,7 @@ MODES = {"chat": (False, 32), "stream": (True, 64)}
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu(pid: int) -> dict[int, float]:

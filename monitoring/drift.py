@@ -255,10 +255,11 @@ def compare_categories(
     )  # fmt: skip
 
 
+# Worst first: a feature that drifted matters more than one with too few values to say.
+SEVERITY = (Status.DRIFT, Status.WARN, Status.OK, Status.INSUFFICIENT)
+
+
 def worst(statuses: Sequence[Status]) -> Status:
     """The status a set of features reads as at a glance: drift over warn over ok; all
     insufficient (or none) is insufficient."""
-    for status in (Status.DRIFT, Status.WARN, Status.OK):
-        if status in statuses:
-            return status
-    return Status.INSUFFICIENT
+    return next((s for s in SEVERITY if s in statuses), Status.INSUFFICIENT)

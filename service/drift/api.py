@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitoring.drift import Bin, FeatureDrift, Status, worst
+from monitoring.drift import SEVERITY, Bin, FeatureDrift, Status, worst
 from service.api.deps import SRE_ROLES, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal
@@ -128,8 +128,7 @@ class DriftOut(BaseModel):
 
     def worst_first(self) -> list[FeatureOut]:
         """The features, drift before warn before ok before insufficient, then by name."""
-        order = {s: i for i, s in enumerate((Status.DRIFT, Status.WARN, Status.OK))}
-        return sorted(self.features, key=lambda f: (order.get(f.status, 3), f.name))
+        return sorted(self.features, key=lambda f: (SEVERITY.index(f.status), f.name))
 
 
 class ReferenceIn(BaseModel):

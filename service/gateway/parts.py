@@ -20,7 +20,7 @@ from service.gateway.keeper import RecordKeeper
 from service.gateway.record import RecordDraft
 from service.gateway.schema_checks import SchemaChecks
 from service.gateway.shadow import ShadowCaller
-from service.limits.limiter import Limiter
+from service.limits.limiter import Grant, Limiter
 from service.review.results import ReviewCallbacks
 from service.routes.snapshot import SnapshotStore
 from service.settings import Settings
@@ -70,6 +70,13 @@ class Gateway:
         if self.tracing:
             return self.tracer.start_as_current_span(name)
         return NO_SPAN
+
+    def end(self, record: RecordDraft, grant: Grant | None) -> None:
+        """A client request is over: out of the in-flight count, its key's limits settled with
+        the tokens it used, its record spooled."""
+        self.metrics.in_flight.dec()
+        self.limits.end(grant, record.used_tokens())
+        self.finish(record)
 
     def finish(self, record: RecordDraft) -> None:
         """Count the request and spool its record (never waits on the database)."""

@@ -48,7 +48,7 @@ from service.gateway.request_rules import (
 )
 from service.gateway.shadow import ShadowCall
 from service.gateway.stream_guard import StreamedAnswer
-from service.gateway.stream_relay import StreamRelay, used_tokens
+from service.gateway.stream_relay import StreamRelay
 from service.guard.answers import answer_text, first_finish_reason
 from service.guard.policy import QA_SAMPLE
 from service.guard.route_guard import Judgement, RouteContract, judge, present, verdict_metadata
@@ -171,9 +171,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             if not handed_to_stream:
                 if shadow is not None:
                     shadow.primary_answered(None)  # no-op when it already has the answer
-                gw.metrics.in_flight.dec()
-                gw.limits.end(grant, used_tokens(record))
-                gw.finish(record)
+                gw.end(record, grant)
 
 
 async def hold(gw: Gateway, record: RecordDraft) -> None:

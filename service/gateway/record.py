@@ -105,6 +105,12 @@ class RecordDraft:
             self.tokens_in = usage.get("prompt_tokens")
             self.tokens_out = usage.get("completion_tokens")
 
+    def used_tokens(self) -> int | None:
+        """Prompt and completion tokens the engine reported, None when it reported none."""
+        if isinstance(self.tokens_in, int) and isinstance(self.tokens_out, int):
+            return self.tokens_in + self.tokens_out
+        return None
+
     def stop_clock(self) -> None:
         """Fix the latency now, e.g. before a shadow call waits to compare its answer."""
         if self.ended is None:

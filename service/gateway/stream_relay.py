@@ -32,13 +32,6 @@ from service.limits.limiter import Grant
 log = logging.getLogger(__name__)
 
 
-def used_tokens(record: RecordDraft) -> int | None:
-    """Prompt and completion tokens the engine reported, None when it reported none."""
-    if isinstance(record.tokens_in, int) and isinstance(record.tokens_out, int):
-        return record.tokens_in + record.tokens_out
-    return None
-
-
 class StreamRelay:
     """Relays the engine's SSE events; a failure ends with an error event + [DONE]. Under an
     output contract (``answer`` and ``verdict`` given) the answer is judged at its end and the
@@ -72,9 +65,7 @@ class StreamRelay:
         record.response_body = "".join(self.text)
         if self.shadow is not None:
             self.shadow.primary_answered(record.response_body if record.error is None else None)
-        self.gw.metrics.in_flight.dec()
-        self.gw.limits.end(self.grant, used_tokens(record))
-        self.gw.finish(record)
+        self.gw.end(record, self.grant)
 
     def close(self) -> None:
         """The response is over; a stream not yet settled was left by its client."""
@@ -124,9 +115,7 @@ class StreamRelay:
             self.finish()
             yield error.sse_event()
         except (asyncio.CancelledError, GeneratorExit):
-            # Cancelled or closed because the client left: there is nobody to tell.
-            if not self.recorded:
-                record.fail(ClientClosedRequest("The client closed the connection."))
+            self.close()  # cancelled or closed because the client left: nobody to tell
             raise
         except Exception:
             log.exception("relaying the stream of request %s failed", record.id)

@@ -116,18 +116,14 @@ class SnapshotStore:
         one more reload after it."""
         self._wake.set()
 
-    async def reload(self) -> None:
+    async def reload(self, version: int | None = None) -> None:
+        """Load everything again. ``version``: the data version the caller read just before."""
         async with self._reloading:
-            version = await self._data_version.read() if self._data_version else None
+            if version is None and self._data_version is not None:
+                version = await self._data_version.read()
             await self._reload()
             # Read before the queries: a commit landing during them shows as a change later.
             self._loaded_version = version
-
-    async def _changed(self) -> bool:
-        """Whether the database may hold something the snapshot does not."""
-        if self._data_version is None or self._loaded_version is None:
-            return True
-        return await self._data_version.read() != self._loaded_version
 
     def close(self) -> None:
         if self._data_version is not None:
@@ -186,8 +182,9 @@ class SnapshotStore:
             woken = self._wake.is_set()
             self._wake.clear()
             try:
-                if woken or await self._changed():
-                    await self.reload()
+                version = await self._data_version.read() if self._data_version else None
+                if woken or version is None or version != self._loaded_version:
+                    await self.reload(version)
             except Exception:
                 # Keep serving the last good snapshot; the failure is logged with its traceback.
                 log.exception("snapshot refresh failed; serving the previous snapshot")
