@@ -29,7 +29,6 @@ from rollout.core.machine import ACTIVE, Event, Phase, State
 from rollout.core.spec import GateName, RolloutSpec
 from rollout.core.split import Arm
 from service.clock import as_utc
-from service.db.changes import announce
 from service.db.models import RequestRecord, Rollout, RolloutEvent
 
 ACTIVE_PHASES = tuple(p.value for p in ACTIVE)
@@ -179,7 +178,6 @@ async def insert(
         await session.flush()
     except IntegrityError as exc:
         raise RouteBusy(route) from exc
-    await announce(session, f"rollout:{route}")
 
 
 async def save(
@@ -223,8 +221,6 @@ async def save(
     except IntegrityError as exc:
         # A retry re-activating a rollout on a route that has another active one.
         raise RouteBusy(current.route) from exc
-    if (state.phase, state.step) != (current.state.phase, current.state.step):
-        await announce(session, f"rollout:{current.route}")  # its traffic may have changed
     return version
 
 

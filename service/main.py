@@ -29,7 +29,7 @@ from service.audit import api as audit_api
 from service.clock import Clock, now
 from service.db import repositories
 from service.db.change_listener import ChangeListener
-from service.db.data_version import DataVersion
+from service.db.config_version import ConfigVersionReader
 from service.db.migrations import ensure_migrated
 from service.db.session import create_engine, session_factory
 from service.drift import api as drift_api
@@ -196,7 +196,7 @@ def create_app(
     span_exporter: SpanExporter | None = None,
     adapter_inspector: Inspector | None = None,
     clock: Clock = now,
-) -> FastAPI:
+) -> GatewayApp:
     metrics = Metrics()
     provider = build_provider(settings.otlp_endpoint, span_exporter)
     tracer = tracer_from(provider)
@@ -207,6 +207,10 @@ def create_app(
     }
     engines = EngineClient(pools, metrics, settings)
     recorder = records.build(settings, metrics, tracer, sessions)
+    # On PostgreSQL gateways hear each other's changes at once and unload versions only when
+    # no other gateway needs them; on SQLite there is one gateway and the periodic refresh.
+    in_step = db.dialect.name == "postgresql"
+    listener = ChangeListener(db, lambda: snapshot.wake()) if in_step else None
     snapshot = SnapshotStore(
         sessions,
         settings.snapshot_refresh_s,
@@ -214,11 +218,9 @@ def create_app(
             settings.key_lookups_per_s, settings.unknown_keys_remembered, time.monotonic
         ),
         metrics=metrics,
-        data_version=DataVersion.of(settings.effective_database_url),
+        config_version=ConfigVersionReader.of(settings.effective_database_url),
+        listening=listener.connected if listener is not None else None,
     )
-    # On PostgreSQL gateways hear each other's changes at once and unload versions only when
-    # no other gateway needs them; on SQLite there is one gateway and the periodic refresh.
-    in_step = db.dialect.name == "postgresql"
     peers = None
     if in_step:
         peers = Peers(
@@ -293,7 +295,7 @@ def create_app(
     app.state.records = recorder
     app.state.drift = DriftMonitor(sessions, settings, clock)
     app.state.peers = peers
-    app.state.change_listener = ChangeListener(db, snapshot.wake) if in_step else None
+    app.state.change_listener = listener
     # A trailing-slash redirect would be built from the client's Host header.
     app.router.redirect_slashes = False
     install_error_handlers(app)

@@ -183,9 +183,10 @@ class Settings(BaseSettings):
     snapshot_refresh_s: float = Field(
         default=2.0,
         gt=0,
-        description="Seconds between reloads of routes, rollouts and keys from the database. On "
-        "PostgreSQL a change also reloads every gateway at once (LISTEN/NOTIFY); this refresh "
-        "is the fallback. On SQLite a refresh reloads only when something was committed.",
+        description="Seconds between looks at whether routes, rollouts, keys or adapter versions "
+        "changed; a look reloads them only when they did (on SQLite: the change count that the "
+        "database's triggers keep). On PostgreSQL every change reloads every gateway at once "
+        "(the triggers notify); this periodic reload runs only while that listener is down.",
     )
 
     adapter_import_root: Path | None = Field(

@@ -15,7 +15,6 @@ from service.cli.common import fail, settings_of
 from service.cli.db import with_session
 from service.clock import now
 from service.db import repositories
-from service.db.changes import announce
 from service.db.models import ApiKey
 from service.errors import AuthenticationFailed
 from service.limits.quota import KeyLimits, Quota
@@ -241,7 +240,6 @@ def keys_limits(
             session, cli_actor(), "key.limits", f"key:{key_id}",
             before={"limits": before}, after={"limits": key.limits},
         )  # fmt: skip
-        await announce(session, f"key:{key_id}")
         return changed
 
     changed = with_session(settings_of(ctx), work, write=True)

@@ -1,11 +1,15 @@
-"""Hears the changes other gateways announce (``changes.announce``) on PostgreSQL.
+"""Hears, on PostgreSQL, every change to what the gateways' snapshot holds.
+
+The database's own triggers (migration 0014) send a ``NOTIFY`` on ``CHANNEL`` whenever routes,
+keys, adapter versions or a rollout's traffic change, whoever writes them; PostgreSQL delivers
+it when the transaction commits, and not at all if it rolls back.
 
 One dedicated connection per gateway, outside the engine's pool, runs ``LISTEN``. Each
 notification calls ``on_change`` (the snapshot's ``wake``, which coalesces bursts). When the
 connection drops it is opened again with a growing backoff, and ``on_change`` is called after
 every (re)connection too: notifications sent while nobody listened are lost, so the gateway
 reloads everything once. A connection that dies silently (no FIN) is found by a ``SELECT 1``
-every ``check_s``. The periodic snapshot refresh stays the fallback throughout.
+every ``check_s``. While it is down the snapshot's periodic refresh reloads instead.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db.changes import CHANNEL
 from service.db.session import shown_url
 
 log = logging.getLogger(__name__)
+
+CHANNEL = "loragate_changes"  # also in the triggers of alembic/versions/0014
 
 # Keyword arguments SQLAlchemy's asyncpg dialect takes for itself, not for asyncpg.connect.
 _DIALECT_ONLY = (
@@ -100,5 +105,5 @@ class ChangeListener:
             connection.terminate()
 
     def _heard(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        log.debug("change announced: %s", payload)
+        log.debug("a change to %s was committed", payload)
         self._on_change()

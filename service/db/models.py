@@ -429,3 +429,14 @@ class ReviewCallbackAttempt(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ConfigVersion(Base):
+    """One row: on SQLite, how many times routes, keys, adapter versions or a rollout's traffic
+    changed, counted by triggers (migration 0014) and read by the snapshot's refresh. On
+    PostgreSQL the same triggers send a NOTIFY instead and ``n`` stays 0."""
+
+    __tablename__ = "config_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(BigInteger)

@@ -9,7 +9,6 @@ from typing import Any, cast
 from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.changes import announce
 from service.db.models import ApiKey, RequestRecord, ReviewItem, Route
 from service.db.session import insert_ignoring_duplicates
 
@@ -41,10 +40,7 @@ async def revoke_key(session: AsyncSession, key_id: str, when: datetime) -> bool
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
         .values(revoked_at=when)
     )
-    revoked = bool(getattr(result, "rowcount", 0))
-    if revoked:
-        await announce(session, f"key:{key_id}")
-    return revoked
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def list_routes(session: AsyncSession) -> Sequence[Route]:

@@ -35,7 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import now
 from service.db import repositories
-from service.db.changes import announce
 from service.db.models import AdapterVersion, Route
 from service.guard import SchemaRefused
 from service.guard.route_guard import RouteContract
@@ -171,7 +170,6 @@ async def sync_routes(
         if existing is None and target is None:
             row["target"] = base_models[row["pool"]]
         await repositories.upsert_route(session, row)
-    await announce(session, "routes")
     return [row["name"] for row in rows]
 
 

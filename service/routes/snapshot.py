@@ -1,11 +1,12 @@
 """Loads the in-memory view each gateway replica serves from: routes, rollouts and API keys.
 
-Requests never read the database for these; a background loop reloads them every
-``snapshot_refresh_s``, and at once when ``wake`` is called (on PostgreSQL, when another
-gateway or a CLI command announces a change). A key id that is not in the snapshot is looked
-up once in the database, so a key created a moment ago works at once; ``key_lookups`` rations
-those lookups so that made-up keys cannot turn into a query each. The view's values are in
-``view``.
+Requests never read the database for these. A background loop looks every
+``snapshot_refresh_s`` and reloads when they may have changed: on SQLite when the database's
+change count moved (``ConfigVersionReader``); on PostgreSQL only while the change listener is down,
+for while it is up it calls ``wake`` at once for every change (the database's triggers notify,
+whoever writes). A key id that is not in the snapshot is looked up once in the database, so a
+key created a moment ago works at once; ``key_lookups`` rations those lookups so that made-up
+keys cannot turn into a query each. The view's values are in ``view``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from rollout.core.machine import traffic
 from rollout.core.split import Split
 from service.auth import StoredKey, stored_key
 from service.db import repositories
-from service.db.data_version import DataVersion
+from service.db.config_version import ConfigVersionReader
 from service.db.models import AdapterVersion, ApiKey, Route
 from service.guard.route_guard import RouteContract
 from service.limits.quota import BadLimits
@@ -92,12 +93,13 @@ class SnapshotStore:
         *,
         lookups: KeyLookups | None = None,
         metrics: Metrics | None = None,
-        data_version: DataVersion | None = None,
+        config_version: ConfigVersionReader | None = None,
+        listening: asyncio.Event | None = None,
     ) -> None:
         self._sessions = sessions
         self._refresh_s = refresh_s
-        # On SQLite the periodic refresh reloads only after a commit (see DataVersion).
-        self._data_version = data_version
+        self._config_version = config_version
+        self._listening = listening
         self._loaded_version: int | None = None
         self._lookups = lookups or KeyLookups(20.0, 10_000, time.monotonic)
         self._metrics = metrics
@@ -117,17 +119,17 @@ class SnapshotStore:
         self._wake.set()
 
     async def reload(self, version: int | None = None) -> None:
-        """Load everything again. ``version``: the data version the caller read just before."""
+        """Load everything again. ``version``: the change count the caller read just before."""
         async with self._reloading:
-            if version is None and self._data_version is not None:
-                version = await self._data_version.read()
+            if version is None and self._config_version is not None:
+                version = await self._config_version.read()
             await self._reload()
             # Read before the queries: a commit landing during them shows as a change later.
             self._loaded_version = version
 
     def close(self) -> None:
-        if self._data_version is not None:
-            self._data_version.close()
+        if self._config_version is not None:
+            self._config_version.close()
 
     async def _reload(self) -> None:
         async with self._sessions() as session:
@@ -174,6 +176,7 @@ class SnapshotStore:
             self._metrics.key_lookups.labels(outcome).inc()
 
     async def run(self) -> None:
+        failed = False  # the last reload failed: the next tick tries again, whatever changed
         while True:
             # asyncio.timeout, not wait_for: see AdapterReconciler.run.
             with contextlib.suppress(TimeoutError):
@@ -182,9 +185,16 @@ class SnapshotStore:
             woken = self._wake.is_set()
             self._wake.clear()
             try:
-                version = await self._data_version.read() if self._data_version else None
-                if woken or version is None or version != self._loaded_version:
+                version = await self._config_version.read() if self._config_version else None
+                if woken or failed or self._may_have_changed(version):
                     await self.reload(version)
+                failed = False
             except Exception:
                 # Keep serving the last good snapshot; the failure is logged with its traceback.
+                failed = True
                 log.exception("snapshot refresh failed; serving the previous snapshot")
+
+    def _may_have_changed(self, version: int | None) -> bool:
+        if self._config_version is not None:
+            return version != self._loaded_version
+        return self._listening is None or not self._listening.is_set()

@@ -17,7 +17,6 @@ from rollout import store as rollout_store
 from service import clock
 from service.audit.actor import Actor
 from service.audit.events import record_event
-from service.db.changes import announce
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.errors import RolloutConflict
@@ -60,7 +59,6 @@ async def point(session: AsyncSession, route_name: str, target: str, now: dateti
     if route.target != target:
         route.target = target
         route.updated_at = now
-        await announce(session, f"route:{route_name}")
     return info(route)
 
 

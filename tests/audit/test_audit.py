@@ -96,11 +96,14 @@ def test_a_change_that_fails_after_its_event_leaves_neither(
 ) -> None:
     key_id = cli("keys", "create", "--role", "app", "--quiet").output.strip().split("-")[1]
 
-    async def broken(*_: Any) -> None:
-        raise OSError("the notification could not be sent")
+    record_event = service.cli.keys.record_event
 
-    # ``keys limits`` records its event, then announces the change: make that fail.
-    monkeypatch.setattr(service.cli.keys, "announce", broken)
+    async def then_fail(*args: Any, **kwargs: Any) -> None:
+        await record_event(*args, **kwargs)
+        raise OSError("the change could not be written")
+
+    # ``keys limits`` records its event in the change's transaction: fail right after it.
+    monkeypatch.setattr(service.cli.keys, "record_event", then_fail)
     result = runner.invoke(app, ["keys", "limits", key_id, "--rpm", "5"])
     assert result.exit_code == 1
     assert [e.action for e in events(cli_db)] == ["key.create"]
@@ -378,7 +381,7 @@ def test_keys_bootstrap_adds_one_event(cli_db: str, monkeypatch: pytest.MonkeyPa
     assert (event.actor, event.actor_role, event.os_user) == ("cli", None, "alice")
     assert (event.action, event.object) == ("key.bootstrap", f"key:{created}")
     assert event.after is not None and event.after["role"] == "admin"
-    assert plaintext.split("-")[2] not in str(event.after) and "hash" not in str(event.after)
+    assert plaintext.split("-", 2)[2] not in str(event.after) and "hash" not in str(event.after)
     # Refused once an admin key exists, and a deployment's re-run is a no-op: no events.
     refused = runner.invoke(app, ["keys", "bootstrap"])
     assert refused.exit_code == 1

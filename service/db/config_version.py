@@ -1,9 +1,10 @@
-"""Whether a SQLite database changed: ``PRAGMA data_version`` on a connection of its own.
+"""Whether what the snapshot holds changed, on SQLite: ``config_version.n``, on a connection of
+its own.
 
-SQLite changes that number on a connection whenever another connection, in this process or any
-other, commits to the database; this connection never writes, so every commit counts. Reading
-it costs a fraction of a millisecond where reloading the gateway's snapshot costs several
-queries, so an idle gateway on SQLite reloads only when something was committed.
+Triggers (migration 0014) count every change to routes, keys, adapter versions and a rollout's
+traffic, whoever makes it. Reading the count costs a fraction of a millisecond where reloading
+the snapshot costs several queries, so a gateway on SQLite reloads only after such a change;
+the records its shipper commits all the time do not count.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import sqlite3
 from sqlalchemy.engine import make_url
 
 
-class DataVersion:
+class ConfigVersionReader:
     def __init__(self, path: str) -> None:
         self._path = path
         self._connection: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
-    def of(cls, database_url: str) -> DataVersion | None:
-        """A probe for a SQLite file URL; None for other databases and in-memory SQLite."""
+    def of(cls, database_url: str) -> ConfigVersionReader | None:
+        """A reader for a SQLite file URL; None for other databases and in-memory SQLite."""
         url = make_url(database_url)
         if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
             return None
@@ -39,7 +40,7 @@ class DataVersion:
             )
         # fetchall and close: a statement left unfinished would hold a read transaction open,
         # and an open reader keeps SQLite from resetting its WAL file.
-        cursor = self._connection.execute("PRAGMA data_version")
+        cursor = self._connection.execute("SELECT n FROM config_version")
         try:
             [(version,)] = cursor.fetchall()
         finally:
