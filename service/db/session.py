@@ -1,4 +1,4 @@
-"""Database engine and session factory; SQLite gets WAL and a busy timeout."""
+"""Database engine and session factory; SQLite gets WAL, durable commits and a busy timeout."""
 
 from __future__ import annotations
 
@@ -51,7 +51,10 @@ def create_engine(url: str) -> AsyncEngine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk when it returns. The shipper deletes a spool segment
+            # once its rows are committed, and held review items are answered as stored; under
+            # NORMAL a power loss could take commits back after either.
+            cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 

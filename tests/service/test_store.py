@@ -126,13 +126,15 @@ async def test_gateway_refuses_to_start_on_an_unmigrated_database(
     assert engine.requests == []
 
 
-async def test_sqlite_uses_wal_and_a_busy_timeout(sqlite_url: str) -> None:
+async def test_sqlite_uses_wal_durable_commits_and_a_busy_timeout(sqlite_url: str) -> None:
     engine = create_engine(sqlite_url)
     try:
         async with engine.connect() as conn:
             assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
             timeout = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
             assert timeout == SQLITE_BUSY_TIMEOUT_MS
+            # 2 is FULL: the WAL is synced at each commit (NORMAL, 1, only at checkpoints).
+            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 2
     finally:
         await engine.dispose()
     # WAL is a property of the file: a plain connection that sets nothing sees it too.
