@@ -2,6 +2,8 @@
 
     python bench/bench_engine_cpu.py [--duration 20] [--concurrency 16] [--pairs 3]
                                      [--profile DIR]
+    python bench/bench_engine_cpu.py --fake-only RATE
+    python bench/bench_engine_cpu.py --bare-rates 5,20,100,400
 
 Starts `loragate serve` on its embedded defaults (SQLite, the managed vLLM with the bundled
 model) and sends the same load straight to vLLM, through a bare FastAPI relay
@@ -11,7 +13,9 @@ streamed chat (max_tokens 64). The gateway's CPU (user + system, from /proc) is 
 every run; its use during the direct runs, when it serves nothing, is its idle use, and is
 subtracted from the gateway runs:
 
-    CPU per request = (CPU in the gateway run - idle rate x run time) / requests completed
+    CPU per request = (CPU in the gateway run - idle rate x run time) / requests served
+
+(served: the warm-up's requests too, which the CPU time covers)
 
 Then the same gateway settings, and the bare relay, in front of bench/fake_upstream.py at the
 same request rate (open loop), so what only a real engine costs stands out.
@@ -31,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,23 +46,22 @@ MODES = {"chat": (False, 32), "stream": (True, 64)}
 
 
 def cpu_seconds(pid: int) -> float:
-    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+    """The whole process's (threads that ended included), user + system, in 10 ms ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each of the process's threads, by native thread id."""
+    """CPU seconds of each of the process's live threads, by native thread id, to the
+    nanosecond (``stat``'s 10 ms ticks are too coarse for a thread that runs a few ms a
+    second)."""
     seconds: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            seconds[int(task.name)] = cpu_seconds_of(task / "stat")
+            seconds[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
         except (FileNotFoundError, ProcessLookupError):
             continue  # the thread ended meanwhile
     return seconds
-
-
-def cpu_seconds_of(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_names(pid: int) -> dict[int, str]:
@@ -76,12 +79,12 @@ def thread_names(pid: int) -> dict[int, str]:
 def by_thread(pid: int, before: dict[int, float], requests: int) -> str:
     """CPU ms per request of each kind of thread since ``before``, largest first."""
     names = thread_names(pid)
-    spent: Counter[str] = Counter()
+    spent: defaultdict[str, float] = defaultdict(float)
     for tid, seconds in thread_cpu(pid).items():
         spent[names.get(tid, "other")] += seconds - before.get(tid, 0.0)
     return ", ".join(
         f"{name} {seconds / max(1, requests) * 1000:.2f}"
-        for name, seconds in spent.most_common()
+        for name, seconds in sorted(spent.items(), key=lambda item: -item[1])
         if seconds > 0
     )
 
@@ -139,6 +142,14 @@ def gateway_process(workdir: Path, env: dict[str, str], port: int) -> subprocess
     return start([sys.executable, "-m", "service", "serve", "--port", str(port)], env)
 
 
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate ``processes``, last started first, and forget them."""
+    while processes:
+        process = processes.pop()
+        process.terminate()
+        process.wait(120)
+
+
 def bare_relay(port: int, upstream: str) -> subprocess.Popen[bytes]:
     """bench/bare_relay.py in front of ``upstream``, once it answers."""
     process = start([sys.executable, "-m", "uvicorn", "bench.bare_relay:app", "--log-level",
@@ -173,7 +184,17 @@ def main() -> None:
         metavar="RATE",
         help="skip vLLM: only the fake engine, at RATE requests/s in both modes",
     )
+    parser.add_argument(
+        "--bare-rates",
+        default=None,
+        metavar="R1,R2,...",
+        help="only the bare relay in front of the fake engine, at each rate: how its CPU per "
+        "request falls as more requests share each wakeup",
+    )
     args = parser.parse_args()
+    if args.bare_rates is not None:
+        bare_by_rate(args, [float(rate) for rate in args.bare_rates.split(",")])
+        return
     if args.fake_only is not None:
         print(f"{'run':<28} {'req/s':>7} {'p50 ms':>9} {'ttft ms':>9} {'errors':>6} "
               f"{'CPU ms/req':>7}")  # fmt: skip
@@ -216,7 +237,7 @@ def main() -> None:
             per_request: list[float] = []
             floors: list[float] = []
             ratios: list[float] = []
-            served: list[float] = []
+            throughputs: list[float] = []
             for pair in range(args.pairs):
                 straight, idle_cpu, idle_wall = with_cpu(
                     gateway.pid, partial(run_load, direct, model, "", mode, args)
@@ -225,7 +246,7 @@ def main() -> None:
                 floor, bare_cpu, _ = with_cpu(
                     bare.pid, partial(run_load, relayed, model, "", mode, args)
                 )
-                floors.append(bare_cpu / max(1, floor["completed"]) * 1000)
+                floors.append(bare_cpu / max(1, floor["served"]) * 1000)
                 row(f"{mode} bare relay #{pair + 1}", floor, floors[-1])
                 spy = None
                 if args.profile is not None and pair == 0:
@@ -238,22 +259,20 @@ def main() -> None:
                 if spy is not None:
                     spy.wait()
                 idle_rate = idle_cpu / idle_wall
-                ms = (gw_cpu - idle_rate * gw_wall) / max(1, via["completed"]) * 1000
+                ms = (gw_cpu - idle_rate * gw_wall) / max(1, via["served"]) * 1000
                 per_request.append(ms)
                 ratios.append(via["rps"] / straight["rps"])
-                served.append(via["rps"])
+                throughputs.append(via["rps"])
                 row(f"{mode} via gateway #{pair + 1}", via, ms)
-                print(f"    by thread: {by_thread(gateway.pid, threads, via['completed'])}")
-            rates[mode] = sum(served) / len(served)
+                print(f"    by thread: {by_thread(gateway.pid, threads, via['served'])}")
+            rates[mode] = sum(throughputs) / len(throughputs)
             print(
                 f"  {mode}: gateway CPU per request {min(per_request):.2f}-"
                 f"{max(per_request):.2f} ms (bare relay {min(floors):.2f}-{max(floors):.2f} ms); "
                 f"throughput via/direct {min(ratios):.2f}-{max(ratios):.2f}",
                 flush=True,
             )
-        gateway.terminate()
-        gateway.wait(120)
-        processes.clear()
+        stop(processes)  # the gateway and the bare relay: the fake engine's runs start their own
         fake_against(args, rates)
         if args.profile is not None:
             for raw in sorted(args.profile.glob("*.txt")):
@@ -261,9 +280,7 @@ def main() -> None:
                 for name, share in top_functions(raw):
                     print(f"  {share * 100:5.1f} %  {name}")
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(120)
+        stop(processes)
 
 
 def fake_against(args: argparse.Namespace, rates: dict[str, float]) -> None:
@@ -282,7 +299,7 @@ def fake_against(args: argparse.Namespace, rates: dict[str, float]) -> None:
         bare = bare_relay(bare_port, upstream)
         processes.append(bare)
         cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
-        time.sleep(args.idle_s / 2)
+        time.sleep(args.idle_s)
         idle = (cpu_seconds(gateway.pid) - cpu0) / (time.monotonic() - wall0)
         through = f"http://127.0.0.1:{port}/v1/chat/completions"
         for mode, rate in rates.items():
@@ -296,18 +313,35 @@ def fake_against(args: argparse.Namespace, rates: dict[str, float]) -> None:
             )
             if spy is not None:
                 spy.wait()
-            ms = (cpu - idle * wall) / max(1, via["completed"]) * 1000
+            ms = (cpu - idle * wall) / max(1, via["served"]) * 1000
             row(f"{mode} via gateway, fake", via, ms)
-            print(f"    by thread: {by_thread(gateway.pid, threads, via['completed'])}")
+            print(f"    by thread: {by_thread(gateway.pid, threads, via['served'])}")
             floor, cpu, _ = with_cpu(bare.pid, partial(
                 run_load, f"http://127.0.0.1:{bare_port}/v1/chat/completions", "chat", "", mode,
                 args, rate=rate,
             ))  # fmt: skip
-            row(f"{mode} bare relay, fake", floor, cpu / max(1, floor["completed"]) * 1000)
+            row(f"{mode} bare relay, fake", floor, cpu / max(1, floor["served"]) * 1000)
     finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(60)
+        stop(processes)
+
+
+def bare_by_rate(args: argparse.Namespace, rates: list[float]) -> None:
+    upstream_port, bare_port = free_port(), free_port()
+    processes = [start([sys.executable, str(ROOT / "bench" / "fake_upstream.py"),
+                        str(upstream_port)])]  # fmt: skip
+    try:
+        bare = bare_relay(bare_port, f"http://127.0.0.1:{upstream_port}")
+        processes.append(bare)
+        url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+        for rate in rates:
+            figures, cpu, _ = with_cpu(
+                bare.pid, partial(run_load, url, "chat", "", "chat", args, rate=rate)
+            )
+            print(f"bare relay at {rate:g} req/s: "
+                  f"{cpu / max(1, figures['served']) * 1000:.2f} ms CPU per request",
+                  flush=True)  # fmt: skip
+    finally:
+        stop(processes)
 
 
 if __name__ == "__main__":

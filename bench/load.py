@@ -6,8 +6,9 @@ requests. Latency then counts from each request's due time (no coordinated omiss
 figures add ``send_lag_p99_ms`` (how late this process itself got requests out: when it is
 large, the load generator rather than the server shaped the run) and ``max_in_flight``.
 
-Prints one JSON line: completed, errors, req/s, latency p50/p99 (ms) and, for streams, time to
-first content chunk p50/p99 (ms). Run as its own process so it does not share the gateway's loop.
+Prints one JSON line: completed (after the warm-up), served (all, warm-up included), errors,
+req/s, latency p50/p99 (ms) and, for streams, time to first content chunk p50/p99 (ms). Run as
+its own process so it does not share the gateway's loop.
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     latencies: list[float] = []
     ttfts: list[float] = []
     errors = 0
+    served = 0  # every request answered, warm-up included: what a server's CPU time covers
     extra: dict[str, float] = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def one(start: float | None = None, record: bool = True) -> None:
             """One request; its latency counts from ``start`` (default: now)."""
-            nonlocal errors
+            nonlocal errors, served
             start = time.perf_counter() if start is None else start
             status, first = 0, None
             try:
@@ -68,6 +70,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                         await response.read()
             except aiohttp.ClientError:
                 status = 0
+            served += 1
             if not record:
                 return
             if first is not None:
@@ -95,6 +98,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         elapsed = time.perf_counter() - started
     return {
         "completed": len(latencies),
+        "served": served,
         "errors": errors,
         "rps": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 50),
