@@ -146,6 +146,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.connections_closed = Counter(
+            "loragate_client_connections_closed",
+            "Client connections the gateway closed without an answer, by reason: "
+            "header_timeout, body_timeout, send_timeout (the client read nothing), over_cap.",
+            ["reason"],
+            registry=r,
+        )
         self.unauthenticated = Counter(
             "loragate_unauthenticated_requests",
             "Requests refused for a missing or unknown key, by error code; they get no request "

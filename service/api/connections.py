@@ -19,13 +19,16 @@ their streams (and engine slots) forever. This protocol adds, per connection:
   of headers were accepted): past it the answer is 400 and the connection is closed.
 
 Each time limit closes the connection without an answer, as nginx does with its own: nothing
-was asked, or the client is not listening.
+was asked, or the client is not listening. Each close is logged with the client's address and
+the reason, and counted (``closed``: ``loragate_client_connections_closed_total{reason}``), so a
+client that reports "server disconnected" can be told from a gateway fault.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,6 +50,7 @@ class ConnectionLimits:
     body_timeout_s: float
     send_timeout_s: float
     max_connections: int
+    closed: Callable[[str], None] | None = None  # told each reason a connection is closed for
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
@@ -64,9 +68,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             log.warning("connection refused: %d open connections", len(self.connections) - 1)
+            self._count("over_cap")
             self.transport.abort()
             return
-        self._read_within(self.limits.header_timeout_s)
+        self._read_within(self.limits.header_timeout_s, "header_timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop(self._reading)
@@ -92,7 +97,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self._read_within(self.limits.body_timeout_s)
+        self._read_within(self.limits.body_timeout_s, "body_timeout")
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -104,26 +109,35 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # Waiting for the next request: its headers are due (the keep-alive timeout closes a
         # connection that sends nothing at all sooner). A pipelined request already started.
         if not self.transport.is_closing() and self.cycle.response_complete:
-            self._read_within(self.limits.header_timeout_s)
+            self._read_within(self.limits.header_timeout_s, "header_timeout")
 
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._sending is None:
-            self._sending = self.loop.call_later(self.limits.send_timeout_s, self._cut)
+            self._sending = self.loop.call_later(
+                self.limits.send_timeout_s, self._cut, "send_timeout", self.limits.send_timeout_s
+            )
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._stop(self._sending)
         self._sending = None
 
-    def _read_within(self, seconds: float) -> None:
+    def _read_within(self, seconds: float, reason: str) -> None:
         self._stop(self._reading)
-        self._reading = self.loop.call_later(seconds, self._cut)
+        self._reading = self.loop.call_later(seconds, self._cut, reason, seconds)
 
-    def _cut(self) -> None:
+    def _cut(self, reason: str, seconds: float) -> None:
         # abort, not close: close would wait to flush what the client is not reading.
         if not self.transport.is_closing():
+            host, port = self.client or ("-", 0)
+            log.info("closed the connection of %s:%s: %s (%g s)", host, port, reason, seconds)
+            self._count(reason)
             self.transport.abort()
+
+    def _count(self, reason: str) -> None:
+        if self.limits.closed is not None:
+            self.limits.closed(reason)
 
     @staticmethod
     def _stop(timer: asyncio.TimerHandle | None) -> None:

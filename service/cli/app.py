@@ -59,8 +59,10 @@ def serve(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     with_session(settings, repositories.count_keys)  # refuses an unmigrated database
+    app = create_app(settings)
+    closed = app.gateway.metrics.connections_closed
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
@@ -75,6 +77,7 @@ def serve(
                 body_timeout_s=settings.client_body_timeout_s,
                 send_timeout_s=settings.send_timeout_s,
                 max_connections=settings.max_connections,
+                closed=lambda reason: closed.labels(reason).inc(),
             )
         ),
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from service.api.connections import MAX_HEADER_BYTES, ConnectionLimits, protocol
@@ -52,9 +54,12 @@ async def echo(scope: Scope, receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def limited(limits: ConnectionLimits) -> AsyncIterator[tuple[int, list[str]]]:
-    """uvicorn on a free port with the gateway's protocol; yields the port and what the app saw."""
+async def limited(limits: ConnectionLimits) -> AsyncIterator[tuple[int, list[str], list[str]]]:
+    """uvicorn on a free port with the gateway's protocol; yields the port, what the app saw and
+    the reasons connections were closed for."""
     seen: list[str] = []
+    closed: list[str] = []
+    limits = dataclasses.replace(limits, closed=closed.append)
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         scope["state"] = {"seen": seen}
@@ -69,7 +74,7 @@ async def limited(limits: ConnectionLimits) -> AsyncIterator[tuple[int, list[str
     task = asyncio.create_task(server.serve())
     await wait_until(lambda: server.started, what="uvicorn to start")
     try:
-        yield port, seen
+        yield port, seen, closed
     finally:
         server.should_exit = True
         await task
@@ -93,15 +98,16 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_a_connection_that_sends_nothing_is_closed() -> None:
-    async with limited(limits()) as (port, _):
+    async with limited(limits()) as (port, _, closed):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await closed_by_server(reader) == b""
         writer.close()
+        assert closed == ["header_timeout"]
 
 
 async def test_headers_dripped_byte_by_byte_are_cut() -> None:
     """Each byte resets uvicorn's keep-alive timer; the header deadline does not move."""
-    async with limited(limits()) as (port, _):
+    async with limited(limits()) as (port, _, closed):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000 + b"\r\n\r\n"
         sent = 0
@@ -121,20 +127,22 @@ async def test_headers_dripped_byte_by_byte_are_cut() -> None:
             await dripping
         assert sent < len(request)  # cut while the headers were still coming
         writer.close()
+        assert closed == ["header_timeout"]
 
 
 async def test_a_body_that_stops_coming_is_cut() -> None:
-    async with limited(limits()) as (port, seen):
+    async with limited(limits()) as (port, seen, closed):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
         await writer.drain()
         assert await closed_by_server(reader) == b""
         await wait_until(lambda: seen == ["disconnect"], what="the app to see the disconnect")
         writer.close()
+        assert closed == ["body_timeout"]
 
 
 async def test_headers_past_the_size_limit_get_400() -> None:
-    async with limited(limits(header_timeout_s=30)) as (port, _):
+    async with limited(limits(header_timeout_s=30)) as (port, _, closed):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
         with contextlib.suppress(ConnectionError):
@@ -143,14 +151,16 @@ async def test_headers_past_the_size_limit_get_400() -> None:
                 await writer.drain()
         assert (await closed_by_server(reader)).startswith(b"HTTP/1.1 400 ")
         writer.close()
+        assert closed == []  # answered, not cut
 
 
 async def test_connections_past_the_cap_are_closed_at_once() -> None:
-    async with limited(limits(header_timeout_s=30, max_connections=3)) as (port, _):
+    async with limited(limits(header_timeout_s=30, max_connections=3)) as (port, _, closed):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await closed_by_server(reader) == b""
         writer.close()
+        assert closed == ["over_cap"]
         # The three held ones still serve.
         first_reader, first_writer = held[0]
         first_writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
@@ -222,6 +232,7 @@ async def test_loragate_serve_closes_idle_connections_and_cuts_streams_nobody_re
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:
     key = await insert_key(sqlite_url, Role.APP)
+    sre_key = await insert_key(sqlite_url, Role.SRE)
     # 40 MB of stream: far more than the socket buffers between the gateway and the client.
     engine.then(Behaviour(tokens=["x" * 2000] * 20_000))
     env = {"LORAGATE_CLIENT_HEADER_TIMEOUT_S": "0.5", "LORAGATE_SEND_TIMEOUT_S": "1"}
@@ -267,6 +278,19 @@ async def test_loragate_serve_closes_idle_connections_and_cuts_streams_nobody_re
                 headers={"Authorization": f"Bearer {key}"}, timeout=30,
             )  # fmt: skip
         assert ok.status_code == 200
+        # A connection of its own: one kept idle past the 0.5 s header timeout would be cut.
+        async with httpx.AsyncClient() as client:
+            scrape = await client.get(
+                f"{url}/metrics", headers={"Authorization": f"Bearer {sre_key}"}, timeout=30
+            )
+        closed = {
+            sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(scrape.text)
+            for sample in family.samples
+            if sample.name == "loragate_client_connections_closed_total"
+        }
+        # The idle connection at least (a test client pausing past 0.5 s would add one).
+        assert closed["header_timeout"] >= 1 and closed["send_timeout"] == 1
 
 
 @pytest.fixture(autouse=True)
