@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -65,18 +66,31 @@ def typed_path(settings: Settings, path: Path) -> Path:
     return under_root if under_root.exists() else path.absolute()
 
 
+# A GET changes nothing, so one whose connection dropped is sent again (after 1 s, then 2 s):
+# a watch or a script then outlives a blip such as a gateway restart. Other methods are not.
+READ_ATTEMPTS = 3
+
+
 def call_gateway(base: str, key: str, method: str, path: str, body: object) -> object:
     """One admin API call to the gateway at ``base``; an HTTP error becomes a CLI error."""
-    try:
-        response = httpx.request(
-            method,
-            base.rstrip("/") + path,
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=600,
-        )
-    except httpx.HTTPError as exc:
-        raise fail(f"cannot reach the gateway at {base}: {exc}") from exc
+    attempts = READ_ATTEMPTS if method == "GET" else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            response = httpx.request(
+                method,
+                base.rstrip("/") + path,
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=600,
+            )
+            break
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:  # not a 600 s timeout
+            if attempt == attempts:
+                raise fail(f"cannot reach the gateway at {base}: {exc}") from exc
+            typer.echo(f"cannot reach the gateway at {base} ({exc}); trying again", err=True)
+            time.sleep(attempt)
+        except httpx.HTTPError as exc:
+            raise fail(f"cannot reach the gateway at {base}: {exc}") from exc
     payload = response.json() if response.content else None
     if response.status_code >= 400:
         message = payload["error"]["message"] if isinstance(payload, dict) else response.text

@@ -6,9 +6,12 @@ Database commands run once on a SQLite file and once on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +23,7 @@ from typer.testing import CliRunner, Result
 
 from service.auth import hash_secret, split_key
 from service.cli.app import app
+from service.cli.common import READ_ATTEMPTS, call_gateway
 from service.db import repositories
 from service.db.models import ApiKey
 from service.db.session import create_engine, session_factory, shown_url, sqlite_file
@@ -537,3 +541,67 @@ def test_help_works_for_every_command(cli_env: Path, path: tuple[str, ...]) -> N
     assert "Usage:" in result.output
     if path:
         assert path[-1] in result.output
+
+
+@contextlib.contextmanager
+def dropping_gateway(drops: int) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server that reads each request and closes the first ``drops`` connections without
+    an answer (what a client sees as "server disconnected"); then answers ``{"ok": true}``."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.answer()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.answer()
+
+        def answer(self) -> None:
+            seen.append(self.command)
+            if len(seen) <= drops:
+                self.close_connection = True
+                return
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_read_whose_connection_dropped_is_sent_again(capsys: pytest.CaptureFixture[str]) -> None:
+    with dropping_gateway(drops=READ_ATTEMPTS - 1) as (url, seen):
+        assert call_gateway(url, "lg-x", "GET", "/v1/admin/rollouts/chat", None) == {"ok": True}
+    assert seen == ["GET"] * READ_ATTEMPTS
+    assert capsys.readouterr().err.count("trying again") == READ_ATTEMPTS - 1
+
+
+def test_a_read_that_keeps_failing_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with dropping_gateway(drops=READ_ATTEMPTS) as (url, seen), pytest.raises(typer.Exit):
+        call_gateway(url, "lg-x", "GET", "/v1/admin/rollouts/chat", None)
+    assert seen == ["GET"] * READ_ATTEMPTS
+    assert f"error: cannot reach the gateway at {url}" in capsys.readouterr().err
+
+
+def test_a_change_whose_connection_dropped_is_not_sent_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The gateway may have acted on it: the SRE decides, knowing it may have happened."""
+    with dropping_gateway(drops=1) as (url, seen), pytest.raises(typer.Exit):
+        call_gateway(url, "lg-x", "POST", "/v1/admin/rollouts/chat/abort", {"reason": "x"})
+    assert seen == ["POST"]
+    assert "trying again" not in capsys.readouterr().err
