@@ -210,17 +210,21 @@ class Harness:
         assert response.status_code == 200, response.text
         return response.text
 
-    async def records(self, expected: int, timeout_s: float = 5.0) -> list[RequestRecord]:
-        """Wait until at least ``expected`` records are written, then return them, oldest first."""
+    async def records(self, expected: int, timeout_s: float = 30.0) -> list[RequestRecord]:
+        """Wait until at least ``expected`` records are written, then return them, oldest first;
+        fail the test when fewer are there after ``timeout_s``."""
         gw = self.app.state.gateway
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
+        rows: list[RequestRecord] = []
+
+        async def enough() -> bool:
+            nonlocal rows
             async with gw.sessions() as session:
                 query = select(RequestRecord).order_by(RequestRecord.created_at)
                 rows = list((await session.scalars(query)).all())
-            if len(rows) >= expected or asyncio.get_running_loop().time() > deadline:
-                return rows
-            await asyncio.sleep(0.02)
+            return len(rows) >= expected
+
+        await wait_until(enough, timeout_s, f"{expected} records")
+        return rows
 
 
 @contextlib.asynccontextmanager
@@ -268,7 +272,7 @@ def chat_body(route: str = "chat", **extra: Any) -> dict[str, Any]:
 
 
 async def wait_until(
-    predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "the condition"
+    predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "the condition"
 ) -> None:
     """Poll ``predicate`` (sync or async) until it is truthy; fail the test after ``timeout_s``."""
     loop = asyncio.get_running_loop()

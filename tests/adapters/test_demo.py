@@ -82,6 +82,9 @@ async def test_traffic_then_the_demo_reviewer_works_the_queue(
             and truth[p[-1]["content"]]["urgency"] == 2
             for p in prompts[:6]
         )
+        # Escalated answers reach the queue with their records, which are shipped after the
+        # answers return: wait for them so the reviewer finds all six.
+        assert len(await gw.records(6, timeout_s=60)) == 6
         reviewer = gw.keys[Role.REVIEWER]
         reviewed = await asyncio.to_thread(demo.review_queue, url, reviewer, demo.ROUTE, 100)
     assert reviewed.decided == {"approve": right, "correct": 6 - right}

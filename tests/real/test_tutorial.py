@@ -62,7 +62,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
 def run_tutorial(gateway: LiveGateway) -> tuple[str, list[tuple[int, float]]]:
     """Run the blocks; return the output and (step, seconds) for each."""
     blocks = tutorial_blocks(ROOT / "README.md")
-    script = "set -euo pipefail\n" + "".join(
+    # A failing step ends the script; the traffic it started in the background ends with it.
+    script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + "".join(
         f"echo '{STEP_MARK} {i + 1}' $(date +%s.%N)\n{block}" for i, block in enumerate(blocks)
     )
     script += f"echo '{STEP_MARK} end' $(date +%s.%N)\n"
@@ -70,8 +71,7 @@ def run_tutorial(gateway: LiveGateway) -> tuple[str, list[tuple[int, float]]]:
         ["bash", "-c", script], env=gateway.env, cwd=gateway.workdir,
         capture_output=True, text=True, timeout=3000, check=False,
     )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:] + "\n" + gateway.tail()
+    assert done.returncode == 0, failure_report(done, gateway)
     marks = [line.split() for line in done.stdout.splitlines() if line.startswith(STEP_MARK)]
     times = [float(mark[2]) for mark in marks]
     steps = [
@@ -79,6 +79,17 @@ def run_tutorial(gateway: LiveGateway) -> tuple[str, list[tuple[int, float]]]:
         for mark, now, later in zip(marks, times, times[1:], strict=False)
     ]
     return done.stdout, steps
+
+
+def failure_report(done: subprocess.CompletedProcess[str], gateway: LiveGateway) -> str:
+    """What failed first (shown in full even where a long report is cut in the middle): the
+    script's errors and the gateway's warnings; then the tails of the output and logs."""
+    log = (gateway.workdir / "gateway.log").read_text(errors="replace").splitlines()
+    notable = [line for line in log if re.search(r" (WARNING|ERROR) |closed the connection", line)]
+    return "\n".join(
+        ["stderr:", done.stderr[-2000:], "gateway warnings:", *notable[-30:],
+         "stdout:", done.stdout[-4000:], gateway.tail()]
+    )  # fmt: skip
 
 
 def rows(gateway: LiveGateway, query: str, *args: object) -> list[dict[str, Any]]:
