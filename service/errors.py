@@ -115,6 +115,17 @@ class ReviewStoreUnavailable(GatewayError):
     code = "review_store_unavailable"
 
 
+class StoreUnavailable(GatewayError):
+    """The database cannot be reached, or stayed locked past SQLite's busy timeout. The
+    transaction was rolled back, unless the connection was lost while it committed."""
+
+    status = 503
+    code = "store_unavailable"
+
+    def headers(self, request_id: str | None = None) -> dict[str, str]:
+        return {**super().headers(request_id), "Retry-After": "1"}
+
+
 class BodyTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

@@ -1,22 +1,27 @@
 """Errors as HTTP responses: the OpenAI error envelope for every error the app answers.
 
-``GatewayError`` (the gateway's own), Starlette's ``HTTPException`` (unknown path, wrong method)
-and FastAPI's request validation errors all become the same JSON shape, and the OpenAPI page
-says 400 where FastAPI would say 422.
+``GatewayError`` (the gateway's own), Starlette's ``HTTPException`` (unknown path, wrong method),
+FastAPI's request validation errors and a database that is locked or down (503,
+``store_unavailable``) all become the same JSON shape, and the OpenAPI page says 400 where
+FastAPI would say 422.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest
+from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 # Where FastAPI says it found a problem: the first part of an error's location.
 REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
@@ -68,7 +73,15 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(invalid_request(exc.errors()))
 
+    async def store_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OperationalError)
+        log.warning("%s %s: the database failed: %s", request.method, request.url.path, exc.orig)
+        return error_response(
+            StoreUnavailable("The database is busy or cannot be reached; try again shortly.")
+        )
+
     app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(OperationalError, store_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
 

@@ -16,7 +16,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.sql.dml import Insert
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
+# How long a writer waits for SQLite's write lock. SQLite has no queue for it: a waiter polls,
+# and busy writers that come back at once can take it first, so under a burst of writers (and
+# durable commits on a slow disk) a wait of seconds is normal; past this the request fails
+# (a 503 to API callers) instead of waiting longer.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def is_sqlite(url: str) -> bool:

@@ -6,6 +6,7 @@ the ``review_clock`` dependency, which these tests replace with a clock they mov
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 from service.auth import Role
+from service.db import session as db_session
+from service.db.session import sqlite_file
 from service.review import api as reviews
 from service.review import queue
 from service.routes.config import RouteSpec, sync_routes
@@ -414,6 +417,37 @@ async def test_unknown_item(harness: Harness) -> None:
     for response in responses:
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == "review_item_not_found"
+
+
+async def test_a_locked_database_is_a_503_to_try_again_and_the_retry_decides_once(
+    sqlite_url: str, tmp_path: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_session, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    async with running_gateway(make_settings(sqlite_url, tmp_path, [engine.url])) as h:
+        h.app.dependency_overrides[reviews.review_clock] = Clock()
+        item_id = await add(h)
+        token = (await claim(h, lease_s=60))["token"]
+        path = sqlite_file(sqlite_url)
+        assert path is not None
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            locked = await decide(h, item_id, token, "approve")
+        finally:
+            holder.rollback()
+            holder.close()
+        assert locked.status_code == 503, locked.text
+        assert locked.json()["error"]["code"] == "store_unavailable"
+        assert locked.headers["retry-after"] == "1"
+        item = (await h.client.get(f"{ITEMS}/{item_id}", headers=reviewer(h))).json()
+        assert item["state"] == "claimed" and item["history"] == []  # nothing half-written
+
+        retried = await decide(h, item_id, token, "approve")
+        assert retried.status_code == 200, retried.text
+        again = await decide(h, item_id, token, "approve")
+        assert again.json() == retried.json()
+        item = (await h.client.get(f"{ITEMS}/{item_id}", headers=reviewer(h))).json()
+        assert [e["kind"] for e in item["history"]] == ["approve"]
 
 
 async def test_numbers_too_large_to_store_are_a_400_not_a_crash(harness: Harness) -> None:
