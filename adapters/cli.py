@@ -14,6 +14,7 @@ import typer
 from adapters import demo, training
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
 from adapters.registry_db import build_registry
+from adapters.training_cache import TrainingCache
 from service.audit.actor import cli_actor
 from service.cli.common import (
     UrlOption,
@@ -187,11 +188,33 @@ def _train_with_progress(
         raise fail(str(exc)) from exc
 
 
+MaxStepsOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Stop after this many optimizer steps (default: every epoch's)."),
+]
+NoCacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache",
+        help="Train even when an earlier run had the same inputs (data, base model, "
+        "hyperparameters, seed, library versions); the new run replaces nothing.",
+    ),
+]
+
+
+def _training_cache(settings: Settings) -> TrainingCache:
+    return TrainingCache(settings.effective_training_cache_dir, settings.training_cache_max_bytes)
+
+
 def _print_training(name: str, result: training.TrainingResult) -> None:
+    how = (
+        f"cached: the result of run {result.run_id}"
+        if result.cached
+        else f"{len(result.epochs)} epochs, {result.seconds:.0f} s"
+    )
     typer.echo(
         f"{name}: held-out loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f} "
-        f"({result.validation_examples} held out, {result.train_examples} trained on, "
-        f"{len(result.epochs)} epochs, {result.seconds:.0f} s)"
+        f"({result.validation_examples} held out, {result.train_examples} trained on, {how})"
     )
     for epoch in result.epochs:
         typer.echo(f"  epoch {epoch.epoch}: train {epoch.train_loss:.3f}  val {epoch.val_loss:.3f}")
@@ -225,6 +248,7 @@ def adapters_train(
         training.DEFAULT_MAX_LEN
     ),
     batch_size: Annotated[int, typer.Option(min=1)] = training.DEFAULT_BATCH_SIZE,
+    max_steps: MaxStepsOption = None,
     shuffle_labels: Annotated[
         bool,
         typer.Option(
@@ -235,8 +259,10 @@ def adapters_train(
     base_model_dir: Annotated[
         Path | None, typer.Option(help="Base model directory (default: the pool's model_dir).")
     ] = None,
+    no_cache: NoCacheOption = False,
 ) -> None:
-    """Fine-tune a LoRA adapter on chat JSONL and write it, with a manifest, ready to register."""
+    """Fine-tune a LoRA adapter on chat JSONL and write it, with a manifest, ready to register.
+    A run with the same inputs as an earlier one copies its result from the training cache."""
     if not ADAPTER_NAME.match(name):
         raise fail(f"{name!r} is not a valid adapter name")
     settings = settings_of(ctx)
@@ -247,7 +273,9 @@ def adapters_train(
     result = _train_with_progress(name, lambda progress: training.train(
         data, target.absolute(), base_dir, base_model_name=base_name, epochs=epochs, lr=lr,
         rank=rank, alpha=alpha, seed=seed, val_fraction=val_fraction, max_len=max_len,
-        batch_size=batch_size, labels_shuffled=shuffle_labels, progress=progress,
+        batch_size=batch_size, max_steps=max_steps, labels_shuffled=shuffle_labels,
+        progress=progress,
+        cache=None if no_cache else _training_cache(settings),
     ))  # fmt: skip
     _print_training(name, result)
     typer.echo(f"register it: loragate adapters register {name} {result.out_dir}")
@@ -263,14 +291,17 @@ def adapters_demo(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = training.DEMO_EPOCHS,
+    max_steps: MaxStepsOption = training.DEMO_MAX_STEPS,
     pool: Annotated[str | None, typer.Option(help="Engine pool (default: the first).")] = None,
     base_model_dir: Annotated[
         Path | None, typer.Option(help="Base model directory (default: the pool's model_dir).")
     ] = None,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Train the tutorial's three versions on the bundled ticket data (about a minute each on a
     laptop CPU): `good` (seed 0), `bad` (shuffled labels) and `good2` (seed 1); write the
-    `ticket-triage` route (routes.yaml) and the rollout spec (rollout.json) beside them."""
+    `ticket-triage` route (routes.yaml) and the rollout spec (rollout.json) beside them. Versions
+    trained before with the same inputs are copied from the training cache."""
     settings = settings_of(ctx)
     base_name, base_dir = _base_model(settings, pool, base_model_dir)
     target = (settings.effective_import_root / (out or Path("demo"))).absolute()
@@ -281,8 +312,10 @@ def adapters_demo(
     def train_one(data: Path, label: str, seed: int, shuffled: bool) -> training.TrainingResult:
         return _train_with_progress(label, lambda progress: training.train(
             data, target / label, base_dir, base_model_name=base_name, epochs=epochs, seed=seed,
-            labels_shuffled=shuffled, progress=progress,
+            max_steps=max_steps, labels_shuffled=shuffled, progress=progress, cache=cache,
         ))  # fmt: skip
+
+    cache = None if no_cache else _training_cache(settings)
 
     with resources.as_file(training.example_data("tickets.jsonl")) as data:
         for label, seed, shuffled in demo.VERSIONS:
@@ -333,3 +366,41 @@ def adapters_demo_review(
     except httpx.HTTPStatusError as exc:
         raise fail(f"HTTP {exc.response.status_code}: {exc.response.text[:300]}") from exc
     typer.echo(report.line())
+
+
+cache_app = typer.Typer(help="The training cache: earlier runs by their inputs.")
+adapters_app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list(ctx: typer.Context) -> None:
+    """Cached training runs, most recently used first, and the cache's total size."""
+    settings = settings_of(ctx)
+    cache = _training_cache(settings)
+    entries = cache.entries()
+    for entry in entries:
+        when = entry.last_used.strftime("%Y-%m-%d %H:%M")
+        typer.echo(
+            f"{entry.key[:16]}  run={entry.run_id}  data={entry.data_sha256[:12]}  "
+            f"{entry.size_bytes:>10} bytes  used {when}"
+        )
+    total = sum(e.size_bytes for e in entries)
+    typer.echo(f"{len(entries)} runs, {total} bytes of {cache.max_bytes} in {cache.root}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    ctx: typer.Context,
+    max_bytes: Annotated[
+        int | None,
+        typer.Option(min=0, help="Keep at most this many bytes (default: the configured bound)."),
+    ] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="Remove every cached run.")] = False,
+) -> None:
+    """Remove the least recently used cached runs until the cache fits the bound."""
+    settings = settings_of(ctx)
+    cache = _training_cache(settings)
+    bound = 0 if all_runs else (max_bytes if max_bytes is not None else cache.max_bytes)
+    removed = cache.prune(bound)
+    freed = sum(e.size_bytes for e in removed)
+    typer.echo(f"removed {len(removed)} runs ({freed} bytes); {len(cache.entries())} left")

@@ -24,6 +24,14 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapters.training_cache import (
+    RECIPE,
+    TrainingCache,
+    directory_sha256,
+    library_versions,
+    new_run_id,
+    run_key,
+)
 from service.clock import now
 
 if TYPE_CHECKING:
@@ -38,6 +46,7 @@ DEFAULT_EPOCHS = 2
 # The bundled demo: one epoch over its 48 training examples gets most of the held-out gain for
 # half the time (measured on two CPU cores: 2.84 -> 1.29 in 69 s; two epochs 1.21).
 DEMO_EPOCHS = 1
+DEMO_MAX_STEPS: int | None = None
 DEFAULT_LR = 1e-3
 DEFAULT_RANK = 8
 DEFAULT_SEED = 0
@@ -101,6 +110,8 @@ class TrainingResult:
     val_loss_after: float
     epochs: tuple[EpochLoss, ...]
     seconds: float
+    run_id: str
+    cached: bool = False
 
 
 def example_data(name: str = "tickets.jsonl") -> Traversable:
@@ -322,6 +333,8 @@ class _Fit:
 
         total, count = 0.0, 0
         for batch in _batches(items, self.batch_size):
+            if self.step == self.total_steps:
+                break  # a step budget below the epochs' worth ends this epoch early
             summed, tokens = _summed_loss(self.model, _collate(batch, pad_id))
             mean: Any = summed / tokens
             mean.backward()
@@ -358,8 +371,10 @@ def train(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     max_len: int = DEFAULT_MAX_LEN,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    max_steps: int | None = None,
     labels_shuffled: bool = False,
     progress: ProgressCallback | None = None,
+    cache: TrainingCache | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter and write it with its manifest to ``out_dir`` (which must not exist).
 
@@ -367,16 +382,48 @@ def train(
     ``adapter_config.json`` in place of the local directory. ``alpha`` defaults to twice the rank.
     With ``labels_shuffled`` the training answers are swapped between examples (the validation
     split keeps the true answers, so its loss shows how much worse the result is).
+    ``max_steps`` ends training after that many optimizer steps (the learning rate decays to 0
+    over them), inside an epoch if need be. With a ``cache``, a run with the same inputs as an
+    earlier one copies that run's result instead of training again (the manifest says
+    ``cached: true`` and names the run in ``cached_from``).
     """
     if epochs < 1 or rank < 1 or batch_size < 1 or lr <= 0 or max_len < 1:
         raise ValueError("epochs, rank, batch_size, max_len and lr must be positive")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError("max_steps must be positive")
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists already; adapter directories are never reused")
     started = time.monotonic()
     alpha = alpha if alpha is not None else 2 * rank
-    train_set, val_set = split_examples(
-        load_examples(data_path), val_fraction=val_fraction, seed=seed
-    )
+    examples = load_examples(data_path)
+    hyperparameters = {
+        "epochs": epochs,
+        "lr": lr,
+        "rank": rank,
+        "alpha": alpha,
+        "target_modules": list(TARGET_MODULES),
+        "batch_size": batch_size,
+        "max_steps": max_steps,
+        "max_len": max_len,
+        "val_fraction": val_fraction,
+        "optimizer": "AdamW",
+        "schedule": "linear decay to 0",
+        "labels_shuffled": labels_shuffled,
+    }
+    data_sha256 = file_sha256(data_path)
+    key = ""
+    if cache is not None:
+        key = run_key({
+            "data_sha256": data_sha256, "base_model": base_model_name,
+            "base_model_sha256": directory_sha256(base_model_dir), "seed": seed,
+            "hyperparameters": hyperparameters, "libraries": library_versions(),
+            "recipe": RECIPE,
+        })  # fmt: skip
+        hit = cache.find(key)
+        if hit is not None:
+            return _copy_cached(hit, out_dir, started)
+
+    train_set, val_set = split_examples(examples, val_fraction=val_fraction, seed=seed)
     if labels_shuffled:
         train_set = shuffle_labels(train_set, seed=seed)
 
@@ -398,49 +445,81 @@ def train(
         alpha=alpha,
         lr=lr,
         batch_size=batch_size,
-        total_steps=epochs * math.ceil(len(train_items) / batch_size),
+        total_steps=_total_steps(epochs, len(train_items), batch_size, max_steps),
         progress=progress,
     )
     val_before = fit.evaluate(val_items, pad_id, 0)
     history: list[EpochLoss] = []
     rng = random.Random(seed)
     for epoch in range(1, epochs + 1):
+        if fit.step == fit.total_steps:
+            break  # max_steps spent
         rng.shuffle(train_items)
         train_loss = fit.train_epoch(train_items, pad_id, epoch)
         history.append(EpochLoss(epoch, train_loss, fit.evaluate(val_items, pad_id, epoch)))
 
     result = TrainingResult(
         out_dir=out_dir,
-        data_sha256=file_sha256(data_path),
+        data_sha256=data_sha256,
         train_examples=len(train_set),
         validation_examples=len(val_set),
         val_loss_before=val_before,
         val_loss_after=history[-1].val_loss,
         epochs=tuple(history),
         seconds=round(time.monotonic() - started, 1),
+        run_id=new_run_id(),
     )
-    hyperparameters = {
-        "epochs": epochs,
-        "lr": lr,
-        "rank": rank,
-        "alpha": alpha,
-        "target_modules": list(TARGET_MODULES),
-        "batch_size": batch_size,
-        "max_len": max_len,
-        "val_fraction": val_fraction,
-        "optimizer": "AdamW",
-        "schedule": "linear decay to 0",
-        "labels_shuffled": labels_shuffled,
-    }
     # Written beside the final name and renamed at the end: a directory that exists is complete.
+    partial = _partial(out_dir)
+    fit.save(partial, base_model_name)
+    manifest = _manifest(result, hyperparameters, base_model_name, seed)
+    if cache is not None:
+        manifest["cache_key"] = key
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    partial.rename(out_dir)
+    if cache is not None:
+        cache.put(key, out_dir)
+    return result
+
+
+def _total_steps(epochs: int, examples: int, batch_size: int, max_steps: int | None) -> int:
+    """Optimizer steps of the run: every epoch's batches, or fewer under ``max_steps``."""
+    steps = epochs * math.ceil(examples / batch_size)
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+def _partial(out_dir: Path) -> Path:
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    fit.save(partial, base_model_name)
-    manifest = _manifest(result, hyperparameters, base_model_name, seed)
+    return partial
+
+
+def _copy_cached(hit: Path, out_dir: Path, started: float) -> TrainingResult:
+    """``out_dir`` as a copy of the cached run in ``hit``; its manifest says where it came from."""
+    manifest = json.loads((hit / MANIFEST).read_text())
+    partial = _partial(out_dir)
+    partial.rmdir()
+    shutil.copytree(hit, partial)
+    seconds = round(time.monotonic() - started, 1)
+    manifest.update(
+        cached=True, cached_from=manifest["run_id"], run_id=new_run_id(), seconds=seconds,
+        created_at=now().isoformat(timespec="seconds"),
+    )  # fmt: skip
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     partial.rename(out_dir)
-    return result
+    return TrainingResult(
+        out_dir=out_dir,
+        data_sha256=manifest["data_sha256"],
+        train_examples=manifest["examples"]["train"],
+        validation_examples=manifest["examples"]["validation"],
+        val_loss_before=manifest["val_loss_before"],
+        val_loss_after=manifest["val_loss_after"],
+        epochs=tuple(EpochLoss(**e) for e in manifest["epochs"]),
+        seconds=seconds,
+        run_id=manifest["run_id"],
+        cached=True,
+    )
 
 
 def _manifest(
@@ -451,6 +530,8 @@ def _manifest(
     except metadata.PackageNotFoundError:
         version = "unknown"
     return {
+        "run_id": result.run_id,
+        "cached": False,
         "data_sha256": result.data_sha256,
         "examples": {"train": result.train_examples, "validation": result.validation_examples},
         "hyperparameters": hyperparameters,

@@ -194,6 +194,16 @@ class Settings(BaseSettings):
         description="Adapters are registered only from directories under this root "
         "(default: data_dir/imports).",
     )
+    training_cache_dir: Path | None = Field(
+        default=None,
+        description="Earlier training runs, by the sha256 of their inputs: `adapters train` and "
+        "`adapters demo` with the same inputs reuse them (default: data_dir/training-cache).",
+    )
+    training_cache_max_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Largest training cache; the least recently used runs go first.",
+    )
     max_adapter_bytes: int = Field(
         default=512 * 1024 * 1024, description="Largest adapter directory accepted."
     )
@@ -431,6 +441,10 @@ class Settings(BaseSettings):
     @property
     def effective_import_root(self) -> Path:
         return self.adapter_import_root or self.data_dir / "imports"
+
+    @property
+    def effective_training_cache_dir(self) -> Path:
+        return self.training_cache_dir or self.data_dir / "training-cache"
 
     @property
     def effective_spool_dir(self) -> Path:

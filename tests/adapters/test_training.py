@@ -195,22 +195,28 @@ def test_cli_refuses_a_bad_name_and_an_existing_output(
 # --- slow: a real run ------------------------------------------------------------------------
 
 
+TRAINED_ARGS = ("--name", "triage", "--epochs", "2", "--max-len", "128", "--val-fraction", "0.25",
+                "--seed", "7")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Result]]:
-    """12 short bundled examples (9 trained on, 3 held out), 2 epochs, via the CLI."""
+    """12 short bundled examples (9 trained on, 3 held out), 2 epochs, via the CLI, with a
+    training cache of the module's own."""
     pytest.importorskip("peft")
     work = tmp_path_factory.mktemp("training")
     data = work / "tickets-12.jsonl"
     lines = example_data("tickets.jsonl").read_text().splitlines(True)
     data.write_text("".join(sorted(lines, key=len)[:12]))  # the shortest: all within 128 tokens
     out = work / "adapter"
-    result = train_cli(
-        "--data", str(data), "--name", "triage", "--out", str(out), "--epochs", "2",
-        "--max-len", "128", "--val-fraction", "0.25", "--seed", "7",
-        "--base-model-dir", str(prepared_model()),
-    )  # fmt: skip
-    assert result.exit_code == 0, (result.output, result.exception)
-    yield data, out, result
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LORAGATE_TRAINING_CACHE_DIR", str(work / "cache"))
+        result = train_cli(
+            "--data", str(data), "--out", str(out), *TRAINED_ARGS,
+            "--base-model-dir", str(prepared_model()),
+        )  # fmt: skip
+        assert result.exit_code == 0, (result.output, result.exception)
+        yield data, out, result
 
 
 @pytest.mark.slow
@@ -264,3 +270,28 @@ def test_real_run_loads_back_with_peft(trained: tuple[Path, Path, Result]) -> No
     name = next(n for n in saved if "layers.0.self_attn.q_proj.lora_B" in n)
     match = next(p for n, p in loaded.items() if "layers.0.self_attn.q_proj.lora_B" in n)
     assert torch.equal(saved[name], match.detach())
+
+
+@pytest.mark.slow
+def test_the_same_inputs_again_copy_the_cached_run_and_no_cache_trains(
+    trained: tuple[Path, Path, Result],
+) -> None:
+    data, out, _ = trained
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["cached"] is False and first["run_id"]
+    args = ("--data", str(data), *TRAINED_ARGS, "--base-model-dir", str(prepared_model()))
+    again = train_cli(*args, "--out", str(out.with_name("again")))
+    assert again.exit_code == 0, (again.output, again.exception)
+    assert f"cached: the result of run {first['run_id']}" in again.output
+    copied = json.loads((out.with_name("again") / "manifest.json").read_text())
+    assert copied["cached"] is True and copied["cached_from"] == first["run_id"]
+    assert copied["run_id"] != first["run_id"]
+    assert copied["val_loss_after"] == first["val_loss_after"]
+    weights = "adapter_model.safetensors"
+    assert (out.with_name("again") / weights).read_bytes() == (out / weights).read_bytes()
+
+    fresh = train_cli(*args, "--out", str(out.with_name("fresh")), "--no-cache")
+    assert fresh.exit_code == 0, (fresh.output, fresh.exception)
+    retrained = json.loads((out.with_name("fresh") / "manifest.json").read_text())
+    assert retrained["cached"] is False and "cached_from" not in retrained
+    assert "cached:" not in fresh.output and "2 epochs" in fresh.output
