@@ -288,9 +288,20 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
+def machine_cache() -> Path:
+    """What tests keep between runs on one machine (LORAGATE_TEST_MODEL_CACHE)."""
+    default = Path.home() / ".cache" / "loragate-test"
+    return Path(os.environ.get("LORAGATE_TEST_MODEL_CACHE", default))
+
+
 def prepared_model() -> Path:
     """The bundled model, converted once per machine (about 40 s) and reused by later runs."""
-    default = Path.home() / ".cache" / "loragate-test"
-    out = Path(os.environ.get("LORAGATE_TEST_MODEL_CACHE", default)) / "smollm2-135m-instruct"
+    out = machine_cache() / "smollm2-135m-instruct"
     subprocess.run([sys.executable, "-m", "service.engine.model_prep", str(out)], check=True)
     return out
+
+
+def training_cache() -> Path:
+    """The training cache every real test's CLI uses: a demo version is trained once per machine
+    (training is content-addressed, so a hit is what the same run would write)."""
+    return machine_cache() / "training-cache"

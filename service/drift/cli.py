@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from rollout.cli import columns
 from service.cli.common import KeyOption, UrlOption, call_gateway, fail, gateway_url, settings_of
-from service.drift.api import DriftOut, FeatureOut, SpanOut
 from service.drift.report import render as render_html
+from service.drift.schemas import DriftOut, FeatureOut, SpanOut
 
 drift_app = typer.Typer(
     help="Drift monitoring: each route's version against its reference.", no_args_is_help=True

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from service.drift.api import BinOut, DriftOut, FeatureOut, SpanOut
+from service.drift.schemas import BinOut, DriftOut, FeatureOut, SpanOut
 
 # One chart's size in pixels; AXIS and MARGIN leave room for the slanted bin labels.
 WIDTH, HEIGHT, AXIS, MARGIN = 380, 180, 70, 40

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from service.auth import Role
 from service.cli.app import app as cli
-from service.drift.api import DriftOut
 from service.drift.report import render as render_html
+from service.drift.schemas import DriftOut
 from tests.conftest import Harness, make_settings, running_gateway, served
 from tests.drift.test_api import VALID
 from tests.drift.traffic import Traffic, rows, write

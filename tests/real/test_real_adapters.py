@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,25 +76,27 @@ class Replica:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
 
-def make_adapter(
-    model_dir: Path, out: Path, seed: int, *, inert: bool = False, rank: int = 8
-) -> None:
-    """A LoRA adapter on the real base model: random weights, or (inert) peft's zero B."""
+def make_adapters(model_dir: Path, specs: list[tuple[Path, int, bool, int]]) -> None:
+    """LoRA adapters on the real base model, one (out, seed, inert, rank) each: random weights,
+    or (inert) peft's zero B. One process: torch is imported once."""
     code = f"""
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
-torch.manual_seed({seed})
-model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, dtype=torch.bfloat16)
-config = LoraConfig(r={rank}, lora_alpha=16, task_type="CAUSAL_LM", init_lora_weights={inert!r},
-                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-get_peft_model(model, config).save_pretrained({str(out)!r})
+for out, seed, inert, rank in {[(str(o), s, i, r) for o, s, i, r in specs]!r}:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, dtype=torch.bfloat16)
+    config = LoraConfig(r=rank, lora_alpha=16, task_type="CAUSAL_LM", init_lora_weights=inert,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    get_peft_model(model, config).save_pretrained(out)
 """
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, list[Replica]]]:
+def setup(
+    tmp_path_factory: pytest.TempPathFactory, demo_set: Path
+) -> Iterator[tuple[LiveGateway, list[Replica]]]:
     model = prepared_model()
     work = tmp_path_factory.mktemp("adapters")
     # The second replica accepts lower ranks than the pool promises: a rank-16 version loads on
@@ -104,10 +107,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGatewa
     gateway = LiveGateway(work, model)
     imports = work / "imports"
     imports.mkdir()
-    for name, seed, inert, rank in (
-        ("v1", 1, False, 8), ("v2", 2, False, 8), ("noop", 3, True, 8), ("wide", 4, False, 16),
-    ):  # fmt: skip
-        make_adapter(model, imports / name, seed, inert=inert, rank=rank)
+    # Two trained versions (the session's demo set), and two made for what they refuse.
+    shutil.copytree(demo_set / "good", imports / "v1")
+    shutil.copytree(demo_set / "good2", imports / "v2")
+    make_adapters(model, [(imports / "noop", 3, True, 8), (imports / "wide", 4, False, 16)])
     pool = {"name": "default", "base_model": BASE, "urls": [r.url for r in replicas],
             "max_lora_rank": 16}  # fmt: skip
     gateway.env.update(

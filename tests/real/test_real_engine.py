@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import prepared_model
+from tests.conftest import prepared_model, training_cache
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,7 @@ class LiveGateway:
             LORAGATE_HEALTH_PROBE_INTERVAL_S="1",
             LORAGATE_FIRST_BYTE_TIMEOUT_S="120",
             LORAGATE_IDLE_TIMEOUT_S="60",
+            LORAGATE_TRAINING_CACHE_DIR=str(training_cache()),
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.log = (workdir / "gateway.log").open("wb")
