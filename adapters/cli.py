@@ -208,8 +208,8 @@ def _training_cache(settings: Settings) -> TrainingCache:
 
 def _print_training(name: str, result: training.TrainingResult) -> None:
     how = (
-        f"cached: the result of run {result.run_id}"
-        if result.cached
+        f"cached: the result of run {result.cached_from}"
+        if result.cached_from
         else f"{len(result.epochs)} epochs, {result.seconds:.0f} s"
     )
     typer.echo(

@@ -111,7 +111,7 @@ class TrainingResult:
     epochs: tuple[EpochLoss, ...]
     seconds: float
     run_id: str
-    cached: bool = False
+    cached_from: str | None = None  # the run whose result a cache hit copied
 
 
 def example_data(name: str = "tickets.jsonl") -> Traversable:
@@ -499,7 +499,6 @@ def _copy_cached(hit: Path, out_dir: Path, started: float) -> TrainingResult:
     """``out_dir`` as a copy of the cached run in ``hit``; its manifest says where it came from."""
     manifest = json.loads((hit / MANIFEST).read_text())
     partial = _partial(out_dir)
-    partial.rmdir()
     shutil.copytree(hit, partial)
     seconds = round(time.monotonic() - started, 1)
     manifest.update(
@@ -518,7 +517,7 @@ def _copy_cached(hit: Path, out_dir: Path, started: float) -> TrainingResult:
         epochs=tuple(EpochLoss(**e) for e in manifest["epochs"]),
         seconds=seconds,
         run_id=manifest["run_id"],
-        cached=True,
+        cached_from=manifest["cached_from"],
     )
 
 

@@ -7,6 +7,7 @@ with a ``.complete`` marker is reused as it is.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import shutil
 import sys
@@ -42,6 +43,16 @@ def is_prepared(out_dir: Path) -> bool:
 def prepare(out_dir: Path) -> Path:
     if is_prepared(out_dir):
         return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One converter per directory: a second process waits here, then finds the model ready.
+    with (out_dir.parent / f".{out_dir.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_prepared(out_dir):
+            return out_dir
+        return _convert(out_dir)
+
+
+def _convert(out_dir: Path) -> Path:
     gguf = bundled_gguf()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,15 +1,34 @@
-"""What the real tier shares in one run: the tutorial's demo versions, trained once."""
+"""What the real tier shares in one run: one worker, and the tutorial's demo versions trained
+once."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from adapters.training import example_data
 from tests.conftest import prepared_model, training_cache
+from tests.real.test_real_engine import LiveGateway, serving
+
+REVIEWED_ROUTE = "ticket-triage"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (`-n 2 --dist loadgroup`, as scripts/test.sh runs) every real-vLLM test runs
+    on one worker, one after another: vLLM's CPU worker busy-polls a core, so two engines at once
+    on two cores starve each other, while the other worker runs the rest of the suite beside
+    them. As the largest group, the engine tier is handed out first."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("engine"))
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +46,24 @@ def demo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return work / "demo"
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """One `loragate serve` with its managed vLLM for the engine and review modules, started as
+    the README says, with two routes: `chat` on the base model, and `ticket-triage` under the
+    bundled ticket schema whose unsure answers go to review. The tutorial and the adapters test
+    run gateways of their own."""
+    work = tmp_path_factory.mktemp("live")
+    shutil.copy(Path(str(example_data("tickets.schema.json"))), work / "tickets.schema.json")
+    # The base model is unsure of itself: with this threshold its answers go to review.
+    route = {
+        "name": REVIEWED_ROUTE, "target": "base", "output_schema": "tickets.schema.json",
+        "default_max_tokens": 150,
+        "review": {"escalate": "below", "threshold": 0.9, "invalid": "escalate"},
+    }  # fmt: skip
+    (work / "routes.yaml").write_text(yaml.safe_dump({"routes": [{"name": "chat"}, route]}))
+    gateway = LiveGateway(work, prepared_model())
+    gateway.env.update(LORAGATE_ROUTES_FILE=str(work / "routes.yaml"))
+    with serving(gateway):
+        yield gateway

@@ -1,6 +1,6 @@
 """The real thing: `loragate serve` with its managed vLLM and the bundled model, driven with the
-official `openai` client. Slow (vLLM starts in about a minute on these CPUs); one gateway for
-the whole module, started exactly as the README says.
+official `openai` client. Slow (vLLM starts in about a minute on these CPUs); the gateway is the
+real tier's shared one (`live` in tests/real/conftest.py), started exactly as the README says.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import prepared_model, training_cache
+from tests.conftest import training_cache
 
 pytestmark = pytest.mark.slow
 
@@ -139,14 +139,9 @@ def serving(gateway: LiveGateway) -> Iterator[LiveGateway]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    with serving(LiveGateway(tmp_path_factory.mktemp("live"), prepared_model())) as gateway:
-        yield gateway
-
-
-@pytest.fixture(scope="module")
 def app_key(live: LiveGateway) -> str:
-    out = live.cli("keys", "create", "--role", "app", "--name", "real-tests")
+    """An app key for `chat` alone (the session's gateway also serves the review tests' route)."""
+    out = live.cli("keys", "create", "--role", "app", "--name", "real-tests", "--route", "chat")
     return next(line.split()[1] for line in out.splitlines() if line.startswith("key:"))
 
 

@@ -5,14 +5,11 @@ correction, the export, and `loragate adapters train` reading that export."""
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from jsonschema import Draft202012Validator
 
 from adapters.training import example_data, load_examples
@@ -25,25 +22,10 @@ ROUTE = "ticket-triage"
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, str, str]]:
-    work = tmp_path_factory.mktemp("review")
-    shutil.copy(Path(str(example_data("tickets.schema.json"))), work / "tickets.schema.json")
-    # The base model is unsure of itself: with this threshold its answers go to review.
-    route = {
-        "name": ROUTE, "target": "base", "output_schema": "tickets.schema.json",
-        "default_max_tokens": 150,
-        "review": {"escalate": "below", "threshold": 0.9, "invalid": "escalate"},
-    }  # fmt: skip
-    (work / "routes.yaml").write_text(yaml.safe_dump({"routes": [{"name": "chat"}, route]}))
-    gateway = LiveGateway(work, prepared_model())
-    gateway.env.update(LORAGATE_ROUTES_FILE=str(work / "routes.yaml"))
-    gateway.cli("db", "upgrade")
-    gateway.start()
-    try:
-        gateway.wait_ready()
-        yield gateway, key_for(gateway, "app"), key_for(gateway, "reviewer")
-    finally:
-        gateway.stop()
+def keys(live: LiveGateway) -> tuple[str, str]:
+    """(app, reviewer) keys on the session's gateway, whose `ticket-triage` route reviews every
+    answer under 0.9 (tests/real/conftest.py)."""
+    return key_for(live, "app"), key_for(live, "reviewer")
 
 
 def tickets(n: int) -> list[list[dict[str, str]]]:
@@ -52,8 +34,8 @@ def tickets(n: int) -> list[list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def answers(live: tuple[LiveGateway, str, str]) -> list[dict[str, Any]]:
-    gateway, app, _ = live
+def answers(live: LiveGateway, keys: tuple[str, str]) -> list[dict[str, Any]]:
+    gateway, (app, _) = live, keys
     out = []
     with httpx.Client(timeout=300) as http:
         for messages in tickets(4):
@@ -90,9 +72,9 @@ def test_a_schema_bound_route_returns_valid_json_scored_from_logprobs(
 
 
 def test_low_confidence_answers_are_escalated_with_their_records(
-    live: tuple[LiveGateway, str, str], answers: list[dict[str, Any]]
+    live: LiveGateway, keys: tuple[str, str], answers: list[dict[str, Any]]
 ) -> None:
-    gateway, _, reviewer = live
+    gateway, (_, reviewer) = live, keys
     low = [a for a in answers if a["loragate"]["confidence"] < 0.9]
     assert low, [a["loragate"]["confidence"] for a in answers]
     for answer in answers:
@@ -108,7 +90,7 @@ def test_low_confidence_answers_are_escalated_with_their_records(
 
 @pytest.mark.timeout(1200)
 def test_a_reviewer_corrects_in_the_browser_and_the_export_trains(
-    live: tuple[LiveGateway, str, str], answers: list[dict[str, Any]], tmp_path: Path
+    live: LiveGateway, keys: tuple[str, str], answers: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
@@ -118,7 +100,7 @@ def test_a_reviewer_corrects_in_the_browser_and_the_export_trains(
 
     if not HAVE_BROWSER:
         pytest.skip("needs Debian's chromium and chromium-driver (scripts/test.sh installs them)")
-    gateway, _, reviewer = live
+    gateway, (_, reviewer) = live, keys
     headers = {"Authorization": f"Bearer {reviewer}"}
     escalated = [a for a in answers if a["loragate"]["review_id"]]
     corrected = '{"category":"billing","urgency":2,"next_action":"Check the invoice"}'
