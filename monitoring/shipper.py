@@ -23,10 +23,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry.trace import Tracer
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from monitoring.metrics import Metrics
+from monitoring.outages import store_unreachable
 from monitoring.spool import Fsync, Segment, Spool
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,6 @@ Maintenance = Callable[[async_sessionmaker[Any]], Awaitable[None]]
 SHIP_ERRORS = (SQLAlchemyError, OSError, TimeoutError, ValueError, KeyError, TypeError)
 BACKOFF_MAX_S = 5.0
 ERROR_LOG_EVERY_S = 10.0
-
-
-def transient(exc: BaseException) -> bool:
-    """A failure of reaching the database, as opposed to the database refusing the data."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError)
 
 
 class Shipper:
@@ -215,7 +209,7 @@ class Shipper:
                     async with sessions.begin() as session:
                         await self._sink(session, payloads)
         except SHIP_ERRORS as exc:
-            if transient(exc):
+            if store_unreachable(exc):
                 self._failed(exc, len(payloads))
                 return False
             log.warning("a batch of %d records was refused (%s); shipping them one by one",
@@ -240,7 +234,7 @@ class Shipper:
                 async with sessions.begin() as session:
                     await self._sink(session, [payload])
             except SHIP_ERRORS as exc:
-                if transient(exc):
+                if store_unreachable(exc):
                     self._failed(exc, 1)
                     return None
                 rejected += 1

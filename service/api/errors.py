@@ -2,7 +2,8 @@
 
 ``GatewayError`` (the gateway's own), Starlette's ``HTTPException`` (unknown path, wrong method),
 FastAPI's request validation errors and a database that is locked or down (503,
-``store_unavailable``) all become the same JSON shape, and the OpenAPI page says 400 where
+``store_unavailable``, whichever class the outage raised: see ``monitoring.outages``) all become
+the same JSON shape, and the OpenAPI page says 400 where
 FastAPI would say 422.
 """
 
@@ -15,10 +16,11 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from monitoring.outages import store_unreachable
 from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -74,14 +76,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(invalid_request(exc.errors()))
 
     async def store_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, OperationalError)
-        log.warning("%s %s: the database failed: %s", request.method, request.url.path, exc.orig)
+        where = f"{request.method} {request.url.path}"
+        if not store_unreachable(exc):  # the database refused the work: a bug
+            log.error("%s: the database refused the work", where, exc_info=exc)
+            return error_response(GatewayError("The gateway failed to serve this request."))
+        log.warning("%s: the database cannot be reached: %r", where, exc)
         return error_response(
             StoreUnavailable("The database is busy or cannot be reached; try again shortly.")
         )
 
     app.add_exception_handler(GatewayError, gateway_error)
-    app.add_exception_handler(OperationalError, store_error)
+    # An outage reaches a handler as SQLAlchemy's errors or, from a fresh connection, as the
+    # socket's own (ConnectionRefusedError while PostgreSQL is down).
+    for outage in (SQLAlchemyError, ConnectionError, TimeoutError):
+        app.add_exception_handler(outage, store_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
 
