@@ -551,14 +551,15 @@ async def decide(
         "how many items are parked; per risk tier the target age and the items past it; per "
         "route the QA estimate (how often reviewers changed an answer nobody escalated, with "
         "its 95 % Wilson interval) and the agreement of two reviewers' independent decisions "
-        "(Cohen's kappa, field agreement on corrections), also per reviewer pair."
+        "(Cohen's kappa, field agreement on corrections), also per reviewer pair. A key "
+        "limited to routes or tiers sees the figures of those items alone."
     ),
     response_model=StatsOut,
     responses=AUTH_ERRORS,
 )
 async def stats(
     request: Request,
-    _: ReviewerKey,
+    principal: ReviewerKey,
     now: Now,
     window_days: Annotated[
         float,
@@ -567,7 +568,8 @@ async def stats(
 ) -> StatsOut:
     sla = sla_of(request)
     async with gateway(request).sessions() as session:
-        figures = await queue.queue_stats(session, now)
-        overdue = await overdue_counts(session, sla, now)
-        measured = await quality(session, now - timedelta(days=window_days))
+        limits = scope_of(principal)
+        figures = await queue.queue_stats(session, now, limits)
+        overdue = await overdue_counts(session, sla, now, limits.clauses())
+        measured = await quality(session, now - timedelta(days=window_days), limits)
     return StatsOut.of(figures, sla, overdue, measured)

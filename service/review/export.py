@@ -116,6 +116,7 @@ class ExportFilters:
     """Which answers become examples (see the module docstring) and how they are split."""
 
     routes: Sequence[str] | None = None
+    tiers: Sequence[str] | None = None  # reviewed items of these risk tiers only
     since: datetime | None = None  # timezone-aware, like ``until``
     until: datetime | None = None
     include_unreviewed_above: float | None = None
@@ -281,6 +282,8 @@ def _item_rows(filters: ExportFilters, since: datetime | None, until: datetime |
     ).where(ReviewItem.state.in_(("approved", "corrected")))  # fmt: skip
     if filters.routes:
         items = items.where(ReviewItem.route.in_(list(filters.routes)))
+    if filters.tiers is not None:
+        items = items.where(ReviewItem.risk.in_(list(filters.tiers)))
     if since is not None:
         items = items.where(ReviewItem.decided_at >= since)
     if until is not None:
@@ -385,6 +388,7 @@ async def _build(
                    "train": written.train, "validation": written.validation},
         "filters": {
             "routes": sorted(filters.routes) if filters.routes else None,
+            "tiers": sorted(filters.tiers) if filters.tiers is not None else None,
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
             "include_unreviewed_above": threshold,

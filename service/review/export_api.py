@@ -20,8 +20,9 @@ from starlette.background import BackgroundTask
 from service.api.deps import gateway, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal, Role
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, PermissionDenied
 from service.review.export import ExportFilters, export_and_record, list_snapshots
+from service.review.visibility import export_scope, may_see_export
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
 ReviewerKey = Annotated[Principal, Depends(require_roles(Role.REVIEWER, Role.LEAD, Role.ADMIN))]
@@ -34,7 +35,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: {"description": "since/until without a UTC offset, or a bad value."},
     401: {"description": "Missing or invalid API key."},
-    403: {"description": "The key's role is not reviewer, lead or admin."},
+    403: {
+        "description": "The key's role is not reviewer, lead or admin, or it is limited to "
+        "routes and asked for another, or to risk tiers and asked for unreviewed answers."
+    },
 }
 
 
@@ -56,19 +60,21 @@ class SnapshotListOut(BaseModel):
     "/export",
     summary="List recorded training data snapshots",
     description="The snapshots exports recorded, newest first. Reads only: creating a "
-    "snapshot is `POST /v1/reviews/export`.",
+    "snapshot is `POST /v1/reviews/export`. A key limited to routes or tiers lists only the "
+    "snapshots of exports it could have made itself.",
     response_model=SnapshotListOut,
     responses={k: v for k, v in RESPONSES.items() if k != 200},
 )
 async def snapshots(
     request: Request,
-    _: ReviewerKey,
+    principal: ReviewerKey,
     limit: Annotated[int, Query(ge=1, le=1000, description="Snapshots to list.")] = 100,
 ) -> SnapshotListOut:
     async with gateway(request).sessions() as session:
         found = await list_snapshots(session, limit)
+    shown = [s for s in found if may_see_export(principal, s.manifest["filters"])]
     return SnapshotListOut(
-        data=[SnapshotOut.model_validate(snapshot, from_attributes=True) for snapshot in found]
+        data=[SnapshotOut.model_validate(snapshot, from_attributes=True) for snapshot in shown]
     )
 
 
@@ -103,8 +109,15 @@ async def export(
     seed: Annotated[int, Query(description="Changes which examples are held out.")] = 0,
     redact: Annotated[bool, Query(description="Mask e-mails, phones, long numbers.")] = True,
 ) -> StreamingResponse:
+    routes, tiers = export_scope(principal, route)
+    if tiers is not None and include_unreviewed_above is not None:
+        raise PermissionDenied(
+            "A key limited to risk tiers exports reviewed items only: unreviewed answers have "
+            "no tier; leave out include_unreviewed_above."
+        )
     filters = ExportFilters(
-        routes=route, since=_iso_time("since", since), until=_iso_time("until", until),
+        routes=routes, tiers=tiers, since=_iso_time("since", since),
+        until=_iso_time("until", until),
         include_unreviewed_above=include_unreviewed_above, val_fraction=val_fraction,
         seed=seed, redact=redact,
     )  # fmt: skip

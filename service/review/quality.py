@@ -22,6 +22,7 @@ from service.clock import require_utc
 from service.db.models import ReviewItem, ReviewVote
 from service.guard.policy import QA_SAMPLE
 from service.review.agreement import Agreement, Pair, Proportion, agreement, wilson
+from service.review.queue import EVERYTHING, Scope
 
 CHANGED = ("corrected", "rejected")
 DECIDED = ("approved", "corrected", "rejected")
@@ -47,7 +48,7 @@ class Quality:
 
 
 async def qa_estimates(
-    session: AsyncSession, since: datetime | None = None
+    session: AsyncSession, since: datetime | None = None, scope: Scope = EVERYTHING
 ) -> dict[str, QaEstimate]:
     """Per route: QA samples, and the share of the decided ones a reviewer changed."""
     state = ReviewItem.state
@@ -58,7 +59,7 @@ async def qa_estimates(
             func.sum(case((state.in_(DECIDED), 1), else_=0)),
             func.sum(case((state.in_(CHANGED), 1), else_=0)),
         )
-        .where(ReviewItem.reason == QA_SAMPLE)
+        .where(ReviewItem.reason == QA_SAMPLE, *scope.clauses())
         .group_by(ReviewItem.route)
     )
     if since is not None:
@@ -70,7 +71,7 @@ async def qa_estimates(
 
 
 async def vote_pairs(
-    session: AsyncSession, since: datetime | None = None
+    session: AsyncSession, since: datetime | None = None, scope: Scope = EVERYTHING
 ) -> list[tuple[str, str, str, Pair]]:
     """(route, first reviewer, second reviewer, their pair of decisions) per item with two."""
     first, second = aliased(ReviewVote), aliased(ReviewVote)
@@ -81,6 +82,7 @@ async def vote_pairs(
         )
         .join(first, and_(first.item_id == ReviewItem.id, first.seq == 1))
         .join(second, and_(second.item_id == ReviewItem.id, second.seq == 2))
+        .where(*scope.clauses())
         .order_by(ReviewItem.created_at, ReviewItem.id)
     )  # fmt: skip
     if since is not None:
@@ -98,15 +100,18 @@ def _oriented(a: str, b: str, pair: Pair) -> tuple[tuple[str, str], Pair]:
     return (b, a), Pair(pair.second, pair.first, pair.second_answer, pair.first_answer)
 
 
-async def quality(session: AsyncSession, since: datetime | None = None) -> Quality:
+async def quality(
+    session: AsyncSession, since: datetime | None = None, scope: Scope = EVERYTHING
+) -> Quality:
+    """QA and agreement figures of the items in ``scope`` (a key's routes and tiers)."""
     per_route: dict[str, list[Pair]] = defaultdict(list)
     per_pair: dict[tuple[str, str], list[Pair]] = defaultdict(list)
-    for route, a, b, pair in await vote_pairs(session, since):
+    for route, a, b, pair in await vote_pairs(session, since, scope):
         per_route[route].append(pair)
         names, oriented = _oriented(a, b, pair)
         per_pair[names].append(oriented)
     return Quality(
-        qa=await qa_estimates(session, since),
+        qa=await qa_estimates(session, since, scope),
         agreement={route: agreement(pairs) for route, pairs in sorted(per_route.items())},
         pairs=[PairAgreement(names, agreement(pairs)) for names, pairs in sorted(per_pair.items())],
     )

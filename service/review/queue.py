@@ -208,6 +208,9 @@ class Scope:
         return found
 
 
+EVERYTHING = Scope()  # an admin's view: every route and tier
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     id: int
@@ -847,15 +850,18 @@ async def history(session: AsyncSession, item_id: str) -> list[HistoryEntry]:
     ]
 
 
-async def queue_stats(session: AsyncSession, now: datetime) -> QueueStats:
-    """Figures for metrics: depth and live claims per route, oldest waiting age, parked count."""
+async def queue_stats(
+    session: AsyncSession, now: datetime, scope: Scope = EVERYTHING
+) -> QueueStats:
+    """Depth and live claims per route, oldest waiting age, parked count, of the items in
+    ``scope`` (a key's routes and tiers; the metrics read everything)."""
     now = require_utc(now)
     state = ReviewItem.state
     live = and_(state == ItemState.CLAIMED.value, ReviewItem.lease_until >= now)
     open_states = (ItemState.PENDING.value, ItemState.CLAIMED.value, ItemState.DISPUTED.value)
     rows = await session.execute(
         select(ReviewItem.route, func.count(), func.sum(case((live, 1), else_=0)))
-        .where(state.in_(open_states))
+        .where(state.in_(open_states), *scope.clauses())
         .group_by(ReviewItem.route)
     )
     depth: dict[str, int] = {}
@@ -868,9 +874,13 @@ async def queue_stats(session: AsyncSession, now: datetime) -> QueueStats:
         state.in_((ItemState.PENDING.value, ItemState.DISPUTED.value)),
         and_(state == ItemState.CLAIMED.value, ReviewItem.lease_until < now),
     )
-    oldest = await session.scalar(select(func.min(ReviewItem.created_at)).where(waiting))
+    oldest = await session.scalar(
+        select(func.min(ReviewItem.created_at)).where(waiting, *scope.clauses())
+    )
     parked = await session.scalar(
-        select(func.count()).select_from(ReviewItem).where(state == ItemState.PARKED.value)
+        select(func.count())
+        .select_from(ReviewItem)
+        .where(state == ItemState.PARKED.value, *scope.clauses())
     )
     age = (now - as_utc(oldest)).total_seconds() if oldest is not None else None
     return QueueStats(depth, claimed, age, int(parked or 0))

@@ -7,7 +7,7 @@ conditional UPDATE, so of several replicas only one counts a given item).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,12 +94,12 @@ async def mark_breaches(
 
 
 async def overdue_counts(
-    session: AsyncSession, targets: SlaTargets, now: datetime
+    session: AsyncSession, targets: SlaTargets, now: datetime, where: Sequence[Any] = ()
 ) -> Mapping[str, int]:
-    """Open items past their target age now, per tier."""
+    """Open items past their target age now, per tier; ``where`` narrows them (a key's scope)."""
     rows = await session.execute(
         select(ReviewItem.risk, func.count())
-        .where(open_and_overdue(targets, now))
+        .where(open_and_overdue(targets, now), *where)
         .group_by(ReviewItem.risk)
     )
     found: dict[str, Any] = dict(rows.tuples().all())

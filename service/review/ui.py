@@ -255,8 +255,9 @@ async def queue_page(request: Request, now: Now) -> Response:
                            tier=tier or None),
             sla=sla, now=now,
         )  # fmt: skip
-        overdue = await overdue_counts(session, sla, now)
-        figures = await quality(session, now - QUALITY_WINDOW)
+        limits = scope_of(principal)  # the key's own routes and tiers, not the page's filters
+        overdue = await overdue_counts(session, sla, now, limits.clauses())
+        figures = await quality(session, now - QUALITY_WINDOW, limits)
     rows = [
         {"item": item, "age": _age(item.created_at, now), "low": _is_low(item.confidence),
          "overdue": item.state.value in OPEN_STATES

@@ -198,3 +198,54 @@ async def test_the_admin_routes_api_shows_each_route_tier(gw: Harness) -> None:
     assert tiers == {"chat": "medium", "crit": "critical", "spot": "low", "plain": "medium"}
     schema = (await gw.client.get("/openapi.json")).json()["components"]["schemas"]["RouteOut"]
     assert "risk tier" in schema["properties"]["risk"]["description"]
+
+
+async def _decided_crit_and_spot(h: Harness) -> None:
+    """A critical item approved by two reviewers, and a low-tier QA sample approved."""
+    held = await h.client.post(CHAT, json=chat_body("crit"), headers=h.auth())
+    assert held.status_code == 202, held.text
+    other = [{"role": "user", "content": "another ticket"}]  # not a duplicate of crit's
+    spot = await h.client.post(CHAT, json=chat_body("spot", messages=other), headers=h.auth())
+    await record_of(h, held.json()["request_id"])
+    await record_of(h, spot.headers["x-request-id"])
+    reviewer, second = h.auth(Role.REVIEWER), await add_key(h, Role.REVIEWER)
+    for headers in (reviewer, second):
+        claimed = await claim(h, headers, route="crit")
+        assert claimed is not None
+        await decide(h, headers, claimed, "approve")
+    claimed = await claim(h, reviewer, reason="qa_sample")
+    assert claimed is not None and claimed["item"]["route"] == "spot"
+    await decide(h, reviewer, claimed, "approve")
+
+
+async def test_scoped_keys_export_and_count_only_their_routes_and_tiers(gw: Harness) -> None:
+    h = gw
+    await _decided_crit_and_spot(h)
+    everything = await h.client.post("/v1/reviews/export", headers=h.auth(Role.ADMIN))
+    assert everything.headers["x-loragate-examples"] == "2"
+    only_spot = await add_key(h, Role.REVIEWER, allowed_routes=["spot"])
+    only_low = await add_key(h, Role.REVIEWER, allowed_tiers=["low"])
+
+    refused = await h.client.post("/v1/reviews/export?route=crit", headers=only_spot)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "permission_denied" and "crit" in refused.text
+    unreviewed = "/v1/reviews/export?include_unreviewed_above=0.5"
+    assert (await h.client.post(unreviewed, headers=only_low)).status_code == 403
+    for headers in (only_spot, only_low):
+        own = await h.client.post("/v1/reviews/export", headers=headers)
+        assert own.status_code == 200, own.text
+        assert own.headers["x-loragate-examples"] == "1"
+
+        stats = (await h.client.get("/v1/reviews/stats", headers=headers)).json()
+        assert set(stats["qa"]) == {"spot"}
+        assert "crit" not in stats["agreement"] and stats["pairs"] == []
+        assert stats["depth"] == {} and stats["claimed"] == {}
+
+        listed = (await h.client.get("/v1/reviews/export", headers=headers)).json()["data"]
+        ids = {snapshot["id"] for snapshot in listed}
+        assert everything.headers["x-loragate-snapshot"] not in ids
+        if headers is only_spot:  # the tier key's export is the same data: the same snapshot
+            assert own.headers["x-loragate-snapshot"] in ids
+
+    lead = (await h.client.get("/v1/reviews/stats", headers=h.auth(Role.LEAD))).json()
+    assert set(lead["agreement"]) == {"crit"} and len(lead["pairs"]) == 1
