@@ -74,7 +74,8 @@ class Shipper:
         self._backoff_s = 0.0
         self._last_error_log = 0.0
         # The last failure to reach the database, kept after it recovered (for /readyz).
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # for the log: may name the database's address
+        self.last_error_type: str | None = None  # for anyone: the class alone
         # True while the thread waits, without a timer, for the spool's next record.
         self.asleep = False
 
@@ -247,6 +248,7 @@ class Shipper:
         self._metrics.record_write_failures.inc(records)
         self._backoff_s = min(BACKOFF_MAX_S, max(self._interval_s, self._backoff_s * 2 or 0.25))
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error_type = type(exc).__name__
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_EVERY_S:
             self._last_error_log = now

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from service.auth import Role
-from tests.conftest import Harness, fresh_database, make_settings, running_gateway, wait_until
+from tests.conftest import (
+    Harness,
+    chat_body,
+    fresh_database,
+    make_settings,
+    running_gateway,
+    wait_until,
+)
 from tests.db_proxy import CuttableProxy
 from tests.fake_engine import FakeEngine
 
@@ -56,6 +63,23 @@ async def test_every_call_answers_503_while_the_database_is_down_and_works_after
         assert r.json()["error"]["code"] == "store_unavailable", (path, r.text)
         assert r.headers["retry-after"] == "1", path
         assert "127.0.0.1" not in r.text and str(proxy.port) not in r.text
+    # An answer while the database is down waits in the spool; /readyz (no key needed) says
+    # the shipper failed, by the error's class, and names no address.
+    answered = await harness.client.post(
+        "/v1/chat/completions", json=chat_body(), headers=harness.auth()
+    )
+    assert answered.status_code == 200, answered.text
+    ready: dict[str, object] = {}
+
+    async def shipper_failed() -> bool:
+        nonlocal ready
+        r = await harness.client.get("/readyz")
+        ready = r.json()
+        return r.status_code == 503 and bool(ready["checks"]["records"]["last_error"])
+
+    await wait_until(shipper_failed, 30, "the shipper's failure on /readyz")
+    text = str(ready)
+    assert "127.0.0.1" not in text and str(proxy.port) not in text and "5432" not in text
     await proxy.restore()
 
     async def routes_listed() -> bool:
