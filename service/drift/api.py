@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.api.deps import SRE_ROLES, require_roles
+from service.api.params import iso_time
 from service.audit.actor import api_actor
 from service.auth import Principal
 from service.drift.monitor import DriftMonitor
@@ -56,13 +57,14 @@ async def status(
     request: Request,
     _: SreKey,
     since: Annotated[
-        datetime | None, Query(description="Start of the current window (UTC offset needed).")
+        str | None, Query(description="Start of the current window (ISO 8601, UTC offset).")
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="End of the current window (default: now).")
+        str | None, Query(description="End of the current window (default: now).")
     ] = None,
 ) -> DriftOut:
-    report = await monitor(request).report(route, utc(since, "since"), utc(until, "until"))
+    window = iso_time(since, "since"), iso_time(until, "until")
+    report = await monitor(request).report(route, *window)
     return DriftOut.of(report)
 
 

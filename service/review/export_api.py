@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
 from service.api.deps import gateway, require_roles
+from service.api.params import iso_time
 from service.audit.actor import api_actor
 from service.auth import Principal, Role
-from service.errors import InvalidRequest, PermissionDenied
+from service.errors import PermissionDenied
 from service.review.export import ExportFilters, export_and_record, list_snapshots
 from service.review.visibility import export_scope, may_see_export
 
@@ -116,8 +117,8 @@ async def export(
             "no tier; leave out include_unreviewed_above."
         )
     filters = ExportFilters(
-        routes=routes, tiers=tiers, since=_iso_time("since", since),
-        until=_iso_time("until", until),
+        routes=routes, tiers=tiers, since=iso_time(since, "since"),
+        until=iso_time(until, "until"),
         include_unreviewed_above=include_unreviewed_above, val_fraction=val_fraction,
         seed=seed, redact=redact,
     )  # fmt: skip
@@ -132,19 +133,3 @@ async def export(
         data.chunks(split), media_type="application/x-ndjson", headers=headers,
         background=BackgroundTask(data.discard),
     )  # fmt: skip
-
-
-def _iso_time(name: str, value: str | None) -> datetime | None:
-    """An ISO 8601 time with its offset; numbers (read as Unix times by pydantic) are refused."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"{name} must be an ISO 8601 time with a UTC offset, e.g. 2026-12-01T00:00:00Z",
-            param=name,
-        ) from exc
-    if parsed.tzinfo is None:
-        raise InvalidRequest(f"{name} needs a UTC offset", param=name)
-    return parsed

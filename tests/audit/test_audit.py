@@ -388,3 +388,13 @@ def test_keys_bootstrap_adds_one_event(cli_db: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ADMIN_KEY", f"lg-given-{'s' * 40}")
     assert "nothing to do" in cli("keys", "bootstrap", "--from-env", "ADMIN_KEY").output
     assert len(events(cli_db)) == 1
+
+
+async def test_times_are_iso_8601_with_an_offset_never_numbers(harness: Harness) -> None:
+    sre = harness.auth(Role.SRE)
+    for query, param in (("until=0.5", "until"), ("since=1700000000", "since"),
+                         ("since=2026-12-01T10:00:00", "since")):  # fmt: skip
+        r = await harness.client.get(f"{AUDIT}?{query}", headers=sre)
+        assert r.status_code == 400, (query, r.text)
+        assert r.json()["error"]["param"] == param
+    assert (await harness.client.get(f"{AUDIT}?since=2026-12-01T10:00:00Z", headers=sre)).is_success

@@ -120,6 +120,8 @@ async def test_only_sre_and_admin_keys_see_drift_and_bad_input_gets_a_clear_400(
     assert backwards.status_code == 400 and "before" in backwards.json()["error"]["message"]
     garbage = await get(h, "triage?since=yesterday")
     assert garbage.status_code == 400 and garbage.json()["error"]["param"] == "since"
+    unix = await get(h, "triage?until=0.5")  # not a Unix time either
+    assert unix.status_code == 400 and unix.json()["error"]["param"] == "until"
 
 
 async def test_an_sre_pins_and_unpins_the_reference(harness: Harness) -> None:
