@@ -3,7 +3,8 @@
 #   fast (fake engine), stores on SQLite and PostgreSQL, and the real vLLM tier.
 # Usage: bash scripts/test.sh [pytest args...]   (e.g. -m "not slow" for the fast tier alone)
 # Tests run on two xdist workers: every real-vLLM test on one of them, one after another (see
-# tests/real/conftest.py), the rest beside them; pass -n 0 to run everything in this process.
+# pytest_xdist_make_scheduler in tests/conftest.py), the rest beside them; pass -n 0 to run
+# everything in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,4 +62,4 @@ ruff check .
 ruff format --check .
 mypy
 echo "test.sh: installs, ruff and mypy took ${SECONDS} s; now the tests"
-exec python -m pytest -n 2 --dist loadgroup "$@"
+exec python -m pytest -n 2 "$@"

@@ -37,6 +37,23 @@ from service.settings import EnginePoolSettings, Settings
 from tests.fake_engine import MODEL, FakeEngine
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+REAL_TIER = "tests/real/"
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under xdist (`-n 2`, as scripts/test.sh runs) every real-vLLM test runs on one worker,
+    one after another, and that tier is handed out first: vLLM's CPU worker busy-polls a core,
+    so two engines at once on two cores starve each other, while the other worker runs the rest
+    of the suite beside the one engine. Every other test is a unit of its own. (The scope is
+    chosen here, from the node id: xdist's own `loadgroup` marks do not group under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EngineTierTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "engine" if nodeid.startswith(REAL_TIER) else nodeid
+
+    return EngineTierTogether(config, log)
 
 
 # Migrated databases are copied from a template built once per schema (every test migrating

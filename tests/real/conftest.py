@@ -1,5 +1,6 @@
-"""What the real tier shares in one run: one worker, and the tutorial's demo versions trained
-once."""
+"""What the real tier shares in one run: one xdist worker (see `pytest_xdist_make_scheduler` in
+tests/conftest.py), the tutorial's demo versions trained once, and one gateway for the engine
+and review modules."""
 
 from __future__ import annotations
 
@@ -18,17 +19,6 @@ from tests.conftest import prepared_model, training_cache
 from tests.real.test_real_engine import LiveGateway, serving
 
 REVIEWED_ROUTE = "ticket-triage"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (`-n 2 --dist loadgroup`, as scripts/test.sh runs) every real-vLLM test runs
-    on one worker, one after another: vLLM's CPU worker busy-polls a core, so two engines at once
-    on two cores starve each other, while the other worker runs the rest of the suite beside
-    them. As the largest group, the engine tier is handed out first."""
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("engine"))
 
 
 @pytest.fixture(scope="session")
