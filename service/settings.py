@@ -379,9 +379,11 @@ class Settings(BaseSettings):
     )
     limits_when_store_down: WhenStoreDown = Field(
         default=WhenStoreDown.OPEN,
-        description="open: requests of keys with limits pass unlimited while the limits store "
-        "cannot be reached (counted in loragate_rate_limit_store_errors_total); closed: they "
-        "are refused with 503 rate_limits_unavailable.",
+        description="open: while the limits store cannot be reached (connection refused or "
+        "lost; counted in loragate_rate_limit_store_errors_total), each gateway holds every "
+        "key's limits on its own count in memory; closed: those requests are refused with 503 "
+        "rate_limits_unavailable. A store that answers too slowly (the key's own burst "
+        "queueing) is not down: such a request is refused with 503 either way.",
     )
     limit_lease_s: float = Field(
         default=900.0,

@@ -14,16 +14,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitoring.metrics import Metrics
+from monitoring.outages import store_unreachable
 from service.auth import Principal
 from service.errors import LimitsUnavailable, RateLimited
 from service.limits.quota import Window, duration, minute_of
 from service.limits.redis_counters import RedisCounters
-from service.limits.stores import Counters, DatabaseCounters, Seen, Taking
+from service.limits.stores import Counters, DatabaseCounters, LocalCounters, Seen, Taking
 from service.settings import Settings, WhenStoreDown
 
 log = logging.getLogger(__name__)
@@ -35,10 +39,21 @@ STORE_ERROR_LOG_EVERY_S = 10.0
 
 @dataclass(slots=True)
 class Grant:
-    """An admitted request's share: ``headers`` are the x-ratelimit-* the client gets."""
+    """An admitted request's share: ``headers`` are the x-ratelimit-* the client gets;
+    ``local``: counted by this gateway alone while the shared store was down."""
 
     taking: Taking
     headers: dict[str, str] = field(default_factory=dict)
+    local: bool = False
+
+
+def store_down(exc: BaseException) -> bool:
+    """The store cannot be reached, as opposed to answering slowly. A timeout or a full
+    connection pool is what a burst of the key's own requests queueing on its counters looks
+    like: that must never open a limit."""
+    if isinstance(exc, TimeoutError | PoolTimeout | RedisTimeoutError | MaxConnectionsError):
+        return False
+    return isinstance(exc, RedisConnectionError) or store_unreachable(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +147,13 @@ class Limiter:
         self._clock = clock
         self._ending: set[asyncio.Task[None]] = set()
         self._last_error_log = -math.inf
+        self._local = LocalCounters()
 
     async def admit(self, principal: Principal, route: str, tokens: int) -> Grant | None:
-        """Count the request against the key's limits: a grant, None when the key has none
-        (or the store is down and limits fail open), or ``RateLimited``."""
+        """Count the request against the key's limits: a grant, None when the key has none, or
+        ``RateLimited``. A store that cannot be reached fails as configured: closed
+        (``LimitsUnavailable``) or open, where this gateway's own count still holds each limit;
+        a store that is only slow (a timeout: the key's own burst queueing) fails closed."""
         limits = principal.limits
         scopes = limits.scopes(principal.key_id, route) if limits is not None else []
         if not scopes:
@@ -157,11 +175,15 @@ class Limiter:
                 admitted = await self._counters.take(taking, judge)
         except STORE_ERRORS as exc:
             self._store_failed("take", exc)
-            if self._fail_open:
-                return None
-            raise LimitsUnavailable(
-                "The gateway cannot reach the store its rate limits are counted in."
-            ) from exc
+            if not (self._fail_open and store_down(exc)):
+                raise LimitsUnavailable(
+                    "The store the gateway counts rate limits in is busy or cannot be reached; "
+                    "try again shortly."
+                ) from exc
+            # Failing open still holds each limit on this gateway's own count.
+            refused.clear()
+            grant.local = True
+            admitted = await self._local.take(taking, judge)
         if admitted:
             return grant
         first = refused[0]
@@ -180,7 +202,10 @@ class Limiter:
         leased = any(s.quota.max_concurrent is not None for s in grant.taking.scopes)
         if not change and not leased:
             return
-        task = asyncio.ensure_future(self._give_back(grant.taking, change))
+        if grant.local:
+            task = asyncio.ensure_future(self._local.give_back(grant.taking, change))
+        else:
+            task = asyncio.ensure_future(self._give_back(grant.taking, change))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from service.limits.quota import Scope, Window
 from service.limits.stores import Seen, Taking
+
+MAX_CONNECTIONS = 32  # per gateway; a script runs in well under a millisecond
 
 # KEYS: per scope, this minute's hash, the previous minute's hash, the lease set.
 # ARGV: tokens, lease, now, expires_at, then per scope 1 if it has a concurrency limit.
@@ -60,9 +62,13 @@ def _names(scope: Scope, minute: int) -> tuple[str, str, str]:
 
 class RedisCounters:
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        # A burst waits for one of a bounded set of connections (at most the limiter's timeout)
+        # instead of opening one per request or failing as "too many connections".
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout_s,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        )  # fmt: skip
+        self._redis = Redis(connection_pool=pool)
         self._take = self._redis.register_script(TAKE)
         self._give_back = self._redis.register_script(GIVE_BACK)
 

@@ -96,3 +96,51 @@ async def test_two_gateways_share_one_limit(tmp_path: Path, store: str) -> None:
             for gateway in gateways:
                 gateway.stop()
             await engine.stop()
+
+
+BURST = 300
+BURST_RPM = 30
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_burst_across_two_gateways_never_opens_the_limit(
+    tmp_path: Path, store: str
+) -> None:
+    """300 requests at once, alternating gateways, one key at 30 a minute, limits set to fail
+    open: the queue the burst makes on the key's counters is not an outage."""
+    if store == "redis" and not redis_is_up():
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (scripts/test.sh starts it)")
+    engine = await FakeEngine().start()
+    env = {"LORAGATE_LIMITS_WHEN_STORE_DOWN": "open"}
+    if store == "redis":
+        env["LORAGATE_REDIS_URL"] = REDIS_URL
+    async with fresh_database("postgres", tmp_path) as url:
+        key = await insert_key(url, Role.APP, limits={"rpm": BURST_RPM})
+        gateways = [GatewayProcess(tmp_path / f"gw{i}", url, engine.url, **env) for i in range(2)]
+        try:
+            await sync_chat_route(url)
+            for gateway in gateways:
+                gateway.start()
+            await asyncio.gather(*(g.ready() for g in gateways))
+            await wait_until(lambda: time.time() % 60 < 30, timeout_s=40, what="an early second")
+            headers = {"Authorization": f"Bearer {key}"}
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+                answers = await asyncio.gather(
+                    *(
+                        client.post(f"{gateways[i % 2].url}/v1/chat/completions",
+                                    json=chat_body(), headers=headers)
+                        for i in range(BURST)
+                    )
+                )  # fmt: skip
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+            await engine.stop()
+    codes = sorted(r.status_code for r in answers)
+    allowed = codes.count(200)
+    print(f"\n{store}: {allowed} allowed of {BURST} (limit {BURST_RPM}); 429: "
+          f"{codes.count(429)}, 503: {codes.count(503)}")  # fmt: skip
+    assert set(codes) <= {200, 429, 503}, codes
+    assert 0 < allowed <= BURST_RPM, codes
