@@ -52,8 +52,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     gateway = LiveGateway(tmp_path_factory.mktemp("tutorial"), prepared_model())
     # What the tutorial asks of the second shell: the server's environment, port included.
     gateway.env["LORAGATE_PORT"] = str(gateway.port)
-    # The service's default: a generation probe every second keeps vLLM's CPU worker spinning.
-    gateway.env["LORAGATE_HEALTH_PROBE_INTERVAL_S"] = "5"
     gateway.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{gateway.env['PATH']}"
     with serving(gateway):
         yield gateway
