@@ -411,18 +411,41 @@ def train(
         "labels_shuffled": labels_shuffled,
     }
     data_sha256 = file_sha256(data_path)
-    key = ""
-    if cache is not None:
-        key = run_key({
-            "data_sha256": data_sha256, "base_model": base_model_name,
-            "base_model_sha256": directory_sha256(base_model_dir), "seed": seed,
-            "hyperparameters": hyperparameters, "libraries": library_versions(),
-            "recipe": RECIPE,
-        })  # fmt: skip
+
+    def fit_and_write(key: str | None) -> TrainingResult:
+        return _fit_and_write(
+            examples, data_path, data_sha256, out_dir, base_model_dir, base_model_name,
+            hyperparameters, seed, progress, started, key,
+        )  # fmt: skip
+
+    if cache is None:
+        return fit_and_write(None)
+    key = run_key({
+        "data_sha256": data_sha256, "base_model": base_model_name,
+        "base_model_sha256": directory_sha256(base_model_dir), "seed": seed,
+        "hyperparameters": hyperparameters, "libraries": library_versions(), "recipe": RECIPE,
+    })  # fmt: skip
+    with cache.hold(key):
         hit = cache.find(key)
         if hit is not None:
             return _copy_cached(hit, out_dir, started)
+        result = fit_and_write(key)
+        cache.put(key, out_dir)
+        return result
 
+
+def _fit_and_write(
+    examples: Sequence[Example], data_path: Path, data_sha256: str, out_dir: Path,
+    base_model_dir: Path, base_model_name: str, hyperparameters: dict[str, Any], seed: int,
+    progress: ProgressCallback | None, started: float, key: str | None,
+) -> TrainingResult:  # fmt: skip
+    """The run itself: split, tokenize, train, evaluate, write ``out_dir`` and its manifest."""
+    val_fraction, labels_shuffled = (
+        hyperparameters["val_fraction"],
+        hyperparameters["labels_shuffled"],
+    )
+    max_len, batch_size = hyperparameters["max_len"], hyperparameters["batch_size"]
+    epochs = hyperparameters["epochs"]
     train_set, val_set = split_examples(examples, val_fraction=val_fraction, seed=seed)
     if labels_shuffled:
         train_set = shuffle_labels(train_set, seed=seed)
@@ -441,11 +464,13 @@ def train(
     train_items, val_items = tokenized(train_set), tokenized(val_set)
     fit = _Fit(
         base_model_dir,
-        rank=rank,
-        alpha=alpha,
-        lr=lr,
+        rank=hyperparameters["rank"],
+        alpha=hyperparameters["alpha"],
+        lr=hyperparameters["lr"],
         batch_size=batch_size,
-        total_steps=_total_steps(epochs, len(train_items), batch_size, max_steps),
+        total_steps=_total_steps(
+            epochs, len(train_items), batch_size, hyperparameters["max_steps"]
+        ),
         progress=progress,
     )
     val_before = fit.evaluate(val_items, pad_id, 0)
@@ -473,12 +498,10 @@ def train(
     partial = _partial(out_dir)
     fit.save(partial, base_model_name)
     manifest = _manifest(result, hyperparameters, base_model_name, seed)
-    if cache is not None:
+    if key is not None:
         manifest["cache_key"] = key
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     partial.rename(out_dir)
-    if cache is not None:
-        cache.put(key, out_dir)
     return result
 
 

@@ -9,12 +9,14 @@ after each store the least recently used entries go until it fits ``max_bytes``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -80,6 +82,15 @@ class TrainingCache:
         self.root = root
         self.max_bytes = max_bytes
 
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """One run of ``key`` at a time on this machine: a second waits here, then finds the
+        first one's result instead of training again."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / f".{key}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def find(self, key: str) -> Path | None:
         """The cached run of ``key``, marked as just used; None when there is none."""
         path = self.root / key
@@ -110,7 +121,7 @@ class TrainingCache:
         found = []
         for path in self.root.iterdir():
             manifest = path / MANIFEST
-            if path.name.startswith(".") or not manifest.is_file():
+            if path.name.startswith(".") or not manifest.is_file():  # partial copies, locks
                 continue
             data = json.loads(manifest.read_text())
             found.append(

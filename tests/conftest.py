@@ -322,3 +322,21 @@ def training_cache() -> Path:
     """The training cache every real test's CLI uses: a demo version is trained once per machine
     (training is content-addressed, so a hit is what the same run would write)."""
     return machine_cache() / "training-cache"
+
+
+@pytest.fixture(scope="session")
+def demo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`loragate adapters demo` once per session into a directory of its own: `good`, `bad` and
+    `good2`, through the machine's training cache. It runs early on the worker beside the real
+    tier (tests/adapters/test_demo.py), so the tutorial's own `adapters demo`, the same inputs,
+    copies these runs (or waits for them: one run per key at a time) instead of training."""
+    work = tmp_path_factory.mktemp("demo-set")
+    env = {**os.environ, "LORAGATE_DATA_DIR": str(work),
+           "LORAGATE_TRAINING_CACHE_DIR": str(training_cache())}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "adapters", "demo", "--out", str(work / "demo"),
+         "--base-model-dir", str(prepared_model())],
+        env=env, capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return work / "demo"

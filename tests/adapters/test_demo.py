@@ -91,3 +91,26 @@ async def test_traffic_then_the_demo_reviewer_works_the_queue(
     items = (await gw.client.get("/v1/reviews/items", headers=gw.auth(Role.REVIEWER))).json()
     states = sorted(i["state"] for i in items)
     assert states == sorted(["approved"] * right + ["corrected"] * (6 - right))
+
+
+@pytest.mark.slow
+def test_the_demo_trains_a_good_a_shuffled_and_a_second_good_version(demo_set: Path) -> None:
+    """The three versions the tutorial rolls out, trained for real on the bundled model."""
+    manifests = {
+        label: json.loads((demo_set / label / "manifest.json").read_text())
+        for label, _, _ in demo.VERSIONS
+    }
+    for label, seed, shuffled in demo.VERSIONS:
+        manifest = manifests[label]
+        assert (manifest["seed"], manifest["hyperparameters"]["labels_shuffled"]) == (
+            seed, shuffled,
+        )  # fmt: skip
+        assert (demo_set / label / "adapter_model.safetensors").stat().st_size > 0
+    good, bad, good2 = (manifests[label] for label in ("good", "bad", "good2"))
+    # The held-out answers are the true ones: the good versions learn them, the shuffled one
+    # learns worse.
+    assert good["val_loss_after"] < good["val_loss_before"]
+    assert good2["val_loss_after"] < good2["val_loss_before"]
+    assert bad["val_loss_after"] > good["val_loss_after"]
+    (route,) = load_routes_file(demo_set / "routes.yaml")
+    assert route.name == demo.ROUTE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,24 @@ def test_cli_lists_and_prunes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     ]
     emptied = runner.invoke(app, ["adapters", "cache", "prune", "--all"])
     assert "removed 2 runs" in emptied.output and cache.entries() == []
+
+
+def test_one_run_of_a_key_at_a_time_and_other_keys_meanwhile(tmp_path: Path) -> None:
+    cache = TrainingCache(tmp_path / "cache", max_bytes=10**6)
+    order: list[str] = []
+
+    def second(key: str) -> None:
+        with cache.hold(key):
+            order.append(f"second {key}")
+
+    with cache.hold("k1"):
+        same, other = (threading.Thread(target=second, args=(k,)) for k in ("k1", "k2"))
+        same.start()
+        other.start()
+        other.join(30)
+        assert order == ["second k2"]  # another key does not wait
+        same.join(0.2)
+        assert same.is_alive()  # the same key waits for the first run
+        order.append("first k1")
+    same.join(30)
+    assert order == ["second k2", "first k1", "second k1"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -94,9 +93,7 @@ for out, seed, inert, rank in {[(str(o), s, i, r) for o, s, i, r in specs]!r}:
 
 
 @pytest.fixture(scope="module")
-def setup(
-    tmp_path_factory: pytest.TempPathFactory, demo_set: Path
-) -> Iterator[tuple[LiveGateway, list[Replica]]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, list[Replica]]]:
     model = prepared_model()
     work = tmp_path_factory.mktemp("adapters")
     # The second replica accepts lower ranks than the pool promises: a rank-16 version loads on
@@ -107,10 +104,10 @@ def setup(
     gateway = LiveGateway(work, model)
     imports = work / "imports"
     imports.mkdir()
-    # Two trained versions (the session's demo set), and two made for what they refuse.
-    shutil.copytree(demo_set / "good", imports / "v1")
-    shutil.copytree(demo_set / "good2", imports / "v2")
-    make_adapters(model, [(imports / "noop", 3, True, 8), (imports / "wide", 4, False, 16)])
+    make_adapters(model, [
+        (imports / "v1", 1, False, 8), (imports / "v2", 2, False, 8),
+        (imports / "noop", 3, True, 8), (imports / "wide", 4, False, 16),
+    ])  # fmt: skip
     pool = {"name": "default", "base_model": BASE, "urls": [r.url for r in replicas],
             "max_lora_rank": 16}  # fmt: skip
     gateway.env.update(
