@@ -195,14 +195,15 @@ def test_cli_refuses_a_bad_name_and_an_existing_output(
 # --- slow: a real run ------------------------------------------------------------------------
 
 
-TRAINED_ARGS = ("--name", "triage", "--epochs", "2", "--max-len", "128", "--val-fraction", "0.25",
-                "--seed", "7")  # fmt: skip
+# 9 examples an epoch: the step budget ends the second epoch after 6 of its 9 steps.
+TRAINED_ARGS = ("--name", "triage", "--epochs", "2", "--max-steps", "15", "--max-len", "128",
+                "--val-fraction", "0.25", "--seed", "7")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Result]]:
-    """12 short bundled examples (9 trained on, 3 held out), 2 epochs, via the CLI, with a
-    training cache of the module's own."""
+    """12 short bundled examples (9 trained on, 3 held out), 2 epochs cut to 15 steps, via the
+    CLI, with a training cache of the module's own."""
     pytest.importorskip("peft")
     work = tmp_path_factory.mktemp("training")
     data = work / "tickets-12.jsonl"
@@ -244,6 +245,7 @@ def test_real_run_manifest_and_loss(trained: tuple[Path, Path, Result]) -> None:
     assert manifest["base_model"] == "smollm2-135m-instruct"
     assert manifest["seed"] == 7
     assert manifest["hyperparameters"]["epochs"] == 2
+    assert manifest["hyperparameters"]["max_steps"] == 15
     assert manifest["hyperparameters"]["labels_shuffled"] is False
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2]
     assert manifest["val_loss_after"] == manifest["epochs"][-1]["val_loss"]
