@@ -23,7 +23,7 @@ import pytest
 from service.engine.managed import vllm_command, vllm_environment
 from service.settings import ManagedEngineSettings
 from tests.conftest import prepared_model
-from tests.real.test_real_engine import START_TIMEOUT_S, LiveGateway, _free_port
+from tests.real.live import START_TIMEOUT_S, LiveGateway, _free_port
 
 pytestmark = pytest.mark.slow
 BASE = "smollm2-135m-instruct"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import prepared_model
-from tests.real.test_real_engine import ROOT, LiveGateway, serving
+from tests.real.live import ROOT, LiveGateway, serving
 
 pytestmark = pytest.mark.slow
 SECTION = "## Tutorial: ship a fine-tune safely"

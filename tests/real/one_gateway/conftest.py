@@ -1,5 +1,4 @@
-"""What the real tier shares in one run: one xdist worker (see `pytest_xdist_make_scheduler` in
-tests/conftest.py) and one gateway for the engine and review modules."""
+"""The engine and review tests share one gateway: one vLLM start instead of two."""
 
 from __future__ import annotations
 
@@ -12,17 +11,17 @@ import yaml
 
 from adapters.training import example_data
 from tests.conftest import prepared_model
-from tests.real.test_real_engine import LiveGateway, serving
+from tests.real.live import LiveGateway, serving
 
 REVIEWED_ROUTE = "ticket-triage"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    """One `loragate serve` with its managed vLLM for the engine and review modules, started as
-    the README says, with two routes: `chat` on the base model, and `ticket-triage` under the
-    bundled ticket schema whose unsure answers go to review. The tutorial and the adapters test
-    run gateways of their own."""
+    """One `loragate serve` with its managed vLLM for this package's modules, started as the
+    README says, with two routes: `chat` on the base model, and `ticket-triage` under the
+    bundled ticket schema whose unsure answers go to review. Stopped once the package's last
+    test ran, before the rest of the real tier starts engines of its own."""
     work = tmp_path_factory.mktemp("live")
     shutil.copy(Path(str(example_data("tickets.schema.json"))), work / "tickets.schema.json")
     # The base model is unsure of itself: with this threshold its answers go to review.

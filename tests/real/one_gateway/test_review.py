@@ -14,8 +14,8 @@ from jsonschema import Draft202012Validator
 
 from adapters.training import example_data, load_examples
 from tests.conftest import prepared_model
+from tests.real.live import LiveGateway
 from tests.real.test_real_adapters import key_for
-from tests.real.test_real_engine import LiveGateway
 
 pytestmark = pytest.mark.slow
 ROUTE = "ticket-triage"
