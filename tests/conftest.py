@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,20 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 REAL_TIER = "tests/real/"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis names each of its items `test[OPERATION]` but, under pytest 9, gives them all
+    the id of the test function. xdist tells items apart by id: it would run one operation per
+    test and silently drop the rest. Each such item gets its name in its id."""
+    from _pytest.nodeid import coerce_node_id
+
+    seen = Counter(item.nodeid for item in items)
+    for item in items:
+        if seen[item.nodeid] > 1 and item.name.endswith("]"):
+            module = item.nodeid.rsplit("::", 1)[0]
+            item._id = coerce_node_id(f"{module}::{item.name}")  # type: ignore[attr-defined]
+
+
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under xdist (`-n 2`, as scripts/test.sh runs) every real-vLLM test runs on one worker,
@@ -50,6 +65,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class EngineTierTogether(LoadScopeScheduling):
+        def schedule(self) -> None:
+            collected = next(iter(self.registered_collections.values()), [])
+            twice = [n for n, count in Counter(collected).items() if count > 1]
+            # Items are told apart by id here: a shared id would run once and drop the others.
+            assert not twice, f"tests sharing an id would not all run: {twice[:3]}"
+            super().schedule()
+
         def _split_scope(self, nodeid: str) -> str:
             return "engine" if nodeid.startswith(REAL_TIER) else nodeid
 
