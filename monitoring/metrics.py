@@ -148,8 +148,10 @@ class Metrics:
         )
         self.connections_closed = Counter(
             "loragate_client_connections_closed",
-            "Client connections the gateway closed without an answer, by reason: "
-            "header_timeout, body_timeout, send_timeout (the client read nothing), over_cap.",
+            "Client connections the gateway closed, by reason: header_timeout, body_timeout, "
+            "send_timeout (the client read nothing), shed_idle_cap and shed_idle_client_cap "
+            "(idle, closed to make room), over_cap and over_client_cap (refused: none idle), "
+            "pipeline_full (answers not read), body_unread (answered before its body was in).",
             ["reason"],
             registry=r,
         )
@@ -177,7 +179,8 @@ class Metrics:
         self.key_lookups = Counter(
             "loragate_key_lookups",
             "Key ids not in the snapshot, by outcome: found or unknown (a database lookup), "
-            "remembered (known unknown until the next refresh), skipped (lookup budget spent).",
+            "remembered (known unknown until the next refresh), skipped (lookup budget spent), "
+            "loaded (refused a lookup, then loaded by the look for changes it asked for).",
             ["outcome"],
             registry=r,
         )

@@ -412,8 +412,21 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=1000,
         ge=1,
-        description="Open client connections; one past it is closed as soon as it is "
-        "accepted. Keep it below the process's open-files limit.",
+        description="Open client connections; past it the oldest idle one is closed (the new "
+        "one, when none is idle). Keep it below the process's open-files limit.",
+    )
+    max_connections_per_client: int = Field(
+        default=256,
+        ge=0,
+        description="Open connections from one client address; past it that address's oldest "
+        "idle one is closed (the new one, when none is idle). 0: no cap per address (behind a "
+        "proxy that funnels every client through a few addresses).",
+    )
+    max_pipelined_requests: int = Field(
+        default=16,
+        ge=1,
+        description="Requests one connection may queue behind the one being answered; a "
+        "connection that sends more without reading its answers is closed.",
     )
 
     otlp_endpoint: str | None = Field(

@@ -47,7 +47,7 @@ class EdgeGuard:
             await self.app(scope, receive, send)
             return
         limit = self.gw.settings.max_body_bytes
-        length, has_body = _declared_body(scope)
+        length, has_body = declared_body(scope)
         if length is not None and length > limit:
             await _refuse(scope, receive, send, _too_large(limit), close=True)
             return
@@ -134,7 +134,7 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _declared_body(scope: Scope) -> tuple[int | None, bool]:
+def declared_body(scope: Scope) -> tuple[int | None, bool]:
     """The declared Content-Length (None when absent or unreadable) and whether a body comes."""
     length = header(scope, b"content-length")
     chunked = header(scope, b"transfer-encoding") is not None

@@ -70,13 +70,15 @@ def serve(
         access_log=False,
         # Client addresses are not used; the proxy-headers middleware would be one more layer.
         proxy_headers=False,
-        # Slow and idle clients: header, body, send and keep-alive timeouts, a connection cap.
+        # Slow and idle clients: header, body, send and keep-alive timeouts, connection caps.
         http=protocol(
             ConnectionLimits(
                 header_timeout_s=settings.client_header_timeout_s,
                 body_timeout_s=settings.client_body_timeout_s,
                 send_timeout_s=settings.send_timeout_s,
                 max_connections=settings.max_connections,
+                max_per_client=settings.max_connections_per_client,
+                max_pipelined=settings.max_pipelined_requests,
                 closed=lambda reason: closed.labels(reason).inc(),
             )
         ),

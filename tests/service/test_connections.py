@@ -33,6 +33,7 @@ from tests.conftest import chat_body, free_port, insert_key, wait_until
 from tests.fake_engine import MODEL, Behaviour, FakeEngine
 
 Scope = dict[str, Any]
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 EOF_WAIT_S = 30.0  # generous: the limits under test are a second or less
 
 
@@ -63,6 +64,11 @@ async def limited(limits: ConnectionLimits) -> AsyncIterator[tuple[int, list[str
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         scope["state"] = {"seen": seen}
+        seen.append("request")
+        if scope.get("path") == "/early":  # answers without reading the body
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"no"})
+            return
         await echo(scope, receive, send)
 
     port = free_port()
@@ -136,7 +142,9 @@ async def test_a_body_that_stops_coming_is_cut() -> None:
         writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
         await writer.drain()
         assert await closed_by_server(reader) == b""
-        await wait_until(lambda: seen == ["disconnect"], what="the app to see the disconnect")
+        await wait_until(
+            lambda: seen == ["request", "disconnect"], what="the app to see the disconnect"
+        )
         writer.close()
         assert closed == ["body_timeout"]
 
@@ -154,21 +162,129 @@ async def test_headers_past_the_size_limit_get_400() -> None:
         assert closed == []  # answered, not cut
 
 
-async def test_connections_past_the_cap_are_closed_at_once() -> None:
+async def open_from(port: int, source: str = "127.0.0.1") -> Connection:
+    """A connection from a chosen loopback address (all of 127.0.0.0/8 is local on Linux)."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def answered(connection: Connection, body: bytes = b"ab") -> bytes:
+    reader, writer = connection
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    # The whole answer: echo's body is chunked, its last chunk is empty.
+    return await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), EOF_WAIT_S)
+
+
+async def test_past_the_cap_the_oldest_idle_connection_makes_room() -> None:
     async with limited(limits(header_timeout_s=30, max_connections=3)) as (port, _, closed):
-        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        held = [await open_from(port) for _ in range(3)]
+        await answered(held[1])  # busy once, idle again: newer than held[0]
+        newcomer = await open_from(port)
+        assert await closed_by_server(held[0][0]) == b""
+        assert closed == ["shed_idle_cap"]
+        for connection in (*held[1:], newcomer):
+            assert (await answered(connection)).startswith(b"HTTP/1.1 200 ")
+        for _, writer in (*held, newcomer):
+            writer.close()
+
+
+async def test_with_every_connection_busy_a_new_one_is_refused() -> None:
+    async with limited(limits(header_timeout_s=30, max_connections=3)) as (port, seen, closed):
+        busy = [await open_from(port) for _ in range(3)]
+        for _, writer in busy:  # headers in, body still coming: a request in progress
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+            await writer.drain()
+        await wait_until(lambda: seen == ["request"] * 3, what="the three requests to start")
+        reader, writer = await open_from(port)
         assert await closed_by_server(reader) == b""
         writer.close()
         assert closed == ["over_cap"]
-        # The three held ones still serve.
-        first_reader, first_writer = held[0]
-        first_writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
-        await first_writer.drain()
-        answer = await asyncio.wait_for(first_reader.readuntil(b"\r\n\r\n"), EOF_WAIT_S)
-        assert answer.startswith(b"HTTP/1.1 200 ")
-        for _, w in held:
-            w.close()
+        for busy_reader, busy_writer in busy:  # the three finish their requests
+            busy_writer.write(b"cd")
+            await busy_writer.drain()
+            answer = await asyncio.wait_for(busy_reader.readuntil(b"\r\n0\r\n\r\n"), EOF_WAIT_S)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            busy_writer.close()
+
+
+async def test_one_address_past_its_cap_sheds_its_own_idle_connections() -> None:
+    capped = limits(header_timeout_s=30, max_connections=100, max_per_client=2)
+    async with limited(capped) as (port, _, closed):
+        other = await open_from(port, "127.0.0.3")
+        flood = [await open_from(port, "127.0.0.2") for _ in range(5)]
+        for reader, _ in flood[:3]:  # each newcomer past two closed the oldest of that address
+            assert await closed_by_server(reader) == b""
+        assert closed == ["shed_idle_client_cap"] * 3
+        for connection in (other, *flood[3:]):
+            assert (await answered(connection)).startswith(b"HTTP/1.1 200 ")
+        for _, writer in (other, *flood):
+            writer.close()
+
+
+async def test_a_flood_of_idle_sockets_does_not_keep_a_client_out() -> None:
+    """The finding: 1,000 idle sockets at a 1,000 cap refused 20 of 20 normal requests. Here
+    200 idle sockets (from another address) at a 50 cap: every normal request is answered, each
+    on a new connection, while the flood keeps reconnecting."""
+    capped = limits(header_timeout_s=30, max_connections=50, max_per_client=0)
+    async with limited(capped) as (port, _, closed):
+        flood = [await open_from(port, "127.0.0.2") for _ in range(200)]
+        answers = []
+        for _ in range(20):
+            flood.append(await open_from(port, "127.0.0.2"))
+            connection = await open_from(port)
+            answers.append(await answered(connection))
+            connection[1].close()
+        assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers
+        assert set(closed) == {"shed_idle_cap"} and len(closed) >= 170
+        for _, writer in flood:
+            writer.close()
+
+
+async def test_pipelined_requests_nobody_reads_are_bounded() -> None:
+    async with limited(limits(header_timeout_s=30, max_pipelined=4)) as (port, _, closed):
+        request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+        polite_reader, polite_writer = await open_from(port)
+        polite_writer.write(request * 3)  # within the bound: every answer comes
+        await polite_writer.drain()
+        for _ in range(3):
+            answer = await asyncio.wait_for(polite_reader.readuntil(b"\r\n0\r\n\r\n"), EOF_WAIT_S)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+        reader, writer = await open_from(port)
+        writer.write(request * 3000)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        await wait_until(lambda: closed == ["pipeline_full"], what="the pipeliner cut")
+        assert b"HTTP/1.1 400" not in await closed_by_server(reader)
+        writer.close()
+        assert (await answered((polite_reader, polite_writer))).startswith(b"HTTP/1.1 200 ")
+        polite_writer.close()
+
+
+async def sent_until_closed(port: int, request_line: bytes, chunked: bool = False) -> int:
+    """Bytes of a huge body a client gets to send before the server closes (1 GiB at most)."""
+    _, writer = await open_from(port)
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 1000000000000"
+    writer.write(request_line + b" HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
+    mib = b"x" * 0x100000
+    chunk = b"100000\r\n" + mib + b"\r\n" if chunked else mib
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        while sent < 1 << 30:
+            writer.write(chunk)
+            await writer.drain()
+            sent += len(chunk)
+    writer.close()
+    return sent
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+async def test_a_body_answered_early_is_not_read_on(chunked: bool) -> None:
+    """The app answers without reading the body (as the gateway's early 401 and 413 do): the
+    connection closes after the answer, so the client cannot go on sending (before: 4.9 GB in
+    4 s). The client stops at 1 GiB: far past what socket buffers hold."""
+    async with limited(limits(header_timeout_s=30)) as (port, _, closed):
+        assert await sent_until_closed(port, b"POST /early", chunked) < 1 << 30
+        assert closed == ["body_unread"]
 
 
 # --- a real `loragate serve` ------------------------------------------------------------------
@@ -242,6 +358,9 @@ async def test_loragate_serve_closes_idle_connections_and_cuts_streams_nobody_re
         idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
         assert await closed_by_server(idle_reader) == b""
         idle_writer.close()
+
+        # An early 401 on the inference endpoint: the body is not read on (before: 4.9 GB).
+        assert await sent_until_closed(port, b"POST /v1/chat/completions") < 1 << 30
 
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
