@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from rollout.core.split import decide
-from service.api.edge import header
+from service.api.edge import declared_body, header
 from service.api.errors import error_response
 from service.auth import INFERENCE_ROLES, Principal, require_role
 from service.engine.client import parse_reply
@@ -160,8 +160,13 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.fail(error)
             if isinstance(error, EngineError):
                 record.replica, record.attempts = error.replica, error.attempts
+            elif record.attempts == 0:
+                record.refused_before_engine()
             span.set_attribute("loragate.error", error.code)
-            return error_response(error, record.id)
+            refusal = error_response(error, record.id)
+            if isinstance(error, BodyTooLarge):  # the rest is not read: the connection closes
+                refusal.headers["connection"] = "close"
+            return refusal
         except Exception:
             log.exception("request %s failed inside the gateway", record.id)
             internal = GatewayError("The gateway failed to serve this request.")
@@ -335,7 +340,12 @@ async def caller(gw: Gateway, scope: Scope) -> Principal | Response:
     except Exception:
         log.exception("identifying the caller failed inside the gateway")
         return error_response(GatewayError("The gateway failed to serve this request."))
-    return principal if isinstance(principal, Principal) else error_response(principal)
+    if isinstance(principal, Principal):
+        return principal
+    refusal = error_response(principal)
+    if declared_body(scope)[1]:  # the body is not read: the connection closes after this
+        refusal.headers["connection"] = "close"
+    return refusal
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -19,6 +19,9 @@ from service.review.export import redact
 from service.review.queue import NewItem
 from service.settings import RecordBodies
 
+# What a refused request's record keeps of its body: enough to see what the client sent.
+REFUSED_BODY_CHARS = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class FinishedRecord:
@@ -95,6 +98,17 @@ class RecordDraft:
     def fail(self, error: GatewayError) -> None:
         self.error = error
         self.status_code = error.status
+
+    def refused_before_engine(self) -> None:
+        """Keep only the start of the body of a request no engine saw: storing refused bodies
+        whole let four clients flooding 16 KiB schemas slow everyone's record writes (a normal
+        client's p95 7.5 -> 62.7 ms, 174 MB of refused bodies)."""
+        body = self.request_body
+        if body is not None and len(body) > REFUSED_BODY_CHARS:
+            self.request_body = (
+                f"{body[:REFUSED_BODY_CHARS]}... [refused before the engine: the first "
+                f"{REFUSED_BODY_CHARS} of {len(body)} characters kept]"
+            )
 
     def mark_first_token(self) -> None:
         if self.ttft_s is None:

@@ -383,6 +383,27 @@ async def test_redacted_bodies_are_not_stored(
         assert record.tokens_out == 4  # everything else is still recorded
 
 
+async def test_a_refused_request_keeps_only_the_start_of_its_body(
+    gateway: Harness, engine: FakeEngine
+) -> None:
+    """A 16 KiB schema the gateway refuses, then the same size accepted: only the answered
+    request's record keeps its whole body."""
+    schema = {"anyOf": [{"type": "string", "maxLength": n} for n in range(700)]}
+    refused = chat_body(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    )
+    r = await gateway.client.post(CHAT, json=refused, headers=gateway.auth())
+    assert r.status_code == 400, r.text
+    padded = chat_body(messages=[{"role": "user", "content": "x" * 16_000}])
+    assert (await gateway.client.post(CHAT, json=padded, headers=gateway.auth())).status_code == 200
+    first, second = sorted(await gateway.records(2), key=lambda record: record.created_at)
+    assert first.status_code == 400 and second.status_code == 200
+    assert first.request_body is not None and len(first.request_body) < 1200
+    assert first.request_body.startswith('{"model":') and '"anyOf":' in first.request_body
+    assert "refused before the engine" in first.request_body
+    assert second.request_body is not None and "x" * 16_000 in second.request_body
+
+
 async def test_metrics_count_requests_by_route_and_status(gateway: Harness) -> None:
     assert (await gateway.client.post(CHAT, json=chat_body(), headers=gateway.auth())).is_success
     r = await gateway.client.post(CHAT, json=chat_body("no-such-route"), headers=gateway.auth())
