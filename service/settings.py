@@ -358,8 +358,9 @@ class Settings(BaseSettings):
         default=20.0,
         gt=0,
         description="Database lookups of key ids not in the snapshot (a key created since the "
-        "last refresh), at most this many a second; past it such keys are refused (401) until "
-        "the next snapshot refresh, which loads them.",
+        "last refresh), at most this many a second; past it such a key waits for a look for "
+        "changes (SQLite: the change count; PostgreSQL: the changes heard) and is refused (401) "
+        "if that does not load it. A key found is kept until the next refresh.",
     )
     unknown_keys_remembered: int = Field(
         default=10_000,

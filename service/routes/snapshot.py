@@ -5,8 +5,13 @@ Requests never read the database for these. A background loop looks every
 change count moved (``ConfigVersionReader``); on PostgreSQL only while the change listener is down,
 for while it is up it calls ``wake`` at once for every change (the database's triggers notify,
 whoever writes). A key id that is not in the snapshot is looked up once in the database, so a
-key created a moment ago works at once; ``key_lookups`` rations those lookups so that made-up
-keys cannot turn into a query each. The view's values are in ``view``.
+key created a moment ago works at once, and a key found so is kept until the next reload (which
+loads it anyway); ``key_lookups`` rations those lookups so that made-up keys cannot turn into a
+query each. An id refused a lookup (the budget spent, or found unknown before) asks the loop to
+look for changes at once and waits for that look: on SQLite it reads the change count and
+reloads if it moved, on PostgreSQL it applies the changes already heard. So a key created while
+made-up keys spend the budget is still served, at once on SQLite and once its change is heard
+on PostgreSQL. The view's values are in ``view``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ from service.routes.key_lookups import KeyLookups, Outcome
 from service.routes.view import AdapterView, RouteView, Snapshot
 
 log = logging.getLogger(__name__)
+
+# Looks that refused key ids ask for start at least this far apart: a flood of made-up keys
+# gets one change-count read per gap, not one per request.
+LOOK_GAP_S = 0.02
+# The longest a refused key id waits for its look: longer than any healthy reload; past it the
+# database is in trouble, and the key is refused as before.
+LOOK_WAIT_S = 5.0
 
 # Per route: the (schema, policy, risk) a contract was built from, and the contract.
 Contracts = dict[str, tuple[tuple[Any, Any, str], RouteContract]]
@@ -108,7 +120,18 @@ class SnapshotStore:
         self.loaded = False
         # Called with (old, new) after each reload, e.g. to place newly wanted adapters at once.
         self.on_reload: list[Callable[[Snapshot, Snapshot], None]] = []
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # set by wake() and by _looked_for_changes()
+        self._woken = False
+        # Keys a lookup found since the last reload, and the reloads installed so far: a lookup
+        # that overlapped a reload may have read a key the reload saw revoked.
+        self._found: dict[str, StoredKey] = {}
+        self._reloads = 0
+        # Looks asked for by refused key ids, and the last such ask a finished look covers.
+        self._asks = 0
+        self._answered = 0
+        self._looked = asyncio.Event()
+        self._last_asked_look = -LOOK_GAP_S
+        self._looking = False  # run() is going: someone answers the asks
         # One reload at a time: one that began before a change committed must not install
         # its older view after one that began later.
         self._reloading = asyncio.Lock()
@@ -116,6 +139,7 @@ class SnapshotStore:
     def wake(self) -> None:
         """Reload now rather than at the next interval. Calls during a reload coalesce into
         one more reload after it."""
+        self._woken = True
         self._wake.set()
 
     async def reload(self, version: int | None = None) -> None:
@@ -149,19 +173,24 @@ class SnapshotStore:
         self.current = Snapshot(
             MappingProxyType(route_views), MappingProxyType(stored), MappingProxyType(adapters)
         )
+        self._reloads += 1
+        self._found.clear()
         self._lookups.forget()
         for listener in self.on_reload:
             listener(old, self.current)
         self.loaded = True
 
     async def find_key(self, key_id: str) -> StoredKey | None:
-        found = self.current.keys.get(key_id)
+        found = self.current.keys.get(key_id) or self._found.get(key_id)
         if found is not None:
             return found
         outcome = self._lookups.decide(key_id)
         if outcome is not Outcome.LOOK_UP:
-            self._count(outcome.value)
-            return None
+            if await self._looked_for_changes():
+                found = self.current.keys.get(key_id)
+            self._count("loaded" if found is not None else outcome.value)
+            return found
+        reloads = self._reloads
         async with self._sessions() as session:
             row = await repositories.get_active_key(session, key_id)
         if row is None:
@@ -169,30 +198,79 @@ class SnapshotStore:
             self._count("unknown")
             return None
         self._count("found")
-        return usable_key(row)
+        found = usable_key(row)
+        if found is not None and reloads == self._reloads:
+            self._found[key_id] = found
+        return found
+
+    async def _looked_for_changes(self) -> bool:
+        """Ask the refresh loop to look for changes committed until now, and wait (at most
+        ``LOOK_WAIT_S``) until it has, and reloaded if they touch the snapshot."""
+        if not self._looking:
+            return False
+        self._asks += 1
+        wanted = self._asks
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LOOK_WAIT_S):
+                while self._answered < wanted:
+                    await self._looked.wait()
+        return self._answered >= wanted
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.key_lookups.labels(outcome).inc()
 
     async def run(self) -> None:
+        self._looking = True
+        try:
+            await self._refresh()
+        finally:
+            self._looking = False
+
+    async def _refresh(self) -> None:
         failed = False  # the last reload failed: the next tick tries again, whatever changed
         while True:
             # asyncio.timeout, not wait_for: see AdapterReconciler.run.
-            with contextlib.suppress(TimeoutError):
+            ticked = False
+            try:
                 async with asyncio.timeout(self._refresh_s):
                     await self._wake.wait()
-            woken = self._wake.is_set()
+            except TimeoutError:
+                ticked = True
+            if not ticked and not self._woken:  # only refused key ids asked
+                await self._space_asked_looks()
+            woken, self._woken = self._woken, False
             self._wake.clear()
+            asked = self._asks
             try:
                 version = await self._config_version.read() if self._config_version else None
-                if woken or failed or self._may_have_changed(version):
+                changed = self._may_have_changed(version) if ticked else self._moved(version)
+                if woken or (failed and ticked) or changed:
                     await self.reload(version)
-                failed = False
+                    failed = False
             except Exception:
                 # Keep serving the last good snapshot; the failure is logged with its traceback.
                 failed = True
                 log.exception("snapshot refresh failed; serving the previous snapshot")
+            self._answer(asked)
+
+    async def _space_asked_looks(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last_asked_look + LOOK_GAP_S - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_asked_look = loop.time()
+
+    def _answer(self, asked: int) -> None:
+        self._answered = asked
+        self._looked.set()
+        self._looked = asyncio.Event()
+
+    def _moved(self, version: int | None) -> bool:
+        """Between ticks only a change count that moved is a change (PostgreSQL has none: its
+        changes arrive as wakes)."""
+        return version is not None and version != self._loaded_version
 
     def _may_have_changed(self, version: int | None) -> bool:
         if self._config_version is not None:
