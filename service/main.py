@@ -201,7 +201,7 @@ def create_app(
     provider = build_provider(settings.otlp_endpoint, span_exporter)
     tracer = tracer_from(provider)
     db = create_engine(settings.effective_database_url)
-    sessions = session_factory(db)
+    sessions = session_factory(db, audit_signing_key=settings.audit_signing_key.get_secret_value())
     pools = {
         cfg.name: EnginePool(cfg, metrics, settings.eject_for_s) for cfg in settings.engine_pools()
     }

@@ -63,7 +63,9 @@ def maintenance(settings: Settings) -> Maintenance | None:
         task
         for task in (
             pruner(settings.record_retention_days),
-            audit_pruner(settings.audit_retention_days),
+            audit_pruner(
+                settings.audit_retention_days, settings.audit_signing_key.get_secret_value()
+            ),
         )
         if task is not None
     ]

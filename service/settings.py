@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitoring.spool import Fsync
@@ -176,6 +176,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Audit events older than this are deleted (0, the default, keeps them "
         "forever); independent of record_retention_days.",
+    )
+    audit_signing_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="When set, audit events are chained with HMAC-SHA256 under this key instead "
+        "of plain SHA-256: someone with only database access cannot forge a chain that "
+        "`loragate audit verify` accepts. Set it before the first change you want signed; "
+        "changing it breaks verification of the events signed with the old one.",
     )
     hold_commit_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait to store a held answer's review item."

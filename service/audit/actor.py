@@ -1,5 +1,6 @@
 """Who makes a change: a key (with its role, the request id and the client's address) through
-the API, or a person at the CLI (no key: actor ``cli`` and the OS user)."""
+the API, a person at the CLI (no key: actor ``cli`` and the OS user), or the audit retention
+job (actor ``retention``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from service.auth import Principal
 
 CLI = "cli"
+RETENTION = "retention"
 REQUEST_ID_HEADER = "x-request-id"
 # A client's own request id is kept when it looks like one; anything else is replaced.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -43,3 +45,8 @@ def cli_actor() -> Actor:
     except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER in the environment
         user = None
     return Actor(CLI, None, user)
+
+
+def retention_actor() -> Actor:
+    """The retention job, which removes the oldest audit events (``audit.prune``)."""
+    return Actor(RETENTION, None)

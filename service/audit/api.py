@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 
 from service.api.deps import SRE_ROLES, gateway, require_roles
 from service.api.params import iso_time
-from service.audit.store import AuditFilters, StoredEvent, list_events
+from service.audit.chain import Problem, Verdict
+from service.audit.store import AuditFilters, StoredEvent, list_events, verify_chain
 from service.auth import Principal
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
@@ -38,6 +39,8 @@ class AuditEventOut(BaseModel):
         description="The API request's id (its `x-request-id` header when sent)."
     )
     client: str | None = Field(description="The client's address.")
+    prev_hash: str = Field(description="The hash of the event before it in the chain.")
+    hash: str = Field(description="SHA-256 (or HMAC-SHA256) over `prev_hash` and the event.")
 
     @classmethod
     def of(cls, event: StoredEvent) -> AuditEventOut:
@@ -88,3 +91,54 @@ async def audit_events(
     return AuditPageOut(
         data=[AuditEventOut.of(e) for e in page.events], next_cursor=page.next_cursor
     )
+
+
+class ChainHeadOut(BaseModel):
+    last_id: int = Field(description="The newest event's id, as the chain head row names it.")
+    hash: str
+
+
+class ChainBreakOut(BaseModel):
+    event_id: int | None = Field(description="The first broken link; null: the head row.")
+    problem: Problem = Field(
+        description="`hash_mismatch`: the event was edited; `prev_hash_mismatch`: events were "
+        "removed or inserted before it; `head_mismatch`: the newest events were removed; "
+        "`unsigned`: a signing key is set but the newest events are not signed with it."
+    )
+    detail: str
+
+
+class ChainVerdictOut(BaseModel):
+    intact: bool
+    checked: int = Field(description="Events walked, oldest to newest.")
+    first_id: int | None
+    last_id: int | None
+    head: ChainHeadOut | None
+    broken: ChainBreakOut | None
+
+    @classmethod
+    def of(cls, verdict: Verdict) -> ChainVerdictOut:
+        return cls.model_validate(
+            {"intact": verdict.intact, "checked": verdict.checked, "first_id": verdict.first_id,
+             "last_id": verdict.last_id, "head": verdict.head, "broken": verdict.broken},
+            from_attributes=True,
+        )  # fmt: skip
+
+
+@router.get(
+    "/verify",
+    summary="Verify the audit trail's hash chain",
+    description=(
+        "Walks every event oldest to newest (as `loragate audit verify`) and names the first "
+        "broken link. `intact` is false when an event was edited, removed or inserted outside "
+        "the application, or the newest were removed."
+    ),
+    response_model=ChainVerdictOut,
+    responses={k: v for k, v in ERRORS.items() if k != 400},
+)
+async def audit_verify(request: Request, _: SreKey) -> ChainVerdictOut:
+    gw = gateway(request)
+    key = gw.settings.audit_signing_key.get_secret_value().encode()
+    async with gw.sessions() as session:
+        verdict = await verify_chain(session, key)
+    return ChainVerdictOut.of(verdict)

@@ -1,4 +1,5 @@
-"""Reading the audit trail (newest first, with filters and a cursor) and its retention."""
+"""Reading the audit trail (newest first, with filters and a cursor), walking its hash chain,
+and its retention."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.actor import retention_actor
+from service.audit.chain import PRUNE, ChainWalk, EventFields, Head, Link, Verdict, prune_record
+from service.audit.events import lock_head, record_event
 from service.clock import as_utc
-from service.db.models import AuditEvent, AuditPruneCutoff
+from service.db.models import AuditChainHead, AuditEvent, AuditPruneCutoff
+
+VERIFY_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,8 @@ class StoredEvent:
     after: dict[str, Any] | None
     request_id: str | None
     client: str | None
+    prev_hash: str
+    hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +58,7 @@ def _stored(row: AuditEvent) -> StoredEvent:
         id=row.id, at=as_utc(row.at), actor=row.actor, actor_role=row.actor_role,
         os_user=row.os_user, action=row.action, object=row.object, before=row.before,
         after=row.after, request_id=row.request_id, client=row.client,
+        prev_hash=row.prev_hash, hash=row.hash,
     )  # fmt: skip
 
 
@@ -76,15 +85,68 @@ async def list_events(session: AsyncSession, filters: AuditFilters) -> EventPage
 
 
 async def prune_events(session: AsyncSession, before: datetime) -> int:
-    """Delete the events older than ``before`` in the caller's transaction.
+    """Remove the oldest events, those written before ``before`` up to the first one that was
+    not, in the caller's transaction; how many. A prefix only: the chain goes on from the
+    ``audit.prune`` event written next, which records the last removed event's id and hash.
 
-    The append-only trigger lets a delete through only for events older than a cutoff row
-    that exists at that moment; the row is written and removed again in this transaction.
+    The append-only trigger lets a delete through only for events older than a cutoff row that
+    exists at that moment; the row is written and removed again in this transaction.
     """
+    await lock_head(session)  # no event is chained while the prefix is chosen and removed
+    first_kept = await session.scalar(
+        select(func.min(AuditEvent.id)).where(AuditEvent.at >= before)
+    )
+    last_removed = select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+    if first_kept is not None:
+        last_removed = last_removed.where(AuditEvent.id < first_kept)
+    through = (await session.execute(last_removed)).one_or_none()
+    if through is None:
+        return 0
     cutoff = AuditPruneCutoff(cutoff=before)
     session.add(cutoff)
     await session.flush()
-    result = await session.execute(delete(AuditEvent).where(AuditEvent.at < before))
+    result = await session.execute(delete(AuditEvent).where(AuditEvent.id <= through.id))
     await session.delete(cutoff)
     await session.flush()
-    return int(getattr(result, "rowcount", 0) or 0)
+    removed = int(getattr(result, "rowcount", 0) or 0)
+    after = prune_record(removed, Head(through.id, through.hash), before)
+    await record_event(session, retention_actor(), PRUNE, "audit:events", after=after)
+    return removed
+
+
+async def _one_snapshot(session: AsyncSession) -> None:
+    """Make every later read of the session see the database as of one moment, so that a change
+    committed during the walk does not look like a break."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    else:
+        # pysqlite starts no transaction for reads: each SELECT would see its own moment.
+        await session.execute(text("BEGIN"))
+
+
+def _link(row: Row[Any]) -> Link:
+    event = EventFields(
+        id=row.id, at=row.at, actor=row.actor, actor_role=row.actor_role, os_user=row.os_user,
+        action=row.action, object=row.object, before=row.before, after=row.after,
+        request_id=row.request_id, client=row.client,
+    )  # fmt: skip
+    return Link(event, row.prev_hash, row.hash)
+
+
+async def verify_chain(session: AsyncSession, key: bytes = b"") -> Verdict:
+    """Walk every event, oldest first, and the head row (in a session that has read nothing
+    yet: it is made to read one snapshot)."""
+    await _one_snapshot(session)
+    head_row = await session.get(AuditChainHead, 1)
+    head = Head(head_row.last_id, head_row.hash) if head_row is not None else None
+    walk = ChainWalk(key)
+    columns = select(*AuditEvent.__table__.c).order_by(AuditEvent.id).limit(VERIFY_BATCH)
+    last_id: int | None = None
+    while True:
+        query = columns if last_id is None else columns.where(AuditEvent.id > last_id)
+        rows = (await session.execute(query)).all()
+        for row in rows:
+            walk.add(_link(row))
+        if len(rows) < VERIFY_BATCH:
+            return walk.finish(head)
+        last_id = rows[-1].id

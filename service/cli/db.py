@@ -50,7 +50,8 @@ def with_sessions(settings: Settings, work: Callable[[async_sessionmaker[Any]], 
 
     async def run() -> T:
         async with migrated_engine(settings) as engine:
-            return await work(session_factory(engine))
+            key = settings.audit_signing_key.get_secret_value()
+            return await work(session_factory(engine, audit_signing_key=key))
 
     try:
         return asyncio.run(run())

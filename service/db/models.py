@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     Index,
@@ -369,7 +370,9 @@ class GatewayPeer(Base):
 class AuditEvent(Base):
     """Append-only: one change made through the admin, SRE or reviewer API or the CLI, written in
     the transaction of the change (``service.audit``). A database trigger refuses updates and
-    deletes, except deletes of events older than a pruning cutoff (``AuditPruneCutoff``)."""
+    deletes, except deletes of events older than a pruning cutoff (``AuditPruneCutoff``).
+    Events form a hash chain (``service.audit.chain``): ids are given by the writer, one past
+    the chain head's, so they have no gaps."""
 
     __tablename__ = "audit_events"
     __table_args__ = (
@@ -390,6 +393,20 @@ class AuditEvent(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))  # the hash of the event before it
+    hash: Mapped[str] = mapped_column(String(64))  # hex sha256 (or HMAC) over prev_hash + fields
+
+
+class AuditChainHead(Base):
+    """One row: the newest audit event's id and hash. Writers lock it, so the chain never forks,
+    and it shows when the newest events are removed. A trigger lets it only move forward."""
+
+    __tablename__ = "audit_chain_head"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_audit_chain_head_one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(Integer)  # 0 before the first event
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class AuditPruneCutoff(Base):

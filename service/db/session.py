@@ -66,8 +66,14 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+# The ``Session.info`` entry holding the key audit events are signed with (``record_event``
+# reads it): the sessions of the gateway and of the CLI carry the configured key.
+AUDIT_SIGNING_KEY = "loragate.audit_signing_key"
+
+
+def session_factory(engine: AsyncEngine, *, audit_signing_key: str = "") -> async_sessionmaker[Any]:
+    info = {AUDIT_SIGNING_KEY: audit_signing_key.encode()}
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)
 
 
 def insert_ignoring_duplicates(session: AsyncSession, table: Table) -> Insert:

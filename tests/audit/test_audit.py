@@ -25,12 +25,14 @@ from adapters.registry_db import build_registry
 from service.audit.store import prune_events
 from service.auth import Role
 from service.cli.app import app
+from service.clock import as_utc
 from service.db.models import AdapterVersion, ApiKey, AuditEvent
 from service.db.session import create_engine, session_factory
 from service.review import queue
 from service.settings import Settings
 from tests.adapter_factory import write_adapter, write_base_model
 from tests.adapters.test_registry import json_inspector, pool_settings
+from tests.audit.trail import write_events
 from tests.conftest import Harness, make_settings, running_gateway
 from tests.fake_engine import MODEL, FakeEngine
 
@@ -119,14 +121,14 @@ def test_a_change_that_fails_after_its_event_leaves_neither(
     assert asyncio.run(limits()) is None
 
 
-async def test_the_database_refuses_updates_and_deletes(db_url: str) -> None:
+async def test_the_database_refuses_updates_and_deletes(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    await write_events(db_url, [old, new], monkeypatch)
     engine = create_engine(db_url)
     sessions = session_factory(engine)
-    old, new = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
     try:
-        async with sessions.begin() as session:
-            for at in (old, new):
-                session.add(AuditEvent(at=at, actor="cli", action="key.create", object="key:x"))
         for statement in (
             "UPDATE audit_events SET actor = 'someone else'",
             "DELETE FROM audit_events",
@@ -135,12 +137,13 @@ async def test_the_database_refuses_updates_and_deletes(db_url: str) -> None:
                 async with sessions.begin() as session:
                     await session.execute(text(statement))
             assert "append-only" in str(refused.value)
-        # Retention deletes what is past its cutoff, and nothing else.
+        # Retention deletes what is past its cutoff, and nothing else (then records it).
         async with sessions.begin() as session:
             assert await prune_events(session, datetime(2026, 3, 1, tzinfo=UTC)) == 1
         async with sessions() as session:
-            left = (await session.scalars(select(AuditEvent.at))).all()
-            assert [at.replace(tzinfo=UTC) if at.tzinfo is None else at for at in left] == [new]
+            left = (await session.execute(select(AuditEvent.at, AuditEvent.action))).all()
+            assert as_utc(left[0].at) == new
+            assert [action for _, action in left] == ["key.create", "audit.prune"]
             # The cutoff lived only inside the pruning transaction.
             assert await session.scalar(text("SELECT count(*) FROM audit_prune_cutoffs")) == 0
         with pytest.raises((DBAPIError, IntegrityError)):
@@ -209,18 +212,14 @@ async def test_an_export_adds_one_event(harness: Harness) -> None:
 
 
 async def test_the_api_filters_pages_and_has_no_way_to_change_an_event(
-    harness: Harness,
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = harness
     base = datetime(2026, 5, 1, tzinfo=UTC)
-    async with h.app.state.gateway.sessions.begin() as session:
-        for n in range(5):
-            session.add(
-                AuditEvent(
-                    at=base + timedelta(minutes=n), actor="k1" if n % 2 else "cli",
-                    action="key.create", object=f"key:{n}",
-                )
-            )  # fmt: skip
+    await write_events(
+        h.url, [base + timedelta(minutes=n) for n in range(5)], monkeypatch,
+        actors=["k1" if n % 2 else "cli" for n in range(5)],
+    )  # fmt: skip
     sre = h.auth(Role.SRE)
     first = (await h.client.get(AUDIT, params={"limit": 2}, headers=sre)).json()
     assert [e["object"] for e in first["data"]] == ["key:4", "key:3"]
