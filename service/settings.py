@@ -290,7 +290,9 @@ class Settings(BaseSettings):
     review_callback_allowlist: list[str] = Field(
         default_factory=list,
         description="URL prefixes a route's review callback may start with (e.g. "
-        "https://tickets.internal/hooks/); callbacks elsewhere are not sent.",
+        "https://tickets.internal/hooks/); callbacks elsewhere are not sent. An entry whose "
+        "path a server could read two ways (dot segments, ';', encoded '.', '/', '\\' or ';', "
+        "double encoding) stops the start.",
     )
     review_callback_attempts: int = Field(
         default=10, ge=1, description="Tries of a review callback before it is given up."

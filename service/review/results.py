@@ -4,9 +4,10 @@ A held answer's result is ``pending`` until a reviewer decides: then ``approved`
 answer), ``corrected`` (the reviewer's) or ``rejected`` (no answer, a reason). A parked item is
 still ``pending`` for the client. Only the key that made the request reads its result (an admin
 reads any: ``result_for`` with no key). Callbacks go only to URLs under an allow-listed prefix
-(same scheme, host and port, path segment by segment, no userinfo or dot segments), with a short
-timeout and no redirects, from a durable outbox: a failed try is recorded and retried with
-backoff (also after a restart) until a 2xx answer or the last try; the result stays readable.
+(same scheme, host and port, path segment by segment, nothing a server could read another way:
+``callback_urls``), with a short timeout and no redirects, from a durable outbox: a failed try
+is recorded and retried with backoff (also after a restart) until a 2xx answer or the last try;
+the result stays readable.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, Field
@@ -30,11 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.clock import Clock, now
 from service.db.models import RequestRecord
 from service.review import outbox, queue
+from service.review.callback_urls import allowlist_places, refusal
 
 log = logging.getLogger(__name__)
 CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 FINAL = {"approved", "corrected", "rejected"}
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ReviewResult(BaseModel):
@@ -75,56 +73,6 @@ async def result_for(session: AsyncSession, review_id: str, key_id: str | None) 
     return result
 
 
-@dataclass(frozen=True, slots=True)
-class _Place:
-    """Where a URL really goes: scheme, host, port and path segments."""
-
-    scheme: str
-    host: str
-    port: int
-    segments: tuple[str, ...]
-
-    def within(self, prefix: _Place) -> bool:
-        origin = (self.scheme, self.host, self.port)
-        if origin != (prefix.scheme, prefix.host, prefix.port):
-            return False
-        wanted = prefix.segments[:-1] if prefix.segments[-1:] == ("",) else prefix.segments
-        return self.segments[: len(wanted)] == wanted
-
-
-# Encoded '.', '/' and '\' let a path read differently once a server decodes it.
-_ENCODED_PATH_CHARS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
-
-
-def _place(url: str) -> _Place | None:
-    """The URL's place, or None for anything a string prefix could be fooled by: another
-    scheme, userinfo (`http://allowed@elsewhere/`), a bad port, or a path with dot segments,
-    backslashes or encoded dots and slashes (`/hooks/../admin`, `/hooks/%2e%2e/admin`)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
-        return None
-    path = parts.path or "/"
-    segments = tuple(path.split("/")[1:])
-    if "\\" in path or _ENCODED_PATH_CHARS.search(path) or {".", ".."} & set(segments):
-        return None
-    return _Place(scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme], segments)
-
-
-def allowed(url: str, allowlist: Sequence[str]) -> bool:
-    """Whether a callback may go to ``url``: same scheme, host and port as an allow-listed
-    prefix, and a path under the prefix's path, segment by segment (`/hooks/` allows
-    `/hooks/review`, `/hooks/review` allows `/hooks/review/7` but not `/hooks/reviewer`)."""
-    place = _place(url)
-    return place is not None and any(
-        prefix is not None and place.within(prefix) for prefix in map(_place, allowlist)
-    )
-
-
 class ReviewCallbacks:
     """Posts decisions of held answers to the route's callback URL from the durable outbox
     (``service.review.outbox``): queued in the decision's transaction, retried with backoff,
@@ -141,7 +89,7 @@ class ReviewCallbacks:
     ) -> None:
         self._sessions = sessions
         self._callback_url = callback_url  # route name -> its hold callback, if any
-        self._allowlist = tuple(allowlist)
+        self._allowlist = allowlist_places(allowlist)  # a refused entry stops the start
         self._backoff = backoff
         self._poll_s = poll_s
         self._clock = clock
@@ -159,8 +107,9 @@ class ReviewCallbacks:
         url = self._callback_url(item.route)
         if url is None:
             return
-        if not allowed(url, self._allowlist):
-            log.warning("review callback to %s not queued: not in the allow-list", url)
+        why = refusal(url, self._allowlist)
+        if why is not None:
+            log.warning("review callback to %s not queued: %s", url, why)
             return
         await outbox.add(session, review_id, url, at)
 

@@ -38,6 +38,7 @@ from service.db import repositories
 from service.db.models import AdapterVersion, Route
 from service.guard import SchemaRefused
 from service.guard.route_guard import RouteContract
+from service.review.callback_urls import CallbackRefused, place
 from service.review.tiers import DEFAULT_RISK, Risk, TierConflict
 from service.settings import EnginePoolSettings
 
@@ -114,7 +115,20 @@ def _with_contract(spec: RouteSpec, base: Path) -> RouteSpec:
             )
         except (SchemaRefused, ValidationError, TierConflict) as exc:
             raise RoutesConfigError(f"route {spec.name!r}: {exc}") from exc
+    _check_callback(spec)
     return spec
+
+
+def _check_callback(spec: RouteSpec) -> None:
+    """A callback URL a server could read two ways is refused here, not skipped at decision
+    time; whether it is in the allow-list is the gateway's to say (it holds the list)."""
+    url = (spec.review or {}).get("callback_url")
+    if not isinstance(url, str):
+        return
+    try:
+        place(url)
+    except CallbackRefused as exc:
+        raise RoutesConfigError(f"route {spec.name!r}: callback_url {url!r}: {exc}") from exc
 
 
 def resolve(spec: RouteSpec, pools: list[EnginePoolSettings]) -> dict[str, Any]:

@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from service.review.results import allowed
+from service.main import create_app
+from service.review.callback_urls import CallbackRefused, allowlist_places, refusal
 from tests.conftest import make_settings, running_gateway, wait_until
 from tests.fake_engine import Behaviour, FakeEngine
 from tests.guard.test_output_contracts import SURE, TOKENS, ask_and_approve_held, routes_file
 
 HOOKS = ["https://tickets.internal/hooks/", "http://127.0.0.1:18283"]
+
+
+def allowed(url: str, prefixes: list[str]) -> bool:
+    return refusal(url, allowlist_places(prefixes)) is None
 
 
 @pytest.mark.parametrize(
@@ -40,6 +45,18 @@ def test_urls_under_an_allowed_prefix_pass(url: str) -> None:
         "https://tickets.internal/hooks/%2e%2e/%2E%2E/admin",
         "https://tickets.internal/hooks/..%2fadmin",
         "https://tickets.internal/hooks\\..\\admin",
+        # Issue 26, row 11: read as /admin by a server that drops path parameters or decodes
+        # twice; each is refused, not guessed at.
+        "https://tickets.internal/hooks/../admin",
+        "https://tickets.internal/hooks/..;/admin",
+        "https://tickets.internal/hooks/..;jsessionid=1/admin",
+        "https://tickets.internal/hooks/%2e%2e/admin",
+        "https://tickets.internal/hooks/%252e%252e/admin",
+        "https://tickets.internal/hooks/%25252e%25252e/admin",
+        "https://tickets.internal/hooks/%2fadmin",
+        "https://tickets.internal/hooks/%252fadmin",
+        "https://tickets.internal/hooks/..%3b/admin",
+        "https://tickets.internal/hooks/..%5cadmin",
         "https://tickets.internal/hooksmith/x",  # the prefix's last segment, longer
         "http://tickets.internal/hooks/review",  # another scheme
         "https://tickets.internal.evil.example/hooks/review",
@@ -50,6 +67,41 @@ def test_urls_under_an_allowed_prefix_pass(url: str) -> None:
 )
 def test_prefix_tricks_are_refused(url: str) -> None:
     assert not allowed(url, HOOKS)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://tickets.internal/hooks/../admin", "'.' and '..' path segments"),
+        ("https://tickets.internal/hooks/..;/admin", "path parameters (';')"),
+        ("https://tickets.internal/hooks/%2e%2e/admin", "an encoded '.', '/'"),
+        ("https://tickets.internal/hooks/%252e%252e/admin", "a double-encoded path"),
+        ("https://tickets.internal/hooks/%2fadmin", "an encoded '.', '/'"),
+        ("https://tickets.internal/admin", "not in the allow-list"),
+    ],
+)
+def test_a_refusal_says_why(url: str, reason: str) -> None:
+    assert reason in (refusal(url, allowlist_places(HOOKS)) or "")
+
+
+def test_a_plain_path_and_harmless_escapes_still_pass() -> None:
+    assert allowed("https://tickets.internal/hooks/review", HOOKS)
+    assert allowed("https://tickets.internal/hooks/review%20queue/7", HOOKS)
+    # An escaped letter is that letter: the server sees /hooks/review.
+    assert allowed("https://tickets.internal/hook%73/review", HOOKS)
+
+
+def test_an_ambiguous_allow_list_entry_is_refused_at_start(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    with pytest.raises(CallbackRefused, match="path parameters"):
+        allowlist_places(["https://tickets.internal/hooks/..;/"])
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}", tmp_path, [engine.url],
+        review_callback_allowlist=["https://tickets.internal/%2e%2e/"],
+    )  # fmt: skip
+    with pytest.raises(CallbackRefused, match="allow-list entry"):
+        create_app(settings)
 
 
 def test_a_prefix_without_a_trailing_slash_is_a_whole_segment() -> None:
