@@ -432,10 +432,29 @@ async def save_snapshot(session: AsyncSession, export: Export, created_by: str |
     return int(cast(CursorResult[Any], result).rowcount) == 1
 
 
-async def list_snapshots(session: AsyncSession, limit: int) -> list[TrainingSnapshot]:
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A recorded snapshot as the API and CLI show it."""
+
+    id: str
+    created_at: datetime  # UTC, aware
+    created_by: str | None
+    train_examples: int
+    validation_examples: int
+    manifest: dict[str, Any]
+
+
+async def list_snapshots(session: AsyncSession, limit: int) -> list[SnapshotInfo]:
     """Recorded snapshots, newest first."""
     query = select(TrainingSnapshot).order_by(TrainingSnapshot.created_at.desc()).limit(limit)
-    return list((await session.scalars(query)).all())
+    return [_info(row) for row in await session.scalars(query)]
+
+
+def _info(row: TrainingSnapshot) -> SnapshotInfo:
+    return SnapshotInfo(
+        row.id, clock.as_utc(row.created_at), row.created_by, row.train_examples,
+        row.validation_examples, row.manifest,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

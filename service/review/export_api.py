@@ -45,7 +45,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 class SnapshotOut(BaseModel):
     id: str = Field(description="`ds-...`: what `adapters register --data-snapshot` names.")
-    created_at: datetime
+    created_at: datetime = Field(description="When it was first recorded, in UTC, with offset.")
     created_by: str | None = Field(description="The key id that created it, or `cli`.")
     train_examples: int
     validation_examples: int

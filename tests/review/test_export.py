@@ -543,3 +543,20 @@ async def test_api_streams_ndjson_with_the_snapshot_header(
         assert (await h.client.post(url, params=zulu, headers=h.auth(Role.REVIEWER))).text == ""
         bad = await h.client.post(url, params={"split": "x"}, headers=h.auth(Role.REVIEWER))
         assert bad.status_code == 400
+
+
+async def test_the_snapshot_list_gives_times_with_their_offset(
+    db_url: str, tmp_path: Path, engine: FakeEngine
+) -> None:
+    """Issue 26, row 11 (schemathesis): SQLite hands times back without their offset, and the
+    list passed them on as they came (`"created_at": "2026-12-07T16:33:58.123456"`)."""
+    async with running_gateway(make_settings(db_url, tmp_path, [engine.url])) as h:
+        await add_item(h.app.state.gateway.sessions, "approved", request_body=body("q"))
+        made = await h.client.post("/v1/reviews/export", headers=h.auth(Role.REVIEWER))
+        assert made.status_code == 200, made.text
+        listed = await h.client.get("/v1/reviews/export", headers=h.auth(Role.REVIEWER))
+        assert listed.status_code == 200, listed.text
+        [snapshot] = listed.json()["data"]
+        created = datetime.fromisoformat(snapshot["created_at"])
+        assert created.utcoffset() == timedelta(0), snapshot["created_at"]
+        assert created == datetime.fromisoformat(snapshot["manifest"]["created_at"])
