@@ -1,9 +1,9 @@
 """Errors as HTTP responses: the OpenAI error envelope for every error the app answers.
 
-``GatewayError`` (the gateway's own), Starlette's ``HTTPException`` (unknown path, wrong method),
-FastAPI's request validation errors and a database that is locked or down (503,
-``store_unavailable``, whichever class the outage raised: see ``monitoring.outages``) all become
-the same JSON shape, and the OpenAPI page says 400 where
+``GatewayError`` (the gateway's own), Starlette's ``HTTPException`` (unknown path, wrong method:
+``Allow`` names every method of the path), FastAPI's request validation errors and a database
+that is locked or down (503, ``store_unavailable``, whichever class the outage raised: see
+``monitoring.outages``) all become the same JSON shape, and the OpenAPI page says 400 where
 FastAPI would say 422.
 """
 
@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from monitoring.outages import store_unreachable
 from service.errors import FrameworkHTTPError, GatewayError, InvalidRequest, StoreUnavailable
@@ -61,15 +62,30 @@ def invalid_request(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
     )
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path is served with. Starlette's 405 names only the first
+    route that matched the path, and a path can have one route per method
+    (``GET`` and ``POST /v1/reviews/export``); RFC 9110 wants them all in ``Allow``."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        served = getattr(route, "methods", None)
+        if served and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(served)
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
         return error_response(exc)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         detail = "No such endpoint." if exc.status_code == 404 else str(exc.detail)
-        return error_response(FrameworkHTTPError(detail, exc.status_code, exc.headers))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            headers["Allow"] = allowed
+        return error_response(FrameworkHTTPError(detail, exc.status_code, headers))
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
