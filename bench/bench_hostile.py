@@ -11,7 +11,9 @@ and measures, sequentially, a normal client's chat latency (p50/p99/max) alone a
   client got to send, the gateway's peak memory);
 - random keys: 4 clients with made-up keys (request records written, database lookups);
 - idle connections: 500 connections that send nothing (how many are still open after the header
-  timeout);
+  timeout); 1,000 idle sockets from another address while a normal client opens a new
+  connection per request (how many it got answered); 20 connections pipelining 3,000 requests
+  each and reading nothing (the gateway's memory, how many were closed within 60 s);
 - one greedy key: 8 clients flooding with one app key, once without limits and once with
   `--rpm 600 --max-concurrent 2` (what the greedy key got, the normal key's latency).
 
@@ -21,6 +23,8 @@ Figures only; the tests assert behaviour. These machines are shared: compare wit
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import secrets
 import socket
 import sqlite3
@@ -69,6 +73,7 @@ def latency(url: str, key: str, n: int, body: dict[str, Any] | None = None) -> d
     times.sort()
     return {
         "p50_ms": statistics.median(times),
+        "p95_ms": times[int(len(times) * 0.95) - 1],
         "p99_ms": times[int(len(times) * 0.99) - 1],
         "max_ms": times[-1],
         "ok": statuses[200] / n,
@@ -203,6 +208,61 @@ def idle_connections(port: int, count: int, wait_s: float) -> int:
     return still_open
 
 
+def idle_flood(url: str, port: int, key: str, sockets: int, requests: int) -> dict[str, Any]:
+    """``sockets`` idle sockets from 127.0.0.2 (the attacker reconnects one more before each
+    request), and a normal client from 127.0.0.1 sending ``requests`` requests, each on a new
+    connection: how many were answered 200."""
+    flood = [socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+             for _ in range(sockets)]  # fmt: skip
+    ok = 0
+    try:
+        for _ in range(requests):
+            flood.append(
+                socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+            )
+            with contextlib.suppress(httpx.TransportError), httpx.Client(timeout=30) as client:
+                ok += client.post(url + CHAT, json=chat(), headers=bearer(key)).is_success
+    finally:
+        for sock in flood:
+            sock.close()
+    return {"answered": f"{ok}/{requests}"}
+
+
+def pipeliners(port: int, pid: int, key: str, clients: int, requests: int) -> dict[str, Any]:
+    """``clients`` connections with a 4 KB receive buffer, each pipelining ``requests`` chat
+    requests and reading nothing: the gateway's memory, and how many it closed in 60 s."""
+    body = json.dumps(chat()).encode()
+    request = (
+        b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )  # fmt: skip
+    before = memory_kb(pid, "VmRSS")
+    socks = []
+    for _ in range(clients):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):  # the gateway stops reading, or cuts it
+            sock.sendall(request * requests)
+        socks.append(sock)
+    deadline = time.monotonic() + 60
+    closed = 0
+    peak = memory_kb(pid, "VmRSS")
+    while time.monotonic() < deadline and closed < clients:
+        time.sleep(1)
+        peak = max(peak, memory_kb(pid, "VmRSS"))
+        closed = 0
+        for sock in socks:
+            try:
+                sock.send(b"\r\n")
+            except OSError:
+                closed += 1
+    for sock in socks:
+        sock.close()
+    return {"rss_kb_before": before, "rss_kb_peak": peak, "closed_in_60s": closed}
+
+
 def note(line: tuple[str, Any]) -> None:
     """Printed at once: a run cut short still shows what it measured."""
     name, figures = line
@@ -299,8 +359,9 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument(
-        "--only", choices=["greedy"], default=None, help="run only the one-greedy-key attack"
-    )
+        "--only", choices=["greedy", "connections"], default=None,
+        help="run only the one-greedy-key attack, or only the connection floods",
+    )  # fmt: skip
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="loragate-hostile-"))
     upstream_port, port = free_port(), free_port()
@@ -326,6 +387,17 @@ def main() -> None:
         note(("alone", latency(url, keys[0], n)))
         if args.only is None:
             other_attacks(url, port, pid, keys, sre, n, workdir)
+        if args.only in (None, "connections"):
+            note(("1,000 idle sockets, a normal client", idle_flood(url, port, keys[0], 1000, 20)))
+            note(
+                (
+                    "20 clients pipelining 3,000, reading nothing",
+                    pipeliners(port, pid, keys[3], 20, 3000),
+                )
+            )
+            note(("alone after the floods", latency(url, keys[0], n)))
+        if args.only == "connections":
+            return
         for name, key in (("without limits", unlimited), ("rpm 600, 2 at once", limited)):
             seen: Counter[int] = Counter()
             began = time.monotonic()

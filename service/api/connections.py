@@ -133,6 +133,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def _drop(self, reason: str) -> None:
         self._count(reason)
         self._forget()
+        self._abort()
+
+    def _abort(self) -> None:
+        # The transport reports its loss a loop turn later; a request being answered must see
+        # the disconnect now, or its next write fails on the closed transport.
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
         self.transport.abort()
 
     def _forget(self) -> None:
@@ -221,7 +228,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             host, port = self.client or ("-", 0)
             log.info("closed the connection of %s:%s: %s (%g s)", host, port, reason, seconds)
             self._count(reason)
-            self.transport.abort()
+            self._abort()
 
     def _count(self, reason: str) -> None:
         if self.limits.closed is not None:
