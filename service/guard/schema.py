@@ -7,7 +7,6 @@ run by jsonschema in this process, so either could take one of them down.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -22,6 +21,8 @@ from jsonschema.exceptions import SchemaError
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
+from service.guard.patterns import BadPattern, pattern_states
+
 MAX_SCHEMA_BYTES = 16_384
 MAX_SCHEMA_DEPTH = 24
 # The work a check may take, in subschemas plus their keywords, counted before the meta-schema
@@ -29,8 +30,20 @@ MAX_SCHEMA_DEPTH = 24
 # one check stays under about 500 ms (in a worker process). 16 KiB of ordinary properties stay
 # under it; 16 KiB of `{}` in an `anyOf` would be 5,300 units, 1-2 s.
 MAX_SCHEMA_COST = 2_000
-MAX_PATTERN_CHARS = 1_000
-MAX_REPEAT_COUNT = 1_000
+# The schema with every `$ref` written out in place, in the same units. jsonschema walks that
+# per answer where references sit under `allOf`/`anyOf`/`oneOf` (a binary tree of 14 `$defs`
+# took 0.4-0.9 s per answer here; one of 60, 3 KiB, would be 2^60 units), and so does a grammar
+# compiler that writes references out (outlines_core 0.2.14 does, to a fixed depth; xgrammar
+# 0.2.8 makes one rule per definition). At the bound, 8,189 units took 36-82 ms per answer. The
+# largest schema in the tests expands to 2,604 (cost 1,211); the bundled contract and the
+# chart's values schema do not expand at all.
+MAX_EXPANDED_COST = 10_000
+# Pattern states (see guard.patterns) of all patterns together, each counted where it sits:
+# xgrammar converts each pattern on its own, the cost growing with its repeat counts (10 of
+# `a{1000}` took 406 ms, 40 took 1.6 s; 16 KiB of them would take about 13 s), while 16 KiB of
+# ordinary patterns (250 of `^[a-z]{1,20}-\d{4}$`, 6,250 states) took 12 ms. The chart's
+# values schema holds 581.
+MAX_SCHEMA_PATTERN_STATES = 10_000
 MAX_BOUND = 100_000
 MAX_ENUM = 1_000
 MAX_ERRORS = 5
@@ -298,6 +311,7 @@ class _Keywords:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.anchors: dict[str, str] = {}
         self.refs: list[tuple[str, str]] = []
+        self.pattern_states = 0
 
     def check(self) -> None:
         stack: list[tuple[object, str]] = [(self.root, "")]
@@ -312,6 +326,7 @@ class _Keywords:
         targets = {pointer: self._resolve(pointer, ref) for pointer, ref in self.refs}
         self._refuse_ref_cycles(targets)
         _ForcedSizes(self.nodes, targets).check()
+        _expanded_cost(self.nodes, targets)
 
     def _check_object(self, node: dict[str, Any], pointer: str) -> None:
         for keyword in ("$dynamicRef", "$recursiveRef"):
@@ -334,10 +349,10 @@ class _Keywords:
             if isinstance(node.get(keyword), str):
                 self.anchors.setdefault(node[keyword], pointer)
         if isinstance(node.get("pattern"), str):
-            _check_pattern(node["pattern"], f"{pointer}/pattern")
+            self._check_pattern(node["pattern"], f"{pointer}/pattern")
         if isinstance(node.get("patternProperties"), dict):
             for key in node["patternProperties"]:
-                _check_pattern(key, f"{pointer}/patternProperties/{_escape(key)}")
+                self._check_pattern(key, f"{pointer}/patternProperties/{_escape(key)}")
         for keyword in _BOUND_KEYWORDS:
             bound = node.get(keyword)
             if isinstance(bound, int | float) and not isinstance(bound, bool) and bound > MAX_BOUND:
@@ -348,6 +363,20 @@ class _Keywords:
         if isinstance(members, list) and len(members) > MAX_ENUM:
             raise SchemaRefused(
                 "enum", f"{pointer}/enum", f"{len(members)} members, more than {MAX_ENUM}"
+            )
+
+    def _check_pattern(self, pattern: str, pointer: str) -> None:
+        try:
+            self.pattern_states += pattern_states(pattern)
+        except BadPattern as exc:
+            raise SchemaRefused("pattern", pointer, f"{exc}: {_shorten(pattern, 80)!r}") from None
+        if self.pattern_states > MAX_SCHEMA_PATTERN_STATES:
+            raise SchemaRefused(
+                "cost",
+                pointer,
+                f"the patterns up to here add up to {self.pattern_states} states, more than "
+                f"{MAX_SCHEMA_PATTERN_STATES} for the whole schema (the engine compiles each "
+                "pattern on its own; a state is a character or class, repeats written out)",
             )
 
     def _resolve(self, pointer: str, ref: str) -> str:
@@ -428,22 +457,7 @@ class _ForcedSizes:
         return max([1, *counts])
 
     def edges(self, pointer: str) -> list[str]:
-        node = self.nodes[pointer]
-        children: list[str] = []
-        for keyword in _SUBSCHEMA_ONE:
-            child = node.get(keyword)
-            if isinstance(child, list):
-                children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(child)))
-            elif child is not None:
-                children.append(f"{pointer}/{keyword}")
-        for keyword in _SUBSCHEMA_LISTS:
-            if isinstance(node.get(keyword), list):
-                children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(node[keyword])))
-        for keyword in _SUBSCHEMA_MAPS:
-            if isinstance(node.get(keyword), dict):
-                children.extend(f"{pointer}/{keyword}/{_escape(k)}" for k in node[keyword])
-        if pointer in self.targets:
-            children.append(self.targets[pointer])
+        children = _applied(self.nodes[pointer], pointer, self.targets)
         return [child for child in children if child in self.nodes]  # booleans force nothing
 
     def check(self) -> None:
@@ -506,167 +520,74 @@ class _ForcedSizes:
         return product
 
 
+def _applied(node: dict[str, Any], pointer: str, targets: dict[str, str]) -> list[str]:
+    """Where the subschemas that `node` applies sit: its nested ones (not `$defs`, which apply
+    only through a `$ref`) and its `$ref`'s target."""
+    children: list[str] = []
+    for keyword in _SUBSCHEMA_ONE:
+        child = node.get(keyword)
+        if isinstance(child, list):
+            children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(child)))
+        elif child is not None:
+            children.append(f"{pointer}/{keyword}")
+    for keyword in _SUBSCHEMA_LISTS:
+        if isinstance(node.get(keyword), list):
+            children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(node[keyword])))
+    for keyword in _SUBSCHEMA_MAPS:
+        if isinstance(node.get(keyword), dict):
+            children.extend(f"{pointer}/{keyword}/{_escape(k)}" for k in node[keyword])
+    if pointer in targets:
+        children.append(targets[pointer])
+    return children
+
+
+def _expanded_cost(nodes: dict[str, dict[str, Any]], targets: dict[str, str]) -> int:
+    """`schema_cost` with every `$ref` written out in place, from the root; SchemaRefused at
+    the subschema whose expansion passes MAX_EXPANDED_COST. Each subschema's size is worked
+    out once (depth first, without recursion), so a tree of references with 2^60 paths costs
+    60 steps. A `$ref` back to a subschema being worked out is recursion that descends into
+    the answer (loops that do not were refused before): a compiler makes it a rule, one unit."""
+    sizes: dict[str, int] = {}
+    work: list[_Frame] = [_Frame("", _applied(nodes[""], "", targets), 1 + len(nodes[""]))]
+    opened: set[str] = {""}
+    while work:
+        frame = work[-1]
+        if frame.pending:
+            child = frame.pending.pop()
+            if child in nodes and child not in sizes and child not in opened:
+                opened.add(child)
+                own = 1 + len(nodes[child])
+                work.append(_Frame(child, _applied(nodes[child], child, targets), own))
+                continue
+            frame.size += sizes.get(child, 1)  # a boolean subschema, or recursion: one
+        else:
+            work.pop()
+            sizes[frame.pointer] = frame.size
+            if work:
+                work[-1].size += frame.size
+                frame = work[-1]
+        if frame.size > MAX_EXPANDED_COST:
+            raise SchemaRefused(
+                "cost",
+                frame.pointer,
+                f"with its '$ref's written out in place it holds at least {frame.size} "
+                f"subschemas and keywords, more than {MAX_EXPANDED_COST} (a grammar compiler "
+                "that inlines references builds all of them, and validating an answer may walk "
+                "them all)",
+            )
+    return sizes[""]
+
+
+@dataclass(slots=True)
+class _Frame:
+    pointer: str
+    pending: list[str]
+    size: int
+
+
 def _check_id(identifier: str, pointer: str) -> None:
     if pointer:
         raise SchemaRefused("id", pointer, "'$id' is only allowed at the root")
     parts = urlsplit(identifier)
     if parts.netloc or parts.scheme not in ("", "urn", "tag"):
         raise SchemaRefused("id", pointer, f"'$id' must not name a remote document: {identifier!r}")
-
-
-# --- regular expressions ----------------------------------------------------------------------
-# Python's own parser is private but has been stable in shape since 3.11; jsonschema runs
-# patterns with `re`, so a pattern that `re` cannot parse is refused anyway.
-_parser: Any = importlib.import_module("re._parser")
-_sre: Any = importlib.import_module("re._constants")
-_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT)
-_UNBOUNDED: int = _sre.MAXREPEAT
-_TOP = 0x10FFFF
-_ASCII_AND_BEYOND = ((0x80, _TOP),)
-_CATEGORIES: dict[Any, tuple[tuple[int, int], ...]] = {
-    _sre.CATEGORY_DIGIT: ((48, 57), *_ASCII_AND_BEYOND),
-    _sre.CATEGORY_WORD: ((48, 57), (65, 90), (95, 95), (97, 122), *_ASCII_AND_BEYOND),
-    _sre.CATEGORY_SPACE: ((9, 13), (28, 32), *_ASCII_AND_BEYOND),
-}
-_Chars = frozenset[tuple[int, int]] | None  # code point ranges a match can start with; None: any
-
-
-def _check_pattern(pattern: str, pointer: str) -> None:
-    problem = _pattern_problem(pattern)
-    if problem:
-        raise SchemaRefused("pattern", pointer, f"{problem}: {_shorten(pattern, 80)!r}")
-
-
-def _pattern_problem(pattern: str) -> str | None:
-    """A conservative static check against catastrophic backtracking (ReDoS).
-
-    Inside a part that repeats, it refuses a quantifier of variable length when either one is
-    unbounded (`(a+)+b`, `(a*)*`, `(.*a){20}`), and alternatives that can start with the same
-    character (`(a|a)+`, `(a|aa)+`). Sound patterns are sometimes refused too (`([a-z]+\\.)*`);
-    they can nearly always be written without the nesting.
-    """
-    if len(pattern) > MAX_PATTERN_CHARS:
-        return f"longer than {MAX_PATTERN_CHARS} characters"
-    try:
-        parsed = _parser.parse(pattern)
-        return _walk_pattern(parsed)
-    except (re.error, OverflowError) as exc:
-        return f"not a regular expression ({exc})"
-    except RecursionError:
-        return "nests too deeply"
-
-
-def _walk_pattern(parsed: Any) -> str | None:
-    # Each entry: items, then (inside a repeat, inside an unbounded one, largest enclosing max,
-    # the product of the enclosing counts: `((a{999}){999}){999}` is 10^9 `a`s, not 999).
-    stack: list[tuple[Any, tuple[bool, bool, int, int]]] = [(parsed, (False, False, 1, 1))]
-    while stack:
-        items, context = stack.pop()
-        repeated, unbounded, outer_max, product = context
-        for op, av in items:
-            if op in _REPEATS:
-                low, high, body = av
-                if low > MAX_REPEAT_COUNT or MAX_REPEAT_COUNT < high != _UNBOUNDED:
-                    return f"a repeat count above {MAX_REPEAT_COUNT}"
-                if repeated and low != high and (unbounded or high == _UNBOUNDED or outer_max > 10):
-                    return "nested quantifiers"
-                # An unbounded repeat is a loop (its minimum is what it forces); a bounded one
-                # is written out up to its maximum by the engine's grammar compiler.
-                count = product * (max(low, 1) if high == _UNBOUNDED else max(high, 1))
-                if count > MAX_REPEAT_COUNT:
-                    return f"nested repeat counts that multiply to more than {MAX_REPEAT_COUNT}"
-                if high > 1:
-                    inner = (True, unbounded or high == _UNBOUNDED, max(outer_max, high), count)
-                    stack.append((body, inner))
-                else:
-                    stack.append((body, (repeated, unbounded, outer_max, count)))
-            elif op is _sre.BRANCH:
-                if repeated and _alternatives_overlap(av[1]):
-                    return "alternatives that overlap inside a repeat"
-                stack.extend((alt, context) for alt in av[1])
-            elif op is _sre.SUBPATTERN:
-                stack.append((av[3], context))
-            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-                stack.append((av[1], context))
-            elif op is _sre.ATOMIC_GROUP:
-                stack.append((av, context))
-            elif op in (_sre.GROUPREF, _sre.GROUPREF_EXISTS):
-                return "a backreference"
-    return None
-
-
-def _alternatives_overlap(alternatives: list[Any]) -> bool:
-    seen: list[frozenset[tuple[int, int]]] = []
-    for alternative in alternatives:
-        chars, nullable = _first_chars(alternative)
-        # An empty alternative is followed by something this check cannot see: assume overlap.
-        if chars is None or nullable:
-            return len(alternatives) > 1
-        if any(_ranges_meet(chars, other) for other in seen):
-            return True
-        seen.append(chars)
-    return False
-
-
-def _ranges_meet(a: frozenset[tuple[int, int]], b: frozenset[tuple[int, int]]) -> bool:
-    return any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in a for lo2, hi2 in b)
-
-
-def _first_chars(items: Any) -> tuple[_Chars, bool]:
-    """What a match of `items` can start with, and whether it can match the empty string."""
-    found: set[tuple[int, int]] = set()
-    for op, av in items:
-        chars, nullable = _first_of(op, av)
-        if chars is None:
-            return None, False
-        found |= chars
-        if not nullable:
-            return frozenset(found), False
-    return frozenset(found), True
-
-
-def _first_of(op: Any, av: Any) -> tuple[_Chars, bool]:
-    if op is _sre.LITERAL:
-        return _literal(av), False
-    if op is _sre.IN:
-        return _set_chars(av), False
-    if op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT):
-        return frozenset(), True
-    if op is _sre.SUBPATTERN:
-        return _first_chars(av[3])
-    if op is _sre.ATOMIC_GROUP:
-        return _first_chars(av)
-    if op in _REPEATS:
-        chars, nullable = _first_chars(av[2])
-        return chars, nullable or av[0] == 0
-    if op is _sre.BRANCH:
-        union: set[tuple[int, int]] = set()
-        any_nullable = False
-        for alternative in av[1]:
-            chars, nullable = _first_chars(alternative)
-            if chars is None:
-                return None, False
-            union |= chars
-            any_nullable = any_nullable or nullable
-        return frozenset(union), any_nullable
-    return None, False  # ANY, NOT_LITERAL, backreferences, ...: could start with anything
-
-
-def _literal(code: int) -> frozenset[tuple[int, int]]:
-    # Both cases, in case the pattern is case-insensitive; a superset is safe here.
-    variants = {chr(code), chr(code).lower(), chr(code).upper()}
-    return frozenset((ord(c), ord(c)) for c in variants if len(c) == 1)
-
-
-def _set_chars(members: Any) -> _Chars:
-    ranges: set[tuple[int, int]] = set()
-    for op, av in members:
-        if op is _sre.LITERAL:
-            ranges |= _literal(av)
-        elif op is _sre.RANGE:
-            ranges.add((av[0], av[1]))
-        elif op is _sre.CATEGORY and av in _CATEGORIES:
-            ranges.update(_CATEGORIES[av])
-        else:  # NEGATE, other categories
-            return None
-    return frozenset(ranges)

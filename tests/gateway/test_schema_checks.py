@@ -20,6 +20,7 @@ from service.gateway.schema_checks import SchemaChecks, worker_processes
 from service.guard import MAX_SCHEMA_COST, Refusal, refusal
 from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
 from tests.fake_engine import FakeEngine
+from tests.guard.test_schema import ref_tree
 
 CHAT = "/v1/chat/completions"
 ATTACK = {"anyOf": [{} for _ in range(5300)]}
@@ -242,3 +243,26 @@ async def test_real_checks_under_four_attackers_answer_everyone(
             await asyncio.gather(*attackers)
     assert normal == [200, 200, 200, 200]
     assert set(statuses) <= {200, 503}  # answered, or shed when the waiting line was full
+
+
+@pytest.mark.parametrize(
+    ("schema", "code", "says"),
+    [
+        (ref_tree(60), ValueOutOfRange.code, "written out in place"),  # 2^60 paths, 3 KiB
+        (
+            {"type": "string", "pattern": "^a{1000}b{1000}c{1000}d{1000}$"},
+            InvalidRequest.code,
+            "4000 states",
+        ),
+        ({"type": "string", "pattern": "^" + "a*" * 20 + "$"}, InvalidRequest.code, "compete"),
+    ],
+)
+async def test_schemas_costly_for_the_grammar_compiler_are_refused_before_the_engine(
+    gateway: Harness, engine: FakeEngine, schema: dict[str, Any], code: str, says: str
+) -> None:
+    answer = await gateway.client.post(CHAT, json=with_schema(schema), headers=gateway.auth())
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["param"]) == (code, "response_format")
+    assert says in error["message"]
+    assert engine.requests == []

@@ -18,7 +18,12 @@ from service.guard import (
     check_bounds,
     check_contract,
 )
-from service.guard.schema import _NO_REMOTE
+from service.guard.patterns import MAX_PATTERN_STATES, MAX_REPEAT_OVERLAPS
+from service.guard.schema import (
+    _NO_REMOTE,
+    MAX_EXPANDED_COST,
+    MAX_SCHEMA_PATTERN_STATES,
+)
 
 
 def tickets_schema() -> dict[str, Any]:
@@ -390,3 +395,141 @@ def test_a_minimum_that_recurses_through_ref_is_refused() -> None:
 )
 def test_minimums_within_the_product_are_accepted(schema: dict[str, Any]) -> None:
     check_contract(schema)
+
+
+# --- grammar cost (issue 26, row 12) -------------------------------------------------------------
+
+
+def ref_tree(levels: int, keyword: str = "anyOf") -> dict[str, Any]:
+    """`$defs` d0..d<levels>, each referring to the one below twice: 2^levels paths, tiny."""
+    defs: dict[str, Any] = {"d0": {"type": "string"}}
+    for i in range(1, levels + 1):
+        ref = {"$ref": f"#/$defs/d{i - 1}"}
+        if keyword == "properties":
+            defs[f"d{i}"] = {"type": "object", "properties": {"a": ref, "b": ref}}
+        else:
+            defs[f"d{i}"] = {keyword: [ref, ref]}
+    return {"$defs": defs, "$ref": f"#/$defs/d{levels}"}
+
+
+@pytest.mark.parametrize("keyword", ["anyOf", "allOf", "properties"])
+def test_a_tree_of_refs_with_2_to_the_60_paths_is_refused_without_walking_them(
+    keyword: str,
+) -> None:
+    schema = ref_tree(60, keyword)
+    assert len(json.dumps(schema)) < MAX_SCHEMA_BYTES and check_bounds(schema) < MAX_SCHEMA_COST
+    error = refused(schema)  # returns: each definition's size is worked out once
+    assert (error.rule, error.out_of_range) == ("cost", True)
+    # d_k writes out 2^(k+3) - 6 units (9 * 2^k - 7 with properties): d11 is the first past
+    # the bound, and the refusal names it.
+    assert error.pointer == "/$defs/d11"
+    assert "written out in place" in str(error)
+    assert f"more than {MAX_EXPANDED_COST}" in str(error)
+
+
+def test_refs_written_out_just_under_the_bound_are_accepted() -> None:
+    check_contract(ref_tree(10))  # 8,189 units written out
+    assert refused(ref_tree(11)).rule == "cost"
+    # A definition used in many places, and recursion that descends into the answer, count
+    # once per use and once per loop.
+    address = {"type": "object", "properties": {"street": {"type": "string"}}}
+    uses = {f"a{i}": {"$ref": "#/$defs/address"} for i in range(100)}
+    check_contract({"$defs": {"address": address}, "properties": uses})
+    tree = {"$defs": {"n": {"properties": {"kids": {"items": {"$ref": "#/$defs/n"}},
+                                           "twin": {"$ref": "#/$defs/n"}}}},
+            "$ref": "#/$defs/n"}  # fmt: skip
+    check_contract(tree)
+
+
+def test_repeat_counts_in_sequence_add_up() -> None:
+    error = refused(string_with("^a{1000}b{1000}c{1000}d{1000}$"))
+    assert (error.rule, error.pointer) == ("pattern", "/properties/code/pattern")
+    assert f"4000 states, more than {MAX_PATTERN_STATES}" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "states"),
+    [
+        ("^a{500}b{501}$", 1001),
+        ("^(a{600}|b{600})$", 1200),  # alternatives add
+        ("(x{10}y{10}){50}z", 1001),  # nested repeats multiply the sum of their body...
+        ("^[a-z]{1,400}-[0-9]{1,600}$", 1001),  # ... and a range counts its maximum
+    ],
+)
+def test_pattern_states_over_the_bound_are_refused(pattern: str, states: int) -> None:
+    error = refused(string_with(pattern))
+    assert error.rule == "pattern"
+    assert f"{states} states" in str(error)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "^a{250}b{250}c{250}d{250}$",
+        "^(a{500}|b{500})$",
+        "(x{10}y{10}){50}",
+        "^a{999}$",
+        "(a{999})*",
+        r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    ],
+)
+def test_pattern_states_within_the_bound_are_accepted(pattern: str) -> None:
+    check_contract(string_with(pattern))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "^" + "a*" * 40 + "$",
+        "^a*a*a*a*$",
+        "a*a*a*",  # re.search tries it at every position: one more
+        "^.*a.*b.*c.*$",
+        "^" + ".{0,100}" * 5 + "$",  # bounded but variable: 60 s on 300 characters
+        "^(a{0,9}){0,10}$",
+        r"^[^@\s]+[^@\s]+[^@\s]+[^@\s]+$",
+        "^a*(?:b|a*)a*a*$",  # of alternatives, the costliest counts
+    ],
+)
+def test_repeats_that_compete_for_the_same_characters_are_refused(pattern: str) -> None:
+    error = refused(string_with(pattern))
+    assert (error.rule, error.pointer) == ("pattern", "/properties/code/pattern")
+    assert f"more than {MAX_REPEAT_OVERLAPS}" in str(error)
+    assert "compete for the same characters" in str(error)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        r"[^@\s]+@[^@\s]+\.[^@\s]+",
+        "^.*foo.*bar.*$",
+        "^a*a*a*$",
+        "^/[a-z]+/[a-z]+/[a-z]+/[a-z]+/[a-z]+/[a-z]+$",  # a separator forces each split
+        r"^[0-9]+(\.[0-9]+)?(m|k|M|G|Ki|Mi|Gi)?$",
+        r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
+        r"^\+?[1-9]\d{1,14}$",
+        r"^[A-Za-z_][A-Za-z0-9_]*$",
+    ],
+)
+def test_ordinary_patterns_with_several_repeats_are_accepted(pattern: str) -> None:
+    check_contract(string_with(pattern))
+
+
+def test_competing_repeats_in_a_key_of_pattern_properties_are_refused() -> None:
+    key = "^" + "a*" * 8 + "$"
+    error = refused({"type": "object", "patternProperties": {key: {"type": "string"}}})
+    assert (error.rule, error.pointer) == ("pattern", f"/patternProperties/{key}")
+
+
+def test_the_patterns_of_a_schema_add_up() -> None:
+    def fields(count: int) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {f"p{i}": {"type": "string", "pattern": "a{1000}"} for i in range(count)},
+        }
+
+    check_contract(fields(MAX_SCHEMA_PATTERN_STATES // 1000))
+    error = refused(fields(MAX_SCHEMA_PATTERN_STATES // 1000 + 1))
+    assert (error.rule, error.out_of_range) == ("cost", True)
+    assert error.pointer.startswith("/properties/p") and error.pointer.endswith("/pattern")
+    assert f"more than {MAX_SCHEMA_PATTERN_STATES} for the whole schema" in str(error)
