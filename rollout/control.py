@@ -248,19 +248,19 @@ class RolloutControl:
             await rollout_store.save(
                 session, current, outcome.state, outcome.event, verdicts, now, figures
             )
+            if outcome.state.phase is Phase.PROMOTED and outcome.changed:
+                await switch.point(session, current.route, current.candidate, now)
+                await freeze_on_promotion(
+                    session, current.route, current.candidate, current.id, current.created_at, now
+                )
             actor, cmd, reason = audit if audit is not None else (None, None, "")
-            if actor is not None and cmd is not None:
+            if actor is not None and cmd is not None:  # last: it locks the audit chain's head
                 await record_event(
                     session, actor, f"rollout.{cmd.value}", f"rollout:{current.id}",
                     before={"phase": current.state.phase.value, "step": current.state.step},
                     after={"phase": outcome.state.phase.value, "step": outcome.state.step,
                            "reason": reason},
                 )  # fmt: skip
-            if outcome.state.phase is Phase.PROMOTED and outcome.changed:
-                await switch.point(session, current.route, current.candidate, now)
-                await freeze_on_promotion(
-                    session, current.route, current.candidate, current.id, current.created_at, now
-                )
         event = outcome.event
         if event is None:
             return

@@ -17,6 +17,7 @@ PURE = [
     "rollout.core.machine", "rollout.core.spec", "rollout.core.split",
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
+    "service.guard.patterns",
     "service.gateway.request_rules", "service.routes.view", "service.routes.key_lookups",
     "adapters.placement", "monitoring.drift", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
