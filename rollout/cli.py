@@ -6,7 +6,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +16,7 @@ from service.cli.common import (
     KeyOption,
     UrlOption,
     call_gateway,
+    columns,
     fail,
     gateway_url,
     settings_of,
@@ -32,7 +33,6 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why; kept in the ev
 # A watch stops at these: nothing changes any more without a person acting.
 WATCH_STOPS = frozenset({"promoted", "rolled_back", "aborted", "paused"})
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
-GAP = "  "
 ARM_HEADER = ("arm", "samples", "errors", "p95", "valid", "escal.", "conf.", "agreement")
 
 
@@ -58,20 +58,6 @@ def duration(ms: float | None) -> str:
         return f"{ms:.0f} ms"
     seconds = ms / 1000
     return f"{seconds:.1f} s" if seconds < 99.95 else f"{seconds:.0f} s"
-
-
-def columns(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
-    """Rows as lines of columns as wide as their widest cell, always ``GAP`` apart."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
-
-    def line(row: Sequence[str]) -> str:
-        cells = (
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        return (GAP + GAP.join(cells)).rstrip()
-
-    return [line(row) for row in rows]
 
 
 def _arm_row(arm: str, f: dict[str, Any]) -> tuple[str, ...]:

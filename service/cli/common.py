@@ -1,8 +1,10 @@
-"""What every CLI command shares: the invocation's settings, failing, and calling a gateway."""
+"""What every CLI command shares: the invocation's settings, failing, calling a gateway, and
+printing a table."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -96,3 +98,20 @@ def call_gateway(base: str, key: str, method: str, path: str, body: object) -> o
         message = payload["error"]["message"] if isinstance(payload, dict) else response.text
         raise fail(f"HTTP {response.status_code}: {message}")
     return payload
+
+
+GAP = "  "
+
+
+def columns(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
+    """Rows as lines of columns as wide as their widest cell, always ``GAP`` apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+
+    def line(row: Sequence[str]) -> str:
+        cells = (
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        return (GAP + GAP.join(cells)).rstrip()
+
+    return [line(row) for row in rows]

@@ -10,8 +10,15 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from rollout.cli import columns
-from service.cli.common import KeyOption, UrlOption, call_gateway, fail, gateway_url, settings_of
+from service.cli.common import (
+    KeyOption,
+    UrlOption,
+    call_gateway,
+    columns,
+    fail,
+    gateway_url,
+    settings_of,
+)
 from service.drift.report import render as render_html
 from service.drift.schemas import DriftOut, FeatureOut, SpanOut
 
