@@ -28,13 +28,14 @@ sys.path.insert(0, str(ROOT))
 from opentelemetry.trace import NoOpTracer  # noqa: E402
 
 from monitoring.metrics import Metrics  # noqa: E402
-from monitoring.shipper import Shipper  # noqa: E402
-from monitoring.spool import Spool  # noqa: E402
 from service.db.migrations import upgrade  # noqa: E402
 from service.db.session import create_engine  # noqa: E402
-from service.gateway.record import FinishedRecord, encode  # noqa: E402
-from service.records import ship_records  # noqa: E402
+from service.records.draft import FinishedRecord, encode  # noqa: E402
+from service.records.service import shipping  # noqa: E402
+from service.records.shipper import Shipper  # noqa: E402
+from service.records.spool import Spool  # noqa: E402
 from service.review.queue import NewItem  # noqa: E402
+from service.review.shipped import write_shipped_items  # noqa: E402
 from tests.conftest import fresh_database  # noqa: E402
 
 REQUEST = '{"model": "chat", "messages": [{"role": "user", "content": "My invoice is wrong."}]}'
@@ -68,7 +69,7 @@ async def drain_rate(url: str, records: int, directory: Path) -> float:
     spool.open()
     metrics = Metrics()
     shipper = Shipper(
-        spool, lambda: create_engine(url), ship_records, metrics, NoOpTracer(),
+        spool, lambda: create_engine(url), shipping(write_shipped_items), metrics, NoOpTracer(),
         interval_s=0.05, batch_records=5000, fsync_interval_s=0.2,
     )  # fmt: skip
     shipper.start()

@@ -21,11 +21,11 @@ from monitoring.metrics import Metrics
 from monitoring.tracing import build_provider, tracer_from
 from rollout import api as rollouts_api
 from rollout.control import RolloutControl
-from service import records
 from service.api import health
 from service.api.edge import document_the_edge
 from service.api.errors import document_validation_errors_as_400, install_error_handlers
 from service.audit import api as audit_api
+from service.audit.retention import audit_pruner
 from service.clock import Clock, now
 from service.db import repositories
 from service.db.change_listener import ChangeListener
@@ -48,12 +48,14 @@ from service.gateway.schema_checks import SchemaChecks, worker_processes
 from service.gateway.shadow import ShadowCaller
 from service.guard import refusal
 from service.limits.limiter import build_limiter
+from service.records import service as records
 from service.review import api as reviews_api
 from service.review import export_api as reviews_export
 from service.review import results_api as review_results
 from service.review import ui as review_ui
 from service.review.outbox import Backoff
 from service.review.results import ReviewCallbacks
+from service.review.shipped import write_shipped_items
 from service.review.sla import sla_targets
 from service.review.stats import ReviewStats
 from service.routes import api as routes_admin
@@ -206,7 +208,11 @@ def create_app(
         cfg.name: EnginePool(cfg, metrics, settings.eject_for_s) for cfg in settings.engine_pools()
     }
     engines = EngineClient(pools, metrics, settings)
-    recorder = records.build(settings, metrics, tracer, sessions)
+    signing_key = settings.audit_signing_key.get_secret_value()
+    recorder = records.build(
+        settings, metrics, tracer, sessions, write_shipped_items,
+        also_maintain=[audit_pruner(settings.audit_retention_days, signing_key)],
+    )  # fmt: skip
     # On PostgreSQL gateways hear each other's changes at once and unload versions only when
     # no other gateway needs them; on SQLite there is one gateway and the periodic refresh.
     in_step = db.dialect.name == "postgresql"

@@ -12,8 +12,6 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from monitoring.spool import Fsync
-
 # Where the managed engine keeps the converted bundled model, under data_dir/models.
 BUNDLED_MODEL_DIR = "smollm2-135m-instruct"
 
@@ -22,6 +20,14 @@ class RecordBodies(StrEnum):
     FULL = "full"
     REDACTED = "redacted"
     NONE = "none"
+
+
+class Fsync(StrEnum):
+    """When the record spool's appends reach the disk (see ``spool_fsync``)."""
+
+    ALWAYS = "always"
+    INTERVAL = "interval"
+    NEVER = "never"
 
 
 class WhenFull(StrEnum):

@@ -7,10 +7,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from monitoring.shipper import Maintenance
 from service.audit.store import prune_events
 from service.clock import now
-from service.db.session import AUDIT_SIGNING_KEY
+from service.db.session import AUDIT_SIGNING_KEY, Maintenance
 
 
 def audit_pruner(retention_days: float, signing_key: str = "") -> Maintenance | None:

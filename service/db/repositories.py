@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.models import ApiKey, RequestRecord, ReviewItem, Route
-from service.db.session import insert_ignoring_duplicates
+from service.db.models import ApiKey, Route
 
 
 async def list_keys(session: AsyncSession) -> Sequence[ApiKey]:
@@ -54,31 +53,3 @@ async def upsert_route(session: AsyncSession, values: dict[str, Any]) -> None:
         return
     for field, value in values.items():
         setattr(existing, field, value)
-
-
-async def insert_records(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert request records; one whose id is there already is left as it is (re-shipping)."""
-    # Core insert (executemany): the ORM bulk path costs more per row.
-    table = cast(Table, RequestRecord.__table__)
-    await session.execute(insert_ignoring_duplicates(session, table), list(rows))
-
-
-async def prune_records(session: AsyncSession, before: datetime, limit: int) -> int:
-    """Delete up to ``limit`` records created before ``before`` that no review item names."""
-    reviewed = select(ReviewItem.id).where(ReviewItem.request_id == RequestRecord.id)
-    old = (
-        select(RequestRecord.id)
-        .where(RequestRecord.created_at < before, ~reviewed.exists())
-        .limit(limit)
-        .scalar_subquery()
-    )
-    result = await session.execute(delete(RequestRecord).where(RequestRecord.id.in_(old)))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def recent_records(session: AsyncSession, limit: int = 100) -> Sequence[RequestRecord]:
-    return (
-        await session.scalars(
-            select(RequestRecord).order_by(RequestRecord.created_at.desc()).limit(limit)
-        )
-    ).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,8 @@ def create_engine(url: str) -> AsyncEngine:
 # The ``Session.info`` entry holding the key audit events are signed with (``record_event``
 # reads it): the sessions of the gateway and of the CLI carry the configured key.
 AUDIT_SIGNING_KEY = "loragate.audit_signing_key"
+# A periodic job over the database (retention), run by the record shipper between batches.
+Maintenance = Callable[[async_sessionmaker[Any]], Awaitable[None]]
 
 
 def session_factory(engine: AsyncEngine, *, audit_signing_key: str = "") -> async_sessionmaker[Any]:

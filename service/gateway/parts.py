@@ -16,11 +16,11 @@ from service.auth import Principal, bearer_token, split_key, verify
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.errors import AuthenticationFailed
-from service.gateway.keeper import RecordKeeper
-from service.gateway.record import RecordDraft
 from service.gateway.schema_checks import SchemaChecks
 from service.gateway.shadow import ShadowCaller
 from service.limits.limiter import Grant, Limiter
+from service.records.draft import RecordDraft
+from service.records.keeper import RecordKeeper
 from service.review.results import ReviewCallbacks
 from service.routes.snapshot import SnapshotStore
 from service.settings import Settings

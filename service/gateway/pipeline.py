@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -36,7 +37,6 @@ from service.errors import (
     RouteNotFound,
 )
 from service.gateway.parts import Gateway
-from service.gateway.record import RecordDraft
 from service.gateway.relay import RelayResponse, until_disconnected
 from service.gateway.request_rules import (
     Endpoint,
@@ -53,6 +53,7 @@ from service.guard.answers import answer_text, first_finish_reason
 from service.guard.policy import QA_SAMPLE
 from service.guard.route_guard import Judgement, RouteContract, judge, present, verdict_metadata
 from service.limits.limiter import Grant
+from service.records.draft import RecordDraft
 from service.review.queue import NewItem
 from service.review.tiers import DEFAULT_RISK
 from service.routes.view import RouteView
@@ -301,7 +302,8 @@ def settle(
         return None
     review_id = secrets.token_hex(16)
     gw.metrics.escalations.labels(route.name, reason).inc()
-    record.review = review_item(record, route, version, reason, review_id, answer, judgement)
+    item = review_item(record, route, version, reason, review_id, answer, judgement)
+    record.review = asdict(item)  # plain data: the record carries it to its transaction
     # A QA sample is reviewed behind the client's back: its answer is neither flagged nor held.
     return review_id if judgement.escalated else None
 

@@ -17,10 +17,10 @@ from rollout.core.agreement import compare
 from rollout.core.split import Arm
 from service.engine.client import EngineClient, parse_reply
 from service.errors import ClientClosedRequest, EngineTimeout, GatewayError
-from service.gateway.record import RecordDraft
 from service.gateway.request_rules import Endpoint
 from service.guard.answers import answer_text
 from service.guard.route_guard import RouteContract, judge
+from service.records.draft import RecordDraft
 
 log = logging.getLogger(__name__)
 

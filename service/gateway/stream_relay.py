@@ -23,11 +23,11 @@ from service.errors import (
     GatewayError,
 )
 from service.gateway.parts import Gateway
-from service.gateway.record import RecordDraft
 from service.gateway.request_rules import Endpoint, Prepared
 from service.gateway.shadow import ShadowCall
 from service.gateway.stream_guard import StreamedAnswer
 from service.limits.limiter import Grant
+from service.records.draft import RecordDraft
 
 log = logging.getLogger(__name__)
 

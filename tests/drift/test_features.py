@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-from monitoring.drift import Kind
 from service.drift.features import features_for
-from service.gateway.record import decode
+from service.drift.statistics import Kind
 from service.guard.output_fields import (
     MAX_FIELDS,
     FieldKind,
@@ -19,6 +18,7 @@ from service.guard.output_fields import (
     output_field_kinds,
 )
 from service.guard.route_guard import RouteContract, judge
+from service.records.draft import decode
 from tests.drift.traffic import TICKETS_SCHEMA
 
 TICKETS = json.loads(TICKETS_SCHEMA.read_text())

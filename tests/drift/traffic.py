@@ -17,8 +17,8 @@ import numpy as np
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from adapters.training import example_data
-from service.db import repositories
 from service.db.models import ReviewItem, Route
+from service.records import store
 
 T0 = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
 CATEGORIES = ("billing", "technical", "account", "shipping", "other")
@@ -69,7 +69,7 @@ def rows(
 
 async def write(sessions: async_sessionmaker[Any], records: list[dict[str, Any]]) -> None:
     async with sessions.begin() as session:
-        await repositories.insert_records(session, records)
+        await store.insert_records(session, records)
 
 
 async def add_route(

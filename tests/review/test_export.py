@@ -25,12 +25,12 @@ from service.auth import Role
 from service.cli.app import app
 from service.db.models import RequestRecord, ReviewItem, TrainingSnapshot
 from service.db.session import create_engine, session_factory
+from service.records.redaction import redact
 from service.review import queue
 from service.review.export import (
     ExportFilters,
     build_export,
     export_and_record,
-    redact,
     save_snapshot,
     split_lines,
 )

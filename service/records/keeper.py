@@ -1,8 +1,9 @@
 """Where every finished request's record goes: appended to the local spool before the answer's
 last byte is sent, and, for a held answer, committed with its review item before the 202.
 
-The shipper (``monitoring.shipper``) moves spooled records into the database; nothing here waits
-on the database except ``hold``, which must (the client is handed a review id that has to exist).
+The shipper (``service.records.shipper``) moves spooled records into the database; nothing
+here waits on the database except ``hold``, which must (the client is handed a review id that
+has to exist).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from monitoring.metrics import Metrics
-from monitoring.spool import Spool
 from service.errors import RecordsUnavailable, ReviewStoreUnavailable
-from service.gateway.record import FinishedRecord, encode
+from service.records.draft import FinishedRecord, encode
+from service.records.spool import Spool
 from service.settings import WhenFull
 
 log = logging.getLogger(__name__)

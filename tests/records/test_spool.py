@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from monitoring.spool import HEADER, Fsync, Spool, SpoolLocked, frame, read_frames
+from service.records.spool import HEADER, Spool, SpoolLocked, frame, read_frames
+from service.settings import Fsync
 
 
 def _spool(tmp_path: Path, max_bytes: int = 10**9, fsync: Fsync = Fsync.INTERVAL) -> Spool:

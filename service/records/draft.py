@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,9 +15,13 @@ from rollout.core.split import Arm
 from service.clock import now
 from service.errors import GatewayError
 from service.guard.output_fields import FieldValue
-from service.review.export import redact
-from service.review.queue import NewItem
+from service.records.redaction import redact
 from service.settings import RecordBodies
+
+# What a record carries for another domain, to be written with it in one transaction: an
+# escalated answer's review item, as plain data (the composition root hands the keeper and the
+# shipper the function that writes it).
+Attachment = dict[str, Any]
 
 # What a refused request's record keeps of its body: enough to see what the client sent.
 REFUSED_BODY_CHARS = 1024
@@ -28,7 +32,7 @@ class FinishedRecord:
     """A request's row, and the review item to write with it when the answer was escalated."""
 
     row: dict[str, Any]
-    review: NewItem | None
+    review: Attachment | None
 
 
 class RecordDraft:
@@ -92,7 +96,7 @@ class RecordDraft:
         # The answer's values of its contract's binned fields (drift monitoring).
         self.fields: dict[str, FieldValue] | None = None
         # The review item to write with this record (same transaction), when escalated.
-        self.review: NewItem | None = None
+        self.review: Attachment | None = None
         self.ended: float | None = None
 
     def fail(self, error: GatewayError) -> None:
@@ -175,8 +179,7 @@ def _body(text: str | None, bodies: RecordBodies) -> str | None:
 
 
 def encode(record: FinishedRecord) -> bytes:
-    review = asdict(record.review) if record.review is not None else None
-    return orjson.dumps({"row": record.row, "review": review})
+    return orjson.dumps({"row": record.row, "review": record.review})
 
 
 def decode(payload: bytes) -> FinishedRecord:
@@ -185,8 +188,4 @@ def decode(payload: bytes) -> FinishedRecord:
     row = data["row"]
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     row.setdefault("fields", None)  # spooled by a version without the column
-    review = data["review"]
-    if review is None:
-        return FinishedRecord(row, None)
-    review["created_at"] = datetime.fromisoformat(review["created_at"])
-    return FinishedRecord(row, NewItem(**review))
+    return FinishedRecord(row, data["review"])  # an attachment's times stay ISO strings

@@ -28,12 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from monitoring.metrics import Metrics
 from monitoring.outages import store_unreachable
-from monitoring.spool import Fsync, Segment, Spool
+from service.db.session import Maintenance
+from service.records.spool import Segment, Spool
+from service.settings import Fsync
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[AsyncSession, list[bytes]], Awaitable[None]]
-Maintenance = Callable[[async_sessionmaker[Any]], Awaitable[None]]
 
 # What writing a batch can raise: the database's errors, the network's, and a payload that
 # cannot be read back (a bug or a frame from an incompatible version).

@@ -29,19 +29,14 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
+
+from service.settings import Fsync
 
 HEADER = struct.Struct("<II")
 MAX_FRAME = 64 * 1024 * 1024  # a length above this is corruption, not a record
 OPEN, READY = ".open", ".ready"
 FILE_MODE = 0o600  # bodies may be in here: readable by the service user only
-
-
-class Fsync(StrEnum):
-    ALWAYS = "always"
-    INTERVAL = "interval"
-    NEVER = "never"
 
 
 class SpoolLocked(RuntimeError):

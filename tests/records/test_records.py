@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,21 +20,25 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from monitoring.metrics import Metrics
-from monitoring.shipper import Shipper
-from monitoring.spool import Spool, frame
 from service.auth import Role
 from service.clock import as_utc
-from service.db import repositories
 from service.db.models import RequestRecord, ReviewItem
 from service.db.session import create_engine, session_factory
-from service.gateway.record import FinishedRecord, encode
-from service.records import pruner, ship_records, write_records
+from service.records.draft import FinishedRecord, encode
+from service.records.service import shipping, writer
+from service.records.shipper import Shipper
+from service.records.spool import Spool, frame
+from service.records.store import prune_records, pruner
 from service.review.queue import NewItem
+from service.review.shipped import write_shipped_items
 from tests.conftest import chat_body, make_settings, running_gateway, wait_until
 from tests.fake_engine import MODEL, Behaviour, FakeEngine
 from tests.guard.test_output_contracts import ROUTE, SURE, TOKENS, routes_file
 
 CHAT = "/v1/chat/completions"
+
+ship_records = shipping(write_shipped_items)
+write_records = writer(write_shipped_items)
 
 
 @pytest.fixture
@@ -65,7 +70,7 @@ def _escalated() -> FinishedRecord:
         answer='{"category": "billing"}', created_at=row["created_at"],
         field_confidence={"category": 0.3}, item_id=uuid.uuid4().hex,
     )  # fmt: skip
-    return FinishedRecord(row, item)
+    return FinishedRecord(row, asdict(item))
 
 
 async def _count(db: AsyncEngine, model: type[Any]) -> int:
@@ -126,7 +131,7 @@ async def test_records_and_their_review_items_arrive_whole(
     assert as_utc(stored.created_at) == escalated.row["created_at"]
     assert item is not None and escalated.review is not None
     assert (item.id, item.request_id, item.state) == (
-        escalated.review.item_id, escalated.row["id"], "pending",
+        escalated.review["item_id"], escalated.row["id"], "pending",
     )  # fmt: skip
     assert item.field_confidence == {"category": 0.3}
     assert spooled.spool.ready() == [] and spooled.spool.size_bytes == 0
@@ -234,9 +239,9 @@ async def test_retention_deletes_old_records_but_not_reviewed_ones(
     async with session_factory(db).begin() as session:
         await write_records(session, [FinishedRecord(r, None) for r in old + recent] + [reviewed])
     async with session_factory(db).begin() as session:
-        assert await repositories.prune_records(session, now - timedelta(days=30), 2) == 2
+        assert await prune_records(session, now - timedelta(days=30), 2) == 2
     async with session_factory(db).begin() as session:
-        assert await repositories.prune_records(session, now - timedelta(days=30), 100) == 3
+        assert await prune_records(session, now - timedelta(days=30), 100) == 3
     async with session_factory(db)() as session:
         left = set((await session.scalars(select(RequestRecord.id))).all())
     assert left == {r["id"] for r in recent} | {reviewed.row["id"]}
