@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from monitoring.drift import (
+from service.drift.statistics import (
     Bands,
     MinSamples,
     Status,

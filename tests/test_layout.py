@@ -19,7 +19,7 @@ PURE = [
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
     "service.guard.patterns",
     "service.gateway.request_rules", "service.routes.view", "service.routes.key_lookups",
-    "adapters.placement", "monitoring.drift", "service.guard.output_fields",
+    "adapters.placement", "service.drift.statistics", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from monitoring.drift import category_bins, js_distance
 from rollout.core.agreement import score
 from rollout.core.figures import ArmFigures, Rate, Window
 from rollout.core.spec import GateName, RolloutSpec, Step, StepKind
+from service.drift.statistics import category_bins, js_distance
 
 # Rates are differences of fractions: 1.0 - 0.98 is 0.020000000000000018, and a limit is "at most".
 EPSILON = 1e-9

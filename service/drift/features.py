@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from monitoring.drift import Kind
+from service.drift.statistics import Kind
 from service.guard.output_fields import FieldKind, output_field_kinds
 from service.guard.policy import Escalate
 

@@ -25,7 +25,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from monitoring.drift import (
+from rollout.core.split import Arm
+from service.audit.actor import Actor
+from service.audit.events import record_event
+from service.clock import Clock, require_utc
+from service.db.repositories import list_routes
+from service.drift import store
+from service.drift.features import Feature, features_for
+from service.drift.statistics import (
     Bands,
     FeatureDrift,
     MinSamples,
@@ -34,13 +41,6 @@ from monitoring.drift import (
     compare_numbers,
     worst,
 )
-from rollout.core.split import Arm
-from service.audit.actor import Actor
-from service.audit.events import record_event
-from service.clock import Clock, require_utc
-from service.db.repositories import list_routes
-from service.drift import store
-from service.drift.features import Feature, features_for
 from service.drift.store import TICK, Profile, StoredReference, Window
 from service.errors import InvalidRequest
 from service.routes.targets import route_row

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitoring.drift import SEVERITY, Status, worst
+from service.drift.statistics import SEVERITY, Status, worst
 
 if TYPE_CHECKING:
-    from monitoring.drift import Bin, FeatureDrift
     from service.drift.monitor import DriftReport, ReferenceSpan, Span
+    from service.drift.statistics import Bin, FeatureDrift
 
 
 class BinOut(BaseModel):

@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, delete, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from monitoring.drift import Kind, edges_from, quantile_ranks
 from rollout.core.split import Arm
 from service.clock import as_utc
 from service.db.models import DriftReference, RequestRecord, ReviewItem
 from service.drift.features import Feature, Source
+from service.drift.statistics import Kind, edges_from, quantile_ranks
 
 # A category feature reads at most this many distinct values per window (the most frequent).
 MAX_GROUPS = 200

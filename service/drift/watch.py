@@ -12,9 +12,9 @@ import asyncio
 import logging
 import math
 
-from monitoring.drift import Status
 from monitoring.metrics import Metrics
 from service.drift.monitor import DriftMonitor, DriftReport
+from service.drift.statistics import Status
 from service.errors import RouteNotFound
 
 log = logging.getLogger(__name__)

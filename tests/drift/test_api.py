@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from monitoring.drift import Bands, Bin, FeatureDrift, Kind, Statistic, Status
 from monitoring.metrics import Metrics
 from service.auth import Role
 from service.db.models import DriftReference, RequestRecord
 from service.drift.monitor import DriftReport, ReferenceSpan, Span
+from service.drift.statistics import Bands, Bin, FeatureDrift, Kind, Statistic, Status
 from service.drift.watch import DriftWatch
 from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
 from tests.fake_engine import Behaviour, FakeEngine

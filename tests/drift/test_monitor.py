@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from monitoring.drift import Status
 from service.db.models import DriftReference, Route
 from service.db.session import create_engine, session_factory
 from service.drift.monitor import DriftMonitor, DriftReport
+from service.drift.statistics import Status
 from service.errors import InvalidRequest, RouteNotFound
 from tests.conftest import make_settings
 from tests.drift.traffic import T0, Traffic, add_reviews, add_route, rows, write

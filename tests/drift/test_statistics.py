@@ -1,12 +1,13 @@
-"""The drift statistics (``monitoring.drift``): scores, bins, statuses, and how often unchanged
-traffic raises an alarm. Pure; the random draws use fixed seeds, so every run sees the same data."""
+"""The drift statistics (``service.drift.statistics``): scores, bins, statuses, and how often
+unchanged traffic raises an alarm. Pure; the random draws use fixed seeds, so every run sees the
+same data."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from monitoring.drift import (
+from service.drift.statistics import (
     OTHER,
     Bands,
     MinSamples,
