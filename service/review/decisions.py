@@ -1,161 +1,278 @@
-"""Deciding a claimed review item (and keeping its claim alive): the operations the reviewer
-API and the web UI share.
+"""Decisions on claimed review items, and the independent votes of items two reviewers decide.
 
-``decide`` checks a correction against the route's output contract, records the decision on the
-caller's live claim (``queue.decide``), turns the queue's refusals into the gateway's errors and
-announces the decision to the route's callback. The handlers (``service.review.api`` and
-``service.review.ui``) only translate their request into a ``DecisionOrder`` and the
-``Decision``, or the ``GatewayError``, back into their response.
+Decisions are conditional UPDATEs (``WHERE claim_token = :token AND state = 'claimed' AND
+lease_until >= :now``), so of two racing decisions at most one matches, and each is appended to
+``review_decisions`` in the same transaction. The audit trail is only ever inserted into.
+
+On an item that needs two reviewers, each decision is a vote (``review_votes``): the first
+leaves the item pending for another reviewer; the second decides it when both agree, else
+disputes it, and an adjudicator's claim decides it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Any
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.audit.actor import Actor
-from service.audit.events import record_event
-from service.errors import GatewayError, ReviewConflict, ReviewDecisionInvalid, ReviewItemNotFound
-from service.guard.route_guard import RouteContract
-from service.review import queue
-from service.review.queue import (
+from service.clock import as_utc, require_utc
+from service.db.models import ReviewDecision, ReviewItem, ReviewVote
+from service.review.claims import holds
+from service.review.model import (
+    DECIDED_STATE,
+    DISPUTED,
+    KIND_OF_STATE,
+    VOTE,
     AlreadyDecided,
     Decision,
     DecisionKind,
     InvalidDecision,
     ItemNotFound,
+    ItemState,
+    Outcome,
     StaleClaim,
+    Vote,
 )
-
-if TYPE_CHECKING:
-    from service.gateway.parts import Gateway
+from service.review.queue import is_postgres, rowcount, write_transaction
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionOrder:
-    """A reviewer's decision on the item they claimed under ``token``."""
-
-    item_id: str
-    token: int
-    reviewer: str
-    kind: DecisionKind
-    payload: str | None  # the corrected answer (correct), the reason (reject), None (approve)
-    now: datetime
-    audit: Actor | None = None  # who decides, for the audit trail
+def _recorded(row: Any) -> Decision | None:
+    kind = KIND_OF_STATE.get(row.state)
+    if kind is None or row.decided_at is None or row.decided_by is None:
+        return None
+    return Decision(
+        row.id, kind, row.decided_by, row.claim_token, as_utc(row.decided_at),
+        row.corrected_answer, row.reject_reason,
+    )  # fmt: skip
 
 
-def item_not_found(item_id: str) -> ReviewItemNotFound:
-    return ReviewItemNotFound(f"No review item '{item_id}'.")
+def _decision_values(kind: DecisionKind, payload: str | None) -> dict[str, Any]:
+    if kind is DecisionKind.APPROVE:
+        if payload is not None:
+            raise InvalidDecision("an approval carries no payload")
+        return {"corrected_answer": None, "reject_reason": None}
+    if payload is None or not payload.strip():
+        need = "the corrected answer" if kind is DecisionKind.CORRECT else "a reason"
+        raise InvalidDecision(f"{kind.value} needs {need}")
+    if kind is DecisionKind.CORRECT:
+        return {"corrected_answer": payload, "reject_reason": None}
+    return {"corrected_answer": None, "reject_reason": payload}
 
 
-def stale_claim(item_id: str) -> ReviewConflict:
-    return ReviewConflict(
-        f"The claim on review item '{item_id}' is not current: its token is stale or its "
-        "lease ran out. Claim an item again."
-    )
+def _history_payload(kind: DecisionKind, payload: str | None) -> dict[str, Any]:
+    if kind is DecisionKind.CORRECT:
+        return {"corrected_answer": payload}
+    if kind is DecisionKind.REJECT:
+        return {"reason": payload}
+    return {}
 
 
-def _refusal(item_id: str, exc: Exception) -> GatewayError:
-    """The gateway's error for a queue refusal (``ItemNotFound``, ``StaleClaim``...)."""
-    if isinstance(exc, StaleClaim):
-        return stale_claim(item_id)
-    if isinstance(exc, AlreadyDecided):
-        return ReviewConflict(f"Review item '{item_id}' was already decided differently.")
-    if isinstance(exc, InvalidDecision):
-        return ReviewDecisionInvalid(f"Invalid decision: {exc}.")
-    return item_not_found(item_id)
+def _same_answer(first: str | None, second: str | None) -> bool:
+    """Two corrected answers agree when they are the same JSON value (else the same text)."""
+    if first is None or second is None:
+        return first == second
+    try:
+        return bool(orjson.loads(first) == orjson.loads(second))
+    except orjson.JSONDecodeError:
+        return first == second
 
 
-def check_corrected_answer(contract: RouteContract | None, answer: str) -> None:
-    """A correction follows the route's output schema; on a route reviewed without a schema any
-    text is an answer; where the route is unknown, it must at least be JSON."""
-    if contract is not None and contract.validator is None:
-        return
-    if contract is None or contract.validator is None:
-        try:
-            orjson.loads(answer)
-        except orjson.JSONDecodeError as exc:
-            raise ReviewDecisionInvalid(
-                "The corrected answer is not valid JSON.", param="corrected_answer"
-            ) from exc
-        return
-    verdict = contract.validator.validate(answer)
-    if not verdict.valid:
-        raise ReviewDecisionInvalid(
-            "The corrected answer breaks the route's output schema: " + "; ".join(verdict.errors),
-            param="corrected_answer",
+def _agree(first: Vote, kind: DecisionKind, corrected: str | None) -> bool:
+    if first.kind is not kind:
+        return False
+    return kind is not DecisionKind.CORRECT or _same_answer(first.corrected_answer, corrected)
+
+
+def vote_of(row: ReviewVote) -> Vote:
+    return Vote(
+        row.item_id, row.seq, row.reviewer, DecisionKind(row.kind), as_utc(row.at),
+        row.corrected_answer, row.reject_reason,
+    )  # fmt: skip
+
+
+def _final_values(kind: DecisionKind, values: dict[str, Any], first: Vote) -> dict[str, Any]:
+    """Two agreeing votes' decision: both reasons of two rejections, when they differ."""
+    if kind is DecisionKind.REJECT and first.reject_reason != values["reject_reason"]:
+        return {**values, "reject_reason": f"{first.reject_reason} / {values['reject_reason']}"}
+    return values
+
+
+async def _final(
+    session: AsyncSession, order: Decision, values: dict[str, Any], extra: dict[str, Any],
+    history: dict[str, Any],
+) -> int:  # fmt: skip
+    """The item's final decision on the live claim: its state, and its history row."""
+    result = await session.execute(
+        update(ReviewItem)
+        .where(*holds(order.item_id, order.token, order.reviewer, order.at))
+        .values(
+            state=DECIDED_STATE[order.kind].value, decided_at=order.at, decided_by=order.reviewer,
+            lease_until=None, **values, **extra,
         )
-
-
-def state_after(decision: Decision) -> queue.ItemState:
-    """The item's state once ``decision`` is in: the decided state only for a final decision;
-    a first of two decisions leaves it pending (for the other reviewer), a dispute disputed."""
-    if decision.outcome is queue.Outcome.VOTED:
-        return queue.ItemState.PENDING
-    if decision.outcome is queue.Outcome.DISPUTED:
-        return queue.ItemState.DISPUTED
-    return queue.DECIDED_STATE[decision.kind]
-
-
-def _with_decision(
-    gw: Gateway, audit: Actor | None
-) -> Callable[[AsyncSession, Decision], Awaitable[None]]:
-    """What a new decision writes in its own transaction: its audit event and, for a held
-    answer whose route names a callback, the callback's outbox row."""
-
-    async def write(session: AsyncSession, decision: Decision) -> None:
-        if audit is not None:
-            await record_event(
-                session, audit, f"review.{decision.kind.value}", f"review_item:{decision.item_id}",
-                before={"state": "claimed", "token": decision.token},
-                after={"state": state_after(decision).value,
-                       "outcome": decision.outcome.value, "reviewer": decision.reviewer,
-                       "reject_reason": decision.reject_reason,
-                       "corrected": decision.corrected_answer is not None},
-            )  # fmt: skip
-        if decision.outcome is queue.Outcome.DECIDED:  # not a vote, not a dispute
-            await gw.callbacks.enqueue(session, decision.item_id, decision.at)
-
-    return write
-
-
-async def renew(
-    gw: Gateway, item_id: str, token: int, reviewer: str, now: datetime, lease_s: float
-) -> datetime:
-    """Extend the reviewer's live claim to ``now + lease_s``; the new lease end. 404 for an
-    unknown item, 409 when the claim is no longer the reviewer's (stale token, lease ran out)."""
-    try:
-        return await queue.heartbeat(gw.sessions, item_id, token, reviewer, now, lease_s)
-    except ItemNotFound as exc:
-        raise item_not_found(item_id) from exc
-    except StaleClaim as exc:
-        raise stale_claim(item_id) from exc
-
-
-async def decide(gw: Gateway, order: DecisionOrder) -> Decision:
-    """Record the decision and post it to the route's callback; a ``GatewayError`` if refused.
-
-    404 for an unknown item, 409 for a stale claim or a different earlier decision, 422 for a
-    missing answer or reason, or a correction that breaks the route's output contract.
-    """
-    item_id = order.item_id
-    try:
-        if order.kind is DecisionKind.CORRECT and order.payload and order.payload.strip():
-            async with gw.sessions() as session:
-                item = await queue.get(session, item_id)
-            route = gw.snapshot.current.routes.get(item.route)
-            check_corrected_answer(route.contract if route else None, order.payload)
-        decision = await queue.decide(
-            gw.sessions, item_id, order.token, order.reviewer, order.kind, order.payload,
-            order.now, _with_decision(gw, order.audit),
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    if rowcount(result) == 1:
+        session.add(
+            ReviewDecision(
+                item_id=order.item_id, at=order.at, reviewer=order.reviewer,
+                kind=order.kind.value, claim_token=order.token, payload=history,
+            )
         )  # fmt: skip
-    except (ItemNotFound, StaleClaim, AlreadyDecided, InvalidDecision) as exc:
-        raise _refusal(item_id, exc) from exc
-    if decision.outcome is queue.Outcome.DECIDED:
-        gw.callbacks.decided(item_id)
-    return decision
+    return rowcount(result)
+
+
+async def _vote(
+    session: AsyncSession, order: Decision, values: dict[str, Any], votes: int, needed: int
+) -> Decision | None:
+    """Record one of the independent decisions; the last one decides, or disputes, the item."""
+    seq = votes + 1
+    session.add(
+        ReviewVote(
+            item_id=order.item_id, seq=seq, reviewer=order.reviewer, kind=order.kind.value,
+            claim_token=order.token, at=order.at, **values,
+        )
+    )  # fmt: skip
+    session.add(
+        ReviewDecision(
+            item_id=order.item_id, at=order.at, reviewer=order.reviewer, kind=VOTE,
+            claim_token=order.token, payload={"seq": seq},
+        )
+    )  # fmt: skip
+    await session.flush()  # the unique constraints refuse a second vote of this reviewer now
+    if seq < needed:
+        outcome, state = Outcome.VOTED, ItemState.PENDING
+    else:
+        first = vote_of(
+            (
+                await session.scalars(
+                    select(ReviewVote).where(
+                        ReviewVote.item_id == order.item_id, ReviewVote.seq == 1
+                    )
+                )
+            ).one()
+        )
+        if _agree(first, order.kind, values["corrected_answer"]):
+            final = _final_values(order.kind, values, first)
+            history = {**_history_payload(order.kind, final["corrected_answer"]
+                                           or final["reject_reason"]),
+                       "agreed_with": first.reviewer}  # fmt: skip
+            if await _final(session, order, final, {"votes": seq}, history) != 1:
+                return None
+            return replace(order, outcome=Outcome.DECIDED, **final)
+        outcome, state = Outcome.DISPUTED, ItemState.DISPUTED
+    result = await session.execute(
+        update(ReviewItem)
+        .where(*holds(order.item_id, order.token, order.reviewer, order.at))
+        .values(state=state.value, votes=seq, claimed_by=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(result) != 1:
+        return None
+    if outcome is Outcome.DISPUTED:
+        session.add(
+            ReviewDecision(
+                item_id=order.item_id, at=order.at, reviewer=order.reviewer, kind=DISPUTED,
+                claim_token=order.token, payload={"votes": seq},
+            )
+        )  # fmt: skip
+    return replace(order, outcome=outcome)
+
+
+async def _repeated(session: AsyncSession, order: Decision, values: dict[str, Any]) -> Decision:
+    """The answer to a decision whose claim is no longer live: the same decision again when it
+    was recorded (idempotent), else ``StaleClaim``, ``AlreadyDecided`` or ``ItemNotFound``."""
+    row = await session.get(ReviewItem, order.item_id)
+    if row is None:
+        raise ItemNotFound(order.item_id)
+    cast_vote = await session.scalar(
+        select(ReviewVote).where(
+            ReviewVote.item_id == order.item_id,
+            ReviewVote.reviewer == order.reviewer,
+            ReviewVote.claim_token == order.token,
+        )
+    )
+    if cast_vote is not None:
+        vote = vote_of(cast_vote)
+        same = (vote.kind is order.kind and vote.corrected_answer == values["corrected_answer"]
+                and vote.reject_reason == values["reject_reason"])  # fmt: skip
+        if not same:
+            raise AlreadyDecided(order.item_id)
+        if vote.seq < row.reviews_needed:
+            outcome = Outcome.VOTED
+        elif row.decided_by == order.reviewer and row.claim_token == order.token:
+            outcome = Outcome.DECIDED
+        else:
+            outcome = Outcome.DISPUTED
+        return replace(order, at=vote.at, outcome=outcome, **values)
+    recorded = _recorded(row)
+    if recorded is None or recorded.token != order.token:
+        raise StaleClaim(order.item_id)
+    same = (
+        recorded.reviewer == order.reviewer
+        and recorded.kind is order.kind
+        and recorded.corrected_answer == values["corrected_answer"]
+        and recorded.reject_reason == values["reject_reason"]
+    )
+    if not same:
+        raise AlreadyDecided(order.item_id)
+    return recorded
+
+
+# Called in a new decision's transaction (a vote too: see ``Decision.outcome``).
+OnDecided = Callable[[AsyncSession, Decision], Awaitable[None]]
+
+
+async def decide(
+    sessions: async_sessionmaker[AsyncSession], item_id: str, token: int, reviewer: str,
+    kind: DecisionKind | str, payload: str | None, now: datetime,
+    on_decided: OnDecided | None = None,
+) -> Decision:  # fmt: skip
+    """Record a decision on a live claim, with its history row, in one transaction.
+
+    ``payload``: the corrected answer for ``correct`` (validated by the caller against the
+    route's schema), the reason for ``reject``, nothing for ``approve``.
+
+    On an item that needs two reviewers, the first decision is a vote (``Outcome.VOTED``: the
+    item is pending again for anyone else); the second decides the item when both agree (the
+    same kind, and for corrections the same JSON value), else disputes it (``DISPUTED``: an
+    adjudicator's claim decides it).
+
+    Repeating the recorded decision (same reviewer, token, kind and payload) returns it again
+    without a second history row (and without calling ``on_decided``, which runs in the
+    transaction of every new decision). ``AlreadyDecided`` for a different decision on a
+    decided item; ``StaleClaim`` for a token that is not current or a lease that ran out;
+    ``ItemNotFound``; ``InvalidDecision`` for a missing reason or answer.
+    """
+    kind = DecisionKind(kind)
+    values = _decision_values(kind, payload)
+    now = require_utc(now)
+    order = Decision(item_id, kind, reviewer, token, now, **values)
+    async with write_transaction(sessions) as session:
+        held = select(ReviewItem.votes, ReviewItem.reviews_needed).where(
+            *holds(item_id, token, reviewer, now)
+        )
+        if await is_postgres(session):
+            held = held.with_for_update()
+        live = (await session.execute(held)).one_or_none()
+        if live is not None:
+            votes, needed = live
+            if votes < needed and needed > 1:
+                voted = await _vote(session, order, values, votes, needed)
+                if voted is None:  # cannot happen under a held claim; never keep a half vote
+                    raise StaleClaim(item_id)
+                if on_decided is not None:
+                    await on_decided(session, voted)
+                return voted
+            history = _history_payload(kind, payload)
+            if needed > 1:
+                history["adjudicated"] = True
+            if await _final(session, order, values, {}, history) == 1:
+                if on_decided is not None:
+                    await on_decided(session, order)
+                return order
+        return await _repeated(session, order, values)

@@ -22,7 +22,8 @@ from service.clock import require_utc
 from service.db.models import ReviewItem, ReviewVote
 from service.guard.policy import QA_SAMPLE
 from service.review.agreement import Agreement, Pair, Proportion, agreement, wilson
-from service.review.queue import EVERYTHING, Scope
+from service.review.model import EVERYTHING, Scope
+from service.review.queue import scope_clauses
 
 CHANGED = ("corrected", "rejected")
 DECIDED = ("approved", "corrected", "rejected")
@@ -59,7 +60,7 @@ async def qa_estimates(
             func.sum(case((state.in_(DECIDED), 1), else_=0)),
             func.sum(case((state.in_(CHANGED), 1), else_=0)),
         )
-        .where(ReviewItem.reason == QA_SAMPLE, *scope.clauses())
+        .where(ReviewItem.reason == QA_SAMPLE, *scope_clauses(scope))
         .group_by(ReviewItem.route)
     )
     if since is not None:
@@ -82,7 +83,7 @@ async def vote_pairs(
         )
         .join(first, and_(first.item_id == ReviewItem.id, first.seq == 1))
         .join(second, and_(second.item_id == ReviewItem.id, second.seq == 2))
-        .where(*scope.clauses())
+        .where(*scope_clauses(scope))
         .order_by(ReviewItem.created_at, ReviewItem.id)
     )  # fmt: skip
     if since is not None:

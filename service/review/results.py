@@ -27,8 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.clock import Clock, now
 from service.db.models import RequestRecord
-from service.review import outbox, queue
+from service.review import outbox, reads
 from service.review.callback_urls import allowlist_places, refusal
+from service.review.model import ItemNotFound
 
 log = logging.getLogger(__name__)
 CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -50,7 +51,7 @@ class ReviewResult(BaseModel):
 
 async def result_of(session: AsyncSession, review_id: str) -> tuple[ReviewResult, str]:
     """The result of a review item and the route it belongs to (``ItemNotFound`` if none)."""
-    item = await queue.get(session, review_id)
+    item = await reads.get(session, review_id)
     status = item.state if item.state in FINAL else "pending"
     answer = {"approved": item.answer, "corrected": item.corrected_answer}.get(status)
     result = ReviewResult(
@@ -69,7 +70,7 @@ async def result_for(session: AsyncSession, review_id: str, key_id: str | None) 
             select(RequestRecord.key_id).where(RequestRecord.id == result.request_id)
         )
         if owner != key_id:
-            raise queue.ItemNotFound(review_id)
+            raise ItemNotFound(review_id)
     return result
 
 
@@ -101,7 +102,7 @@ class ReviewCallbacks:
 
     async def enqueue(self, session: AsyncSession, review_id: str, at: datetime) -> None:
         """In a decision's transaction: queue its callback if the item's route names one."""
-        item = await queue.get(session, review_id)
+        item = await reads.get(session, review_id)
         if item.state not in FINAL:
             return
         url = self._callback_url(item.route)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from service.api.deps import gateway, require_roles
 from service.auth import INFERENCE_ROLES, Principal, Role
 from service.errors import ReviewItemNotFound
-from service.review.queue import ItemNotFound
+from service.review.model import ItemNotFound
 from service.review.results import ReviewResult, result_for
 
 router = APIRouter(prefix="/v1/review-results", tags=["reviews"])

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import require_utc
 from service.db.models import ReviewItem
+from service.review.model import ReviewItemView
 from service.review.tiers import Risk
 from service.settings import Settings
 
@@ -45,6 +46,10 @@ class SlaTargets:
 
     def is_overdue(self, risk: str, created_at: datetime, now: datetime) -> bool:
         return (now - created_at).total_seconds() > self.target_s(risk)
+
+    def is_late(self, item: ReviewItemView, now: datetime) -> bool:
+        """The item is open and older than its tier's target age."""
+        return item.state.value in OPEN_STATES and self.is_overdue(item.risk, item.created_at, now)
 
 
 def sla_targets(settings: Settings) -> SlaTargets:

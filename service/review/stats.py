@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from monitoring.metrics import Metrics
 from service.clock import Clock
-from service.review import queue
+from service.review import reads
+from service.review.model import KIND_OF_STATE
 from service.review.quality import quality
+from service.review.queue import write_transaction
 from service.review.sla import SlaTargets, mark_breaches, overdue_counts
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,11 @@ class ReviewStats:
 
     async def refresh(self) -> None:
         now = self._clock()
-        async with queue.write_transaction(self._sessions) as session:
+        async with write_transaction(self._sessions) as session:
             breaches = await mark_breaches(session, self._sla, now)
         async with self._sessions() as session:
-            stats = await queue.queue_stats(session, now)
-            decided = await queue.decided_counts(session)
+            stats = await reads.queue_stats(session, now)
+            decided = await reads.decided_counts(session)
             overdue = await overdue_counts(session, self._sla, now)
             figures = await quality(session, now - QUALITY_WINDOW)
         m = self._metrics
@@ -71,7 +73,7 @@ class ReviewStats:
         m.review_parked.set(stats.parked)
         totals: dict[str, int] = {}
         for (target, state), count in decided.items():
-            m.review_decisions.labels(target, queue.KIND_OF_STATE[state].value).set(count)
+            m.review_decisions.labels(target, KIND_OF_STATE[state].value).set(count)
             totals[target] = totals.get(target, 0) + count
         for target, total in totals.items():
             m.review_approved_share.labels(target).set(decided.get((target, "approved"), 0) / total)

@@ -8,8 +8,8 @@ session (``service.review.sessions``): the HttpOnly, SameSite=Strict cookie scop
 or a role change ends it. Every POST must also come from this origin (its ``Origin``, else
 ``Referer``, names this host), or it is refused with 403.
 
-The pages share the JSON API's clock dependency and reviewer id (``service.review.api``) and
-its decision operation (``service.review.decisions``: the same check of a corrected answer
+The pages share the JSON API's clock dependency (``service.review.api``) and its operations
+(``service.review.service``: the same visibility rule, the same check of a corrected answer
 against the route's output schema, the same error messages). The pages are the templates in
 ``service/review/templates/``. Model output is untrusted: the templates autoescape everything,
 and a Content-Security-Policy allows only the page's own inline script (by nonce).
@@ -38,17 +38,17 @@ from service.errors import (
     GatewayError,
     PermissionDenied,
     ReviewDecisionInvalid,
+    ReviewItemNotFound,
 )
-from service.review import decisions, parking, queue, sessions
-from service.review.api import REVIEW_ROLES, Now, reviewer_of
-from service.review.decisions import DecisionOrder, item_not_found
+from service.review import service, sessions
+from service.review.api import REVIEW_ROLES, Now
 from service.review.export import content_text
-from service.review.quality import quality
-from service.review.queue import DecisionKind, ItemNotFound, ItemState, Outcome, ReviewItemView
-from service.review.sla import OPEN_STATES, overdue_counts, sla_targets
+from service.review.model import MAX_INT, DecisionKind, ItemState, Outcome, ReviewItemView
+from service.review.service import DecisionOrder
+from service.review.sla import sla_targets
 from service.review.stats import QUALITY_WINDOW
 from service.review.tiers import Risk
-from service.review.visibility import adjudicates, may_see, scope_of, shown_votes
+from service.review.visibility import may_unpark, reviewer_of
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 
@@ -155,7 +155,7 @@ def _claim_token(form: dict[str, str]) -> int | None:
         token = int(form.get("token", ""))
     except ValueError:
         return None
-    return token if 0 <= token <= queue.MAX_INT else None
+    return token if 0 <= token <= MAX_INT else None
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -247,28 +247,23 @@ async def queue_page(request: Request, now: Now) -> Response:
     if tier and tier not in TIERS:
         error = f"Unknown risk tier '{tier}'."
         tier = ""
-    sla = sla_targets(gateway(request).settings)
-    async with gateway(request).sessions() as session:
-        items = await queue.list_items(
-            session, state=state or None, limit=QUEUE_LIMIT,
-            scope=scope_of(principal, route=route or None, reason=reason or None,
-                           tier=tier or None),
-            sla=sla, now=now,
-        )  # fmt: skip
-        limits = scope_of(principal)  # the key's own routes and tiers, not the page's filters
-        overdue = await overdue_counts(session, sla, now, limits.clauses())
-        figures = await quality(session, now - QUALITY_WINDOW, limits)
+    gw = gateway(request)
+    items = await service.list_items(
+        gw, principal, now, state=state or None, route=route or None, reason=reason or None,
+        tier=tier or None, limit=QUEUE_LIMIT,
+    )  # fmt: skip
+    figures = await service.figures(gw, principal, now, QUALITY_WINDOW)
+    sla = sla_targets(gw.settings)
     rows = [
         {"item": item, "age": _age(item.created_at, now), "low": _is_low(item.confidence),
-         "overdue": item.state.value in OPEN_STATES
-         and sla.is_overdue(item.risk, item.created_at, now)}
+         "overdue": sla.is_late(item, now)}
         for item in items
     ]  # fmt: skip
     return _render(
         "queue.html", error=error, notice=NOTICES.get(params.get("notice", "")),
         rows=rows, route=route, reason=reason, state=state, tier=tier, tiers=TIERS,
-        states=[s.value for s in ItemState], reviewer=principal, overdue=overdue,
-        targets={t: _age_of(sla.target_s(t)) for t in TIERS}, quality=figures,
+        states=[s.value for s in ItemState], reviewer=principal, overdue=figures.overdue,
+        targets={t: _age_of(sla.target_s(t)) for t in TIERS}, quality=figures.quality,
     )  # fmt: skip
 
 
@@ -283,12 +278,10 @@ async def claim(request: Request, now: Now) -> Response:
     tier = _blank_to_none(form.get("tier", "").strip())
     if tier is not None and tier not in TIERS:
         tier = None
-    claimed = await queue.claim_next(
-        gateway(request).sessions, reviewer_of(principal), now,
-        gateway(request).settings.review_ui_lease_s,
-        scope=scope_of(principal, route=route, reason=reason, tier=tier),
-        adjudicator=adjudicates(principal), sla=sla_targets(gateway(request).settings),
-    )  # fmt: skip
+    gw = gateway(request)
+    claimed = await service.claim(
+        gw, principal, now, gw.settings.review_ui_lease_s, route=route, reason=reason, tier=tier
+    )
     if claimed is None:
         return _redirect(
             "/review", notice="empty", route=route or "", reason=reason or "", tier=tier or ""
@@ -354,17 +347,12 @@ async def _item_page(
     status: int = 200, error: str | None = None, draft: str | None = None,
     reject_reason: str = "", notice: str | None = None,
 ) -> Response:  # fmt: skip
-    async with gateway(request).sessions() as session:
-        try:
-            item = await queue.get(session, item_id)
-        except ItemNotFound:
-            return _render("error.html", 404, title="Not found",
-                           message=item_not_found(item_id).message)  # fmt: skip
-        if not may_see(principal, item):
-            return _render("error.html", 404, title="Not found",
-                           message=item_not_found(item_id).message)  # fmt: skip
-        history = await queue.history(session, item_id)
-        votes = shown_votes(item, await queue.votes(session, item_id))
+    gw = gateway(request)
+    try:
+        detail = await service.item_detail(gw, principal, item_id)
+    except ReviewItemNotFound as exc:
+        return _render("error.html", exc.status, title="Not found", message=exc.message)
+    item = detail.item
     messages, raw_request = _messages(item.request_body)
     fields = sorted((item.field_confidence or {}).items())
     answer = _pretty(item.answer)
@@ -375,12 +363,11 @@ async def _item_page(
         fields=[{"pointer": p, "score": s, "low": _is_low(s)} for p, s in fields],
         overall_low=_is_low(item.confidence),
         schema_errors=[_error_text(e) for e in item.schema_errors or []],
-        history=history, holds=_holds_claim(item, principal, now), error=error,
-        reviewer=principal, votes=votes, notice=notice,
-        may_unpark=parking.may_unpark(principal) and item.state is ItemState.PARKED,
-        heartbeat_ms=int(gateway(request).settings.review_ui_lease_s * 1000 / 3),
-        overdue=item.state.value in OPEN_STATES
-        and sla_targets(gateway(request).settings).is_overdue(item.risk, item.created_at, now),
+        history=detail.history, holds=_holds_claim(item, principal, now), error=error,
+        reviewer=principal, votes=detail.votes, notice=notice,
+        may_unpark=may_unpark(principal) and item.state is ItemState.PARKED,
+        heartbeat_ms=int(gw.settings.review_ui_lease_s * 1000 / 3),
+        overdue=sla_targets(gw.settings).is_late(item, now),
     )  # fmt: skip
 
 
@@ -410,8 +397,8 @@ async def heartbeat(item_id: str, request: Request, now: Now) -> Response:
     if token is None:
         raise ReviewDecisionInvalid("The request carries no claim token.", param="token")
     gw = gateway(request)
-    lease_until = await decisions.renew(
-        gw, item_id, token, reviewer_of(principal), now, gw.settings.review_ui_lease_s
+    lease_until = await service.heartbeat(
+        gw, principal, item_id, token, now, gw.settings.review_ui_lease_s
     )
     body = {"item_id": item_id, "token": token, "lease_until": lease_until.isoformat(),
             "lease_until_text": _lease_text(lease_until)}  # fmt: skip
@@ -424,11 +411,11 @@ async def unpark(item_id: str, request: Request, now: Now) -> Response:
     principal = await _poster(request, now)
     if not isinstance(principal, Principal):
         return principal
-    if not parking.may_unpark(principal):
+    if not may_unpark(principal):
         return _render("error.html", 403, title="Refused",
                        message="Only a lead or an admin can unpark an item.")  # fmt: skip
     try:
-        state = await parking.unpark(
+        state = await service.unpark(
             gateway(request), principal, item_id, now, api_actor(principal, request)
         )
     except GatewayError as exc:
@@ -464,7 +451,7 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
         api_actor(principal, request),
     )  # fmt: skip
     try:
-        decision = await decisions.decide(gateway(request), order)
+        decision = await service.decide(gateway(request), order)
     except GatewayError as exc:
         return await refused(exc)
     if decision.outcome is not Outcome.DECIDED:

@@ -2,8 +2,9 @@
 
 A reviewer key may be limited to routes and to risk tiers (``loragate keys create --role
 reviewer --route R --tier high``); it sees, lists and claims only those items. Leads and admins
-also adjudicate: they claim disputed items (two reviewers disagreed). A reviewer never sees the
-other reviewer's decision first: the independent decisions are shown once both are in.
+also adjudicate: they claim disputed items (two reviewers disagreed), and unpark items whose
+leases kept running out. A reviewer never sees the other reviewer's decision first: the
+independent decisions are shown once both are in.
 """
 
 from __future__ import annotations
@@ -13,13 +14,23 @@ from typing import Any
 
 from service.auth import Principal, Role
 from service.errors import PermissionDenied
-from service.review.queue import ReviewItemView, Scope, Vote
+from service.review.model import ReviewItemView, Scope, Vote
 
 ADJUDICATORS = frozenset({Role.LEAD, Role.ADMIN})
+UNPARK_ROLES = (Role.LEAD, Role.ADMIN)
+
+
+def reviewer_of(principal: Principal) -> str:
+    """The reviewer id a key's claims and decisions are recorded under."""
+    return principal.key_id
 
 
 def adjudicates(principal: Principal) -> bool:
     return principal.role in ADJUDICATORS
+
+
+def may_unpark(principal: Principal) -> bool:
+    return principal.role in UNPARK_ROLES
 
 
 def scope_of(

@@ -18,7 +18,7 @@ from service.auth import Role
 from service.db import session as db_session
 from service.db.session import sqlite_file
 from service.review import api as reviews
-from service.review import queue
+from service.review import model, queue
 from service.routes.config import RouteSpec, sync_routes
 from tests.conftest import Harness, make_settings, running_gateway
 from tests.fake_engine import FakeEngine
@@ -463,9 +463,9 @@ async def test_numbers_too_large_to_store_are_a_400_not_a_crash(harness: Harness
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "invalid_request"
     # The largest storable values are still ordinary requests.
-    edge = await h.client.get(f"{ITEMS}?offset={queue.MAX_INT}", headers=reviewer(h))
+    edge = await h.client.get(f"{ITEMS}?offset={model.MAX_INT}", headers=reviewer(h))
     assert edge.status_code == 200 and edge.json() == []
-    assert (await decide(h, item, queue.MAX_INT, "approve")).status_code == 409
+    assert (await decide(h, item, model.MAX_INT, "approve")).status_code == 409
 
 
 async def test_stats(harness: Harness, clock: Clock) -> None:

@@ -26,7 +26,7 @@ from service.cli.app import app
 from service.db.models import RequestRecord, ReviewItem, TrainingSnapshot
 from service.db.session import create_engine, session_factory
 from service.records.redaction import redact
-from service.review import queue
+from service.review import claims, decisions, queue
 from service.review.export import (
     ExportFilters,
     build_export,
@@ -143,9 +143,9 @@ async def test_a_decision_through_the_queue_is_exported(
                 request_body=body("hello"),
             ),
         )
-    claimed = await queue.claim_next(sessions, "rev", NOW, 60)
+    claimed = await claims.claim_next(sessions, "rev", NOW, 60)
     assert claimed is not None
-    await queue.decide(
+    await decisions.decide(
         sessions, claimed.item.id, claimed.token, "rev", "correct", '{"c": "y"}', NOW
     )
     data = await export(sessions, val_fraction=0.0)

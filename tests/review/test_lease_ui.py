@@ -16,7 +16,7 @@ from sqlalchemy import update
 
 from service.auth import Role
 from service.db.models import ReviewItem
-from service.review import queue
+from service.review import model, queue, reads
 from tests.conftest import Harness, make_settings, running_gateway, served
 from tests.fake_engine import FakeEngine
 from tests.review.test_risk_api import add_key
@@ -56,9 +56,9 @@ async def add(
     return item_id
 
 
-async def stored(h: Harness, item_id: str) -> queue.ReviewItemView:
+async def stored(h: Harness, item_id: str) -> model.ReviewItemView:
     async with h.app.state.gateway.sessions() as session:
-        return await queue.get(session, item_id)
+        return await reads.get(session, item_id)
 
 
 async def audit_events(h: Harness, action: str) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ async def test_unpark_returns_a_parked_item_to_the_queue_with_its_event(h: Harne
     assert done.status_code == 200, done.text
     assert done.json() == {"item_id": item_id, "state": "pending"}
     item = await stored(h, item_id)
-    assert (item.state, item.expiries) == (queue.ItemState.PENDING, 0)
+    assert (item.state, item.expiries) == (model.ItemState.PENDING, 0)
     detail = (await h.client.get(f"{ITEMS}/{item_id}", headers=h.auth(Role.LEAD))).json()
     assert detail["history"][-1]["kind"] == "unparked"
     (event,) = await audit_events(h, "review.unpark")
@@ -103,7 +103,7 @@ async def test_an_item_with_both_decisions_goes_back_to_the_adjudicators(h: Harn
     done = await h.client.post(f"{ITEMS}/{item_id}/unpark", headers=h.auth(Role.ADMIN))
     assert done.status_code == 200, done.text
     assert done.json()["state"] == "disputed"
-    assert (await stored(h, item_id)).state is queue.ItemState.DISPUTED
+    assert (await stored(h, item_id)).state is model.ItemState.DISPUTED
     half = await add(h, name="half", state="parked", reviews_needed=2, votes=1, expiries=3)
     done = await h.client.post(f"{ITEMS}/{half}/unpark", headers=h.auth(Role.ADMIN))
     assert done.json()["state"] == "pending"
@@ -114,7 +114,7 @@ async def test_unpark_stays_within_the_key_s_routes(h: Harness) -> None:
     elsewhere = await add_key(h, Role.LEAD, allowed_routes=["chat"])
     hidden = await h.client.post(f"{ITEMS}/{item_id}/unpark", headers=elsewhere)
     assert hidden.status_code == 404
-    assert (await stored(h, item_id)).state is queue.ItemState.PARKED
+    assert (await stored(h, item_id)).state is model.ItemState.PARKED
     assert await audit_events(h, "review.unpark") == []
 
 
@@ -147,7 +147,7 @@ async def test_the_ui_unparks_for_leads_only(h: Harness) -> None:
     assert done.status_code == 303, done.text
     page = await h.client.get(done.headers["location"])
     assert "back in the queue" in page.text and 'id="unpark"' not in page.text
-    assert (await stored(h, item_id)).state is queue.ItemState.PENDING
+    assert (await stored(h, item_id)).state is model.ItemState.PENDING
 
 
 async def test_the_ui_heartbeat_renews_only_a_live_claim(h: Harness) -> None:
@@ -257,7 +257,7 @@ async def test_in_a_browser_the_open_page_keeps_its_claim(
         assert seen["renewals"] >= 2
         assert seen["held"] == ("claimed", reviewer, True)
         assert seen["notice"] == "Approved."
-        assert (await stored(h, first)).state is queue.ItemState.APPROVED
+        assert (await stored(h, first)).state is model.ItemState.APPROVED
         assert "claim on this item was lost" in seen["lost"]
         assert seen["approve_enabled"] is False
         assert "not current" in seen["refused"]

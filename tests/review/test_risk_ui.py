@@ -15,7 +15,7 @@ import pytest
 
 from service.auth import Role
 from service.review import api as reviews
-from service.review import queue
+from service.review import model, queue, reads
 from tests.conftest import Harness, make_settings, running_gateway, served
 from tests.fake_engine import FakeEngine
 from tests.review.test_ui import GOOD, HAVE_BROWSER, ORIGIN, chromium, routes_file
@@ -114,8 +114,8 @@ async def test_two_reviewers_then_an_adjudicator_through_the_forms(harness: Harn
     )
     assert done.headers["location"] == "/review?notice=correct"
     async with h.app.state.gateway.sessions() as session:
-        row = await queue.get(session, item)
-    assert row.state is queue.ItemState.CORRECTED
+        row = await reads.get(session, item)
+    assert row.state is model.ItemState.CORRECTED
     queue_page = (await h.client.get("/review")).text
     agreement = re.search(r'<table id="agreement">(.*?)</table>', queue_page, re.S)
     assert agreement and '<td class="kappa">0.00</td>' in agreement[1]
@@ -217,5 +217,5 @@ async def test_two_reviewers_and_a_lead_in_a_browser(
         assert seen["lead_votes"] == ["approve", "reject"]
         assert seen["final"] == "Approved."
         async with h.app.state.gateway.sessions() as session:
-            row = await queue.get(session, item)
-        assert row.state is queue.ItemState.APPROVED and row.votes == 2
+            row = await reads.get(session, item)
+        assert row.state is model.ItemState.APPROVED and row.votes == 2

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.models import ReviewItem, ReviewVote
 from service.db.session import create_engine, session_factory
-from service.review import queue
+from service.review import claims, decisions, model, queue, reads
+from service.review.model import AlreadyDecided, ItemState, Outcome, Scope, StaleClaim
 from service.review.quality import quality
-from service.review.queue import AlreadyDecided, ItemState, Outcome, Scope, StaleClaim
 from service.review.sla import SlaTargets, mark_breaches, overdue_counts
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -50,20 +50,20 @@ async def add(
 async def vote(
     sessions: Sessions, reviewer: str, kind: str, payload: str | None = None, *,
     adjudicator: bool = False,
-) -> queue.Decision:  # fmt: skip
-    got = await queue.claim_next(sessions, reviewer, NOW, LEASE_S, adjudicator=adjudicator)
+) -> model.Decision:  # fmt: skip
+    got = await claims.claim_next(sessions, reviewer, NOW, LEASE_S, adjudicator=adjudicator)
     assert got is not None, f"{reviewer} found nothing to claim"
-    return await queue.decide(sessions, got.item.id, got.token, reviewer, kind, payload, NOW)
+    return await decisions.decide(sessions, got.item.id, got.token, reviewer, kind, payload, NOW)
 
 
-async def item(sessions: Sessions, item_id: str) -> queue.ReviewItemView:
+async def item(sessions: Sessions, item_id: str) -> model.ReviewItemView:
     async with sessions() as session:
-        return await queue.get(session, item_id)
+        return await reads.get(session, item_id)
 
 
 async def kinds(sessions: Sessions, item_id: str) -> list[str]:
     async with sessions() as session:
-        return [h.kind for h in await queue.history(session, item_id)]
+        return [h.kind for h in await reads.history(session, item_id)]
 
 
 async def test_two_reviewers_who_agree_decide_the_item(sessions: Sessions) -> None:
@@ -74,14 +74,14 @@ async def test_two_reviewers_who_agree_decide_the_item(sessions: Sessions) -> No
     assert waiting.state is ItemState.PENDING and waiting.votes == 1
     assert waiting.decided_by is None and waiting.corrected_answer is None
     # The first reviewer cannot take it again; somebody else can.
-    assert await queue.claim_next(sessions, "ann", NOW, LEASE_S) is None
+    assert await claims.claim_next(sessions, "ann", NOW, LEASE_S) is None
     second = await vote(sessions, "bob", "correct", '{ "category" : "tech" }')  # same JSON
     assert second.outcome is Outcome.DECIDED
     done = await item(sessions, item_id)
     assert done.state is ItemState.CORRECTED and done.decided_by == "bob" and done.votes == 2
     assert await kinds(sessions, item_id) == ["vote", "vote", "correct"]
     async with sessions() as session:
-        votes = await queue.votes(session, item_id)
+        votes = await reads.votes(session, item_id)
     assert [(v.seq, v.reviewer, v.kind.value) for v in votes] == [
         (1, "ann", "correct"), (2, "bob", "correct"),
     ]  # fmt: skip
@@ -95,8 +95,8 @@ async def test_a_disagreement_goes_to_an_adjudicator(sessions: Sessions) -> None
     disputed = await item(sessions, item_id)
     assert disputed.state is ItemState.DISPUTED and disputed.adjudication
     # Neither a plain reviewer nor one of the two voters adjudicates.
-    assert await queue.claim_next(sessions, "cid", NOW, LEASE_S) is None
-    assert await queue.claim_next(sessions, "ann", NOW, LEASE_S, adjudicator=True) is None
+    assert await claims.claim_next(sessions, "cid", NOW, LEASE_S) is None
+    assert await claims.claim_next(sessions, "ann", NOW, LEASE_S, adjudicator=True) is None
     final = await vote(sessions, "lead", "correct", '{"category": "sales"}', adjudicator=True)
     assert final.outcome is Outcome.DECIDED
     done = await item(sessions, item_id)
@@ -110,12 +110,12 @@ async def test_an_adjudication_claim_that_runs_out_returns_to_disputed(
     item_id = await add(sessions)
     await vote(sessions, "ann", "approve")
     await vote(sessions, "bob", "reject", "no")
-    got = await queue.claim_next(sessions, "lead", NOW, 30, adjudicator=True)
+    got = await claims.claim_next(sessions, "lead", NOW, 30, adjudicator=True)
     assert got is not None and got.item.id == item_id
     later = NOW + timedelta(seconds=60)
-    assert await queue.release_expired(sessions, later) == 1
+    assert await claims.release_expired(sessions, later) == 1
     assert (await item(sessions, item_id)).state is ItemState.DISPUTED
-    again = await queue.claim_next(sessions, "boss", later, LEASE_S, adjudicator=True)
+    again = await claims.claim_next(sessions, "boss", later, LEASE_S, adjudicator=True)
     assert again is not None and again.item.id == item_id and again.token == got.token + 1
 
 
@@ -124,29 +124,29 @@ async def test_adjudicators_take_disputes_first(sessions: Sessions) -> None:
     disputed = await add(sessions)
     await vote(sessions, "ann", "approve")  # the oldest first: the plain item
     async with sessions() as session:
-        assert (await queue.get(session, plain)).state is ItemState.APPROVED
+        assert (await reads.get(session, plain)).state is ItemState.APPROVED
     await vote(sessions, "ann", "approve")
     await vote(sessions, "bob", "reject", "no")
     later = await add(sessions, risk="medium", reviews=1, age_s=200)
-    got = await queue.claim_next(sessions, "lead", NOW, LEASE_S, adjudicator=True)
+    got = await claims.claim_next(sessions, "lead", NOW, LEASE_S, adjudicator=True)
     assert got is not None and got.item.id == disputed
-    got2 = await queue.claim_next(sessions, "cid", NOW, LEASE_S)
+    got2 = await claims.claim_next(sessions, "cid", NOW, LEASE_S)
     assert got2 is not None and got2.item.id == later
 
 
 async def test_repeating_a_vote_is_idempotent(sessions: Sessions) -> None:
     item_id = await add(sessions)
-    got = await queue.claim_next(sessions, "ann", NOW, LEASE_S)
+    got = await claims.claim_next(sessions, "ann", NOW, LEASE_S)
     assert got is not None
-    first = await queue.decide(sessions, item_id, got.token, "ann", "reject", "bad", NOW)
-    again = await queue.decide(sessions, item_id, got.token, "ann", "reject", "bad", NOW)
+    first = await decisions.decide(sessions, item_id, got.token, "ann", "reject", "bad", NOW)
+    again = await decisions.decide(sessions, item_id, got.token, "ann", "reject", "bad", NOW)
     assert again.outcome is first.outcome is Outcome.VOTED
     with pytest.raises(AlreadyDecided):
-        await queue.decide(sessions, item_id, got.token, "ann", "approve", None, NOW)
+        await decisions.decide(sessions, item_id, got.token, "ann", "approve", None, NOW)
     with pytest.raises(StaleClaim):
-        await queue.decide(sessions, item_id, got.token, "bob", "approve", None, NOW)
+        await decisions.decide(sessions, item_id, got.token, "bob", "approve", None, NOW)
     async with sessions() as session:
-        assert len(await queue.votes(session, item_id)) == 1
+        assert len(await reads.votes(session, item_id)) == 1
 
 
 async def test_the_database_refuses_a_reviewer_voting_twice(sessions: Sessions) -> None:
@@ -169,14 +169,14 @@ async def test_a_reviewer_key_limited_to_tiers_and_routes(sessions: Sessions) ->
     high = await add(sessions, route="billing", risk="high", reviews=1, age_s=20)
     crit = await add(sessions, risk="critical", age_s=10)
     only_high = Scope(tiers=frozenset({"high"}))
-    got = await queue.claim_next(sessions, "ann", NOW, LEASE_S, scope=only_high)
+    got = await claims.claim_next(sessions, "ann", NOW, LEASE_S, scope=only_high)
     assert got is not None and got.item.id == high
-    assert await queue.claim_next(sessions, "ann", NOW, LEASE_S, scope=only_high) is None
+    assert await claims.claim_next(sessions, "ann", NOW, LEASE_S, scope=only_high) is None
     triage = Scope(routes=frozenset({"triage"}), tier="critical")
-    got = await queue.claim_next(sessions, "bob", NOW, LEASE_S, scope=triage)
+    got = await claims.claim_next(sessions, "bob", NOW, LEASE_S, scope=triage)
     assert got is not None and got.item.id == crit
     async with sessions() as session:
-        listed = await queue.list_items(session, scope=Scope(tiers=frozenset({"low"})))
+        listed = await reads.list_items(session, scope=Scope(tiers=frozenset({"low"})))
     assert [i.id for i in listed] == [low]
 
 
@@ -187,7 +187,7 @@ async def test_overdue_items_come_first_and_are_counted_once(sessions: Sessions)
     late_crit = await add(sessions, risk="critical", reviews=2, age_s=61)
     old_medium = await add(sessions, risk="medium", reviews=1, age_s=500)  # oldest in time
     async with sessions() as session:
-        order = [i.id for i in await queue.list_items(session, sla=sla, now=NOW)]
+        order = [i.id for i in await reads.list_items(session, sla=sla, now=NOW)]
         overdue = await overdue_counts(session, sla, NOW)
     assert order == [late_low, late_crit, old_medium, fresh_high]
     assert overdue == {"low": 1, "medium": 0, "high": 0, "critical": 1}
@@ -197,7 +197,7 @@ async def test_overdue_items_come_first_and_are_counted_once(sessions: Sessions)
         }  # fmt: skip
     async with queue.write_transaction(sessions) as session:
         assert await mark_breaches(session, sla, NOW) == {}
-    got = await queue.claim_next(sessions, "ann", NOW, LEASE_S, sla=sla)
+    got = await claims.claim_next(sessions, "ann", NOW, LEASE_S, sla=sla)
     assert got is not None and got.item.id == late_low
 
 
@@ -205,10 +205,10 @@ async def test_quality_figures(sessions: Sessions) -> None:
     # Route triage: (approve, approve), (correct, correct), (approve, reject), (reject, reject)
     # by ann then bob: p_o = 3/4; ann: approve 2, correct 1, reject 1; bob: approve 1,
     # correct 1, reject 2; p_e = (2 + 1 + 2) / 16 = 5/16; kappa = (12/16 - 5/16) / (11/16).
-    decisions = [("approve", None, "approve", None),
+    cases = [("approve", None, "approve", None),
                  ("correct", '{"a": 1, "b": 2}', "correct", '{"a": 1, "b": 2}'),
                  ("approve", None, "reject", "no"), ("reject", "x", "reject", "y")]  # fmt: skip
-    for first, p1, second, p2 in decisions:
+    for first, p1, second, p2 in cases:
         await add(sessions)
         await vote(sessions, "ann", first, p1)
         await vote(sessions, "bob", second, p2)

@@ -24,7 +24,7 @@ from adapters.training import example_data
 from service.auth import Role
 from service.db import repositories
 from service.review import api as reviews
-from service.review import queue
+from service.review import model, queue, reads
 from tests.conftest import Harness, make_settings, running_gateway, served
 from tests.fake_engine import FakeEngine
 
@@ -89,9 +89,9 @@ async def claim(h: Harness) -> tuple[str, int]:
     return item_id, int(token.group(1))
 
 
-async def stored(h: Harness, item_id: str) -> queue.ReviewItemView:
+async def stored(h: Harness, item_id: str) -> model.ReviewItemView:
     async with h.app.state.gateway.sessions() as session:
-        return await queue.get(session, item_id)
+        return await reads.get(session, item_id)
 
 
 async def test_sign_in_required(harness: Harness) -> None:
@@ -258,7 +258,7 @@ async def test_approve_through_the_form(harness: Harness) -> None:
     assert response.status_code == 303 and response.headers["location"] == "/review?notice=approve"
     assert "Approved." in (await h.client.get(response.headers["location"])).text
     row = await stored(h, item)
-    assert row.state is queue.ItemState.APPROVED
+    assert row.state is model.ItemState.APPROVED
     assert row.decided_by == h.keys[Role.REVIEWER].split("-", 2)[1]
     empty = await h.client.post("/review/claim", headers=ORIGIN)
     assert empty.headers["location"] == "/review?notice=empty"
@@ -277,7 +277,7 @@ async def test_stale_token_shows_409(harness: Harness) -> None:
     assert response.status_code == 409
     assert "is not current" in response.text
     assert 'value="&lt;b&gt;off&lt;/b&gt;"' in response.text  # the reason typed is kept
-    assert (await stored(h, item)).state is queue.ItemState.CLAIMED
+    assert (await stored(h, item)).state is model.ItemState.CLAIMED
 
 
 async def test_correction_must_follow_the_schema(harness: Harness) -> None:
@@ -307,7 +307,7 @@ async def test_correction_must_follow_the_schema(harness: Harness) -> None:
     )
     assert fixed.status_code == 303
     row = await stored(h, item)
-    assert row.state is queue.ItemState.CORRECTED and row.corrected_answer == GOOD
+    assert row.state is model.ItemState.CORRECTED and row.corrected_answer == GOOD
 
 
 async def test_unknown_item(harness: Harness) -> None:
@@ -412,5 +412,5 @@ async def test_in_a_browser(sqlite_url: str, tmp_path: Path, engine: FakeEngine)
         assert seen["second_url"].endswith(f"/review/items/{second}")
         assert seen["notice2"] == "Approved."
         one, two = await stored(h, first), await stored(h, second)
-        assert one.state is queue.ItemState.CORRECTED and one.corrected_answer == edited
-        assert two.state is queue.ItemState.APPROVED
+        assert one.state is model.ItemState.CORRECTED and one.corrected_answer == edited
+        assert two.state is model.ItemState.APPROVED
