@@ -50,19 +50,15 @@ from service.gateway.shadow import ShadowCall
 from service.gateway.stream_guard import StreamedAnswer
 from service.gateway.stream_relay import StreamRelay
 from service.guard.answers import answer_text, first_finish_reason
-from service.guard.policy import QA_SAMPLE
 from service.guard.route_guard import Judgement, RouteContract, judge, present, verdict_metadata
 from service.limits.limiter import Grant
 from service.records.draft import RecordDraft
-from service.review.queue import NewItem
-from service.review.tiers import DEFAULT_RISK
+from service.review.service import new_item
 from service.routes.view import RouteView
 
 JSON = "application/json"
 # Every answer names its request record, so a client's report can be matched to it.
 REQUEST_ID = "x-request-id"
-# Invalid answers first in the queue; QA samples of unescalated answers last.
-REVIEW_PRIORITY = {"invalid": 1, QA_SAMPLE: -1}
 # A held answer: accepted, its review pending.
 HELD = 202
 # Rollouts keep a subject on one arm: the body's `user`, else this header, else the request.
@@ -302,30 +298,14 @@ def settle(
         return None
     review_id = secrets.token_hex(16)
     gw.metrics.escalations.labels(route.name, reason).inc()
-    item = review_item(record, route, version, reason, review_id, answer, judgement)
+    item = new_item(
+        judgement, route.contract, item_id=review_id, request_id=record.id, route=route.name,
+        target=version, reason=reason, answer=answer, created_at=record.created_at,
+        request_body=record.request_body,
+    )  # fmt: skip
     record.review = asdict(item)  # plain data: the record carries it to its transaction
     # A QA sample is reviewed behind the client's back: its answer is neither flagged nor held.
     return review_id if judgement.escalated else None
-
-
-def review_item(
-    record: RecordDraft, route: RouteView, version: str, reason: str, review_id: str,
-    answer: dict[str, Any], judgement: Judgement,
-) -> NewItem:  # fmt: skip
-    """The review item written with the record, in the same transaction."""
-    confidence = judgement.confidence
-    policy = route.contract.policy if route.contract is not None else None
-    return NewItem(
-        item_id=review_id, request_id=record.id, route=route.name, target=version,
-        reason=reason, answer=answer_text(answer, chat=True) or "",
-        created_at=record.created_at, priority=REVIEW_PRIORITY.get(reason, 0),
-        risk=policy.risk.value if policy is not None else DEFAULT_RISK.value,
-        reviews_needed=judgement.reviewers,
-        request_body=record.request_body,
-        confidence=confidence.score if confidence is not None else None,
-        field_confidence=dict(confidence.fields) if confidence is not None else None,
-        schema_errors=list(judgement.errors) or None,
-    )  # fmt: skip
 
 
 async def authenticate(gw: Gateway, authorization: str | None) -> Principal:

@@ -1,6 +1,7 @@
 """The review workflows, one function each, shared by the reviewer API (``api``), the web UI
 (``ui``) and any command that needs one: list, read one item, claim, keep a claim alive,
-decide, unpark, the queue's figures, and the item an escalated answer becomes.
+decide, unpark, the queue's figures, and the item an escalated answer becomes (``new_item``,
+which the gateway's pipeline writes with the answer's request record).
 
 The handlers only translate their request into a call here, and the result, or the
 ``GatewayError``, back into their response. The visibility rule is applied here, once: an item
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +25,9 @@ from service.audit.actor import Actor
 from service.audit.events import record_event
 from service.auth import Principal
 from service.errors import GatewayError, ReviewConflict, ReviewDecisionInvalid, ReviewItemNotFound
-from service.guard.route_guard import RouteContract
+from service.guard.answers import answer_text
+from service.guard.policy import QA_SAMPLE
+from service.guard.route_guard import Judgement, RouteContract
 from service.review import claims, decisions, reads
 from service.review.model import (
     DECIDED_STATE,
@@ -44,12 +47,16 @@ from service.review.model import (
     Vote,
 )
 from service.review.quality import Quality, quality
-from service.review.queue import scope_clauses
+from service.review.queue import NewItem, scope_clauses
 from service.review.sla import overdue_counts, sla_targets
+from service.review.tiers import DEFAULT_RISK
 from service.review.visibility import adjudicates, may_see, reviewer_of, scope_of, shown_votes
 
 if TYPE_CHECKING:
     from service.gateway.parts import Gateway
+
+# Invalid answers first in the queue; QA samples of unescalated answers last.
+REVIEW_PRIORITY = {"invalid": 1, QA_SAMPLE: -1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,3 +302,25 @@ async def stats(
     async with gw.sessions() as session:
         depth = await reads.queue_stats(session, now, scope_of(principal))
         return depth, await _figures(session, gw, principal, now, window)
+
+
+def new_item(
+    judgement: Judgement, contract: RouteContract | None, *, item_id: str, request_id: str,
+    route: str, target: str, reason: str, answer: dict[str, Any], created_at: datetime,
+    request_body: str | None,
+) -> NewItem:  # fmt: skip
+    """The review item a judged answer becomes when its route's policy sends it to review (the
+    ``reason``): handed out by its reason's priority, in its route's risk tier, to as many
+    reviewers as the judgement drew, with the answer's text, confidence and schema errors."""
+    confidence = judgement.confidence
+    policy = contract.policy if contract is not None else None
+    return NewItem(
+        item_id=item_id, request_id=request_id, route=route, target=target, reason=reason,
+        answer=answer_text(answer, chat=True) or "", created_at=created_at,
+        priority=REVIEW_PRIORITY.get(reason, 0),
+        risk=policy.risk.value if policy is not None else DEFAULT_RISK.value,
+        reviews_needed=judgement.reviewers, request_body=request_body,
+        confidence=confidence.score if confidence is not None else None,
+        field_confidence=dict(confidence.fields) if confidence is not None else None,
+        schema_errors=list(judgement.errors) or None,
+    )  # fmt: skip
