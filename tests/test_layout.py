@@ -21,6 +21,8 @@ PURE = [
     "service.gateway.request_rules", "service.routes.view", "service.routes.key_lookups",
     "adapters.placement", "service.drift.statistics", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
+    "service.guard.tiers", "service.guard.sampling", "service.review.model",
+    "service.review.visibility",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")

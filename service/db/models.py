@@ -76,7 +76,7 @@ class Route(Base):
     # The output contract: a Draft 2020-12 JSON Schema, and the review policy (see guard.policy).
     output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     review_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    # low | medium | high | critical: the review policy's defaults (service.review.tiers).
+    # low | medium | high | critical: the review policy's defaults (service.guard.tiers).
     risk: Mapped[str] = mapped_column(String(16), server_default="medium")
 
 

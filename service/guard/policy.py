@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from service.review.tiers import DEFAULT_RISK, Risk
+from service.guard.tiers import DEFAULT_RISK, Risk
 
 # A JSON pointer to a field of the answer, e.g. `/category` or `/items/0/name`.
 Pointer = Annotated[str, StringConstraints(pattern=r"^(/([^/~]|~[01])*)+$", max_length=300)]
@@ -25,7 +25,7 @@ QA_SAMPLE = "qa_sample"
 
 class ReviewPolicy(BaseModel):
     """Built from the route's risk tier's defaults and its own ``review`` block
-    (``service.review.tiers``)."""
+    (``service.guard.tiers``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -38,9 +38,9 @@ from service.guard.policy import (
     qa_sampled,
     reviewers_needed,
 )
-from service.review.sampling import Purpose
-from service.review.sampling import draw as draw_of
-from service.review.tiers import DEFAULT_RISK, Risk, tier_policy
+from service.guard.sampling import Purpose
+from service.guard.sampling import draw as draw_of
+from service.guard.tiers import DEFAULT_RISK, Risk, tier_policy
 
 METADATA = "loragate"
 

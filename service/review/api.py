@@ -22,6 +22,7 @@ from service import clock
 from service.api.deps import gateway, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal, Role
+from service.guard.tiers import Risk
 from service.review import service
 from service.review.model import MAX_INT, DecisionKind, ItemState
 from service.review.schemas import (
@@ -38,7 +39,6 @@ from service.review.schemas import (
 )
 from service.review.service import DecisionOrder
 from service.review.sla import SlaTargets, sla_targets
-from service.review.tiers import Risk
 from service.review.visibility import UNPARK_ROLES, reviewer_of
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])

@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, Field, JsonValue
 
 from service.errors import ReviewDecisionInvalid
+from service.guard.tiers import Risk
 from service.review.agreement import Agreement
 from service.review.model import (
     MAX_INT,
@@ -27,7 +28,6 @@ from service.review.model import (
 from service.review.quality import PairAgreement, QaEstimate
 from service.review.service import Figures, ItemDetail
 from service.review.sla import SlaTargets
-from service.review.tiers import Risk
 
 DEFAULT_LEASE_S = 300.0
 MIN_LEASE_S = 10.0

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.audit.actor import Actor
 from service.audit.events import record_event
@@ -28,6 +28,7 @@ from service.errors import GatewayError, ReviewConflict, ReviewDecisionInvalid, 
 from service.guard.answers import answer_text
 from service.guard.policy import QA_SAMPLE
 from service.guard.route_guard import Judgement, RouteContract
+from service.guard.tiers import DEFAULT_RISK
 from service.review import claims, decisions, reads
 from service.review.model import (
     DECIDED_STATE,
@@ -49,14 +50,33 @@ from service.review.model import (
 from service.review.quality import Quality, quality
 from service.review.queue import NewItem, scope_clauses
 from service.review.sla import overdue_counts, sla_targets
-from service.review.tiers import DEFAULT_RISK
 from service.review.visibility import adjudicates, may_see, reviewer_of, scope_of, shown_votes
 
 if TYPE_CHECKING:
-    from service.gateway.parts import Gateway
+    from service.review.results import ReviewCallbacks
+    from service.routes.snapshot import SnapshotStore
+    from service.settings import Settings
 
 # Invalid answers first in the queue; QA samples of unescalated answers last.
 REVIEW_PRIORITY = {"invalid": 1, QA_SAMPLE: -1}
+
+
+class ReviewParts(Protocol):
+    """What the workflows use of the gateway (``service.gateway.parts.Gateway`` has it): the
+    sessions, the settings (SLA targets), the route snapshot (a correction's output contract)
+    and the callbacks of held answers."""
+
+    @property
+    def sessions(self) -> async_sessionmaker[Any]: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def snapshot(self) -> SnapshotStore: ...
+
+    @property
+    def callbacks(self) -> ReviewCallbacks: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +133,17 @@ def _refusal(item_id: str, exc: Exception) -> GatewayError:
 
 
 async def list_items(
-    gw: Gateway, principal: Principal, now: datetime, *, state: str | None = None,
+    parts: ReviewParts, principal: Principal, now: datetime, *, state: str | None = None,
     route: str | None = None, reason: str | None = None, tier: str | None = None,
     limit: int = 50, offset: int = 0,
 ) -> list[ReviewItemView]:  # fmt: skip
     """The items of the key's routes and tiers in queue order (overdue first, then priority,
     then age), optionally of one state, route, reason or tier."""
-    async with gw.sessions() as session:
+    async with parts.sessions() as session:
         return await reads.list_items(
             session, state=state, limit=limit, offset=offset,
             scope=scope_of(principal, route=route, reason=reason, tier=tier),
-            sla=sla_targets(gw.settings), now=now,
+            sla=sla_targets(parts.settings), now=now,
         )  # fmt: skip
 
 
@@ -139,9 +159,9 @@ async def _visible(session: AsyncSession, principal: Principal, item_id: str) ->
     return item
 
 
-async def item_detail(gw: Gateway, principal: Principal, item_id: str) -> ItemDetail:
+async def item_detail(parts: ReviewParts, principal: Principal, item_id: str) -> ItemDetail:
     """The item with its history and shown votes; 404 for one the key may not see."""
-    async with gw.sessions() as session:
+    async with parts.sessions() as session:
         item = await _visible(session, principal, item_id)
         history = await reads.history(session, item_id)
         votes = shown_votes(item, await reads.votes(session, item_id))
@@ -149,26 +169,31 @@ async def item_detail(gw: Gateway, principal: Principal, item_id: str) -> ItemDe
 
 
 async def claim(
-    gw: Gateway, principal: Principal, now: datetime, lease_s: float, *,
+    parts: ReviewParts, principal: Principal, now: datetime, lease_s: float, *,
     route: str | None = None, reason: str | None = None, tier: str | None = None,
 ) -> ClaimedItem | None:  # fmt: skip
     """Claim the next item of the key's routes and tiers (disputed ones first for an
     adjudicator) under a lease of ``lease_s``; None when nothing is claimable."""
     return await claims.claim_next(
-        gw.sessions, reviewer_of(principal), now, lease_s,
+        parts.sessions, reviewer_of(principal), now, lease_s,
         scope=scope_of(principal, route=route, reason=reason, tier=tier),
-        adjudicator=adjudicates(principal), sla=sla_targets(gw.settings),
+        adjudicator=adjudicates(principal), sla=sla_targets(parts.settings),
     )  # fmt: skip
 
 
 async def heartbeat(
-    gw: Gateway, principal: Principal, item_id: str, token: int, now: datetime, lease_s: float
+    parts: ReviewParts,
+    principal: Principal,
+    item_id: str,
+    token: int,
+    now: datetime,
+    lease_s: float,
 ) -> datetime:
     """Extend the reviewer's live claim to ``now + lease_s``; the new lease end. 404 for an
     unknown item, 409 when the claim is no longer the reviewer's (stale token, lease ran out)."""
     try:
         return await claims.heartbeat(
-            gw.sessions, item_id, token, reviewer_of(principal), now, lease_s
+            parts.sessions, item_id, token, reviewer_of(principal), now, lease_s
         )
     except ItemNotFound as exc:
         raise item_not_found(item_id) from exc
@@ -208,7 +233,7 @@ def check_corrected_answer(contract: RouteContract | None, answer: str) -> None:
 
 
 def _with_decision(
-    gw: Gateway, audit: Actor | None
+    parts: ReviewParts, audit: Actor | None
 ) -> Callable[[AsyncSession, Decision], Awaitable[None]]:
     """What a new decision writes in its own transaction: its audit event and, for a held
     answer whose route names a callback, the callback's outbox row."""
@@ -224,12 +249,12 @@ def _with_decision(
                        "corrected": decision.corrected_answer is not None},
             )  # fmt: skip
         if decision.outcome is Outcome.DECIDED:  # not a vote, not a dispute
-            await gw.callbacks.enqueue(session, decision.item_id, decision.at)
+            await parts.callbacks.enqueue(session, decision.item_id, decision.at)
 
     return write
 
 
-async def decide(gw: Gateway, order: DecisionOrder) -> Decision:
+async def decide(parts: ReviewParts, order: DecisionOrder) -> Decision:
     """Record the decision and post it to the route's callback; a ``GatewayError`` if refused.
 
     404 for an unknown item, 409 for a stale claim or a different earlier decision, 422 for a
@@ -238,28 +263,28 @@ async def decide(gw: Gateway, order: DecisionOrder) -> Decision:
     item_id = order.item_id
     try:
         if order.kind is DecisionKind.CORRECT and order.payload and order.payload.strip():
-            async with gw.sessions() as session:
+            async with parts.sessions() as session:
                 item = await reads.get(session, item_id)
-            route = gw.snapshot.current.routes.get(item.route)
+            route = parts.snapshot.current.routes.get(item.route)
             check_corrected_answer(route.contract if route else None, order.payload)
         decision = await decisions.decide(
-            gw.sessions, item_id, order.token, order.reviewer, order.kind, order.payload,
-            order.now, _with_decision(gw, order.audit),
+            parts.sessions, item_id, order.token, order.reviewer, order.kind, order.payload,
+            order.now, _with_decision(parts, order.audit),
         )  # fmt: skip
     except (ItemNotFound, StaleClaim, AlreadyDecided, InvalidDecision) as exc:
         raise _refusal(item_id, exc) from exc
     if decision.outcome is Outcome.DECIDED:
-        gw.callbacks.decided(item_id)
+        parts.callbacks.decided(item_id)
     return decision
 
 
 async def unpark(
-    gw: Gateway, principal: Principal, item_id: str, now: datetime, audit: Actor
+    parts: ReviewParts, principal: Principal, item_id: str, now: datetime, audit: Actor
 ) -> ItemState:
     """Return the parked item to the queue; its new state. 404 for an item that does not exist
     or lies outside the key's routes and tiers, 409 for one not parked. The change, its history
     row and its audit event are written in one transaction."""
-    async with gw.sessions() as session:
+    async with parts.sessions() as session:
         item = await _visible(session, principal, item_id)
 
     async def audited(session: AsyncSession, state: ItemState) -> None:
@@ -270,7 +295,7 @@ async def unpark(
         )  # fmt: skip
 
     try:
-        return await claims.unpark(gw.sessions, item_id, principal.key_id, now, audited)
+        return await claims.unpark(parts.sessions, item_id, principal.key_id, now, audited)
     except ItemNotFound as exc:
         raise item_not_found(item_id) from exc
     except NotParked as exc:
@@ -281,27 +306,33 @@ async def unpark(
 
 
 async def _figures(
-    session: AsyncSession, gw: Gateway, principal: Principal, now: datetime, window: timedelta
+    session: AsyncSession,
+    parts: ReviewParts,
+    principal: Principal,
+    now: datetime,
+    window: timedelta,
 ) -> Figures:
     limits = scope_of(principal)  # the key's own routes and tiers, never a page's filters
-    overdue = await overdue_counts(session, sla_targets(gw.settings), now, scope_clauses(limits))
+    overdue = await overdue_counts(session, sla_targets(parts.settings), now, scope_clauses(limits))
     return Figures(overdue, await quality(session, now - window, limits))
 
 
-async def figures(gw: Gateway, principal: Principal, now: datetime, window: timedelta) -> Figures:
+async def figures(
+    parts: ReviewParts, principal: Principal, now: datetime, window: timedelta
+) -> Figures:
     """Overdue counts, and QA and agreement figures over ``window``, of the key's items."""
-    async with gw.sessions() as session:
-        return await _figures(session, gw, principal, now, window)
+    async with parts.sessions() as session:
+        return await _figures(session, parts, principal, now, window)
 
 
 async def stats(
-    gw: Gateway, principal: Principal, now: datetime, window: timedelta
+    parts: ReviewParts, principal: Principal, now: datetime, window: timedelta
 ) -> tuple[QueueStats, Figures]:
     """The queue's depth, claims, oldest age and parked count, with ``figures``, of the key's
     items."""
-    async with gw.sessions() as session:
+    async with parts.sessions() as session:
         depth = await reads.queue_stats(session, now, scope_of(principal))
-        return depth, await _figures(session, gw, principal, now, window)
+        return depth, await _figures(session, parts, principal, now, window)
 
 
 def new_item(

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import require_utc
 from service.db.models import ReviewItem
+from service.guard.tiers import Risk
 from service.review.model import ReviewItemView
-from service.review.tiers import Risk
 from service.settings import Settings
 
 OPEN_STATES = ("pending", "claimed", "disputed")

@@ -40,6 +40,7 @@ from service.errors import (
     ReviewDecisionInvalid,
     ReviewItemNotFound,
 )
+from service.guard.tiers import Risk
 from service.review import service, sessions
 from service.review.api import REVIEW_ROLES, Now
 from service.review.export import content_text
@@ -47,7 +48,6 @@ from service.review.model import MAX_INT, DecisionKind, ItemState, Outcome, Revi
 from service.review.service import DecisionOrder
 from service.review.sla import sla_targets
 from service.review.stats import QUALITY_WINDOW
-from service.review.tiers import Risk
 from service.review.visibility import may_unpark, reviewer_of
 
 router = APIRouter(prefix="/review", include_in_schema=False)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from service.api.deps import SRE_ROLES, gateway, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal
-from service.review.tiers import Risk
+from service.guard.tiers import Risk
 from service.routes import switch, targets
 from service.routes.targets import RouteInfo
 

@@ -38,8 +38,8 @@ from service.db import repositories
 from service.db.models import AdapterVersion, Route
 from service.guard import SchemaRefused
 from service.guard.route_guard import RouteContract
+from service.guard.tiers import DEFAULT_RISK, Risk, TierConflict
 from service.review.callback_urls import CallbackRefused, place
-from service.review.tiers import DEFAULT_RISK, Risk, TierConflict
 from service.settings import EnginePoolSettings
 
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

@@ -36,8 +36,8 @@ from service.db import repositories
 from service.db.config_version import ConfigVersionReader
 from service.db.models import AdapterVersion, ApiKey, Route
 from service.guard.route_guard import RouteContract
+from service.guard.tiers import DEFAULT_RISK
 from service.limits.quota import BadLimits
-from service.review.tiers import DEFAULT_RISK
 from service.routes.key_lookups import KeyLookups, Outcome
 from service.routes.view import AdapterView, RouteView, Snapshot
 

@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from service.guard.policy import QA_SAMPLE, Escalate
 from service.guard.route_guard import RouteContract, judge
+from service.guard.sampling import Purpose, draw
+from service.guard.tiers import Risk, TierConflict, tier_policy
 from service.review.agreement import Pair, agreement, cohen_kappa, field_matches, wilson
-from service.review.sampling import Purpose, draw
-from service.review.tiers import Risk, TierConflict, tier_policy
 from service.routes.config import RoutesConfigError, RouteSpec, _with_contract
 
 SCHEMA = {"type": "object", "properties": {"category": {"enum": ["a", "b"]}}}
