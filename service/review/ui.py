@@ -17,7 +17,6 @@ and a Content-Security-Policy allows only the page's own inline script (by nonce
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
@@ -41,9 +40,8 @@ from service.errors import (
     ReviewItemNotFound,
 )
 from service.guard.tiers import Risk
-from service.review import service, sessions
+from service.review import service, sessions, shown
 from service.review.api import REVIEW_ROLES, Now
-from service.review.export import content_text
 from service.review.model import MAX_INT, DecisionKind, ItemState, Outcome, ReviewItemView
 from service.review.service import DecisionOrder
 from service.review.sla import sla_targets
@@ -54,7 +52,6 @@ router = APIRouter(prefix="/review", include_in_schema=False)
 
 COOKIE = "lg_review_session"
 COOKIE_PATH = "/review"
-LOW_CONFIDENCE = 0.5
 MAX_FORM_BYTES = 1_000_000
 QUEUE_LIMIT = 200
 TIERS = tuple(t.value for t in Risk)
@@ -215,21 +212,6 @@ async def logout(request: Request) -> Response:
 # --- the queue -------------------------------------------------------------------------------
 
 
-def _age(created_at: datetime, now: datetime) -> str:
-    return _age_of((now - created_at).total_seconds())
-
-
-def _age_of(span_s: float) -> str:
-    seconds = max(0, int(span_s))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
-
-
 @router.get("")
 async def queue_page(request: Request, now: Now) -> Response:
     principal = await _signed_in(request, now)
@@ -255,15 +237,15 @@ async def queue_page(request: Request, now: Now) -> Response:
     figures = await service.figures(gw, principal, now, QUALITY_WINDOW)
     sla = sla_targets(gw.settings)
     rows = [
-        {"item": item, "age": _age(item.created_at, now), "low": _is_low(item.confidence),
-         "overdue": sla.is_late(item, now)}
+        {"item": item, "age": shown.age(item.created_at, now),
+         "low": shown.is_low(item.confidence), "overdue": sla.is_late(item, now)}
         for item in items
     ]  # fmt: skip
     return _render(
         "queue.html", error=error, notice=NOTICES.get(params.get("notice", "")),
         rows=rows, route=route, reason=reason, state=state, tier=tier, tiers=TIERS,
         states=[s.value for s in ItemState], reviewer=principal, overdue=figures.overdue,
-        targets={t: _age_of(sla.target_s(t)) for t in TIERS}, quality=figures.quality,
+        targets={t: shown.age_of(sla.target_s(t)) for t in TIERS}, quality=figures.quality,
     )  # fmt: skip
 
 
@@ -292,47 +274,6 @@ async def claim(request: Request, now: Now) -> Response:
 # --- one item --------------------------------------------------------------------------------
 
 
-def _is_low(score: float | None) -> bool:
-    return score is not None and score < LOW_CONFIDENCE
-
-
-def _pretty(answer: str) -> str:
-    try:
-        return json.dumps(orjson.loads(answer), indent=2, ensure_ascii=False)
-    except orjson.JSONDecodeError:
-        return answer
-
-
-def _text_of(content: Any) -> str:
-    """A message's text as the export reads it, else its content as JSON."""
-    text = content_text(content)
-    return text if text is not None else json.dumps(content, ensure_ascii=False)
-
-
-def _messages(request_body: str | None) -> tuple[list[dict[str, str]], str | None]:
-    """The request's messages (role, text), or the body as text when it has none."""
-    if request_body is None:
-        return [], None
-    try:
-        body = orjson.loads(request_body)
-    except orjson.JSONDecodeError:
-        return [], request_body
-    if isinstance(body, dict):
-        if isinstance(body.get("messages"), list):
-            return [
-                {"role": str(m.get("role", "?")), "text": _text_of(m.get("content"))}
-                for m in body["messages"]
-                if isinstance(m, dict)
-            ], None
-        if isinstance(body.get("prompt"), str):
-            return [{"role": "prompt", "text": body["prompt"]}], None
-    return [], _pretty(request_body)
-
-
-def _error_text(error: Any) -> str:
-    return error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
-
-
 def _holds_claim(item: ReviewItemView, principal: Principal, now: datetime) -> bool:
     return (
         item.state is ItemState.CLAIMED
@@ -353,16 +294,16 @@ async def _item_page(
     except ReviewItemNotFound as exc:
         return _render("error.html", exc.status, title="Not found", message=exc.message)
     item = detail.item
-    messages, raw_request = _messages(item.request_body)
+    messages, raw_request = shown.messages(item.request_body)
     fields = sorted((item.field_confidence or {}).items())
-    answer = _pretty(item.answer)
+    answer = shown.pretty(item.answer)
     return _render(
         "item.html", status, item=item, messages=messages, raw_request=raw_request,
         answer=answer, draft=draft if draft is not None else answer,
         reject_reason=reject_reason,
-        fields=[{"pointer": p, "score": s, "low": _is_low(s)} for p, s in fields],
-        overall_low=_is_low(item.confidence),
-        schema_errors=[_error_text(e) for e in item.schema_errors or []],
+        fields=[{"pointer": p, "score": s, "low": shown.is_low(s)} for p, s in fields],
+        overall_low=shown.is_low(item.confidence),
+        schema_errors=[shown.error_text(e) for e in item.schema_errors or []],
         history=detail.history, holds=_holds_claim(item, principal, now), error=error,
         reviewer=principal, votes=detail.votes, notice=notice,
         may_unpark=may_unpark(principal) and item.state is ItemState.PARKED,
@@ -378,10 +319,6 @@ async def item_page(item_id: str, request: Request, now: Now) -> Response:
         return _to_login()
     notice = NOTICES.get(request.query_params.get("notice", ""))
     return await _item_page(request, principal, item_id, now, notice=notice)
-
-
-def _lease_text(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @router.post("/items/{item_id}/heartbeat")
@@ -401,7 +338,7 @@ async def heartbeat(item_id: str, request: Request, now: Now) -> Response:
         gw, principal, item_id, token, now, gw.settings.review_ui_lease_s
     )
     body = {"item_id": item_id, "token": token, "lease_until": lease_until.isoformat(),
-            "lease_until_text": _lease_text(lease_until)}  # fmt: skip
+            "lease_until_text": shown.lease_text(lease_until)}  # fmt: skip
     return Response(orjson.dumps(body), media_type="application/json",
                     headers={"Cache-Control": "no-store"})  # fmt: skip
 
