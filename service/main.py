@@ -47,6 +47,7 @@ from service.gateway.parts import Gateway
 from service.gateway.schema_checks import SchemaChecks, worker_processes
 from service.gateway.shadow import ShadowCaller
 from service.guard import refusal
+from service.keys.lookups import KeyLookups
 from service.limits.limiter import build_limiter
 from service.records import service as records
 from service.review import api as reviews_api
@@ -60,7 +61,6 @@ from service.review.sla import sla_targets
 from service.review.stats import ReviewStats
 from service.routes import api as routes_admin
 from service.routes.config import DEFAULT_ROUTES, load_routes_file, sync_routes
-from service.routes.key_lookups import KeyLookups
 from service.routes.snapshot import SnapshotStore
 from service.routes.view import Snapshot
 from service.settings import Settings

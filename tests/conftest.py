@@ -29,10 +29,11 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from service.auth import Role, generate_key
+from service.auth import Role
 from service.db.migrations import ALEMBIC_DIR, upgrade
 from service.db.models import ApiKey, RequestRecord
 from service.db.session import create_engine, session_factory
+from service.keys.credentials import generate_key
 from service.main import create_app
 from service.settings import EnginePoolSettings, Settings
 from tests.fake_engine import MODEL, FakeEngine

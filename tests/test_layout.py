@@ -18,7 +18,7 @@ PURE = [
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
     "service.guard.patterns",
-    "service.gateway.request_rules", "service.routes.view", "service.routes.key_lookups",
+    "service.gateway.request_rules", "service.routes.view", "service.keys.lookups",
     "adapters.placement", "service.drift.statistics", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
     "service.guard.tiers", "service.guard.sampling", "service.review.model",

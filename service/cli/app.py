@@ -19,11 +19,11 @@ from service.audit.cli import audit_app
 from service.cli.common import fail, settings_of
 from service.cli.db import with_session, with_sessions
 from service.cli.engine import engine_app
-from service.cli.keys import keys_app
-from service.db import repositories
 from service.db.migrations import downgrade, no_database, upgrade
 from service.db.session import shown_url, sqlite_file
 from service.drift.cli import drift_app
+from service.keys import store as key_store
+from service.keys.cli import keys_app
 from service.review.cli import reviews_app
 from service.routes.cli import routes_app
 
@@ -58,7 +58,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    with_session(settings, repositories.count_keys)  # refuses an unmigrated database
+    with_session(settings, key_store.count_keys)  # refuses an unmigrated database
     app = create_app(settings)
     closed = app.gateway.metrics.connections_closed
     uvicorn.run(

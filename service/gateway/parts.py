@@ -12,12 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from adapters.registry import Registry
 from monitoring.metrics import UNKNOWN, Metrics
 from rollout.control import RolloutControl
-from service.auth import Principal, bearer_token, split_key, verify
+from service.auth import Principal
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.errors import AuthenticationFailed
 from service.gateway.schema_checks import SchemaChecks
 from service.gateway.shadow import ShadowCaller
+from service.keys.credentials import bearer_token, split_key, verify
 from service.limits.limiter import Grant, Limiter
 from service.records.draft import RecordDraft
 from service.records.keeper import RecordKeeper

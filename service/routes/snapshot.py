@@ -31,14 +31,15 @@ from monitoring.metrics import Metrics
 from rollout import store as rollout_store
 from rollout.core.machine import traffic
 from rollout.core.split import Split
-from service.auth import StoredKey, stored_key
 from service.db import repositories
 from service.db.config_version import ConfigVersionReader
 from service.db.models import AdapterVersion, ApiKey, Route
 from service.guard.route_guard import RouteContract
 from service.guard.tiers import DEFAULT_RISK
+from service.keys import store as key_store
+from service.keys.credentials import StoredKey, stored_key
+from service.keys.lookups import KeyLookups, Outcome
 from service.limits.quota import BadLimits
-from service.routes.key_lookups import KeyLookups, Outcome
 from service.routes.view import AdapterView, RouteView, Snapshot
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class SnapshotStore:
     async def _reload(self) -> None:
         async with self._sessions() as session:
             routes = await repositories.list_routes(session)
-            keys = await repositories.active_keys(session)
+            keys = await key_store.active_keys(session)
             versions = (await session.scalars(select(AdapterVersion))).all()
             rollouts = await rollout_store.active(session)
         splits = {r.route: split_of(r) for r in rollouts}
@@ -192,7 +193,7 @@ class SnapshotStore:
             return found
         reloads = self._reloads
         async with self._sessions() as session:
-            row = await repositories.get_active_key(session, key_id)
+            row = await key_store.get_active_key(session, key_id)
         if row is None:
             self._lookups.found_unknown(key_id)
             self._count("unknown")

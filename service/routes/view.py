@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from rollout.core.split import Split
-from service.auth import StoredKey
 from service.guard.route_guard import RouteContract
+from service.keys.credentials import StoredKey
 
 
 @dataclass(frozen=True, slots=True)

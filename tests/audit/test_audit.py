@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 import adapters.cli
 import adapters.registry_db
-import service.cli.keys
+import service.keys.cli
 from adapters.registry import Registry
 from adapters.registry_db import build_registry
 from service.audit.store import prune_events
@@ -98,14 +98,14 @@ def test_a_change_that_fails_after_its_event_leaves_neither(
 ) -> None:
     key_id = cli("keys", "create", "--role", "app", "--quiet").output.strip().split("-")[1]
 
-    record_event = service.cli.keys.record_event
+    record_event = service.keys.cli.record_event
 
     async def then_fail(*args: Any, **kwargs: Any) -> None:
         await record_event(*args, **kwargs)
         raise OSError("the change could not be written")
 
     # ``keys limits`` records its event in the change's transaction: fail right after it.
-    monkeypatch.setattr(service.cli.keys, "record_event", then_fail)
+    monkeypatch.setattr(service.keys.cli, "record_event", then_fail)
     result = runner.invoke(app, ["keys", "limits", key_id, "--rpm", "5"])
     assert result.exit_code == 1
     assert [e.action for e in events(cli_db)] == ["key.create"]

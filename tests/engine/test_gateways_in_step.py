@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from service.auth import Role
-from service.db import repositories
 from service.db.models import AdapterVersion
 from service.db.session import create_engine, session_factory
+from service.keys import store as key_store
 from service.routes.config import DEFAULT_ROUTES, sync_routes
 from service.settings import EnginePoolSettings
 from tests.conftest import chat_body, fresh_database, insert_key, wait_until
@@ -153,7 +153,7 @@ async def test_a_revoked_key_is_refused_by_every_gateway_at_once(fleet: Fleet) -
     engine = create_engine(fleet.url)
     try:
         async with session_factory(engine).begin() as session:
-            assert await repositories.revoke_key(session, key_id, datetime.now(UTC))
+            assert await key_store.revoke_key(session, key_id, datetime.now(UTC))
     finally:
         await engine.dispose()
 

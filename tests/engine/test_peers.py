@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import repositories
 from service.db.change_listener import ChangeListener
 from service.db.models import ApiKey, GatewayPeer
 from service.db.session import create_engine, session_factory
 from service.engine.peers import Peers, Presence
+from service.keys import store as key_store
 from service.routes.view import Snapshot
 from tests.conftest import fresh_database, wait_until
 
@@ -84,7 +84,7 @@ async def test_revoking_a_key_is_heard(pg: AsyncEngine) -> None:
         await wait_until(lambda: heard, what="the reload after connecting")
         heard.clear()
         async with sessions.begin() as session:
-            assert await repositories.revoke_key(session, "k1", datetime.now(UTC))
+            assert await key_store.revoke_key(session, "k1", datetime.now(UTC))
         await wait_until(lambda: heard, timeout_s=10, what="the revocation")
 
 

@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth import Role
-from service.db import repositories
 from service.engine.pool import ReplicaState
+from service.keys import store as key_store
 from service.routes.config import RouteSpec, sync_routes
 from tests.conftest import (
     Harness,
@@ -290,7 +290,7 @@ async def test_revoked_key_is_refused(gateway: Harness) -> None:
     assert (await gateway.client.post(CHAT, json=chat_body(), headers=headers)).status_code == 200
     gw = gateway.app.state.gateway
     async with gw.sessions.begin() as session:
-        assert await repositories.revoke_key(session, key_id(key), datetime.now(UTC))
+        assert await key_store.revoke_key(session, key_id(key), datetime.now(UTC))
     await gw.snapshot.reload()
     r = await gateway.client.post(CHAT, json=chat_body(), headers=headers)
     expect_error(gateway, r, 401, "invalid_api_key")

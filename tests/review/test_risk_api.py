@@ -14,8 +14,9 @@ import yaml
 from sqlalchemy import select
 
 from adapters.training import example_data
-from service.auth import Role, generate_key
+from service.auth import Role
 from service.db.models import ApiKey, ReviewItem
+from service.keys.credentials import generate_key
 from service.routes.config import RoutesConfigError, load_routes_file
 from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
 from tests.fake_engine import Behaviour, FakeEngine

@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from adapters.training import example_data
 from service.auth import Role
-from service.db import repositories
+from service.keys import store as key_store
 from service.review import api as reviews
 from service.review import model, queue, reads
 from tests.conftest import Harness, make_settings, running_gateway, served
@@ -173,7 +173,7 @@ async def test_a_session_ends_at_expiry_and_with_its_key(harness: Harness) -> No
     assert (await h.client.get("/review")).status_code == 200
     gw = h.app.state.gateway
     async with gw.sessions.begin() as session:
-        await repositories.revoke_key(session, h.keys[Role.REVIEWER].split("-")[1], NOW)
+        await key_store.revoke_key(session, h.keys[Role.REVIEWER].split("-")[1], NOW)
     await gw.snapshot.reload()
     assert (await h.client.get("/review")).status_code == 303
 

@@ -21,12 +21,12 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner, Result
 
-from service.auth import hash_secret, split_key
 from service.cli.app import app
 from service.cli.common import READ_ATTEMPTS, call_gateway
-from service.db import repositories
 from service.db.models import ApiKey
 from service.db.session import create_engine, session_factory, shown_url, sqlite_file
+from service.keys import store as key_store
+from service.keys.credentials import hash_secret, split_key
 from tests.conftest import fresh_database
 
 T = TypeVar("T")
@@ -89,7 +89,7 @@ def tables(url: str) -> set[str]:
 
 
 async def _all_keys(session: AsyncSession) -> list[ApiKey]:
-    return list(await repositories.list_keys(session))
+    return list(await key_store.list_keys(session))
 
 
 @pytest.fixture
@@ -336,7 +336,7 @@ def test_revoke_accepts_the_prefixed_id_or_the_whole_key(migrated: str, form: st
     ok("keys", "revoke", f"lg-{key_id}" if form == "prefixed-id" else plaintext)
 
     async def active(session: AsyncSession) -> int:
-        return await repositories.count_keys(session)
+        return await key_store.count_keys(session)
 
     assert query(migrated, active) == 0
 

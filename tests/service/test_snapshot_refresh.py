@@ -12,9 +12,10 @@ import sys
 
 from sqlalchemy.engine import make_url
 
-from service.auth import Role, split_key
+from service.auth import Role
 from service.db.config_version import ConfigVersionReader
 from service.db.session import create_engine, session_factory
+from service.keys.credentials import split_key
 from service.routes.snapshot import SnapshotStore
 from service.routes.view import Snapshot
 from tests.conftest import insert_key, wait_until

@@ -20,12 +20,14 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitoring.metrics import Metrics
-from service.auth import Role, split_key, verify
+from service.auth import Role
 from service.db import repositories
 from service.db.migrations import _current, ensure_migrated, head_revision
 from service.db.models import RequestRecord, Route
 from service.db.session import SQLITE_BUSY_TIMEOUT_MS, create_engine, session_factory
 from service.errors import AuthenticationFailed, DatabaseNotMigrated
+from service.keys import store as key_store
+from service.keys.credentials import split_key, verify
 from service.main import create_app
 from service.routes.config import RoutesConfigError, RouteSpec, load_routes_file, sync_routes
 from service.routes.snapshot import SnapshotStore
@@ -181,9 +183,9 @@ async def test_snapshot_finds_keys_and_forgets_revoked_ones(db_url: str, db: Asy
     assert await store.find_key("0123456789ab") is None
 
     async with sessions.begin() as session:
-        assert await repositories.revoke_key(session, first_id, datetime.now(UTC))
+        assert await key_store.revoke_key(session, first_id, datetime.now(UTC))
     async with sessions.begin() as session:
-        assert not await repositories.revoke_key(session, first_id, datetime.now(UTC))
+        assert not await key_store.revoke_key(session, first_id, datetime.now(UTC))
     await store.reload()
     assert first_id not in store.current.keys
     assert late_id in store.current.keys
@@ -432,7 +434,7 @@ async def test_gateway_sees_new_and_revoked_keys(
 
         key_id, _ = split_key(late)
         async with gw.app.state.gateway.sessions.begin() as session:
-            assert await repositories.revoke_key(session, key_id, datetime.now(UTC))
+            assert await key_store.revoke_key(session, key_id, datetime.now(UTC))
 
         # Found by its lookup, the key is kept until the next reload, which sees the revocation.
         async def refused() -> bool:

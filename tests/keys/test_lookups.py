@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from service.auth import Role, split_key
+from service.auth import Role
 from service.clock import now
-from service.db import repositories
 from service.db.session import create_engine, session_factory
-from service.routes.key_lookups import KeyLookups, Outcome
+from service.keys import store as key_store
+from service.keys.credentials import split_key
+from service.keys.lookups import KeyLookups, Outcome
 from tests.conftest import (
     Harness,
     chat_body,
@@ -73,13 +74,13 @@ async def test_a_random_key_flood_costs_bounded_lookups_and_no_records(
 ) -> None:
     h = rationed
     queries: list[str] = []
-    real = repositories.get_active_key
+    real = key_store.get_active_key
 
     async def counted(session: Any, key_id: str) -> Any:
         queries.append(key_id)
         return await real(session, key_id)
 
-    monkeypatch.setattr(repositories, "get_active_key", counted)
+    monkeypatch.setattr(key_store, "get_active_key", counted)
     flood = [f"lg-{secrets.token_hex(6)}-{secrets.token_urlsafe(8)}" for _ in range(200)]
     started = time.monotonic()
     for batch in range(0, len(flood), 20):
@@ -128,7 +129,7 @@ class HeldReloads:
         self.gate = asyncio.Event()
         self.heard = asyncio.Event()
         store = h.app.state.gateway.snapshot
-        real_keys, real_wake = repositories.active_keys, store.wake
+        real_keys, real_wake = key_store.active_keys, store.wake
 
         async def held(session: Any) -> Any:
             await self.gate.wait()
@@ -138,7 +139,7 @@ class HeldReloads:
             self.heard.set()
             real_wake()
 
-        monkeypatch.setattr(repositories, "active_keys", held)
+        monkeypatch.setattr(key_store, "active_keys", held)
         monkeypatch.setattr(store, "wake", wake)
 
 
@@ -208,7 +209,7 @@ async def test_a_key_found_by_a_lookup_is_kept_until_the_next_reload(
         db = create_engine(h.url)
         try:
             async with session_factory(db).begin() as session:
-                assert await repositories.revoke_key(session, split_key(key)[0], now())
+                assert await key_store.revoke_key(session, split_key(key)[0], now())
         finally:
             await db.dispose()
 

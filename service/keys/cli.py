@@ -10,15 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.actor import cli_actor
 from service.audit.events import record_event
-from service.auth import Role, generate_key, hash_secret, split_key
+from service.auth import Role
 from service.cli.common import fail, settings_of
 from service.cli.db import with_session
 from service.clock import now
-from service.db import repositories
 from service.db.models import ApiKey
 from service.errors import AuthenticationFailed
+from service.guard.tiers import Risk
+from service.keys import store as key_store
+from service.keys.credentials import generate_key, hash_secret, split_key
 from service.limits.quota import KeyLimits, Quota
-from service.review.tiers import Risk
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
@@ -159,7 +160,7 @@ def keys_bootstrap(
         row, plaintext = _given_key(from_env)
 
     async def work(session: AsyncSession) -> bool:
-        if await repositories.count_keys(session, Role.ADMIN.value):
+        if await key_store.count_keys(session, Role.ADMIN.value):
             return False
         session.add(row)
         await record_event(
@@ -201,7 +202,7 @@ def _given_key(variable: str) -> tuple[ApiKey, str]:
 @keys_app.command("list")
 def keys_list(ctx: typer.Context) -> None:
     """List keys (id, role, state, routes, tiers, limits); secrets are never shown."""
-    for key in with_session(settings_of(ctx), repositories.list_keys):
+    for key in with_session(settings_of(ctx), key_store.list_keys):
         state = "revoked" if key.revoked_at else "active"
         routes = ",".join(key.allowed_routes) if key.allowed_routes else "all"
         tiers = ",".join(key.allowed_tiers) if key.allowed_tiers else "all"
@@ -229,7 +230,7 @@ def keys_limits(
     key_id = key_id.removeprefix("lg-").split("-")[0]
 
     async def work(session: AsyncSession) -> KeyLimits | None:
-        key = await repositories.get_active_key(session, key_id)
+        key = await key_store.get_active_key(session, key_id)
         if key is None:
             raise fail(f"no active key with id {key_id}")
         before = key.limits
@@ -256,7 +257,7 @@ def keys_revoke(
     key_id = key_id.removeprefix("lg-").split("-")[0]
 
     async def work(session: AsyncSession) -> bool:
-        if not await repositories.revoke_key(session, key_id, now()):
+        if not await key_store.revoke_key(session, key_id, now()):
             return False
         await record_event(
             session, cli_actor(), "key.revoke", f"key:{key_id}",
