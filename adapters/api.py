@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest
-from service.api.deps import SRE_ROLES, gateway, require_roles
+from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
+from service.api.deps import SRE_ROLES, parts, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal
-from service.gateway.parts import Gateway
+from service.engine.client import EngineClient
 
 router = APIRouter(prefix="/v1/admin/adapters", tags=["adapters"])
 SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
@@ -116,7 +116,7 @@ class AdapterListOut(BaseModel):
 async def register(
     body: RegisterAdapterIn, request: Request, response: Response, principal: SreKey
 ) -> RegisteredAdapterOut:
-    registration = await gateway(request).adapters.register(
+    registration = await registry(request).register(
         RegistrationRequest(
             name=body.name,
             path=body.path,
@@ -145,9 +145,10 @@ async def list_versions(
     _: SreKey,
     name: Annotated[str | None, Query(description="Only this adapter's versions.")] = None,
 ) -> AdapterListOut:
-    gw = gateway(request)
-    records = await gw.adapters.list_versions(name)
-    return AdapterListOut(data=[AdapterVersionOut.of(r, loaded_on(gw, r.id)) for r in records])
+    records = await registry(request).list_versions(name)
+    return AdapterListOut(
+        data=[AdapterVersionOut.of(r, loaded_on(engines_of(request), r.id)) for r in records]
+    )
 
 
 @router.get(
@@ -157,15 +158,25 @@ async def list_versions(
     responses={**ERRORS, 404: {"description": "No such version."}},
 )
 async def get_version(version_id: str, request: Request, _: SreKey) -> AdapterVersionOut:
-    gw = gateway(request)
-    record = await gw.adapters.get_version(version_id)
-    return AdapterVersionOut.of(record, loaded_on(gw, record.id))
+    record = await registry(request).get_version(version_id)
+    return AdapterVersionOut.of(record, loaded_on(engines_of(request), record.id))
 
 
-def loaded_on(gw: Gateway, version_id: str) -> list[str]:
+def registry(request: Request) -> Registry:
+    """The adapter registry the composition root keeps on the app."""
+    found: Registry = request.app.state.adapters
+    return found
+
+
+def engines_of(request: Request) -> EngineClient:
+    found: EngineClient = parts(request).engines
+    return found
+
+
+def loaded_on(engines: EngineClient, version_id: str) -> list[str]:
     return [
         replica.url
-        for pool in gw.engines.pools.values()
+        for pool in engines.pools.values()
         for replica in pool.replicas
         if version_id in replica.loaded
     ]

@@ -12,16 +12,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, Field, ValidationError
 
-from rollout.control import Analysis
+from rollout.control import Analysis, RolloutControl
 from rollout.core.figures import ArmFigures
 from rollout.core.gates import GateResult, overall
 from rollout.core.machine import Command, traffic
 from rollout.core.spec import RolloutSpec
 from rollout.store import SavedFigures, StoredEvent, StoredRollout
-from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.api.deps import SRE_ROLES, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal
 from service.errors import InvalidRolloutSpec
+
+
+def control_of(request: Request) -> RolloutControl:
+    """The rollout control the composition root keeps on the app."""
+    found: RolloutControl = request.app.state.rollouts
+    return found
+
 
 router = APIRouter(prefix="/v1/admin/rollouts", tags=["rollouts"])
 SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
@@ -232,7 +239,7 @@ async def start(
     body: Annotated[dict[str, Any], Body(examples=[{"candidate": "ticket-triage@4"}])],
 ) -> RolloutOut:
     spec = parse_spec(route, body)
-    rollout = await gateway(request).rollouts.start(
+    rollout = await control_of(request).start(
         route, spec, actor_of(principal), principal.key_id, api_actor(principal, request)
     )
     return RolloutOut.of(rollout)
@@ -246,7 +253,7 @@ async def start(
     responses=ERRORS,
 )
 async def status(route: str, request: Request, _: SreKey) -> RolloutOut:
-    control = gateway(request).rollouts
+    control = control_of(request)
     rollout, events = await control.latest(route)
     analysis = await control.analyse(rollout) if rollout.state.active else None
     return RolloutOut.of(rollout, events, analysis)
@@ -264,7 +271,7 @@ async def status(route: str, request: Request, _: SreKey) -> RolloutOut:
     responses=ERRORS,
 )
 async def analysis(route: str, request: Request, _: SreKey) -> AnalysisOut:
-    control = gateway(request).rollouts
+    control = control_of(request)
     rollout, _events = await control.latest(route)
     return AnalysisOut.of(await control.analyse(rollout))
 
@@ -276,7 +283,7 @@ def _command_endpoint(cmd: Command, summary: str, description: str) -> None:
         reason = (
             body.reason if body is not None and body.reason else f"{cmd.value} by {principal.name}"
         )
-        rollout = await gateway(request).rollouts.command(
+        rollout = await control_of(request).command(
             route, cmd, actor_of(principal), reason, api_actor(principal, request)
         )
         return RolloutOut.of(rollout)

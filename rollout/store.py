@@ -25,9 +25,9 @@ from rollout.core.figures import (
     p95_index,
 )
 from rollout.core.gates import GateResult, Verdict
-from rollout.core.machine import ACTIVE, Event, Phase, State
+from rollout.core.machine import ACTIVE, Event, Phase, State, traffic
 from rollout.core.spec import GateName, RolloutSpec
-from rollout.core.split import Arm
+from rollout.core.split import Arm, Split
 from service.clock import as_utc
 from service.db.models import RequestRecord, Rollout, RolloutEvent
 
@@ -227,6 +227,18 @@ async def save(
 async def active(session: AsyncSession) -> list[StoredRollout]:
     rows = await session.scalars(select(Rollout).where(Rollout.phase.in_(ACTIVE_PHASES)))
     return [stored(r) for r in rows]
+
+
+async def active_splits(session: AsyncSession) -> dict[str, Split]:
+    """The traffic each route's active rollout takes now: what the route snapshot serves (its
+    loader, handed in by the composition root)."""
+    return {r.route: split_of(r) for r in await active(session)}
+
+
+def split_of(rollout: StoredRollout) -> Split:
+    """The traffic an active rollout takes now (none yet while pending)."""
+    now = traffic(rollout.state, rollout.spec)
+    return Split(rollout.id, rollout.candidate, now.canary_weight, now.shadow_percent)
 
 
 async def active_for_route(session: AsyncSession, route: str) -> StoredRollout | None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from service.errors import PermissionDenied
+from service.errors import AuthenticationFailed, PermissionDenied
 from service.limits.quota import KeyLimits
 
 
@@ -46,3 +47,16 @@ class Principal:
 def require_role(principal: Principal, allowed: frozenset[Role]) -> None:
     if principal.role not in allowed:
         raise PermissionDenied(f"A key with role '{principal.role}' may not call this endpoint.")
+
+
+class Authenticator(Protocol):
+    """Who a bearer key belongs to: what every surface needs to know of keys (the composition
+    root hands in the gateway's, which reads its route snapshot first)."""
+
+    async def identify(self, authorization: str | None) -> Principal:
+        """The key's principal; raises ``AuthenticationFailed`` for a missing or unknown key."""
+        ...
+
+    async def caller(self, authorization: str | None) -> Principal | AuthenticationFailed:
+        """The principal, or the refusal to answer (counted, never recorded)."""
+        ...

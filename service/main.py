@@ -21,8 +21,10 @@ from monitoring.metrics import Metrics
 from monitoring.tracing import build_provider, tracer_from
 from rollout import api as rollouts_api
 from rollout.control import RolloutControl
-from service.api import health
-from service.api.edge import document_the_edge
+from rollout.store import active_splits
+from service import health
+from service.api.deps import StoreParts
+from service.api.edge import EdgeParts, document_the_edge
 from service.api.errors import document_validation_errors_as_400, install_error_handlers
 from service.audit import api as audit_api
 from service.audit.retention import audit_pruner
@@ -56,6 +58,7 @@ from service.review import results_api as review_results
 from service.review import ui as review_ui
 from service.review.outbox import Backoff
 from service.review.results import ReviewCallbacks
+from service.review.service import ReviewParts
 from service.review.shipped import write_shipped_items
 from service.review.sla import sla_targets
 from service.review.stats import ReviewStats
@@ -137,7 +140,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if peers is not None:
         tasks.append(asyncio.create_task(peers.run(), name="gateway-peers"))
     tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
-    tasks.append(asyncio.create_task(gw.rollouts.run(), name="rollout-analysis"))
+    rollouts: RolloutControl = app.state.rollouts
+    tasks.append(asyncio.create_task(rollouts.run(), name="rollout-analysis"))
     tasks.append(asyncio.create_task(gw.callbacks.run(), name="review-callbacks"))
     stats = ReviewStats(
         gw.sessions, gw.metrics, now, settings.review_stats_interval_s, sla_targets(settings)
@@ -192,6 +196,14 @@ def _hold_callback(snapshot: SnapshotStore) -> Callable[[str], str | None]:
     return url
 
 
+def surfaces_of(
+    gateway: Gateway,
+) -> tuple[EdgeParts, StoreParts, ReviewParts, review_ui.UiParts, routes_admin.RoutesParts]:
+    """The parts as each HTTP surface reads them (``service.api.deps.parts``): mypy checks
+    here that they satisfy every surface's protocol, which no surface can check itself."""
+    return gateway, gateway, gateway, gateway, gateway
+
+
 def create_app(
     settings: Settings,
     *,
@@ -220,6 +232,7 @@ def create_app(
     snapshot = SnapshotStore(
         sessions,
         settings.snapshot_refresh_s,
+        splits=active_splits,
         lookups=KeyLookups(
             settings.key_lookups_per_s, settings.unknown_keys_remembered, time.monotonic
         ),
@@ -259,7 +272,6 @@ def create_app(
         tracer=tracer,
         tracing=provider is not None,
         reconciler=reconciler,
-        adapters=build_registry(settings, sessions, adapter_inspector),
         shadow=ShadowCaller(
             engines,
             metrics,
@@ -267,7 +279,6 @@ def create_app(
             max_concurrency=settings.shadow_max_concurrency,
             timeout_s=settings.shadow_timeout_s,
         ),
-        rollouts=rollouts,
         callbacks=ReviewCallbacks(
             sessions,
             _hold_callback(snapshot),
@@ -290,6 +301,7 @@ def create_app(
         ),
         limits=build_limiter(settings, db, metrics),
     )
+    surfaces_of(gateway)
     app = GatewayApp(
         gateway,
         title="loragate",
@@ -299,6 +311,8 @@ def create_app(
     )
     app.state.tracer_provider = provider
     app.state.records = recorder
+    app.state.rollouts = rollouts
+    app.state.adapters = build_registry(settings, sessions, adapter_inspector)
     app.state.drift = DriftMonitor(sessions, settings, clock)
     app.state.peers = peers
     app.state.change_listener = listener

@@ -19,14 +19,15 @@ same in their own order: key, then body with the same limit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
+from service.auth import Authenticator
 from service.errors import AuthenticationFailed, BodyTooLarge, GatewayError
-from service.gateway.parts import Gateway
+from service.settings import Settings
 
 KEYED_PREFIX = "/v1/"
 
@@ -37,8 +38,15 @@ def needs_key(path: str) -> bool:
     return path.startswith(KEYED_PREFIX)
 
 
+class EdgeParts(Authenticator, Protocol):
+    """What the edge uses: the body limit and who a key belongs to."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+
 class EdgeGuard:
-    def __init__(self, app: ASGIApp, gw: Gateway) -> None:
+    def __init__(self, app: ASGIApp, gw: EdgeParts) -> None:
         self.app = app
         self.gw = gw
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.api.deps import SRE_ROLES, require_roles, store_parts
 from service.api.params import iso_time
 from service.audit.chain import Problem, Verdict
 from service.audit.store import AuditFilters, StoredEvent, list_events, verify_chain
@@ -86,7 +86,7 @@ async def audit_events(
         since=iso_time(since, "since"), until=iso_time(until, "until"), actor=actor, action=action,
         object=object, cursor=cursor, limit=limit,
     )  # fmt: skip
-    async with gateway(request).sessions() as session:
+    async with store_parts(request).sessions() as session:
         page = await list_events(session, filters)
     return AuditPageOut(
         data=[AuditEventOut.of(e) for e in page.events], next_cursor=page.next_cursor
@@ -137,7 +137,7 @@ class ChainVerdictOut(BaseModel):
     responses={k: v for k, v in ERRORS.items() if k != 400},
 )
 async def audit_verify(request: Request, _: SreKey) -> ChainVerdictOut:
-    gw = gateway(request)
+    gw = store_parts(request)
     key = gw.settings.audit_signing_key.get_secret_value().encode()
     async with gw.sessions() as session:
         verdict = await verify_chain(session, key)

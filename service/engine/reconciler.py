@@ -23,7 +23,7 @@ from monitoring.metrics import Metrics
 from service.engine.adapter_host import AdapterHost, AdapterHostError
 from service.engine.pool import EnginePool, Replica
 from service.errors import EngineError
-from service.routes.snapshot import SnapshotStore
+from service.routes.view import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,19 @@ class OtherGateways(Protocol):
         ...
 
 
+class Served(Protocol):
+    """What the reconciler reads of the route snapshot: the one being served."""
+
+    @property
+    def current(self) -> Snapshot: ...
+
+
 class AdapterReconciler:
     def __init__(
         self,
         pools: list[EnginePool],
         host: AdapterHost,
-        snapshot: SnapshotStore,
+        snapshot: Served,
         metrics: Metrics,
         *,
         interval_s: float,

@@ -19,12 +19,17 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.api.deps import gateway
+from service.api.deps import parts
 from service.api.edge import EdgeGuard
 from service.errors import RouteNotFound
 from service.gateway import pipeline
 from service.gateway.parts import Gateway
 from service.gateway.request_rules import FIELDS, Endpoint
+
+
+def gateway(request: Request) -> Gateway:
+    found: Gateway = parts(request)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

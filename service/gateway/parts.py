@@ -9,9 +9,7 @@ from typing import Any
 from opentelemetry.trace import INVALID_SPAN, Span, Tracer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from adapters.registry import Registry
 from monitoring.metrics import UNKNOWN, Metrics
-from rollout.control import RolloutControl
 from service.auth import Principal
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
@@ -41,9 +39,7 @@ class Gateway:
     tracer: Tracer
     tracing: bool
     reconciler: AdapterReconciler
-    adapters: Registry
     shadow: ShadowCaller
-    rollouts: RolloutControl
     callbacks: ReviewCallbacks
     schema_checks: SchemaChecks
     limits: Limiter

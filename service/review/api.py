@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import clock
-from service.api.deps import gateway, require_roles
+from service.api.deps import parts, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal, Role
 from service.guard.tiers import Risk
@@ -37,11 +37,18 @@ from service.review.schemas import (
     StatsOut,
     UnparkOut,
 )
-from service.review.service import DecisionOrder
+from service.review.service import DecisionOrder, ReviewParts
 from service.review.sla import SlaTargets, sla_targets
 from service.review.visibility import UNPARK_ROLES, reviewer_of
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
+
+
+def review_parts(request: Request) -> ReviewParts:
+    found: ReviewParts = parts(request)
+    return found
+
+
 REVIEW_ROLES = (Role.REVIEWER, Role.LEAD, Role.ADMIN)
 ReviewerKey = Annotated[Principal, Depends(require_roles(*REVIEW_ROLES))]
 UnparkKey = Annotated[Principal, Depends(require_roles(*UNPARK_ROLES))]
@@ -67,7 +74,7 @@ STALE: dict[int | str, dict[str, Any]] = {
 
 
 def sla_of(request: Request) -> SlaTargets:
-    return sla_targets(gateway(request).settings)
+    return sla_targets(review_parts(request).settings)
 
 
 @router.get(
@@ -92,7 +99,7 @@ async def list_items(
     offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Skip this many items first.")] = 0,
 ) -> list[ItemOut]:
     items = await service.list_items(
-        gateway(request), principal, now, state=state, route=route, reason=reason, tier=tier,
+        review_parts(request), principal, now, state=state, route=route, reason=reason, tier=tier,
         limit=limit, offset=offset,
     )  # fmt: skip
     sla = sla_of(request)
@@ -113,7 +120,7 @@ async def list_items(
 async def get_item(
     item_id: str, request: Request, principal: ReviewerKey, now: Now
 ) -> ItemDetailOut:
-    detail = await service.item_detail(gateway(request), principal, item_id)
+    detail = await service.item_detail(review_parts(request), principal, item_id)
     return ItemDetailOut.of_detail(detail, sla_of(request), now)
 
 
@@ -135,7 +142,7 @@ async def get_item(
 )
 async def claim(body: ClaimIn, request: Request, principal: ReviewerKey, now: Now) -> Any:
     claimed = await service.claim(
-        gateway(request), principal, now, body.lease_s, route=body.route, reason=body.reason,
+        review_parts(request), principal, now, body.lease_s, route=body.route, reason=body.reason,
         tier=body.tier,
     )  # fmt: skip
     if claimed is None:
@@ -154,7 +161,7 @@ async def heartbeat(
     item_id: str, body: HeartbeatIn, request: Request, principal: ReviewerKey, now: Now
 ) -> HeartbeatOut:
     lease_until = await service.heartbeat(
-        gateway(request), principal, item_id, body.token, now, body.lease_s
+        review_parts(request), principal, item_id, body.token, now, body.lease_s
     )
     return HeartbeatOut(item_id=item_id, token=body.token, lease_until=lease_until)
 
@@ -178,7 +185,7 @@ async def heartbeat(
 )
 async def unpark(item_id: str, request: Request, principal: UnparkKey, now: Now) -> UnparkOut:
     state = await service.unpark(
-        gateway(request), principal, item_id, now, api_actor(principal, request)
+        review_parts(request), principal, item_id, now, api_actor(principal, request)
     )
     return UnparkOut(item_id=item_id, state=state)
 
@@ -211,7 +218,7 @@ async def decide(
         item_id, body.token, reviewer_of(principal), DecisionKind(body.kind), body.payload(), now,
         api_actor(principal, request),
     )  # fmt: skip
-    decision = await service.decide(gateway(request), order)
+    decision = await service.decide(review_parts(request), order)
     return DecisionOut.of(decision)
 
 
@@ -239,6 +246,6 @@ async def stats(
     ] = 30,
 ) -> StatsOut:
     depth, measured = await service.stats(
-        gateway(request), principal, now, timedelta(days=window_days)
+        review_parts(request), principal, now, timedelta(days=window_days)
     )
     return StatsOut.of(depth, sla_of(request), measured)

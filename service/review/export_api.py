@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from service.api.deps import gateway, require_roles
+from service.api.deps import require_roles, store_parts
 from service.api.params import iso_time
 from service.audit.actor import api_actor
 from service.auth import Principal, Role
@@ -71,7 +71,7 @@ async def snapshots(
     principal: ReviewerKey,
     limit: Annotated[int, Query(ge=1, le=1000, description="Snapshots to list.")] = 100,
 ) -> SnapshotListOut:
-    async with gateway(request).sessions() as session:
+    async with store_parts(request).sessions() as session:
         found = await list_snapshots(session, limit)
     shown = [s for s in found if may_see_export(principal, s.manifest["filters"])]
     return SnapshotListOut(
@@ -123,7 +123,9 @@ async def export(
         seed=seed, redact=redact,
     )  # fmt: skip
     audit = api_actor(principal, request)
-    recorded = await export_and_record(gateway(request).sessions, filters, principal.key_id, audit)
+    recorded = await export_and_record(
+        store_parts(request).sessions, filters, principal.key_id, audit
+    )
     data = recorded.export
     counts = data.manifest["counts"]
     examples = counts["train"] + counts["validation"] if split == "all" else counts[split]

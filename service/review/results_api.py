@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import gateway, require_roles
+from service.api.deps import require_roles, store_parts
 from service.auth import INFERENCE_ROLES, Principal, Role
 from service.errors import ReviewItemNotFound
 from service.review.model import ItemNotFound
@@ -29,7 +29,7 @@ AppKey = Annotated[Principal, Depends(require_roles(*INFERENCE_ROLES))]
 )
 async def review_result(review_id: str, request: Request, principal: AppKey) -> ReviewResult:
     key_id = None if principal.role is Role.ADMIN else principal.key_id
-    async with gateway(request).sessions() as session:
+    async with store_parts(request).sessions() as session:
         try:
             return await result_for(session, review_id, key_id)
         except ItemNotFound as exc:

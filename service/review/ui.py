@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
@@ -29,9 +29,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader
 
-from service.api.deps import gateway
+from service.api.deps import parts
 from service.audit.actor import api_actor
-from service.auth import Principal, require_role
+from service.auth import Authenticator, Principal, require_role
 from service.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -43,7 +43,7 @@ from service.guard.tiers import Risk
 from service.review import service, sessions, shown
 from service.review.api import REVIEW_ROLES, Now
 from service.review.model import MAX_INT, DecisionKind, ItemState, Outcome, ReviewItemView
-from service.review.service import DecisionOrder
+from service.review.service import DecisionOrder, ReviewParts
 from service.review.sla import sla_targets
 from service.review.stats import QUALITY_WINDOW
 from service.review.visibility import may_unpark, reviewer_of
@@ -97,20 +97,29 @@ def _redirect(path: str, **params: str) -> RedirectResponse:
     return RedirectResponse(path + (f"?{urlencode(query)}" if query else ""), status_code=303)
 
 
+class UiParts(ReviewParts, Authenticator, Protocol):
+    """What the pages use: the review workflows' parts, and who a key belongs to."""
+
+
+def ui_parts(request: Request) -> UiParts:
+    found: UiParts = parts(request)
+    return found
+
+
 def _to_login() -> RedirectResponse:
     return _redirect("/review/login")
 
 
 async def _principal_of(request: Request, key: str | None) -> Principal:
     """The reviewer behind ``key``; ``GatewayError`` (401/403) otherwise, as the API does."""
-    principal = await gateway(request).identify(f"Bearer {key}" if key else None)
+    principal = await ui_parts(request).identify(f"Bearer {key}" if key else None)
     require_role(principal, frozenset(REVIEW_ROLES))
     return principal
 
 
 async def _signed_in(request: Request, now: datetime) -> Principal | None:
     """The reviewer of a live session whose key is still active and allowed."""
-    gw = gateway(request)
+    gw = ui_parts(request)
     async with gw.sessions() as session:
         key_id = await sessions.key_of(session, request.cookies.get(COOKIE), now)
     if key_id is None:
@@ -186,7 +195,7 @@ async def login(request: Request, now: Now) -> Response:
     except GatewayError as exc:
         return _render("login.html", exc.status if exc.status in (401, 403) else 401,
                        error=exc.message)  # fmt: skip
-    gw = gateway(request)
+    gw = ui_parts(request)
     ttl_s = gw.settings.review_session_ttl_s
     async with gw.sessions.begin() as session:
         token = await sessions.open_session(session, principal.key_id, now, ttl_s)
@@ -202,7 +211,7 @@ async def login(request: Request, now: Now) -> Response:
 async def logout(request: Request) -> Response:
     if not _same_origin(request):
         return _forbidden()
-    async with gateway(request).sessions.begin() as session:
+    async with ui_parts(request).sessions.begin() as session:
         await sessions.close_session(session, request.cookies.get(COOKIE))
     response = _redirect("/review/login", notice="signed-out")
     response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
@@ -229,7 +238,7 @@ async def queue_page(request: Request, now: Now) -> Response:
     if tier and tier not in TIERS:
         error = f"Unknown risk tier '{tier}'."
         tier = ""
-    gw = gateway(request)
+    gw = ui_parts(request)
     items = await service.list_items(
         gw, principal, now, state=state or None, route=route or None, reason=reason or None,
         tier=tier or None, limit=QUEUE_LIMIT,
@@ -260,7 +269,7 @@ async def claim(request: Request, now: Now) -> Response:
     tier = _blank_to_none(form.get("tier", "").strip())
     if tier is not None and tier not in TIERS:
         tier = None
-    gw = gateway(request)
+    gw = ui_parts(request)
     claimed = await service.claim(
         gw, principal, now, gw.settings.review_ui_lease_s, route=route, reason=reason, tier=tier
     )
@@ -288,7 +297,7 @@ async def _item_page(
     status: int = 200, error: str | None = None, draft: str | None = None,
     reject_reason: str = "", notice: str | None = None,
 ) -> Response:  # fmt: skip
-    gw = gateway(request)
+    gw = ui_parts(request)
     try:
         detail = await service.item_detail(gw, principal, item_id)
     except ReviewItemNotFound as exc:
@@ -333,7 +342,7 @@ async def heartbeat(item_id: str, request: Request, now: Now) -> Response:
     token = _claim_token(await _form(request))
     if token is None:
         raise ReviewDecisionInvalid("The request carries no claim token.", param="token")
-    gw = gateway(request)
+    gw = ui_parts(request)
     lease_until = await service.heartbeat(
         gw, principal, item_id, token, now, gw.settings.review_ui_lease_s
     )
@@ -353,7 +362,7 @@ async def unpark(item_id: str, request: Request, now: Now) -> Response:
                        message="Only a lead or an admin can unpark an item.")  # fmt: skip
     try:
         state = await service.unpark(
-            gateway(request), principal, item_id, now, api_actor(principal, request)
+            ui_parts(request), principal, item_id, now, api_actor(principal, request)
         )
     except GatewayError as exc:
         return await _item_page(request, principal, item_id, now, status=exc.status,
@@ -388,7 +397,7 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
         api_actor(principal, request),
     )  # fmt: skip
     try:
-        decision = await service.decide(gateway(request), order)
+        decision = await service.decide(ui_parts(request), order)
     except GatewayError as exc:
         return await refused(exc)
     if decision.outcome is not Outcome.DECIDED:

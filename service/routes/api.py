@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.api.deps import SRE_ROLES, StoreParts, parts, require_roles
 from service.audit.actor import api_actor
 from service.auth import Principal
+from service.engine.client import EngineClient
+from service.engine.reconciler import AdapterReconciler
 from service.guard.tiers import Risk
 from service.routes import switch, targets
+from service.routes.snapshot import SnapshotStore
 from service.routes.targets import RouteInfo
+
+
+class RoutesParts(StoreParts, Protocol):
+    """What the routes API uses: the database, and for a switch the engines, the adapter
+    reconciler and the served snapshot."""
+
+    @property
+    def engines(self) -> EngineClient: ...
+
+    @property
+    def reconciler(self) -> AdapterReconciler: ...
+
+    @property
+    def snapshot(self) -> SnapshotStore: ...
+
+
+def routes_parts(request: Request) -> RoutesParts:
+    found: RoutesParts = parts(request)
+    return found
+
 
 router = APIRouter(prefix="/v1/admin/routes", tags=["routes"])
 SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
@@ -46,7 +69,7 @@ class TargetIn(BaseModel):
 
 @router.get("", summary="List routes", response_model=list[RouteOut])
 async def list_routes(request: Request, _: SreKey) -> list[RouteOut]:
-    async with gateway(request).sessions() as session:
+    async with routes_parts(request).sessions() as session:
         return [RouteOut.of(r) for r in await targets.list_routes(session)]
 
 
@@ -67,7 +90,7 @@ async def list_routes(request: Request, _: SreKey) -> list[RouteOut]:
     },
 )
 async def set_target(name: str, body: TargetIn, request: Request, principal: SreKey) -> RouteOut:
-    gw = gateway(request)
+    gw = routes_parts(request)
     route = await switch.switch(
         gw.sessions, gw.engines, gw.reconciler, gw.snapshot, name, body.target,
         api_actor(principal, request),

@@ -20,16 +20,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from monitoring.metrics import Metrics
-from rollout import store as rollout_store
-from rollout.core.machine import traffic
 from rollout.core.split import Split
 from service.db import repositories
 from service.db.config_version import ConfigVersionReader
@@ -92,10 +90,8 @@ def usable_key(row: ApiKey) -> StoredKey | None:
         return None
 
 
-def split_of(rollout: rollout_store.StoredRollout) -> Split:
-    """The traffic an active rollout takes now (none yet while pending)."""
-    now = traffic(rollout.state, rollout.spec)
-    return Split(rollout.id, rollout.candidate, now.canary_weight, now.shadow_percent)
+# Reads the traffic each route's active rollout takes now (``rollout.store.active_splits``).
+SplitsLoader = Callable[[AsyncSession], Awaitable[dict[str, Split]]]
 
 
 class SnapshotStore:
@@ -104,6 +100,7 @@ class SnapshotStore:
         sessions: async_sessionmaker[Any],
         refresh_s: float,
         *,
+        splits: SplitsLoader,
         lookups: KeyLookups | None = None,
         metrics: Metrics | None = None,
         config_version: ConfigVersionReader | None = None,
@@ -111,6 +108,7 @@ class SnapshotStore:
     ) -> None:
         self._sessions = sessions
         self._refresh_s = refresh_s
+        self._splits = splits
         self._config_version = config_version
         self._listening = listening
         self._loaded_version: int | None = None
@@ -161,8 +159,7 @@ class SnapshotStore:
             routes = await repositories.list_routes(session)
             keys = await key_store.active_keys(session)
             versions = (await session.scalars(select(AdapterVersion))).all()
-            rollouts = await rollout_store.active(session)
-        splits = {r.route: split_of(r) for r in rollouts}
+            splits = await self._splits(session)
         built: Contracts = {}
         route_views = {
             r.name: route_view(r, splits.get(r.name), self._contracts, built) for r in routes

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from rollout import store as rollout_store
 from service import clock
 from service.audit.actor import Actor
 from service.audit.events import record_event
+from service.db.models import Rollout
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
 from service.errors import RolloutConflict
@@ -75,7 +76,7 @@ async def switch(
     a change made for ``actor`` is audited in its transaction."""
     async with sessions() as session:
         route = await get_route(session, route_name)
-        if await rollout_store.active_for_route(session, route_name) is not None:
+        if await session.scalar(select(Rollout.id).where(Rollout.active_route == route_name)):
             raise RolloutConflict(
                 f"The route '{route_name}' has an active rollout; promote or abort it first."
             )

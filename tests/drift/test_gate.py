@@ -109,7 +109,7 @@ async def test_a_candidate_answering_another_category_mix_fails_the_gate_in_shad
         }
         started = await h.client.post("/v1/admin/rollouts/triage", json=body, headers=sre)
         assert started.status_code == 200, started.text
-        control = h.app.state.gateway.rollouts
+        control = h.app.state.rollouts
         await control.tick_all()
         answers = await asyncio.gather(
             *(h.client.post(CHAT, json=chat_body("triage"), headers=h.auth()) for _ in range(8))

@@ -93,7 +93,7 @@ async def gw(
 
 
 def control(h: Harness) -> RolloutControl:
-    rollouts: RolloutControl = h.app.state.gateway.rollouts
+    rollouts: RolloutControl = h.app.state.rollouts
     return rollouts
 
 

@@ -12,6 +12,7 @@ import sys
 
 from sqlalchemy.engine import make_url
 
+from rollout.store import active_splits
 from service.auth import Role
 from service.db.config_version import ConfigVersionReader
 from service.db.session import create_engine, session_factory
@@ -83,7 +84,7 @@ def test_only_sqlite_files_get_a_reader() -> None:
 async def test_the_refresh_reloads_after_a_change_and_not_before(sqlite_url: str) -> None:
     probe = CountedReads(sqlite_path(sqlite_url))
     db = create_engine(sqlite_url)
-    store = SnapshotStore(session_factory(db), 0.02, config_version=probe)
+    store = SnapshotStore(session_factory(db), 0.02, splits=active_splits, config_version=probe)
     reloads: list[Snapshot] = []
     store.on_reload.append(lambda _old, new: reloads.append(new))
     refresh = asyncio.create_task(store.run())

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitoring.metrics import Metrics
+from rollout.store import active_splits
 from service.auth import Role
 from service.db import repositories
 from service.db.migrations import _current, ensure_migrated, head_revision
@@ -162,7 +163,7 @@ async def test_sqlite_parent_directory_is_created(tmp_path: Path) -> None:
 
 async def test_snapshot_finds_keys_and_forgets_revoked_ones(db_url: str, db: AsyncEngine) -> None:
     sessions = session_factory(db)
-    store = SnapshotStore(sessions, refresh_s=60.0)
+    store = SnapshotStore(sessions, refresh_s=60.0, splits=active_splits)
     first_id, _ = split_key(await insert_key(db_url, Role.APP, ["chat"]))
     await store.reload()
     assert store.loaded
@@ -193,7 +194,7 @@ async def test_snapshot_finds_keys_and_forgets_revoked_ones(db_url: str, db: Asy
 
 
 async def test_verify_checks_the_secret(db_url: str, db: AsyncEngine) -> None:
-    store = SnapshotStore(session_factory(db), refresh_s=60.0)
+    store = SnapshotStore(session_factory(db), refresh_s=60.0, splits=active_splits)
     key_id, secret = split_key(await insert_key(db_url, Role.REVIEWER))
     await store.reload()
     stored = await store.find_key(key_id)
@@ -289,7 +290,7 @@ async def test_sync_routes_upserts(db: AsyncEngine, tmp_path: Path) -> None:
     assert triage.updated_at >= first_update
 
     # The snapshot serves what was synced.
-    store = SnapshotStore(session_factory(db), refresh_s=60.0)
+    store = SnapshotStore(session_factory(db), refresh_s=60.0, splits=active_splits)
     await store.reload()
     view = store.current.routes["chat"]
     assert (view.pool, view.target, view.max_tokens_cap) == ("default", MODEL, 64)

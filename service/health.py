@@ -1,4 +1,5 @@
-"""Process health, readiness and Prometheus metrics."""
+"""Process health, readiness and Prometheus metrics: part of the composition root, since
+readiness gathers what every part reports (database, engines, records)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse, Response
 
-from service.api.deps import SRE_ROLES, gateway, require_roles
+from service.api.deps import SRE_ROLES, parts, require_roles
 from service.auth import Principal
+from service.gateway.parts import Gateway
 
 router = APIRouter(tags=["health"])
 
@@ -33,7 +35,7 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready; the body says which check failed."}},
 )
 async def readyz(request: Request) -> Response:
-    gw = gateway(request)
+    gw: Gateway = parts(request)
     checks: dict[str, Any] = {}
     try:
         async with gw.db.connect() as connection:
@@ -81,5 +83,5 @@ async def metrics(
     request: Request, _: Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
 ) -> Response:
     return Response(
-        generate_latest(gateway(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+        generate_latest(parts(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
