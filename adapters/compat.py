@@ -26,15 +26,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.inspect import LoraSummary
-from adapters.tensors import Shape, TensorInfo
-from service.errors import (
+from adapters.errors import (
     AdapterBaseModelMismatch,
     AdapterChangesNothing,
     AdapterConfigInvalid,
     AdapterRankTooHigh,
     AdapterUnknownTargetModules,
 )
+from adapters.inspect import LoraSummary
+from adapters.tensors import Shape, TensorInfo
 
 ALL_LINEAR = "all-linear"
 PEFT_PREFIX = "base_model.model."

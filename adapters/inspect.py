@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
-from service.errors import AdapterConfigInvalid, AdapterInspectionFailed, AdapterNotLora
+from adapters.errors import AdapterConfigInvalid, AdapterInspectionFailed, AdapterNotLora
 
 log = logging.getLogger(__name__)
 

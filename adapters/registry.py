@@ -27,13 +27,7 @@ from typing import Protocol
 
 from adapters import store
 from adapters.compat import BaseModel, CheckedAdapter, PoolSpec, check_adapter
-from adapters.inspect import Inspector
-from adapters.locks import KeyedLocks
-from adapters.tensors import model_weight_shapes
-from adapters.validation import read_adapter, scan_source
-from service.audit.actor import Actor
-from service.clock import Clock, now
-from service.errors import (
+from adapters.errors import (
     AdapterNameInvalid,
     AdapterNotFound,
     AdapterPoolConflict,
@@ -41,6 +35,12 @@ from service.errors import (
     AdapterPoolUnknown,
     AdapterRegistrationConflict,
 )
+from adapters.inspect import Inspector
+from adapters.locks import KeyedLocks
+from adapters.tensors import model_weight_shapes
+from adapters.validation import read_adapter, scan_source
+from service.audit.actor import Actor
+from service.clock import Clock, now
 
 # The same rule as route names: a version's id is NAME@N, so no '@' in NAME.
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

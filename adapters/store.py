@@ -22,8 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.errors import AdapterTooLarge, AdapterUnsupportedFile
 from adapters.validation import ScannedSource
-from service.errors import AdapterTooLarge, AdapterUnsupportedFile
 
 CHUNK_BYTES = 1 << 20
 STAGING_PREFIX = ".staging-"

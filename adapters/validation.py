@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from adapters.tensors import SafetensorsError, TensorInfo, read_header, zero_tensors
-from service.errors import (
+from adapters.errors import (
     AdapterConfigInvalid,
     AdapterConfigMissing,
     AdapterCorruptWeights,
@@ -37,6 +36,7 @@ from service.errors import (
     AdapterUnsupportedFile,
     AdapterWeightsMissing,
 )
+from adapters.tensors import SafetensorsError, TensorInfo, read_header, zero_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

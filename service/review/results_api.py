@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from service.api.deps import require_roles, store_parts
 from service.auth import INFERENCE_ROLES, Principal, Role
-from service.errors import ReviewItemNotFound
+from service.review.errors import ReviewItemNotFound
 from service.review.model import ItemNotFound
 from service.review.results import ReviewResult, result_for
 

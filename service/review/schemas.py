@@ -10,9 +10,9 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field, JsonValue
 
-from service.errors import ReviewDecisionInvalid
 from service.guard.tiers import Risk
 from service.review.agreement import Agreement
+from service.review.errors import ReviewDecisionInvalid
 from service.review.model import (
     MAX_INT,
     ClaimedItem,

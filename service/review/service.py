@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.audit.actor import Actor
 from service.audit.events import record_event
 from service.auth import Principal
-from service.errors import GatewayError, ReviewConflict, ReviewDecisionInvalid, ReviewItemNotFound
+from service.errors import GatewayError
 from service.guard.answers import answer_text
 from service.guard.policy import QA_SAMPLE
 from service.guard.route_guard import Judgement, RouteContract
 from service.guard.tiers import DEFAULT_RISK
 from service.review import claims, decisions, reads
+from service.review.errors import ReviewConflict, ReviewDecisionInvalid, ReviewItemNotFound
 from service.review.model import (
     DECIDED_STATE,
     AlreadyDecided,

@@ -32,16 +32,11 @@ from jinja2 import Environment, FileSystemLoader
 from service.api.deps import parts
 from service.audit.actor import api_actor
 from service.auth import Authenticator, Principal, require_role
-from service.errors import (
-    AuthenticationFailed,
-    GatewayError,
-    PermissionDenied,
-    ReviewDecisionInvalid,
-    ReviewItemNotFound,
-)
+from service.errors import AuthenticationFailed, GatewayError, PermissionDenied
 from service.guard.tiers import Risk
 from service.review import service, sessions, shown
 from service.review.api import REVIEW_ROLES, Now
+from service.review.errors import ReviewDecisionInvalid, ReviewItemNotFound
 from service.review.model import MAX_INT, DecisionKind, ItemState, Outcome, ReviewItemView
 from service.review.service import DecisionOrder, ReviewParts
 from service.review.sla import sla_targets

@@ -7,10 +7,11 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters.errors import AdapterNotFound
 from service.clock import as_utc
 from service.db import repositories
 from service.db.models import AdapterVersion, Route
-from service.errors import AdapterNotFound, InvalidRequest, RouteNotFound
+from service.errors import InvalidRequest, RouteNotFound
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,17 +15,7 @@ import pytest
 
 from adapters import store
 from adapters.compat import BaseModel, PoolSpec, check_adapter
-from adapters.inspect import LoraSummary, SubprocessInspector
-from adapters.locks import KeyedLocks
-from adapters.tensors import (
-    SafetensorsError,
-    TensorInfo,
-    model_weight_shapes,
-    read_header,
-    zero_tensors,
-)
-from adapters.validation import read_adapter, scan_source
-from service.errors import (
+from adapters.errors import (
     AdapterBaseModelMismatch,
     AdapterChangesNothing,
     AdapterConfigInvalid,
@@ -38,6 +28,16 @@ from service.errors import (
     AdapterUnknownTargetModules,
     AdapterUnsupportedFile,
 )
+from adapters.inspect import LoraSummary, SubprocessInspector
+from adapters.locks import KeyedLocks
+from adapters.tensors import (
+    SafetensorsError,
+    TensorInfo,
+    model_weight_shapes,
+    read_header,
+    zero_tensors,
+)
+from adapters.validation import read_adapter, scan_source
 from tests.adapter_factory import (
     llama_shapes,
     lora_shapes,

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 import adapters.cli
 import service.cli.app
 from adapters.compat import PoolSpec
+from adapters.errors import AdapterBaseModelMismatch, AdapterRegistrationConflict, AdapterRejected
 from adapters.inspect import LoraSummary
 from adapters.registry import (
     AdapterVersionRecord,
@@ -39,11 +40,6 @@ from adapters.registry_db import build_registry
 from service.audit.actor import Actor
 from service.auth import Role
 from service.db.session import create_engine, session_factory
-from service.errors import (
-    AdapterBaseModelMismatch,
-    AdapterRegistrationConflict,
-    AdapterRejected,
-)
 from service.settings import EnginePoolSettings, Settings
 from tests.adapter_factory import TARGETS, peft_config, write_adapter, write_base_model
 from tests.conftest import Harness, insert_key, make_settings, prepared_model, running_gateway
