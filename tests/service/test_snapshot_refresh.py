@@ -129,7 +129,7 @@ async def test_while_changes_are_heard_the_refresh_does_not_reload(sqlite_url: s
     db = create_engine(sqlite_url)
     listening = asyncio.Event()
     listening.set()
-    store = CountedLooks(session_factory(db), 0.02, listening=listening)
+    store = CountedLooks(session_factory(db), 0.02, splits=active_splits, listening=listening)
     reloads: list[Snapshot] = []
     store.on_reload.append(lambda _old, new: reloads.append(new))
     refresh = asyncio.create_task(store.run())
