@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 import httpx
 import typer
 
-from adapters import demo, training
+from adapters import dataset, demo, training
 from adapters.registry import ADAPTER_NAME, AdapterVersionRecord, RegistrationRequest, Registry
 from adapters.registry_db import build_registry
 from adapters.training_cache import TrainingCache
@@ -184,7 +184,7 @@ def _train_with_progress(
     except ImportError as exc:
         raise fail(f"training needs torch, transformers and peft ({exc}); "
                     "run `loragate engine install`") from exc  # fmt: skip
-    except (training.DatasetError, FileExistsError, ValueError) as exc:
+    except (dataset.DatasetError, FileExistsError, ValueError) as exc:
         raise fail(str(exc)) from exc
 
 
@@ -317,7 +317,7 @@ def adapters_demo(
 
     cache = None if no_cache else _training_cache(settings)
 
-    with resources.as_file(training.example_data("tickets.jsonl")) as data:
+    with resources.as_file(dataset.example_data("tickets.jsonl")) as data:
         for label, seed, shuffled in demo.VERSIONS:
             _print_training(label, train_one(data, label, seed, shuffled))
     demo.write_route_files(target)

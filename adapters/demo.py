@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from adapters.training import example_data, load_examples
+from adapters.dataset import example_data, load_examples
 
 ROUTE = "ticket-triage"
 SCHEMA_FILE = "tickets.schema.json"

@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters import demo, training  # noqa: E402
+from adapters import dataset, demo, training  # noqa: E402
 from service.engine.managed import vllm_command, vllm_environment  # noqa: E402
 from service.settings import ManagedEngineSettings  # noqa: E402
 from tests.conftest import prepared_model  # noqa: E402
@@ -93,9 +93,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,10,20")
     args = parser.parse_args()
     model = prepared_model()
-    schema = json.loads(training.example_data(demo.SCHEMA_FILE).read_text())
+    schema = json.loads(dataset.example_data(demo.SCHEMA_FILE).read_text())
     work = Path(tempfile.mkdtemp(prefix="demo-steps-"))
-    data = Path(str(training.example_data("tickets.jsonl")))
+    data = Path(str(dataset.example_data("tickets.jsonl")))
     engine, url = start_vllm(model, work / "vllm.log")
     rows = []
     try:

@@ -22,13 +22,8 @@ from typing import Any
 import httpx
 from jsonschema import Draft202012Validator
 
-from adapters.training import (
-    DEFAULT_SEED,
-    DEFAULT_VAL_FRACTION,
-    example_data,
-    load_examples,
-    split_examples,
-)
+from adapters.dataset import example_data, load_examples, split_examples
+from adapters.training import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 from service.engine.managed import vllm_command, vllm_environment
 from service.settings import ManagedEngineSettings
 

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner, Result
 
-from adapters.training import (
+from adapters.dataset import (
     DatasetError,
     Example,
     example_data,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from adapters.training import example_data
+from adapters.dataset import example_data
 from service.db.models import ReviewItem, Route
 from service.records import store
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.training import example_data
+from adapters.dataset import example_data
 from service.guard import ConfidenceFields, Leaf, leaf_spans, score_free, score_json
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from adapters.training import example_data
+from adapters.dataset import example_data
 from service.guard import CATEGORICAL_MAX_LENGTH, ConfidenceFields, SchemaRefused, check_contract
 from service.guard import fields as guard_fields
 from service.guard.fields import ANNOTATION

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from adapters.training import example_data
+from adapters.dataset import example_data
 from service.db.models import RequestRecord, ReviewItem
 from service.routes.config import RoutesConfigError, load_routes_file
 from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until

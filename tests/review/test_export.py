@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import CliRunner
 
-from adapters.training import load_examples, parse_example
+from adapters.dataset import load_examples, parse_example
 from service.auth import Role
 from service.cli.app import app
 from service.db.models import RequestRecord, ReviewItem, TrainingSnapshot

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from adapters.training import example_data
+from adapters.dataset import example_data
 from service.auth import Role
 from service.db.models import ApiKey, ReviewItem
 from service.keys.credentials import generate_key

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from adapters.training import example_data
+from adapters.dataset import example_data
 from service.auth import Role
 from service.keys import store as key_store
 from service.review import api as reviews

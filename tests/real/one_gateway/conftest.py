@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adapters.training import example_data
+from adapters.dataset import example_data
 from tests.conftest import prepared_model
 from tests.real.live import LiveGateway, serving
 

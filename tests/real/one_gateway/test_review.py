@@ -12,7 +12,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from adapters.training import example_data, load_examples
+from adapters.dataset import example_data, load_examples
 from tests.conftest import prepared_model
 from tests.real.live import LiveGateway
 from tests.real.test_real_adapters import key_for
