@@ -28,7 +28,7 @@ PURE = [
     "rollout.core.machine", "rollout.core.spec", "rollout.core.split",
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
-    "service.guard.patterns",
+    "service.guard.patterns", "service.guard.expansion", "service.guard.refused",
     "service.gateway.request_rules", "service.routes.view", "service.keys.lookups",
     "adapters.placement", "service.drift.statistics", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",

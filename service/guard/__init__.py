@@ -2,13 +2,13 @@
 
 from service.guard.confidence import Confidence, Leaf, leaf_spans, score_free, score_json
 from service.guard.fields import CATEGORICAL_MAX_LENGTH, ConfidenceFields
+from service.guard.refused import SchemaRefused
 from service.guard.schema import (
     MAX_SCHEMA_BYTES,
     MAX_SCHEMA_COST,
     MAX_SCHEMA_DEPTH,
     ContractValidator,
     Refusal,
-    SchemaRefused,
     Validation,
     check_bounds,
     check_contract,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from service.guard.schema import SchemaRefused
+from service.guard.refused import SchemaRefused
 
 CATEGORICAL_MAX_LENGTH = 32
 ANNOTATION = "x-loragate-confidence"

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from jsonschema import Draft202012Validator
@@ -21,7 +21,16 @@ from jsonschema.exceptions import SchemaError
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
+from service.guard.expansion import (
+    MAX_BOUND,
+    SUBSCHEMA_LISTS,
+    SUBSCHEMA_MAPS,
+    SUBSCHEMA_ONE,
+    ForcedSizes,
+    expanded_cost,
+)
 from service.guard.patterns import BadPattern, pattern_states
+from service.guard.refused import SchemaRefused, escape
 
 MAX_SCHEMA_BYTES = 16_384
 MAX_SCHEMA_DEPTH = 24
@@ -30,31 +39,16 @@ MAX_SCHEMA_DEPTH = 24
 # one check stays under about 500 ms (in a worker process). 16 KiB of ordinary properties stay
 # under it; 16 KiB of `{}` in an `anyOf` would be 5,300 units, 1-2 s.
 MAX_SCHEMA_COST = 2_000
-# The schema with every `$ref` written out in place, in the same units. jsonschema walks that
-# per answer where references sit under `allOf`/`anyOf`/`oneOf` (a binary tree of 14 `$defs`
-# took 0.4-0.9 s per answer here; one of 60, 3 KiB, would be 2^60 units), and so does a grammar
-# compiler that writes references out (outlines_core 0.2.14 does, to a fixed depth; xgrammar
-# 0.2.8 makes one rule per definition). At the bound, 8,189 units took 36-82 ms per answer. The
-# largest schema in the tests expands to 2,604 (cost 1,211); the bundled contract and the
-# chart's values schema do not expand at all.
-MAX_EXPANDED_COST = 10_000
 # Pattern states (see guard.patterns) of all patterns together, each counted where it sits:
 # xgrammar converts each pattern on its own, the cost growing with its repeat counts (10 of
 # `a{1000}` took 406 ms, 40 took 1.6 s; 16 KiB of them would take about 13 s), while 16 KiB of
 # ordinary patterns (250 of `^[a-z]{1,20}-\d{4}$`, 6,250 states) took 12 ms. The chart's
 # values schema holds 581.
 MAX_SCHEMA_PATTERN_STATES = 10_000
-MAX_BOUND = 100_000
 MAX_ENUM = 1_000
 MAX_ERRORS = 5
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
-Rule = Literal[
-    "type", "json", "depth", "size", "cost", "meta-schema", "ref", "id", "schema-uri",
-    "dynamic-ref", "pattern", "bound", "enum",
-    "annotation", "confidence-fields",  # refused when a route's contract is built (guard.fields)
-]  # fmt: skip
-_OUT_OF_RANGE: frozenset[Rule] = frozenset({"depth", "size", "cost", "bound", "enum"})
 _BOUND_KEYWORDS = (
     "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
     "minContains", "maxContains",
@@ -65,34 +59,10 @@ _IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
 _IN_PLACE_ONE = ("not", "if", "then", "else")
 # Where 2020-12 (and the `definitions`/`dependencies` it still knows) holds subschemas: the
 # meta-schema validates each one, so these are what a check's cost counts.
-_SUBSCHEMA_ONE = (
-    "additionalProperties", "propertyNames", "items", "contains", "not", "if", "then", "else",
-    "unevaluatedItems", "unevaluatedProperties", "contentSchema",
-)  # fmt: skip
-_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-_SUBSCHEMA_MAPS = ("properties", "patternProperties", "dependentSchemas", "dependencies")
 _DEFINITIONS = ("$defs", "definitions")
-_ONE = frozenset(_SUBSCHEMA_ONE)
-_LISTS = frozenset(_SUBSCHEMA_LISTS)
-_MAPS = frozenset(_SUBSCHEMA_MAPS + _DEFINITIONS)
-# Keywords that force an answer to hold at least N of something (items, properties, characters).
-_MINIMUM_KEYWORDS = ("minItems", "minProperties", "minLength", "minContains")
-
-
-class SchemaRefused(ValueError):
-    """A schema the gateway will not forward or run; `rule` says which bound, `pointer` where."""
-
-    def __init__(self, rule: Rule, pointer: str, detail: str) -> None:
-        where = f"at '{pointer}'" if pointer else "at the root"
-        super().__init__(f"JSON schema refused ({rule}) {where}: {detail}.")
-        self.rule: Rule = rule
-        self.pointer = pointer
-        self.detail = detail
-
-    @property
-    def out_of_range(self) -> bool:
-        """True when the schema broke a size bound rather than being malformed or unsafe."""
-        return self.rule in _OUT_OF_RANGE
+_ONE = frozenset(SUBSCHEMA_ONE)
+_LISTS = frozenset(SUBSCHEMA_LISTS)
+_MAPS = frozenset(SUBSCHEMA_MAPS + _DEFINITIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,12 +200,8 @@ def _shorten(message: str, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
 def _pointer(path: Iterable[object]) -> str:
-    return "".join(f"/{_escape(str(part))}" for part in path)
+    return "".join(f"/{escape(str(part))}" for part in path)
 
 
 def _check_shape(schema: dict[str, Any], max_depth: int) -> None:
@@ -299,7 +265,7 @@ def _refuse_shape(schema: dict[str, Any], max_depth: int) -> None:
             raise SchemaRefused("json", pointer, f"a {type(node).__name__} is not a JSON value")
         if depth > max_depth:
             raise SchemaRefused("depth", pointer, f"nests deeper than {max_depth} levels")
-        stack.extend((child, f"{pointer}/{_escape(key)}", depth + 1) for key, child in children)
+        stack.extend((child, f"{pointer}/{escape(key)}", depth + 1) for key, child in children)
 
 
 class _Keywords:
@@ -322,11 +288,11 @@ class _Keywords:
             elif isinstance(node, dict):
                 self.nodes[pointer] = node
                 self._check_object(node, pointer)
-                stack.extend((child, f"{pointer}/{_escape(k)}") for k, child in node.items())
+                stack.extend((child, f"{pointer}/{escape(k)}") for k, child in node.items())
         targets = {pointer: self._resolve(pointer, ref) for pointer, ref in self.refs}
         self._refuse_ref_cycles(targets)
-        _ForcedSizes(self.nodes, targets).check()
-        _expanded_cost(self.nodes, targets)
+        ForcedSizes(self.nodes, targets).check()
+        expanded_cost(self.nodes, targets)
 
     def _check_object(self, node: dict[str, Any], pointer: str) -> None:
         for keyword in ("$dynamicRef", "$recursiveRef"):
@@ -352,7 +318,7 @@ class _Keywords:
             self._check_pattern(node["pattern"], f"{pointer}/pattern")
         if isinstance(node.get("patternProperties"), dict):
             for key in node["patternProperties"]:
-                self._check_pattern(key, f"{pointer}/patternProperties/{_escape(key)}")
+                self._check_pattern(key, f"{pointer}/patternProperties/{escape(key)}")
         for keyword in _BOUND_KEYWORDS:
             bound = node.get(keyword)
             if isinstance(bound, int | float) and not isinstance(bound, bool) and bound > MAX_BOUND:
@@ -397,7 +363,7 @@ class _Keywords:
                 node = None
             if node is None:
                 raise SchemaRefused("ref", pointer, f"{ref!r} points at nothing")
-            target += f"/{_escape(part)}"
+            target += f"/{escape(part)}"
         if not isinstance(node, dict | bool):
             raise SchemaRefused("ref", pointer, f"{ref!r} does not point at a schema")
         return target
@@ -432,157 +398,10 @@ class _Keywords:
                 edges.extend(f"{pointer}/{key}/{i}" for i in range(len(node[key])))
         dependent = node.get("dependentSchemas")
         if isinstance(dependent, dict):
-            edges.extend(f"{pointer}/dependentSchemas/{_escape(k)}" for k in dependent)
+            edges.extend(f"{pointer}/dependentSchemas/{escape(k)}" for k in dependent)
         if pointer in targets:
             edges.append(targets[pointer])
         return edges
-
-
-class _ForcedSizes:
-    """Refuse nested minimums whose product is out of bounds: `minItems: 99999` whose items
-    need `minProperties: 99999` force an answer of 10^10 properties, though each bound alone
-    is allowed. Every path through the subschemas a root applies (nested ones and `$ref`s) is
-    multiplied out; a `$ref` loop that multiplies by more than one on each turn forces an
-    answer without end. Subschemas applied in place (`allOf`, ...) multiply too, which
-    overestimates a little and errs on the safe side."""
-
-    def __init__(self, nodes: dict[str, dict[str, Any]], targets: dict[str, str]) -> None:
-        self.nodes = nodes
-        self.targets = targets
-
-    def factor(self, pointer: str) -> int:
-        node = self.nodes[pointer]
-        found = [node.get(keyword) for keyword in _MINIMUM_KEYWORDS]
-        counts = [int(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
-        return max([1, *counts])
-
-    def edges(self, pointer: str) -> list[str]:
-        children = _applied(self.nodes[pointer], pointer, self.targets)
-        return [child for child in children if child in self.nodes]  # booleans force nothing
-
-    def check(self) -> None:
-        """Tarjan's strongly connected components from the root, then the largest product of
-        minimums along any path, component by component (Tarjan emits them leaves first)."""
-        index: dict[str, int] = {}
-        low: dict[str, int] = {}
-        component: dict[str, int] = {}
-        best: list[int] = []  # per component: the largest product from it down
-        on_stack: list[str] = []
-        work: list[tuple[str, list[str]]] = [("", self.edges(""))]
-        index[""] = low[""] = 0
-        on_stack.append("")
-        while work:
-            pointer, pending = work[-1]
-            if pending:
-                child = pending.pop()
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    on_stack.append(child)
-                    work.append((child, self.edges(child)))
-                elif child not in component:
-                    low[pointer] = min(low[pointer], index[child])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[pointer])
-            if low[pointer] == index[pointer]:
-                members: list[str] = []
-                while True:
-                    member = on_stack.pop()
-                    component[member] = len(best)
-                    members.append(member)
-                    if member == pointer:
-                        break
-                best.append(self._component_product(members, component, best))
-
-    def _component_product(
-        self, members: list[str], component: dict[str, int], best: list[int]
-    ) -> int:
-        here = len(best)
-        looping = len(members) > 1 or members[0] in self.edges(members[0])
-        product = 1
-        for member in members:
-            factor = self.factor(member)
-            if looping and factor > 1:
-                raise SchemaRefused(
-                    "bound", member, "a minimum size repeats through '$ref' without end"
-                )
-            below = [best[component[c]] for c in self.edges(member) if component[c] != here]
-            product = max(product, factor * max([1, *below]))
-            if product > MAX_BOUND:
-                raise SchemaRefused(
-                    "bound",
-                    member,
-                    f"nested minimum sizes multiply to more than {MAX_BOUND} (an answer would "
-                    "need that many items, properties or characters)",
-                )
-        return product
-
-
-def _applied(node: dict[str, Any], pointer: str, targets: dict[str, str]) -> list[str]:
-    """Where the subschemas that `node` applies sit: its nested ones (not `$defs`, which apply
-    only through a `$ref`) and its `$ref`'s target."""
-    children: list[str] = []
-    for keyword in _SUBSCHEMA_ONE:
-        child = node.get(keyword)
-        if isinstance(child, list):
-            children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(child)))
-        elif child is not None:
-            children.append(f"{pointer}/{keyword}")
-    for keyword in _SUBSCHEMA_LISTS:
-        if isinstance(node.get(keyword), list):
-            children.extend(f"{pointer}/{keyword}/{i}" for i in range(len(node[keyword])))
-    for keyword in _SUBSCHEMA_MAPS:
-        if isinstance(node.get(keyword), dict):
-            children.extend(f"{pointer}/{keyword}/{_escape(k)}" for k in node[keyword])
-    if pointer in targets:
-        children.append(targets[pointer])
-    return children
-
-
-def _expanded_cost(nodes: dict[str, dict[str, Any]], targets: dict[str, str]) -> int:
-    """`schema_cost` with every `$ref` written out in place, from the root; SchemaRefused at
-    the subschema whose expansion passes MAX_EXPANDED_COST. Each subschema's size is worked
-    out once (depth first, without recursion), so a tree of references with 2^60 paths costs
-    60 steps. A `$ref` back to a subschema being worked out is recursion that descends into
-    the answer (loops that do not were refused before): a compiler makes it a rule, one unit."""
-    sizes: dict[str, int] = {}
-    work: list[_Frame] = [_Frame("", _applied(nodes[""], "", targets), 1 + len(nodes[""]))]
-    opened: set[str] = {""}
-    while work:
-        frame = work[-1]
-        if frame.pending:
-            child = frame.pending.pop()
-            if child in nodes and child not in sizes and child not in opened:
-                opened.add(child)
-                own = 1 + len(nodes[child])
-                work.append(_Frame(child, _applied(nodes[child], child, targets), own))
-                continue
-            frame.size += sizes.get(child, 1)  # a boolean subschema, or recursion: one
-        else:
-            work.pop()
-            sizes[frame.pointer] = frame.size
-            if work:
-                work[-1].size += frame.size
-                frame = work[-1]
-        if frame.size > MAX_EXPANDED_COST:
-            raise SchemaRefused(
-                "cost",
-                frame.pointer,
-                f"with its '$ref's written out in place it holds at least {frame.size} "
-                f"subschemas and keywords, more than {MAX_EXPANDED_COST} (a grammar compiler "
-                "that inlines references builds all of them, and validating an answer may walk "
-                "them all)",
-            )
-    return sizes[""]
-
-
-@dataclass(slots=True)
-class _Frame:
-    pointer: str
-    pending: list[str]
-    size: int
 
 
 def _check_id(identifier: str, pointer: str) -> None:

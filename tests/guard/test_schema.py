@@ -18,12 +18,9 @@ from service.guard import (
     check_bounds,
     check_contract,
 )
+from service.guard.expansion import MAX_EXPANDED_COST
 from service.guard.patterns import MAX_PATTERN_STATES, MAX_REPEAT_OVERLAPS
-from service.guard.schema import (
-    _NO_REMOTE,
-    MAX_EXPANDED_COST,
-    MAX_SCHEMA_PATTERN_STATES,
-)
+from service.guard.schema import _NO_REMOTE, MAX_SCHEMA_PATTERN_STATES
 
 
 def tickets_schema() -> dict[str, Any]:
