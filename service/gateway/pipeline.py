@@ -93,7 +93,9 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             span.set_attribute("loragate.route", route.name)
             limits = Limits.for_route(gw.settings, route)
             forced = contract_fields(route, endpoint, payload)
-            prepared = prepare(endpoint, payload, decision.target, limits, forced)
+            prepared = prepare(
+                endpoint, payload, decision.target, limits, forced, gw.schema_checks.bounds
+            )
             grant = await gw.limits.admit(principal, route.name, prepared.reserve_tokens)
             if prepared.client_schema is not None:  # off the event loop, cached by hash
                 await gw.schema_checks.check(prepared.client_schema, prepared.schema_cost)

@@ -6,7 +6,7 @@ hurt an engine never reaches one. Limits come from settings and the route.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -115,12 +115,14 @@ def prepare(
     target: str,
     limits: Limits,
     forced: Mapping[str, Any] | None = None,
+    bounds: Callable[[dict[str, Any]], int] = check_bounds,
 ) -> Prepared:
     """Check the client's body and build the engine's body (route name replaced by target).
 
     ``forced`` are fields the gateway sets itself (a route's output contract), added after the
-    client's fields are checked. A ``response_format`` JSON Schema gets its cheap bounds here;
-    its whole check (``check_schema_bounds``) is the caller's, off the event loop.
+    client's fields are checked. A ``response_format`` JSON Schema gets its cheap bounds here
+    (``bounds``: ``check_bounds``, or the gateway's, which remembers verdicts); its whole check
+    is the caller's, off the event loop.
     """
     _refuse_unknown_fields(endpoint, payload)
     body = dict(payload)
@@ -130,7 +132,7 @@ def prepare(
         _check_messages(body.get("messages"), limits)
         _check_chat_logprobs(body, limits)
         if "response_format" in body:
-            schema_cost = _check_response_format(body["response_format"])
+            schema_cost = _check_response_format(body["response_format"], bounds)
         if "max_completion_tokens" in body:
             if "max_tokens" in body:
                 raise InvalidRequest(
@@ -307,7 +309,7 @@ def _check_completion_logprobs(body: dict[str, Any], limits: Limits) -> None:
     _int(body, "logprobs", 0, limits.max_top_logprobs)
 
 
-def _check_response_format(value: Any) -> int:
+def _check_response_format(value: Any, bounds: Callable[[dict[str, Any]], int]) -> int:
     """The cost of its JSON Schema (0 without one), once the cheap bounds are checked."""
     if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
         raise InvalidRequest(
@@ -324,7 +326,7 @@ def _check_response_format(value: Any) -> int:
             param="response_format",
         )
     try:
-        return check_bounds(schema)  # cheap and linear; the rest runs off the event loop
+        return bounds(schema)  # cheap and linear; the rest runs off the event loop
     except SchemaRefused as exc:
         raise _schema_error(exc) from exc
 

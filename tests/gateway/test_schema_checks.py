@@ -17,7 +17,7 @@ import pytest
 from monitoring.metrics import Metrics
 from service.errors import InvalidRequest, SchemaCheckBusy, ValueOutOfRange
 from service.gateway.schema_checks import SchemaChecks, worker_processes
-from service.guard import MAX_SCHEMA_COST, Refusal, refusal
+from service.guard import MAX_SCHEMA_COST, Refusal, SchemaRefused, check_bounds, refusal
 from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
 from tests.fake_engine import FakeEngine
 from tests.guard.test_schema import ref_tree
@@ -156,6 +156,34 @@ async def test_a_full_waiting_line_sheds_the_costliest() -> None:
 
 
 # --- through the gateway ----------------------------------------------------------------------
+
+
+async def test_a_schema_refused_by_its_bounds_is_refused_again_by_its_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bounds walk every node (3 ms for the attack here): a refused schema sent again costs
+    only its hash, with the same answer; a schema never refused is still walked."""
+    walks: list[int] = []
+    real = check_bounds
+
+    def counted(schema: dict[str, Any]) -> int:
+        walks.append(1)
+        return real(schema)
+
+    monkeypatch.setattr("service.gateway.schema_checks.check_bounds", counted)
+    pool = checks(refusal)
+    try:
+        messages = []
+        for _ in range(3):
+            with pytest.raises((SchemaRefused, ValueOutOfRange)) as refused:
+                pool.bounds(ATTACK)
+            messages.append(str(refused.value))
+        assert walks == [1] and len(set(messages)) == 1
+        assert f"more than {MAX_SCHEMA_COST} subschemas" in messages[0]
+        assert pool.bounds(SMALL) == pool.bounds(SMALL) > 0
+        assert walks == [1, 1, 1]  # accepted bounds are not a verdict: walked each time
+    finally:
+        await pool.close()
 
 
 async def test_the_attack_is_refused_cheaply_by_four_clients_at_once(
