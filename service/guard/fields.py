@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from service.guard.refused import SchemaRefused
+from service.guard.picks import Pick, is_index, pick_tree, segments, sub_pick
+from service.guard.refused import SchemaRefused, escape
 
 CATEGORICAL_MAX_LENGTH = 32
 ANNOTATION = "x-loragate-confidence"
@@ -76,27 +77,8 @@ class _Shape:
 Group = tuple[_Shape, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Pick:
-    """The part of a policy's `confidence_fields` at one place: `whole` when the place or one
-    above it is named (every leaf under it counts), else the named places below it."""
-
-    whole: bool
-    below: tuple[tuple[str, _Pick], ...] = ()
-
-    def child(self, segment: str) -> _Pick:
-        return self if self.whole else _merge(p for s, p in self.below if s == segment)
-
-    def items(self, first: int) -> _Pick:
-        """The pick for array indexes from `first` on (they share one place)."""
-        if self.whole:
-            return self
-        return _merge(p for s, p in self.below if _is_index(s) and int(s) >= first)
-
-
-_NOTHING = _Pick(False)
 _NOWHERE = _Shape(frozenset())
-_Key = tuple[_Shape, bool | None, _Pick | None]
+_Key = tuple[_Shape, bool | None, Pick | None]
 # A numeric segment is an array index, an object key, or unsure where the value may be either.
 Numbers = Literal["index", "key", "unsure"]
 
@@ -119,7 +101,7 @@ class _Location:
         found = self.keys.get(segment)
         if found is not None:
             return found
-        if self.numbers == "key" or not _is_index(segment):
+        if self.numbers == "key" or not is_index(segment):
             found = self.other
         elif self.numbers == "index":
             index = int(segment)
@@ -139,7 +121,7 @@ class ConfidenceFields:
     __slots__ = ("_root",)
 
     def __init__(self, schema: Mapping[str, Any], picks: Sequence[str] | None = None) -> None:
-        self._root = _Resolver(schema).resolve(_pick_tree(picks))
+        self._root = _Resolver(schema).resolve(pick_tree(picks))
         for pointer in picks or ():
             if not self._locate(pointer).known:
                 raise SchemaRefused(
@@ -152,7 +134,7 @@ class ConfidenceFields:
 
     def _locate(self, pointer: str) -> _Location:
         location = self._root
-        for segment in _segments(pointer):
+        for segment in segments(pointer):
             location = location.step(segment)
         return location
 
@@ -169,7 +151,7 @@ class _Resolver:
         self.steps = MAX_STEPS
         self._index(schema)
 
-    def resolve(self, pick: _Pick | None) -> _Location:
+    def resolve(self, pick: Pick | None) -> _Location:
         root = self._location(_Shape(frozenset({""})), None, pick)
         while self.todo:
             location, key = self.todo.pop()
@@ -187,7 +169,7 @@ class _Resolver:
                 anchor = node.get("$anchor")
                 if isinstance(anchor, str):
                     self.anchors.setdefault(anchor, pointer)
-                stack.extend((child, f"{pointer}/{_escape(k)}") for k, child in node.items())
+                stack.extend((child, f"{pointer}/{escape(k)}") for k, child in node.items())
             elif isinstance(node, list):
                 stack.extend((child, f"{pointer}/{i}") for i, child in enumerate(node))
 
@@ -230,7 +212,7 @@ class _Resolver:
 
     # --- places ---------------------------------------------------------------------------------
 
-    def _location(self, shape: _Shape, inherited: bool | None, pick: _Pick | None) -> _Location:
+    def _location(self, shape: _Shape, inherited: bool | None, pick: Pick | None) -> _Location:
         if len(self.done) >= MAX_LOCATIONS:
             shape = _NOWHERE
         key: _Key = (shape, inherited, pick)
@@ -241,7 +223,7 @@ class _Resolver:
         return found
 
     def _fill(
-        self, location: _Location, shape: _Shape, inherited: bool | None, pick: _Pick | None
+        self, location: _Location, shape: _Shape, inherited: bool | None, pick: Pick | None
     ) -> None:
         closed = self._closure(shape.starts)
         groups = (*closed.groups, *shape.groups)
@@ -257,22 +239,24 @@ class _Resolver:
         location.known = bool(shape.starts or shape.groups)
         location.numbers = self._numbers(closed.nodes, groups)
         if location.numbers == "unsure":  # nothing is known of what lies there
-            location.unsure = self._location(_NOWHERE, inherited, _sub(pick, None))
+            location.unsure = self._location(_NOWHERE, inherited, sub_pick(pick, None))
         every, complete = self._every(closed.nodes, groups)
         names = {name for nodes in every for name in self._properties(nodes)}
         if pick is not None:
-            names.update(s for s, _ in pick.below if location.numbers == "key" or not _is_index(s))
+            names.update(s for s, _ in pick.below if location.numbers == "key" or not is_index(s))
         for name in sorted(names):
             child = self._child(closed.nodes, groups, name)
-            location.keys[name] = self._location(child, inherited, _sub(pick, name))
+            location.keys[name] = self._location(child, inherited, sub_pick(pick, name))
         if not complete:  # past the budget: keys and indexes not seen above are unknown
-            location.other = location.rest = self._location(_NOWHERE, inherited, _sub(pick, None))
+            location.other = location.rest = self._location(
+                _NOWHERE, inherited, sub_pick(pick, None)
+            )
             return
         other = self._child(closed.nodes, groups, None)
-        location.other = self._location(other, inherited, _sub(pick, None))
+        location.other = self._location(other, inherited, sub_pick(pick, None))
         width = max((self._prefix_length(nodes) for nodes in every), default=0)
         location.prefix = tuple(
-            self._location(self._child(closed.nodes, groups, i), inherited, _sub(pick, str(i)))
+            self._location(self._child(closed.nodes, groups, i), inherited, sub_pick(pick, str(i)))
             for i in range(width)
         )
         rest = self._child(closed.nodes, groups, width, rest=True)
@@ -352,14 +336,14 @@ class _Resolver:
         found: set[str] = set()
         matched = False
         if isinstance(properties, dict) and step in properties:
-            found, matched = {f"{pointer}/properties/{_escape(step)}"}, True
+            found, matched = {f"{pointer}/properties/{escape(step)}"}, True
             if properties[step] is False:
                 return None
         for pattern, sub in patterns.items():
             if re.search(pattern, step):
                 if sub is False:
                     return None
-                found.add(f"{pointer}/patternProperties/{_escape(pattern)}")
+                found.add(f"{pointer}/patternProperties/{escape(pattern)}")
                 matched = True
         if matched:
             return frozenset(found)
@@ -469,52 +453,3 @@ def _subschema(schema: object, pointer: str) -> Starts | None:
     if schema is False:
         return None
     return frozenset({pointer}) if isinstance(schema, dict) else frozenset()
-
-
-def _sub(pick: _Pick | None, segment: str | None) -> _Pick | None:
-    if pick is None:
-        return None
-    return pick if pick.whole else (_NOTHING if segment is None else pick.child(segment))
-
-
-def _merge(picks: Iterable[_Pick]) -> _Pick:
-    """One pick for places several policy pointers meet at."""
-    found = list(picks)
-    if any(p.whole for p in found):
-        return _Pick(True)
-    segments = sorted({s for p in found for s, _ in p.below})
-    if not segments:
-        return _NOTHING
-    return _Pick(
-        False, tuple((s, _merge(c for p in found for t, c in p.below if t == s)) for s in segments)
-    )
-
-
-def _pick_tree(pointers: Sequence[str] | None) -> _Pick | None:
-    if pointers is None:
-        return None
-    picks = []
-    for pointer in pointers:
-        pick = _Pick(True)
-        for segment in reversed(list(_segments(pointer))):
-            pick = _Pick(False, ((segment, pick),))
-        picks.append(pick)
-    return _merge(picks)
-
-
-def _segments(pointer: str) -> list[str]:
-    if not pointer:
-        return []
-    segments = pointer[1:].split("/")
-    if "~" in pointer:
-        return [s.replace("~1", "/").replace("~0", "~") for s in segments]
-    return segments
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _is_index(segment: str) -> bool:
-    """An array index as JSON Pointer writes it: `0`, or digits without a leading zero."""
-    return segment.isascii() and segment.isdigit() and (segment == "0" or segment[0] != "0")
