@@ -87,6 +87,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._counted = False
         self._idle_since: float | None = None  # None while a request is in progress
         self._pipeline_full = False
+        self._answering: Any = None  # the request whose answer is being sent
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -135,11 +136,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._forget()
         self._abort()
 
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._answering = cycle  # with pipelining, not the newest parsed (``self.cycle``)
+        super()._start_asgi_task(cycle, app)
+
     def _abort(self) -> None:
-        # The transport reports its loss a loop turn later; a request being answered must see
-        # the disconnect now, or its next write fails on the closed transport.
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.disconnected = True
+        # The transport reports its loss a loop turn later, and then only to the newest parsed
+        # request; the one being answered must see the disconnect now, or its next write fails
+        # on the closed transport ("the handler is closed").
+        for cycle in (self._answering, self.cycle, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         self.transport.abort()
 
     def _forget(self) -> None:
