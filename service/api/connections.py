@@ -38,9 +38,10 @@ client that reports "server disconnected" can be told from a gateway fault.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -77,6 +78,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     per_client: ClassVar[Counter[str]]  # open connections by client address, of this server
+    # Orders connections by when they went idle: the loop's clock is read once per turn, so
+    # connections accepted in one turn would tie.
+    idle_order: ClassVar[Iterator[int]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,7 +89,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._host = ""
         self._counted = False
-        self._idle_since: float | None = None  # None while a request is in progress
+        self._idle_since: int | None = None  # None while a request is in progress
         self._pipeline_full = False
         self._answering: Any = None  # the request whose answer is being sent
 
@@ -94,7 +98,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._host = self.client[0] if self.client else ""
         self.per_client[self._host] += 1
         self._counted = True
-        self._idle_since = self.loop.time()
+        self._idle_since = next(self.idle_order)
         if not self._make_room():
             return
         self._read_within(self.limits.header_timeout_s, "header_timeout")
@@ -121,7 +125,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         ]  # fmt: skip
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c._idle_since or 0.0)
+        oldest = min(idle, key=lambda c: c._idle_since or 0)
         oldest._drop(f"shed_idle_{cap}")
         return True
 
@@ -211,7 +215,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # Waiting for the next request: its headers are due (the keep-alive timeout closes a
         # connection that sends nothing at all sooner). A pipelined request already started.
         if not self.transport.is_closing() and self.cycle.response_complete:
-            self._idle_since = self.loop.time()
+            self._idle_since = next(self.idle_order)
             self._read_within(self.limits.header_timeout_s, "header_timeout")
 
     def pause_writing(self) -> None:
@@ -256,4 +260,5 @@ def protocol(limits: ConnectionLimits) -> type[LimitedHttpProtocol]:
 
     LimitedHttp.limits = limits
     LimitedHttp.per_client = Counter()
+    LimitedHttp.idle_order = itertools.count()
     return LimitedHttp
