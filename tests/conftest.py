@@ -40,10 +40,6 @@ from tests.fake_engine import MODEL, FakeEngine
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 REAL_TIER = "tests/real/"
-# Trains the demo set the tutorial copies: first on the real tier's worker (cold, 3-4 minutes of
-# training before any vLLM starts), since the other worker, with the rest of the suite, is the
-# longer of the two (warm: 845 s against 550 s) and training there made a cold run 4 min longer.
-DEMO_TRAINING = "tests/adapters/test_demo.py::test_the_demo_trains_a_good_a_shuffled_and_a_second"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -65,9 +61,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under xdist (`-n 2`, as scripts/test.sh runs) every real-vLLM test runs on one worker,
     one after another, and that tier is handed out first: vLLM's CPU worker busy-polls a core,
     so two engines at once on two cores starve each other, while the other worker runs the rest
-    of the suite beside the one engine. The demo set's training (DEMO_TRAINING) opens that tier.
-    Every other test is a unit of its own. (The scope is chosen here, from the node id: xdist's
-    own `loadgroup` marks do not group under pytest 9.)"""
+    of the suite beside the one engine. Every other test is a unit of its own. (The scope is
+    chosen here, from the node id: xdist's own `loadgroup` marks do not group under pytest 9.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class EngineTierTogether(LoadScopeScheduling):
@@ -79,7 +74,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             super().schedule()
 
         def _split_scope(self, nodeid: str) -> str:
-            return "engine" if nodeid.startswith((REAL_TIER, DEMO_TRAINING)) else nodeid
+            return "engine" if nodeid.startswith(REAL_TIER) else nodeid
 
     return EngineTierTogether(config, log)
 
@@ -355,9 +350,9 @@ def training_cache() -> Path:
 @pytest.fixture(scope="session")
 def demo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`loragate adapters demo` once per session into a directory of its own: `good`, `bad` and
-    `good2`, through the machine's training cache. It runs first on the real tier's worker
-    (tests/adapters/test_demo.py, DEMO_TRAINING), so the tutorial's own `adapters demo`, the same
-    inputs, copies these runs instead of training."""
+    `good2`, through the machine's training cache. It runs early on the worker beside the real
+    tier (tests/adapters/test_demo.py), so the tutorial's own `adapters demo`, the same inputs,
+    copies these runs (or waits for them: one run per key at a time) instead of training."""
     work = tmp_path_factory.mktemp("demo-set")
     env = {**os.environ, "LORAGATE_DATA_DIR": str(work),
            "LORAGATE_TRAINING_CACHE_DIR": str(training_cache())}  # fmt: skip
