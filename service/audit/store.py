@@ -31,18 +31,9 @@ class AuditFilters:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
-    id: int
-    at: datetime
-    actor: str
-    actor_role: str | None
-    os_user: str | None
-    action: str
-    object: str
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-    request_id: str | None
-    client: str | None
+class StoredEvent(EventFields):
+    """An event as read back: what its hash covers, and its link of the chain."""
+
     prev_hash: str
     hash: str
 

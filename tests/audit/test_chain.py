@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.audit.actor import Actor
@@ -22,8 +22,9 @@ from service.audit.retention import audit_pruner
 from service.audit.store import verify_chain
 from service.auth import Role
 from service.db.migrations import upgrade
-from service.db.models import ApiKey, AuditEvent
+from service.db.models import ApiKey
 from service.db.session import create_engine, is_sqlite, session_factory
+from tests.audit.test_audit import events_in
 from tests.audit.trail import run_sql, verify, write_events
 from tests.conftest import Harness, fresh_database, make_settings, running_gateway
 from tests.fake_engine import FakeEngine
@@ -61,22 +62,13 @@ def trail(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     yield db_url
 
 
-async def stored(url: str) -> list[AuditEvent]:
-    engine = create_engine(url)
-    try:
-        async with session_factory(engine)() as session:
-            return list((await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all())
-    finally:
-        await engine.dispose()
-
-
 def broken_at(result_output: str) -> str:
     (line,) = [line for line in result_output.splitlines() if line.startswith("BROKEN")]
     return line
 
 
 def test_an_intact_trail_verifies(trail: str) -> None:
-    events = asyncio.run(stored(trail))
+    events = asyncio.run(events_in(trail))
     assert [e.id for e in events] == list(range(1, 12))
     assert events[0].prev_hash == GENESIS
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
@@ -91,7 +83,7 @@ def test_an_intact_trail_verifies(trail: str) -> None:
 
 def test_the_findings_wipe_is_detected(trail: str) -> None:
     asyncio.run(run_sql(trail, *WIPE))
-    assert asyncio.run(stored(trail)) == []  # the triggers let it through: verify must see it
+    assert asyncio.run(events_in(trail)) == []  # the triggers let it through: verify must see it
     result = verify()
     assert result.exit_code == 1, result.output
     assert "checked 0 events" in result.output
@@ -136,7 +128,7 @@ def test_an_edit_after_dropping_the_trigger_is_detected(trail: str) -> None:
 def test_an_event_inserted_by_hand_is_detected(trail: str) -> None:
     # A forged event between 4 and 5 that even links to 4 (ids have no gaps: it takes a free one).
     asyncio.run(run_sql(trail, WIPE[0], "DELETE FROM audit_events WHERE id = 5"))
-    events = asyncio.run(stored(trail))
+    events = asyncio.run(events_in(trail))
     four = events[3]
     forged = EventFields(5, T0, "cli", None, "mallory", "key.create", "key:x", None, None, None,
                          None)  # fmt: skip
@@ -166,7 +158,7 @@ async def rewrite_from(url: str, first: int, key: bytes = b"") -> None:
             await connection.execute(
                 text("UPDATE audit_events SET actor = 'someone else' WHERE id = :id"), {"id": first}
             )
-        events = await stored(url)
+        events = await events_in(url)
         prev = events[first - 2].hash if first > 1 else GENESIS
         async with engine.begin() as connection:
             for e in events[first - 1 :]:
@@ -242,7 +234,7 @@ def test_pruning_through_the_retention_job_verifies_clean(
     older_than_10_days = minutes(3, now - timedelta(days=20))
     asyncio.run(write_events(db_url, old + older_than_10_days + minutes(2, now), monkeypatch,
                              key="k"))  # fmt: skip
-    before = asyncio.run(stored(db_url))
+    before = asyncio.run(events_in(db_url))
 
     async def prune(days: float) -> None:
         job = audit_pruner(days, "k")
@@ -254,7 +246,7 @@ def test_pruning_through_the_retention_job_verifies_clean(
             await engine.dispose()
 
     asyncio.run(prune(30))
-    events = asyncio.run(stored(db_url))
+    events = asyncio.run(events_in(db_url))
     assert [e.id for e in events] == [5, 6, 7, 8, 9, 10]
     prune_event = events[-1]
     assert (prune_event.action, prune_event.actor) == ("audit.prune", "retention")
@@ -266,13 +258,13 @@ def test_pruning_through_the_retention_job_verifies_clean(
 
     # A second prune: the walk starts from what the newest prune event records.
     asyncio.run(prune(10))
-    events = asyncio.run(stored(db_url))
+    events = asyncio.run(events_in(db_url))
     assert [e.id for e in events] == [8, 9, 10, 11] and events[-1].after is not None
     assert events[-1].after["through_id"] == 7
     assert verify().exit_code == 0
     # Nothing older than the retention: no prune, no event.
     asyncio.run(prune(10))
-    assert len(asyncio.run(stored(db_url))) == 4
+    assert len(asyncio.run(events_in(db_url))) == 4
 
     # Removing the oldest remaining one by hand is not a prune.
     asyncio.run(run_sql(db_url, WIPE[0], "DELETE FROM audit_events WHERE id = 8"))
@@ -334,7 +326,7 @@ async def test_concurrent_audited_changes_form_one_chain(db_url: str) -> None:
     assert meanwhile == [True] * 5
     assert verdict.intact and verdict.checked == 20 and verdict.head is not None
     assert verdict.head.last_id == 20
-    events = await stored(db_url)
+    events = await events_in(db_url)
     assert [e.id for e in events] == list(range(1, 21))
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
     assert {e.object for e in events} == {f"key:k{n}" for n in range(20)}
