@@ -166,7 +166,7 @@ class SnapshotStore:
         }
         self._contracts = built
         stored = {k.id: sk for k in keys if (sk := usable_key(k))}
-        adapters = {v.id: AdapterView(v.id, v.pool, v.store_path) for v in versions}
+        adapters = {v.id: AdapterView(v.id, v.pool, v.store_path, v.sha256) for v in versions}
         old = self.current
         self.current = Snapshot(
             MappingProxyType(route_views), MappingProxyType(stored), MappingProxyType(adapters)

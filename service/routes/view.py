@@ -31,6 +31,7 @@ class AdapterView:
     id: str  # name@version, the name engines serve it under
     pool: str
     store_path: str
+    sha256: str = ""  # the adapter's content digest (traces name the exact weights)
 
 
 @dataclass(frozen=True, slots=True)
