@@ -56,8 +56,9 @@ def adapters_register(
         Path,
         typer.Argument(
             help="Adapter directory (adapter_config.json + adapter_model.safetensors): absolute, "
-            "or relative to the current directory, else to the import root; it must lie under "
-            "the adapter import root (LORAGATE_ADAPTER_IMPORT_ROOT, default DATA_DIR/imports)."
+            "or relative to the current directory, else to the adapter import root "
+            "(LORAGATE_ADAPTER_IMPORT_ROOT, default DATA_DIR/imports), where `train` and `demo` "
+            "write by default. No file in it may be a link to outside it."
         ),
     ],
     pool: Annotated[
@@ -74,10 +75,17 @@ def adapters_register(
     same content again prints the existing version.
     """
     settings = settings_of(ctx)
+    source = typed_path(settings, path)
+    if source.is_dir() and not source.resolve().is_relative_to(
+        settings.effective_import_root.resolve()
+    ):
+        # Whoever runs the CLI may register any directory they can read (only the API keeps to
+        # the import root); the directory is then the root, so no file may point outside it.
+        settings = settings.model_copy(update={"adapter_import_root": source})
     request = RegistrationRequest(
         name=name,
         # '..' stays in and is refused like in the API.
-        path=str(typed_path(settings, path)),
+        path=str(source),
         pool=pool,
         data_snapshot_id=data_snapshot,
         changelog=changelog,
@@ -107,7 +115,8 @@ def adapters_list(
     ] = None,
     url: UrlOption = None,
 ) -> None:
-    """List adapter versions: id, pool, rank, sha256, when and by whom (and where loaded)."""
+    """List adapter versions: id, pool, rank, sha256, the training data snapshot it came from
+    (`data=`), when and by whom (with --key: where each is loaded)."""
     settings = settings_of(ctx)
     if key:
         query = f"?name={name}" if name else ""
@@ -118,15 +127,15 @@ def adapters_list(
             loaded = ",".join(v["loaded_on"]) or "nowhere"
             typer.echo(
                 f"{v['id']:<32} pool={v['pool']} rank={v['rank']} sha256={v['sha256'][:12]} "
-                f"loaded_on={loaded}  {v['changelog'][:60]}"
+                f"data={v['data_snapshot_id'] or '-'} loaded_on={loaded}  {v['changelog'][:60]}"
             )
         return
     for record in _with_registry(settings, lambda registry: registry.list_versions(name)):
         when = record.created_at.strftime("%Y-%m-%d %H:%M")
         typer.echo(
             f"{record.id:<32} pool={record.pool} rank={record.rank} "
-            f"sha256={record.sha256[:12]} {when} by={record.created_by or '-'}  "
-            f"{record.changelog[:60]}"
+            f"sha256={record.sha256[:12]} data={record.data_snapshot_id or '-'} {when} "
+            f"by={record.created_by or '-'}  {record.changelog[:60]}"
         )
 
 
@@ -232,8 +241,8 @@ def adapters_train(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="New output directory; a relative one lies under the import root, where it can "
-            "be registered from (default: trained/NAME-TIMESTAMP)."
+            help="New output directory, relative to the current directory "
+            "(default: IMPORT_ROOT/trained/NAME-TIMESTAMP)."
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = training.DEFAULT_EPOCHS,
@@ -269,7 +278,7 @@ def adapters_train(
     base_name, base_dir = _base_model(settings, pool, base_model_dir)
     root = settings.effective_import_root
     stamp = now().strftime("%Y%m%d-%H%M%S")
-    target = root / out if out is not None else root / "trained" / f"{name}-{stamp}"
+    target = out if out is not None else root / "trained" / f"{name}-{stamp}"
     result = _train_with_progress(name, lambda progress: training.train(
         data, target.absolute(), base_dir, base_model_name=base_name, epochs=epochs, lr=lr,
         rank=rank, alpha=alpha, seed=seed, val_fraction=val_fraction, max_len=max_len,
@@ -287,7 +296,7 @@ def adapters_demo(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="New directory; a relative one lies under the import root (default: demo)."
+            help="New directory, relative to the current directory (default: IMPORT_ROOT/demo)."
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = training.DEMO_EPOCHS,
@@ -304,7 +313,7 @@ def adapters_demo(
     trained before with the same inputs are copied from the training cache."""
     settings = settings_of(ctx)
     base_name, base_dir = _base_model(settings, pool, base_model_dir)
-    target = (settings.effective_import_root / (out or Path("demo"))).absolute()
+    target = (out or settings.effective_import_root / "demo").absolute()
     if target.exists() and any(target.iterdir()):
         raise fail(f"{target} is not empty: remove it or pass --out")
     target.mkdir(parents=True, exist_ok=True)

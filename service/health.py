@@ -28,9 +28,11 @@ async def healthz() -> dict[str, str]:
     summary="Ready to serve",
     description=(
         "200 when the database answers and at least one engine replica passed its generation "
-        "probe; 503 with the failing checks otherwise. `checks.records` says how far request "
-        "records are from the database (spool bytes, age of the oldest unshipped record, the "
-        "shipper's last error); it does not decide readiness."
+        "probe; 503 with the failing checks otherwise. A replica that has not answered yet "
+        "(vLLM still loading, the bundled model being prepared) is `starting`. "
+        "`checks.records` says how far request records are from the database (spool bytes, "
+        "age of the oldest unshipped record, the shipper's last error); it does not decide "
+        "readiness."
     ),
     responses={503: {"description": "Not ready; the body says which check failed."}},
 )
@@ -49,7 +51,7 @@ async def readyz(request: Request) -> Response:
             "healthy_replicas": pool.healthy_count(),
             # Unauthenticated endpoint: replica addresses stay out (they are in /metrics labels).
             "replicas": [
-                {"replica": i, "state": r.state.value, "last_error": r.last_error}
+                {"replica": i, "state": r.shown_state, "last_error": r.last_error}
                 for i, r in enumerate(pool.replicas)
             ],
         }

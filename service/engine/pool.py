@@ -34,8 +34,8 @@ class ReplicaState(StrEnum):
 
 class Replica:
     __slots__ = (
-        "ejected_until", "in_flight", "in_flight_gauge", "last_error", "loaded", "pool",
-        "probe_failures", "state", "url",
+        "answered", "ejected_until", "in_flight", "in_flight_gauge", "last_error", "loaded",
+        "pool", "probe_failures", "state", "url",
     )  # fmt: skip
 
     def __init__(self, pool: str, url: str, metrics: Metrics) -> None:
@@ -47,11 +47,18 @@ class Replica:
         self.ejected_until = 0.0
         self.last_error: str | None = None
         self.probe_failures = 0  # consecutive
+        # Whether it was ever healthy: until then a failing replica is starting, not broken.
+        self.answered = False
         # Adapter versions the replica was last seen serving (kept by the reconcile loop).
         self.loaded: frozenset[str] = frozenset()
 
     def usable(self, now: float) -> bool:
         return self.state is not ReplicaState.EJECTED or now >= self.ejected_until
+
+    @property
+    def shown_state(self) -> str:
+        """The state as /readyz and logs tell it: ``starting`` until it first answers."""
+        return self.state.value if self.answered else "starting"
 
 
 class EnginePool:
@@ -87,7 +94,9 @@ class EnginePool:
         return best
 
     def eject(self, replica: Replica, reason: str) -> None:
-        if replica.state is not ReplicaState.EJECTED:
+        if not replica.answered:
+            log.info("engine replica %s of pool %s is starting: %s", replica.url, self.name, reason)
+        elif replica.state is not ReplicaState.EJECTED:
             log.warning("ejecting engine replica %s of pool %s: %s", replica.url, self.name, reason)
         replica.state = ReplicaState.EJECTED
         replica.ejected_until = time.monotonic() + self._eject_for_s
@@ -97,6 +106,7 @@ class EnginePool:
     def mark_healthy(self, replica: Replica) -> None:
         if replica.state is not ReplicaState.HEALTHY:
             log.info("engine replica %s of pool %s is healthy", replica.url, self.name)
+        replica.answered = True
         replica.state = ReplicaState.HEALTHY
         replica.last_error = None
         self._publish(replica)

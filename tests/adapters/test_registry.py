@@ -673,12 +673,24 @@ def test_cli_registers_and_lists(cli_db: Path, monkeypatch: pytest.MonkeyPatch) 
     refused = cli("adapters", "register", "triage", "imports/bad")
     assert refused.exit_code == 1
     assert refused.output.startswith("error: ") and "adapter_config.json" in refused.output
-    outside = cli("adapters", "register", "triage", str(cli_db))
-    assert outside.exit_code == 1 and "import root" in outside.output
+    # The CLI's user may register any directory they can read, typed relative to the current
+    # directory, but no file in it may point outside it.
+    write_adapter(cli_db / "elsewhere" / "two", r=4)
+    monkeypatch.chdir(cli_db / "elsewhere")
+    outside = cli("adapters", "register", "triage", "two")
+    assert outside.exit_code == 0, outside.output
+    assert "registered triage@2" in outside.output and "rank:    4" in outside.output
+    (cli_db / "elsewhere" / "three").mkdir()
+    (cli_db / "elsewhere" / "three" / "adapter_config.json").symlink_to(
+        cli_db / "imports" / "one" / "adapter_config.json"
+    )
+    escaping = cli("adapters", "register", "triage", "three")
+    assert escaping.exit_code == 1 and "link to outside" in escaping.output
 
     listing = cli("adapters", "list")
     assert listing.exit_code == 0
     assert "triage@1" in listing.output and "by=cli" in listing.output and "first" in listing.output
+    assert "data=snap-9" in listing.output
 
 
 # -- slow: real peft adapters on the real model, read by the real worker ----------------------

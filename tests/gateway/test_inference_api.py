@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -466,8 +467,11 @@ async def test_readyz_once_a_probe_passed(gateway: Harness, engine: FakeEngine) 
     assert checks["engines"]["default"]["healthy_replicas"] == 1
 
 
-async def test_readyz_503_when_the_only_engine_is_down(sqlite_url: str, tmp_path: Path) -> None:
+async def test_readyz_503_when_the_only_engine_is_down(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
+    caplog.set_level(logging.INFO, logger="service.engine.pool")
     async with running_gateway(make_settings(sqlite_url, tmp_path, [dead])) as harness:
         replica = harness.app.state.gateway.engines.pools["default"].replicas[0]
         await wait_until(lambda: replica.state is ReplicaState.EJECTED, what="failed probe")
@@ -477,8 +481,12 @@ async def test_readyz_503_when_the_only_engine_is_down(sqlite_url: str, tmp_path
     assert body["status"] == "not ready"
     pool = body["checks"]["engines"]["default"]
     assert pool["healthy_replicas"] == 0
-    assert pool["replicas"][0]["state"] == "ejected"
+    # It never answered: starting (vLLM loading, the model being prepared), not "ejected".
+    assert pool["replicas"][0]["state"] == "starting"
     assert "probe failed" in pool["replicas"][0]["last_error"]
+    said = [r.getMessage() for r in caplog.records if r.name == "service.engine.pool"]
+    assert any(f"replica {dead} of pool default is starting" in m for m in said), said
+    assert not any("ejecting" in m for m in said), said
 
 
 async def test_spans_are_exported(sqlite_url: str, tmp_path: Path, engine: FakeEngine) -> None:
