@@ -36,7 +36,7 @@ PURE = [
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
     "service.guard.tiers", "service.guard.sampling", "service.review.model",
     "service.limits.quota", "service.keys.credentials", "service.guard",
-    "service.review.visibility",
+    "service.review.visibility", "service.review.agreement", "service.review.calibration",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")

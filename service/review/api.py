@@ -230,7 +230,10 @@ async def decide(
         "how many items are parked; per risk tier the target age and the items past it; per "
         "route the QA estimate (how often reviewers changed an answer nobody escalated, with "
         "its 95 % Wilson interval) and the agreement of two reviewers' independent decisions "
-        "(Cohen's kappa, field agreement on corrections), also per reviewer pair. A key "
+        "(Cohen's kappa, field agreement on corrections), also per reviewer pair; per route and "
+        "adapter version the calibration of its confidence against reviewers' decisions "
+        "(expected calibration error, Brier score, a ten-bin reliability diagram), per answer "
+        "and per field. A key "
         "limited to routes or tiers sees the figures of those items alone."
     ),
     response_model=StatsOut,
@@ -242,7 +245,11 @@ async def stats(
     now: Now,
     window_days: Annotated[
         float,
-        Query(gt=0, le=3650, description="QA and agreement figures read items this recent."),
+        Query(
+            gt=0,
+            le=3650,
+            description="QA, agreement and calibration figures read items this recent.",
+        ),
     ] = 30,
 ) -> StatsOut:
     depth, measured = await service.stats(

@@ -13,8 +13,13 @@ from service.audit.actor import cli_actor
 from service.cli.common import fail, iso_time, settings_of
 from service.cli.db import with_sessions
 from service.review.export import Export, ExportFilters, RecordedExport, export_and_record
+from service.review.thresholds_cli import HELP as THRESHOLDS_HELP
+from service.review.thresholds_cli import thresholds
 
-reviews_app = typer.Typer(help="Review decisions (training data export).", no_args_is_help=True)
+reviews_app = typer.Typer(
+    help="Review decisions (training data export, escalation thresholds).", no_args_is_help=True
+)
+reviews_app.command("thresholds", help=THRESHOLDS_HELP)(thresholds)
 
 FILES = ("train.jsonl", "validation.jsonl", "all.jsonl", "manifest.json")
 

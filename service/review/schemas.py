@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from service.guard.tiers import Risk
 from service.review.agreement import Agreement
+from service.review.calibration_schemas import VersionCalibrationOut
 from service.review.errors import ReviewDecisionInvalid
 from service.review.model import (
     MAX_INT,
@@ -309,6 +310,12 @@ class StatsOut(BaseModel):
         description="Per route: agreement of two reviewers' independent decisions."
     )
     pairs: list[PairOut] = Field(description="The same agreement per pair of reviewers.")
+    calibration: list[VersionCalibrationOut] = Field(
+        description="Per route and adapter version: how well its confidence predicted "
+        "reviewers' decisions on the items it sent to review (ECE, Brier score, reliability "
+        "bins). Reviewed items are mostly the unsure ones a policy escalated: the figures "
+        "describe the versions' confidence where reviewers looked."
+    )
 
     @classmethod
     def of(cls, stats: QueueStats, sla: SlaTargets, measured: Figures) -> StatsOut:
@@ -320,6 +327,7 @@ class StatsOut(BaseModel):
             qa={route: QaOut.of(qa) for route, qa in figures.qa.items()},
             agreement={route: AgreementOut.of(a) for route, a in figures.agreement.items()},
             pairs=[PairOut.of(p) for p in figures.pairs],
+            calibration=[VersionCalibrationOut.of(v) for v in measured.calibration],
         )  # fmt: skip
 
 

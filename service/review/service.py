@@ -29,7 +29,8 @@ from service.guard.answers import answer_text
 from service.guard.policy import QA_SAMPLE
 from service.guard.route_guard import Judgement, RouteContract
 from service.guard.tiers import DEFAULT_RISK
-from service.review import claims, decisions, reads
+from service.review import calibration_reads, claims, decisions, reads
+from service.review.calibration_reads import VersionCalibration, per_version
 from service.review.errors import ReviewConflict, ReviewDecisionInvalid, ReviewItemNotFound
 from service.review.model import (
     DECIDED_STATE,
@@ -105,10 +106,12 @@ class ItemDetail:
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """Per risk tier the open items past their target age; QA and agreement figures."""
+    """Per risk tier the open items past their target age; QA, agreement and calibration
+    figures."""
 
     overdue: Mapping[str, int]
     quality: Quality
+    calibration: list[VersionCalibration]
 
 
 def item_not_found(item_id: str) -> ReviewItemNotFound:
@@ -315,7 +318,9 @@ async def _figures(
 ) -> Figures:
     limits = scope_of(principal)  # the key's own routes and tiers, never a page's filters
     overdue = await overdue_counts(session, sla_targets(parts.settings), now, scope_clauses(limits))
-    return Figures(overdue, await quality(session, now - window, limits))
+    since = now - window
+    versions = per_version(await calibration_reads.reviewed(session, since, limits))
+    return Figures(overdue, await quality(session, since, limits), versions)
 
 
 async def figures(

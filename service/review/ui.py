@@ -250,6 +250,7 @@ async def queue_page(request: Request, now: Now) -> Response:
         rows=rows, route=route, reason=reason, state=state, tier=tier, tiers=TIERS,
         states=[s.value for s in ItemState], reviewer=principal, overdue=figures.overdue,
         targets={t: shown.age_of(sla.target_s(t)) for t in TIERS}, quality=figures.quality,
+        calibration=figures.calibration,
     )  # fmt: skip
 
 

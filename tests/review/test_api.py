@@ -475,7 +475,7 @@ async def test_stats(harness: Harness, clock: Clock) -> None:
         "depth": {}, "claimed": {}, "oldest_pending_age_s": None, "parked": 0,
         "sla_target_s": {"low": 86400.0, "medium": 14400.0, "high": 3600.0, "critical": 900.0},
         "overdue": {"low": 0, "medium": 0, "high": 0, "critical": 0},
-        "qa": {}, "agreement": {}, "pairs": [],
+        "qa": {}, "agreement": {}, "pairs": [], "calibration": [],
     }  # fmt: skip
 
     await add(h, route="triage", age_s=100)

@@ -386,14 +386,19 @@ async def test_snapshot_is_recorded_once_per_content(
 # -- the CLI ------------------------------------------------------------------------------------
 
 
-def _cli(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> Any:
+def reviews_cli(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> Any:
+    """``loragate reviews ARGS`` on ``db_url``, with no other setting from the environment."""
     for name in list(os.environ):
         if name.upper().startswith("LORAGATE_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LORAGATE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("LORAGATE_DATABASE_URL", db_url)
-    return CliRunner().invoke(app, ["reviews", "export", *args])
+    return CliRunner().invoke(app, ["reviews", *args])
+
+
+def _cli(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> Any:
+    return reviews_cli(db_url, monkeypatch, tmp_path, "export", *args)
 
 
 async def _seed(url: str) -> None:
