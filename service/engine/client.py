@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from monitoring.metrics import Metrics
+from monitoring.tracing import with_trace_context
 from service.engine.pool import EnginePool, Replica
 from service.errors import (
     EngineBadResponse,
@@ -214,7 +215,7 @@ class EngineClient:
             async with self.http.post(
                 replica.url + path,
                 data=body,
-                headers={**JSON_HEADERS, "X-Request-Id": request_id},
+                headers=with_trace_context({**JSON_HEADERS, "X-Request-Id": request_id}),
                 timeout=self._unary_timeout,
             ) as response:
                 payload = await response.read()
@@ -232,7 +233,7 @@ class EngineClient:
                 response = await self.http.post(
                     replica.url + path,
                     data=body,
-                    headers={**JSON_HEADERS, "X-Request-Id": request_id},
+                    headers=with_trace_context({**JSON_HEADERS, "X-Request-Id": request_id}),
                     timeout=self._stream_timeout,
                 )
                 if response.status != 200:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import INVALID_SPAN, Span, Tracer
+from opentelemetry.trace import Span, Tracer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from starlette.types import Scope
 
 from monitoring.metrics import UNKNOWN, Metrics
 from service.auth import Principal
@@ -16,6 +17,7 @@ from service.engine.reconciler import AdapterReconciler
 from service.errors import AuthenticationFailed
 from service.gateway.schema_checks import SchemaChecks
 from service.gateway.shadow import ShadowCaller
+from service.gateway.spans import NO_SPAN, NO_TRACE, RequestTrace
 from service.keys.credentials import bearer_token, split_key, verify
 from service.limits.limiter import Grant, Limiter
 from service.records.draft import RecordDraft
@@ -23,8 +25,6 @@ from service.records.keeper import RecordKeeper
 from service.review.results import ReviewCallbacks
 from service.routes.snapshot import SnapshotStore
 from service.settings import Settings
-
-NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
 
 
 @dataclass(slots=True)
@@ -67,6 +67,13 @@ class Gateway:
         if self.tracing:
             return self.tracer.start_as_current_span(name)
         return NO_SPAN
+
+    def trace(self, scope: Scope, record: RecordDraft) -> RequestTrace:
+        """The request's GenAI spans, or ``NO_TRACE`` (nothing built) when tracing is off."""
+        if not self.tracing:
+            return NO_TRACE
+        bodies, adapters = self.settings.effective_record_bodies, self.snapshot.current.adapters
+        return RequestTrace(self.tracer, scope, record.endpoint, record.id, bodies, adapters)
 
     def end(self, record: RecordDraft, grant: Grant | None) -> None:
         """A client request is over: out of the in-flight count, its key's limits settled with

@@ -47,6 +47,7 @@ from service.gateway.request_rules import (
     route_name,
 )
 from service.gateway.shadow import ShadowCall
+from service.gateway.spans import NO_TRACE, RequestTrace
 from service.gateway.stream_guard import StreamedAnswer
 from service.gateway.stream_relay import StreamRelay
 from service.guard.answers import answer_text, first_finish_reason
@@ -75,8 +76,8 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
     shadow: ShadowCall | None = None
     grant: Grant | None = None
     gw.metrics.in_flight.inc()
-    with gw.span("gateway.request") as span:
-        span.set_attribute("loragate.request_id", record.id)
+    trace = gw.trace(scope, record)
+    with trace.current():
         try:
             gw.records.admit()
             record.key_id = principal.key_id
@@ -90,7 +91,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.route, record.target, record.arm = route.name, decision.target, decision.arm
             if route.split is not None:
                 record.rollout_id = route.split.rollout_id
-            span.set_attribute("loragate.route", route.name)
+            trace.routed(route, decision, payload)
             limits = Limits.for_route(gw.settings, route)
             forced = contract_fields(route, endpoint, payload)
             prepared = prepare(
@@ -102,16 +103,17 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.stream = prepared.stream
             if decision.shadow_target is not None:
                 shadow = launch_shadow(
-                    gw, record, route, decision.shadow_target, payload, limits, forced
+                    gw, record, route, decision.shadow_target, payload, limits, forced, trace
                 )
             if prepared.stream:
-                stream = await until_disconnected(
-                    receive,
-                    gw.engines.open_stream(
-                        route.pool, decision.target, endpoint.path, prepared.upstream_body,
-                        record.id,
-                    ),
-                )  # fmt: skip
+                with trace.calling(decision.target, stream=True):
+                    stream = await until_disconnected(
+                        receive,
+                        gw.engines.open_stream(
+                            route.pool, decision.target, endpoint.path, prepared.upstream_body,
+                            record.id,
+                        ),
+                    )  # fmt: skip
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
                 streamed = verdict = None
@@ -119,12 +121,13 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                     streamed = StreamedAnswer(keep_logprobs=bool(payload.get("logprobs")))
                     verdict = partial(guard_stream, gw, record, route, streamed)
                 relayed = StreamRelay(
-                    gw, stream, prepared, record, endpoint, shadow, grant, streamed, verdict
-                )
+                    gw, stream, prepared, record, endpoint, shadow, grant, streamed, verdict,
+                    trace,
+                )  # fmt: skip
                 return RelayResponse(
                     relayed, record.id, grant.headers if grant is not None else None
                 )
-            with gw.span("engine.call"):
+            with trace.calling(decision.target):
                 reply = await until_disconnected(
                     receive,
                     gw.engines.complete(
@@ -134,6 +137,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 )  # fmt: skip
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)
+            trace.replied(answer, record.replica)
             body = reply.value
             status = 200
             if route.contract is not None:
@@ -148,6 +152,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 record.target = echoed  # the exact version that answered
             record.take_usage(answer.get("usage"))
             record.finish_reason = first_finish_reason(answer)
+            trace.answered(answer)
             if record.response_body is None:
                 record.response_body = body.decode("utf-8", "replace")
             record.status_code = status
@@ -161,7 +166,6 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 record.replica, record.attempts = error.replica, error.attempts
             elif record.attempts == 0:
                 record.refused_before_engine()
-            span.set_attribute("loragate.error", error.code)
             refusal = error_response(error, record.id)
             if isinstance(error, BodyTooLarge):  # the rest is not read: the connection closes
                 refusal.headers["connection"] = "close"
@@ -175,6 +179,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             if not handed_to_stream:
                 if shadow is not None:
                     shadow.primary_answered(None)  # no-op when it already has the answer
+                trace.end(record)
                 gw.end(record, grant)
 
 
@@ -204,12 +209,13 @@ def launch_shadow(
     payload: dict[str, Any],
     limits: Limits,
     forced: dict[str, Any] | None,
+    trace: RequestTrace = NO_TRACE,
 ) -> ShadowCall | None:
     """Send the candidate a non-streamed copy of the request; it never affects this one."""
     copy = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
     endpoint = Endpoint(record.endpoint)
     body = prepare(endpoint, copy, candidate, limits, forced).upstream_body
-    return gw.shadow.launch(record, route.pool, candidate, endpoint, body, route.contract)
+    return gw.shadow.launch(record, route.pool, candidate, endpoint, body, route.contract, trace)
 
 
 def contract_fields(

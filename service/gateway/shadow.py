@@ -18,6 +18,7 @@ from rollout.core.split import Arm
 from service.engine.client import EngineClient, parse_reply
 from service.errors import ClientClosedRequest, EngineTimeout, GatewayError
 from service.gateway.request_rules import Endpoint
+from service.gateway.spans import NO_TRACE, EngineCall, RequestTrace
 from service.guard.answers import answer_text
 from service.guard.route_guard import RouteContract, judge
 from service.records.draft import RecordDraft
@@ -71,6 +72,7 @@ class ShadowCaller:
         endpoint: Endpoint,
         body: bytes,
         contract: RouteContract | None = None,
+        trace: RequestTrace = NO_TRACE,
     ) -> ShadowCall | None:
         """Start a shadow call for ``primary``; ``None`` (and counted) when at the cap."""
         route = primary.route or "-"
@@ -82,7 +84,8 @@ class ShadowCaller:
         record.arm, record.route, record.target = Arm.SHADOW.value, primary.route, target
         record.rollout_id, record.shadow_of = primary.rollout_id, primary.id
         record.request_body = primary.request_body
-        task = asyncio.create_task(self._run(call, record, pool, endpoint, body, contract))
+        span = trace.engine_call(target, arm=Arm.SHADOW.value)
+        task = asyncio.create_task(self._run(call, record, pool, endpoint, body, contract, span))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._metrics.shadow_calls.labels(route, "started").inc()
@@ -96,15 +99,18 @@ class ShadowCaller:
         endpoint: Endpoint,
         body: bytes,
         contract: RouteContract | None,
+        span: EngineCall,
     ) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                reply = await self._engines.complete(
-                    pool, record.target or "", endpoint.path, body, record.id
-                )
+                with span.current():
+                    reply = await self._engines.complete(
+                        pool, record.target or "", endpoint.path, body, record.id
+                    )
             record.stop_clock()
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)
+            span.took(answer)
             record.take_usage(answer.get("usage"))
             text = answer_text(answer, chat=endpoint is Endpoint.CHAT)
             record.response_body = text
@@ -127,6 +133,7 @@ class ShadowCaller:
             record.fail(GatewayError("The gateway failed to make the shadow call."))
         finally:
             record.stop_clock()
+            span.end_with(record, record.replica)
             self._finish(record)
 
     async def close(self) -> None:

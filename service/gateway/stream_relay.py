@@ -25,6 +25,7 @@ from service.errors import (
 from service.gateway.parts import Gateway
 from service.gateway.request_rules import Endpoint, Prepared
 from service.gateway.shadow import ShadowCall
+from service.gateway.spans import NO_TRACE, RequestTrace
 from service.gateway.stream_guard import StreamedAnswer
 from service.limits.limiter import Grant
 from service.records.draft import RecordDraft
@@ -48,10 +49,11 @@ class StreamRelay:
         grant: Grant | None,
         answer: StreamedAnswer | None = None,
         verdict: Callable[[str], bytes] | None = None,
+        trace: RequestTrace = NO_TRACE,
     ) -> None:
         self.gw, self.stream, self.prepared, self.record = gw, stream, prepared, record
         self.endpoint, self.shadow, self.grant = endpoint, shadow, grant
-        self.answer, self.verdict = answer, verdict
+        self.answer, self.verdict, self.trace = answer, verdict, trace
         self.text: list[str] = []
         self.recorded = False
 
@@ -65,6 +67,7 @@ class StreamRelay:
         record.response_body = "".join(self.text)
         if self.shadow is not None:
             self.shadow.primary_answered(record.response_body if record.error is None else None)
+        self.trace.end(record)
         self.gw.end(record, self.grant)
 
     def close(self) -> None:
@@ -95,6 +98,7 @@ class StreamRelay:
                     data = orjson.dumps(event)  # logprobs the client did not ask for taken out
                 if not echoed and isinstance(event.get("model"), str):
                     record.target, echoed = event["model"], True  # the exact version that answered
+                    self.trace.first_event(event)
                 choices = event.get("choices") or []
                 if event.get("usage"):
                     record.take_usage(event["usage"])

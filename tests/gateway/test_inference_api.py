@@ -13,7 +13,6 @@ import aiohttp
 import httpx
 import orjson
 import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth import Role
@@ -487,29 +486,6 @@ async def test_readyz_503_when_the_only_engine_is_down(
     said = [r.getMessage() for r in caplog.records if r.name == "service.engine.pool"]
     assert any(f"replica {dead} of pool default is starting" in m for m in said), said
     assert not any("ejecting" in m for m in said), said
-
-
-async def test_spans_are_exported(sqlite_url: str, tmp_path: Path, engine: FakeEngine) -> None:
-    exporter = InMemorySpanExporter()
-    settings = make_settings(sqlite_url, tmp_path, [engine.url])
-    async with running_gateway(settings, span_exporter=exporter) as harness:
-        r = await harness.client.post(CHAT, json=chat_body(), headers=harness.auth())
-        assert r.status_code == 200
-        await harness.records(1)
-        provider = harness.app.state.tracer_provider
-
-        def flushed_names() -> set[str]:
-            provider.force_flush()
-            return {span.name for span in exporter.get_finished_spans()}
-
-        await wait_until(
-            lambda: {"gateway.request", "engine.call", "records.ship"} <= flushed_names(),
-            what="the three spans",
-        )
-    spans = {span.name: span for span in exporter.get_finished_spans()}
-    request, call = spans["gateway.request"], spans["engine.call"]
-    assert call.parent is not None and call.parent.span_id == request.context.span_id
-    assert request.attributes is not None and request.attributes["loragate.route"] == "chat"
 
 
 async def test_every_answer_names_its_request_record(gateway: Harness) -> None:
