@@ -122,7 +122,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks: list[asyncio.Task[Any]] = []
     managed: ManagedEngine | None = None
     if settings.uses_managed_engine:
-        managed = ManagedEngine(settings.managed_engine, settings.data_dir, gw.metrics)
+        managed = ManagedEngine(
+            settings.managed_engine, settings.data_dir, gw.metrics, settings.otlp_endpoint
+        )
         tasks.append(asyncio.create_task(managed.run(), name="managed-engine"))
     prober = HealthProber(
         list(gw.engines.pools.values()),

@@ -50,7 +50,9 @@ def engine_dtype(configured: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return "bfloat16" if flags & NATIVE_BF16_FLAGS else "float32"
 
 
-def vllm_command(config: ManagedEngineSettings, model_dir: Path) -> list[str]:
+def vllm_command(
+    config: ManagedEngineSettings, model_dir: Path, otlp_endpoint: str | None = None
+) -> list[str]:
     python = config.python or sys.executable
     return [
         python, "-m", "vllm.entrypoints.openai.api_server",
@@ -66,11 +68,23 @@ def vllm_command(config: ManagedEngineSettings, model_dir: Path) -> list[str]:
         # Without this the JSON grammar allows endless whitespace (see ENGINE.md).
         "--structured-outputs-config",
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
+        *trace_flags(otlp_endpoint),
     ]  # fmt: skip
 
 
-def vllm_environment(config: ManagedEngineSettings) -> dict[str, str]:
+def trace_flags(otlp_endpoint: str | None) -> list[str]:
+    """vLLM's own span per request, joined to the gateway's trace by the ``traceparent`` the
+    gateway sends, exported where the gateway's spans go."""
+    return ["--otlp-traces-endpoint", otlp_endpoint] if otlp_endpoint else []
+
+
+def vllm_environment(
+    config: ManagedEngineSettings, otlp_endpoint: str | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
+    if otlp_endpoint:
+        # The gateway's endpoint takes OTLP over HTTP; vLLM's exporter speaks gRPC unless told.
+        env.update(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf", OTEL_SERVICE_NAME="vllm")
     env.update(
         VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
         VLLM_CPU_KVCACHE_SPACE=str(config.kv_cache_gib),
@@ -107,8 +121,15 @@ async def prepare_model(config: ManagedEngineSettings, data_dir: Path) -> Path:
 
 
 class ManagedEngine:
-    def __init__(self, config: ManagedEngineSettings, data_dir: Path, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: ManagedEngineSettings,
+        data_dir: Path,
+        metrics: Metrics,
+        otlp_endpoint: str | None = None,
+    ) -> None:
         self.config = config
+        self.otlp_endpoint = otlp_endpoint
         self.data_dir = data_dir
         self.url = f"http://{config.host}:{config.port}"
         self._metrics = metrics
@@ -135,10 +156,10 @@ class ManagedEngine:
             starts += 1
             with (log_dir / "engine.log").open("ab") as engine_log:
                 self._process = await asyncio.create_subprocess_exec(
-                    *vllm_command(self.config, model_dir),
+                    *vllm_command(self.config, model_dir, self.otlp_endpoint),
                     stdout=engine_log,
                     stderr=asyncio.subprocess.STDOUT,
-                    env=vllm_environment(self.config),
+                    env=vllm_environment(self.config, self.otlp_endpoint),
                     start_new_session=True,
                 )
             log.info("started vLLM (pid %d), log at %s", self._process.pid, log_dir / "engine.log")
