@@ -1,40 +1,32 @@
 """The reviewer web UI at ``/review``: server-rendered pages over the review queue.
 
-Sign-in: the reviewer pastes their API key once; it is checked exactly as the JSON API checks
-a bearer key (``Gateway.identify``; roles reviewer or admin) and traded for a server-side
-session (``service.review.sessions``): the HttpOnly, SameSite=Strict cookie scoped to
-``/review`` holds a random token, never the key (``Secure`` over HTTPS or with
-``LORAGATE_SECURE_COOKIES``). Every request looks the session's key up again, so a revoked key
-or a role change ends it. Every POST must also come from this origin (its ``Origin``, else
-``Referer``, names this host), or it is refused with 403.
+Sign-in, sessions, same-origin POSTs and the Content-Security-Policy are those of every page
+for people (``service.web_pages``): the reviewer pastes their API key once (roles reviewer,
+lead or admin), the HttpOnly, SameSite=Strict session cookie is scoped to ``/review``, and a
+POST from another origin is refused with 403.
 
 The pages share the JSON API's clock dependency (``service.review.api``) and its operations
 (``service.review.service``: the same visibility rule, the same check of a corrected answer
 against the route's output schema, the same error messages). The pages are the templates in
-``service/review/templates/``. Model output is untrusted: the templates autoescape everything,
-and a Content-Security-Policy allows only the page's own inline script (by nonce).
+``service/review/templates/``. Model output is untrusted: the templates autoescape everything.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import Protocol
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader
 
 from service.api.deps import parts
 from service.audit.actor import api_actor
-from service.auth import Authenticator, Principal, require_role
+from service.auth import Authenticator, Principal
 from service.errors import AuthenticationFailed, GatewayError, PermissionDenied
 from service.guard.tiers import Risk
-from service.review import service, sessions, shown
+from service.review import service, shown
 from service.review.api import REVIEW_ROLES, Now
 from service.review.errors import ReviewDecisionInvalid, ReviewItemNotFound
 from service.review.model import MAX_INT, DecisionKind, ItemState, Outcome, ReviewItemView
@@ -42,12 +34,11 @@ from service.review.service import DecisionOrder, ReviewParts
 from service.review.sla import sla_targets
 from service.review.stats import QUALITY_WINDOW
 from service.review.visibility import may_unpark, reviewer_of
+from service.web_pages import Pages, SignIn, read_form, redirect, same_origin
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 
-COOKIE = "lg_review_session"
-COOKIE_PATH = "/review"
-MAX_FORM_BYTES = 1_000_000
+SIGN_IN = SignIn("lg_review_session", "/review", frozenset(REVIEW_ROLES))
 QUEUE_LIMIT = 200
 TIERS = tuple(t.value for t in Risk)
 
@@ -63,33 +54,7 @@ NOTICES = {
     "signed-out": "Signed out.",
 }
 
-_templates = Environment(
-    loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
-    autoescape=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-
-
-def _render(
-    name: str, status: int = 200, headers: Mapping[str, str] | None = None, **context: Any
-) -> HTMLResponse:
-    nonce = secrets.token_urlsafe(16)
-    html = _templates.get_template(name).render(nonce=nonce, **context)
-    response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    )
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
-    return response
-
-
-def _redirect(path: str, **params: str) -> RedirectResponse:
-    query = {k: v for k, v in params.items() if v}
-    return RedirectResponse(path + (f"?{urlencode(query)}" if query else ""), status_code=303)
+PAGES = Pages(Path(__file__).resolve().parent / "templates")
 
 
 class UiParts(ReviewParts, Authenticator, Protocol):
@@ -102,49 +67,29 @@ def ui_parts(request: Request) -> UiParts:
 
 
 def _to_login() -> RedirectResponse:
-    return _redirect("/review/login")
-
-
-async def _principal_of(request: Request, key: str | None) -> Principal:
-    """The reviewer behind ``key``; ``GatewayError`` (401/403) otherwise, as the API does."""
-    principal = await ui_parts(request).identify(f"Bearer {key}" if key else None)
-    require_role(principal, frozenset(REVIEW_ROLES))
-    return principal
+    return redirect("/review/login")
 
 
 async def _signed_in(request: Request, now: datetime) -> Principal | None:
     """The reviewer of a live session whose key is still active and allowed."""
     gw = ui_parts(request)
-    async with gw.sessions() as session:
-        key_id = await sessions.key_of(session, request.cookies.get(COOKIE), now)
-    if key_id is None:
-        return None
-    stored = gw.snapshot.current.keys.get(key_id) or await gw.snapshot.find_key(key_id)
-    if stored is None or stored.principal.role not in REVIEW_ROLES:
-        return None
-    return stored.principal
 
+    async def lookup(key_id: str) -> Principal | None:
+        stored = gw.snapshot.current.keys.get(key_id) or await gw.snapshot.find_key(key_id)
+        return stored.principal if stored is not None else None
 
-def _same_origin(request: Request) -> bool:
-    """A POST must come from a page of this host (a cross-site form post carries another)."""
-    host = request.headers.get("host")
-    source = request.headers.get("origin")
-    if not source or source == "null":
-        source = request.headers.get("referer")
-    if not host or not source:
-        return False
-    return urlsplit(source).netloc.lower() == host.lower()
+    return await SIGN_IN.principal(request, gw.sessions, lookup, now)
 
 
 def _forbidden() -> HTMLResponse:
-    return _render(
+    return PAGES.render(
         "error.html", 403, title="Refused", message="This form was not sent from this site."
     )
 
 
 async def _poster(request: Request, now: datetime) -> Principal | Response:
     """The signed-in reviewer behind a form posted from this site, else the answer to give."""
-    if not _same_origin(request):
+    if not same_origin(request):
         return _forbidden()
     principal = await _signed_in(request, now)
     return principal if principal is not None else _to_login()
@@ -159,15 +104,6 @@ def _claim_token(form: dict[str, str]) -> int | None:
     return token if 0 <= token <= MAX_INT else None
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """A url-encoded form body (the pages send nothing else); the first value of each field."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return {}
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return {name: values[0] for name, values in parsed.items()}
-
-
 def _blank_to_none(value: str | None) -> str | None:
     return value if value else None
 
@@ -177,40 +113,33 @@ def _blank_to_none(value: str | None) -> str | None:
 
 @router.get("/login")
 async def login_form(request: Request) -> Response:
-    return _render("login.html", notice=NOTICES.get(request.query_params.get("notice", "")))
+    return PAGES.render("login.html", notice=NOTICES.get(request.query_params.get("notice", "")))
 
 
 @router.post("/login")
 async def login(request: Request, now: Now) -> Response:
-    if not _same_origin(request):
+    if not same_origin(request):
         return _forbidden()
-    key = (await _form(request)).get("key", "").strip()
-    try:
-        principal = await _principal_of(request, key)
-    except GatewayError as exc:
-        return _render("login.html", exc.status if exc.status in (401, 403) else 401,
-                       error=exc.message)  # fmt: skip
+    key = (await read_form(request)).get("key", "").strip()
     gw = ui_parts(request)
-    ttl_s = gw.settings.review_session_ttl_s
-    async with gw.sessions.begin() as session:
-        token = await sessions.open_session(session, principal.key_id, now, ttl_s)
-    response = _redirect("/review")
-    response.set_cookie(
-        COOKIE, token, max_age=int(ttl_s), path=COOKIE_PATH, httponly=True, samesite="strict",
-        secure=gw.settings.secure_cookies or request.url.scheme == "https",
+    try:
+        principal = await SIGN_IN.check_key(gw, key)
+    except GatewayError as exc:
+        return PAGES.render("login.html", exc.status if exc.status in (401, 403) else 401,
+                       error=exc.message)  # fmt: skip
+    settings = gw.settings
+    return await SIGN_IN.open(
+        request, gw.sessions, principal, now, settings.review_session_ttl_s,
+        settings.secure_cookies, "/review",
     )  # fmt: skip
-    return response
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    if not _same_origin(request):
+    if not same_origin(request):
         return _forbidden()
-    async with ui_parts(request).sessions.begin() as session:
-        await sessions.close_session(session, request.cookies.get(COOKIE))
-    response = _redirect("/review/login", notice="signed-out")
-    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
-    return response
+    then = redirect("/review/login", notice="signed-out")
+    return await SIGN_IN.close(request, ui_parts(request).sessions, then)
 
 
 # --- the queue -------------------------------------------------------------------------------
@@ -245,7 +174,7 @@ async def queue_page(request: Request, now: Now) -> Response:
          "low": shown.is_low(item.confidence), "overdue": sla.is_late(item, now)}
         for item in items
     ]  # fmt: skip
-    return _render(
+    return PAGES.render(
         "queue.html", error=error, notice=NOTICES.get(params.get("notice", "")),
         rows=rows, route=route, reason=reason, state=state, tier=tier, tiers=TIERS,
         states=[s.value for s in ItemState], reviewer=principal, overdue=figures.overdue,
@@ -259,7 +188,7 @@ async def claim(request: Request, now: Now) -> Response:
     principal = await _poster(request, now)
     if not isinstance(principal, Principal):
         return principal
-    form = await _form(request)
+    form = await read_form(request)
     route = _blank_to_none(form.get("route", "").strip())
     reason = _blank_to_none(form.get("reason", "").strip())
     tier = _blank_to_none(form.get("tier", "").strip())
@@ -270,10 +199,10 @@ async def claim(request: Request, now: Now) -> Response:
         gw, principal, now, gw.settings.review_ui_lease_s, route=route, reason=reason, tier=tier
     )
     if claimed is None:
-        return _redirect(
+        return redirect(
             "/review", notice="empty", route=route or "", reason=reason or "", tier=tier or ""
         )
-    return _redirect(f"/review/items/{claimed.item.id}")
+    return redirect(f"/review/items/{claimed.item.id}")
 
 
 # --- one item --------------------------------------------------------------------------------
@@ -297,12 +226,12 @@ async def _item_page(
     try:
         detail = await service.item_detail(gw, principal, item_id)
     except ReviewItemNotFound as exc:
-        return _render("error.html", exc.status, title="Not found", message=exc.message)
+        return PAGES.render("error.html", exc.status, title="Not found", message=exc.message)
     item = detail.item
     messages, raw_request = shown.messages(item.request_body)
     fields = sorted((item.field_confidence or {}).items())
     answer = shown.pretty(item.answer)
-    return _render(
+    return PAGES.render(
         "item.html", status, item=item, messages=messages, raw_request=raw_request,
         answer=answer, draft=draft if draft is not None else answer,
         reject_reason=reject_reason,
@@ -330,12 +259,12 @@ async def item_page(item_id: str, request: Request, now: Now) -> Response:
 async def heartbeat(item_id: str, request: Request, now: Now) -> Response:
     """Renew the signed-in reviewer's claim (the open item's page calls this); JSON, with the
     gateway's error envelope on refusal (409: the claim is no longer theirs)."""
-    if not _same_origin(request):
+    if not same_origin(request):
         raise PermissionDenied("This request was not sent from this site.")
     principal = await _signed_in(request, now)
     if principal is None:
         raise AuthenticationFailed("Your review session has ended; sign in again.")
-    token = _claim_token(await _form(request))
+    token = _claim_token(await read_form(request))
     if token is None:
         raise ReviewDecisionInvalid("The request carries no claim token.", param="token")
     gw = ui_parts(request)
@@ -354,7 +283,7 @@ async def unpark(item_id: str, request: Request, now: Now) -> Response:
     if not isinstance(principal, Principal):
         return principal
     if not may_unpark(principal):
-        return _render("error.html", 403, title="Refused",
+        return PAGES.render("error.html", 403, title="Refused",
                        message="Only a lead or an admin can unpark an item.")  # fmt: skip
     try:
         state = await service.unpark(
@@ -363,7 +292,7 @@ async def unpark(item_id: str, request: Request, now: Now) -> Response:
     except GatewayError as exc:
         return await _item_page(request, principal, item_id, now, status=exc.status,
                                 error=exc.message)  # fmt: skip
-    return _redirect(f"/review/items/{item_id}", notice=f"unparked-{state.value}")
+    return redirect(f"/review/items/{item_id}", notice=f"unparked-{state.value}")
 
 
 @router.post("/items/{item_id}/decision")
@@ -371,7 +300,7 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
     principal = await _poster(request, now)
     if not isinstance(principal, Principal):
         return principal
-    form = await _form(request)
+    form = await read_form(request)
     kind = form.get("kind", "")
     corrected = form.get("corrected_answer")
     reason = form.get("reason", "")
@@ -397,5 +326,5 @@ async def decide(item_id: str, request: Request, now: Now) -> Response:
     except GatewayError as exc:
         return await refused(exc)
     if decision.outcome is not Outcome.DECIDED:
-        return _redirect("/review", notice=decision.outcome.value)
-    return _redirect("/review", notice=kind)
+        return redirect("/review", notice=decision.outcome.value)
+    return redirect("/review", notice=kind)

@@ -1,6 +1,7 @@
-"""Sessions of the reviewer UI, kept in the database (so any gateway replica serves them).
+"""Sessions of the pages for people (the reviewer UI, the rollout console), kept in the
+database so any gateway replica serves them.
 
-Signing in turns a reviewer's API key into a random session token: the browser's cookie holds
+Signing in turns a person's API key into a random session token: the browser's cookie holds
 the token, the table its sha256 and the key's id, never the key. A session ends at its expiry
 (``LORAGATE_REVIEW_SESSION_TTL_S``), at sign-out, or when its key is revoked (the key is looked
 up on every request, as for the JSON API). Expired rows are deleted at each sign-in.
