@@ -11,17 +11,26 @@ import yaml
 
 from adapters.dataset import example_data
 from tests.conftest import prepared_model
+from tests.monitoring.otlp_receiver import OtlpReceiver, receiving
 from tests.real.live import LiveGateway, serving
 
 REVIEWED_ROUTE = "ticket-triage"
 
 
 @pytest.fixture(scope="package")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+def otlp() -> Iterator[OtlpReceiver]:
+    """Where the package's gateway and its vLLM send their spans (OTLP over HTTP)."""
+    with receiving() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="package")
+def live(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[LiveGateway]:
     """One `loragate serve` with its managed vLLM for this package's modules, started as the
     README says, with two routes: `chat` on the base model, and `ticket-triage` under the
-    bundled ticket schema whose unsure answers go to review. Stopped once the package's last
-    test ran, before the rest of the real tier starts engines of its own."""
+    bundled ticket schema whose unsure answers go to review; its spans, and its vLLM's, go to
+    ``otlp``. Stopped once the package's last test ran, before the rest of the real tier starts
+    engines of its own."""
     work = tmp_path_factory.mktemp("live")
     shutil.copy(Path(str(example_data("tickets.schema.json"))), work / "tickets.schema.json")
     # The base model is unsure of itself: with this threshold its answers go to review.
@@ -32,6 +41,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     }  # fmt: skip
     (work / "routes.yaml").write_text(yaml.safe_dump({"routes": [{"name": "chat"}, route]}))
     gateway = LiveGateway(work, prepared_model())
-    gateway.env.update(LORAGATE_ROUTES_FILE=str(work / "routes.yaml"))
+    gateway.env.update(
+        LORAGATE_ROUTES_FILE=str(work / "routes.yaml"), LORAGATE_OTLP_ENDPOINT=otlp.url
+    )
     with serving(gateway):
         yield gateway
