@@ -76,8 +76,7 @@ class EngineCall:
         )
 
     def took(self, answer: Mapping[str, Any]) -> None:
-        """The answer's id, model, finish reasons and usage (a stream's first event: its id
-        and model)."""
+        """The answer's id, model, finish reasons and usage."""
         self.span.set_attributes(tracing.response_attributes(answer))
 
     def end_with(self, record: RecordDraft | None, replica: str | None) -> None:
@@ -180,8 +179,11 @@ class RequestTrace:
             self._call.end_with(None, replica)
 
     def first_event(self, event: Mapping[str, Any]) -> None:
+        """A stream's first event: the answer's id and the model writing it."""
+        named = tracing.response_attributes({**event, "choices": None})
+        self._server.set_attributes(named)
         if self._call is not None:
-            self._call.took({**event, "choices": None})
+            self._call.span.set_attributes(named)
 
     def answered(self, answer: Mapping[str, Any]) -> None:
         """The answer the client gets (after the guard): on the request's span."""

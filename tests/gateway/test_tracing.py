@@ -189,7 +189,8 @@ async def test_a_streamed_answer_under_a_contract_ends_its_spans_with_usage_and_
         )  # fmt: skip
         assert got["gen_ai.response.model"] == MODEL
         assert got["gen_ai.output.type"] == "json"
-    assert attrs(client)["gen_ai.response.id"].startswith("cmpl-")
+    assert attrs(client)["gen_ai.response.id"] == attrs(server)["gen_ai.response.id"]
+    assert attrs(server)["gen_ai.response.id"].startswith("cmpl-")
     # The guard's verdict: valid, unsure of its urgency, escalated to review.
     got = attrs(server)
     assert (got["loragate.guard.schema_valid"], got["loragate.guard.escalated"]) == (True, True)
