@@ -85,6 +85,13 @@ async def spans_when(
     return genai()
 
 
+def traceparent_of(engine: TracedEngine, call: ReadableSpan) -> str | None:
+    """The ``traceparent`` the engine got from inside ``call``'s span, if it got one."""
+    parent = f"-{call.context.span_id:016x}-"
+    sent = [h.get("traceparent", "") for h in engine.headers]
+    return next((value for value in sent if parent in value), None)
+
+
 def shipped(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name == "records.ship"]
 
@@ -158,10 +165,23 @@ async def test_a_request_is_a_server_span_over_a_client_span_continuing_the_call
     assert output == [{"role": "assistant", "finish_reason": "stop",
                        "parts": [{"type": "text", "content": "Hello from the fake"}]}]  # fmt: skip
     # The engine was called inside the client span: its spans would join this trace.
-    sent = next(headers for headers in engine.headers if "traceparent" in headers)
-    version, trace_id, parent, _ = sent["traceparent"].split("-")
-    assert (version, trace_id) == ("00", CALLER_TRACE)
-    assert parent == f"{client.context.span_id:016x}"
+    assert traceparent_of(engine, client) == f"00-{CALLER_TRACE}-{client.context.span_id:016x}-01"
+
+
+async def test_a_legacy_completion_is_a_text_completion(
+    sqlite_url: str, tmp_path: Path, engine: TracedEngine
+) -> None:
+    async with traced(sqlite_url, tmp_path, engine) as (h, exporter):
+        body = {"model": "chat", "prompt": "Once upon", "max_tokens": 4}
+        assert (await h.client.post("/v1/completions", json=body, headers=h.auth())).is_success
+        spans = await spans_when(h, exporter, lambda s: len(s) == 2)
+    server, client = one(spans, SpanKind.SERVER), one(spans, SpanKind.CLIENT)
+    assert (server.name, client.name) == ("text_completion chat", f"text_completion {MODEL}")
+    assert attrs(server)["gen_ai.operation.name"] == "text_completion"
+    assert parts(attrs(server)["gen_ai.input.messages"]) == [("user", ["Once upon"])]
+    assert parts(attrs(server)["gen_ai.output.messages"]) == [
+        ("assistant", ["Hello from the fake"])
+    ]
 
 
 async def test_a_streamed_answer_under_a_contract_ends_its_spans_with_usage_and_verdict(
@@ -197,6 +217,7 @@ async def test_a_streamed_answer_under_a_contract_ends_its_spans_with_usage_and_
     assert 0.0 < got["loragate.guard.confidence"] < 0.5
     ((role, (text,)),) = parts(got["gen_ai.output.messages"])
     assert role == "assistant" and json.loads(text)["category"] == "billing"
+    assert traceparent_of(engine, client) is not None  # the stream was opened in its span
     # The span of a stream lasts until its last event, not until its headers went out.
     assert server.end_time is not None and client.end_time is not None
     assert server.end_time >= client.end_time
