@@ -20,6 +20,7 @@ from adapters.registry_db import build_registry
 from monitoring.metrics import Metrics
 from monitoring.tracing import build_provider, tracer_from
 from rollout import api as rollouts_api
+from rollout import console as rollout_console
 from rollout.control import RolloutControl
 from rollout.store import active_splits
 from service import health
@@ -334,4 +335,5 @@ def create_app(
     app.include_router(reviews_api.router)
     app.include_router(reviews_export.router)
     app.include_router(review_ui.router)
+    app.include_router(rollout_console.router)
     return app

@@ -1,7 +1,7 @@
 """The reviewer web UI at ``/review``: server-rendered pages over the review queue.
 
 Sign-in, sessions, same-origin POSTs and the Content-Security-Policy are those of every page
-for people (``service.web_pages``): the reviewer pastes their API key once (roles reviewer,
+for people (``service.web.pages``): the reviewer pastes their API key once (roles reviewer,
 lead or admin), the HttpOnly, SameSite=Strict session cookie is scoped to ``/review``, and a
 POST from another origin is refused with 403.
 
@@ -34,7 +34,7 @@ from service.review.service import DecisionOrder, ReviewParts
 from service.review.sla import sla_targets
 from service.review.stats import QUALITY_WINDOW
 from service.review.visibility import may_unpark, reviewer_of
-from service.web_pages import Pages, SignIn, read_form, redirect, same_origin
+from service.web.pages import Pages, SignIn, read_form, redirect, same_origin
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 

@@ -6,7 +6,7 @@
 - Cross-site requests: every POST must come from this origin (its ``Origin``, else ``Referer``,
   names this host), and the session cookie is SameSite=Strict.
 - Sign-in: a person pastes their API key once; it is checked as the JSON API checks a bearer key
-  and traded for a server-side session (``service.web_sessions``) whose HttpOnly cookie, scoped
+  and traded for a server-side session (``service.web.sessions``) whose HttpOnly cookie, scoped
   to the surface's path, holds a random token, never the key (``Secure`` over HTTPS or with
   ``LORAGATE_SECURE_COOKIES``). Every request looks the session's key up again, so a revoked key
   or a role change ends it.
@@ -27,8 +27,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from service import web_sessions
 from service.auth import Authenticator, Principal, Role, require_role
+from service.web import sessions as web_sessions
 
 MAX_FORM_BYTES = 1_000_000
 # Who a session's key id belongs to now (None: unknown or revoked).
