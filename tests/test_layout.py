@@ -36,12 +36,9 @@ PURE = [
     "service.gateway.request_rules", "service.routes.view", "service.keys.lookups",
     "adapters.placement", "service.drift.statistics", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
-    "service.drift.slo", "service.drift.minimums", "service.routes.monitoring",
     "service.guard.tiers", "service.guard.sampling", "service.review.model",
     "service.limits.quota", "service.keys.credentials", "service.guard",
     "service.review.visibility", "service.review.agreement", "service.review.calibration",
-    "service.gateway.tool_rules", "service.gateway.openai_shape", "service.guard.tool_calls",
-    "service.evaluation.cases", "service.evaluation.leakage", "service.guard.prompts",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")
