@@ -255,3 +255,10 @@ class OutputInvalid(GatewayError):
     status = 422
     type = "invalid_response_error"
     code = "output_schema_violation"
+
+
+class OutputTruncated(OutputInvalid):
+    """The model's answer, meant to be JSON (a schema, a JSON mode, a tool call), was cut by
+    max_tokens, also after a retry with a larger budget."""
+
+    code = "output_truncated"

@@ -56,6 +56,12 @@ class EnginePoolSettings(BaseModel):
         description="Local copy of the base model (safetensors), used to validate adapters; "
         "adapters cannot be registered for a pool without it.",
     )
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="The vLLM tool-call parser the replicas run with (--enable-auto-tool-choice "
+        "--tool-call-parser NAME). Without one, requests with tools must name the call "
+        "(tool_choice required or a function); `auto` is refused with 400.",
+    )
 
 
 class ManagedEngineSettings(BaseModel):
@@ -88,6 +94,12 @@ class ManagedEngineSettings(BaseModel):
     )
     startup_timeout_s: float = 600.0
     restart_backoff_s: float = 2.0
+    tool_call_parser: str | None = Field(
+        default="hermes",
+        description="vLLM's tool-call parser (--tool-call-parser) for tool_choice auto; the "
+        "bundled model gets a ChatML chat template that writes tools in the Hermes format it "
+        "reads. None: no parser, no template (tool_choice auto refused).",
+    )
 
 
 class Settings(BaseSettings):
@@ -130,6 +142,13 @@ class Settings(BaseSettings):
     max_top_logprobs: int = 20
     max_stop_sequences: int = 4
     max_messages: int = 256
+    max_choices: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="The most choices (`n`) a request may ask for; a route's review policy "
+        "may set its own `max_choices`.",
+    )
 
     record_bodies: RecordBodies = Field(
         default=RecordBodies.FULL,
@@ -285,34 +304,6 @@ class Settings(BaseSettings):
     )
     drift_js_drift: float = Field(
         default=0.2, gt=0, le=1, description="Jensen-Shannon distance at or over this: drift."
-    )
-    drift_false_alarm_rate: float = Field(
-        default=0.01,
-        gt=0,
-        le=0.1,
-        description="The share of windows of unchanged traffic in which a route may read warn "
-        "or drift: its features' chi-square p-values are corrected together (Holm) at this rate.",
-    )
-    service_latency_p95_ms: float = Field(
-        default=10000.0, gt=0, description="A route's default target: p95 latency (ms)."
-    )
-    service_ttft_p95_ms: float = Field(
-        default=5000.0,
-        gt=0,
-        description="A route's default target: p95 time to first token (ms).",
-    )
-    service_error_budget: float = Field(
-        default=0.05,
-        ge=0,
-        lt=1,
-        description="A route's default share of requests that may get 5xx.",
-    )
-    service_limit_budget: float = Field(
-        default=0.05,
-        ge=0,
-        lt=1,
-        description="A route's default share of answers that may end at a limit (finish_reason "
-        "length).",
     )
     drift_interval_s: float = Field(
         default=60.0,
@@ -534,5 +525,6 @@ class Settings(BaseSettings):
                 urls=[f"http://{managed.host}:{managed.port}"],
                 max_lora_rank=managed.max_lora_rank,
                 model_dir=managed.model_dir or self.data_dir / "models" / BUNDLED_MODEL_DIR,
+                tool_call_parser=managed.tool_call_parser,
             )
         ]

@@ -40,6 +40,11 @@ class Behaviour:
     # Answer only once this is set; an adapter unloaded meanwhile fails the request (404), as
     # vLLM fails requests on an adapter that goes away.
     hold: asyncio.Event | None = None
+    finish: str = "stop"  # the last choice's finish_reason (e.g. "length": cut by max_tokens)
+    # Chat: the answer calls these tools, (name, arguments) each, instead of writing text.
+    tool_calls: list[tuple[str, str]] | None = None
+    # Per choice when the request asks for `n` > 1: choice i writes choice_tokens[i].
+    choice_tokens: list[list[str]] | None = None
 
 
 class FakeEngine:
@@ -166,16 +171,33 @@ class FakeEngine:
         if b.kind == "garbage" and not body.get("stream"):  # streams get one bad event instead
             return web.Response(body=b.body or b"<html>not json</html>", content_type="text/html")
         if not body.get("stream"):
-            answer = _completion(body, b.tokens, "stop", next(self._ids))
-            if body.get("logprobs") and "messages" in body:
-                values = b.logprobs or [-0.05] * len(b.tokens)
-                answer["choices"][0]["logprobs"] = {
-                    "content": [
-                        {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                        for t, lp in zip(b.tokens, values, strict=True)
-                    ]
-                }
-            return web.json_response(answer)
+            n = body.get("n") or 1
+            rid = next(self._ids)
+            answer = _completion(body, b.tokens, b.finish, rid)
+            answer["choices"] = [
+                _completion(body, _tokens_of(b, i), b.finish, rid)["choices"][0] | {"index": i}
+                for i in range(n)
+            ]
+            for choice in answer["choices"]:
+                tokens = _tokens_of(b, choice["index"])
+                if b.tool_calls and "messages" in body:
+                    choice["message"]["content"] = None
+                    choice["message"]["tool_calls"] = [
+                        {"id": f"call-{i}", "type": "function",
+                         "function": {"name": name, "arguments": arguments}}
+                        for i, (name, arguments) in enumerate(b.tool_calls)
+                    ]  # fmt: skip
+                    choice["finish_reason"] = "tool_calls" if b.finish == "stop" else b.finish
+                if body.get("logprobs") and "messages" in body:
+                    values = b.logprobs or [-0.05] * len(tokens)
+                    choice["logprobs"] = {
+                        "content": [
+                            {"token": t, "logprob": lp, "bytes": list(t.encode()),
+                             "top_logprobs": []}
+                            for t, lp in zip(tokens, values, strict=True)
+                        ]
+                    }  # fmt: skip
+            return web.json_response(_with_vllm_fields(answer))
         return await self._stream(request, body, b)
 
     async def _stream(
@@ -202,7 +224,9 @@ class FakeEngine:
             if b.token_delay_s:
                 await asyncio.sleep(b.token_delay_s)
             last = index == len(b.tokens) - 1
-            chunk = _chunk(body, rid, chat, token, finish="stop" if last else None)
+            chunk = _chunk(body, rid, chat, token, finish=b.finish if last else None)
+            if b.tool_calls and chat:
+                chunk["choices"][0]["delta"] = {"tool_calls": [_call_delta(b, index)]}
             if body.get("logprobs") and chat:  # vLLM sends each chunk's tokens with it
                 value = b.logprobs[index] if b.logprobs else -0.05
                 chunk["choices"][0]["logprobs"] = {
@@ -211,7 +235,11 @@ class FakeEngine:
                          "top_logprobs": []}
                     ]
                 }  # fmt: skip
-            await response.write(_event(chunk))
+            await response.write(_event(_with_vllm_fields(chunk)))
+            for extra in range(1, body.get("n") or 1):  # the other choices, token by token
+                other = _chunk(body, rid, chat, token, finish=b.finish if last else None)
+                other["choices"][0]["index"] = extra
+                await response.write(_event(other))
         if (body.get("stream_options") or {}).get("include_usage"):
             await response.write(_event(_usage_chunk(body, rid, len(b.tokens))))
         await response.write(b"data: [DONE]\n\n")
@@ -273,3 +301,36 @@ def _chunk(
 
 def _usage_chunk(body: dict[str, Any], rid: int, count: int) -> dict[str, Any]:
     return {"id": f"cmpl-{rid}", "model": body["model"], "choices": [], "usage": _usage(count)}
+
+
+# What vLLM adds to OpenAI's answers (seen from vLLM 0.32): the gateway must drop them all.
+VLLM_ANSWER_FIELDS = {"prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None}
+VLLM_CHOICE_FIELDS = {"stop_reason": None, "token_ids": None, "routed_experts": None}
+VLLM_MESSAGE_FIELDS = {"reasoning": None}
+
+
+def _with_vllm_fields(answer: dict[str, Any]) -> dict[str, Any]:
+    for choice in answer["choices"]:
+        choice.update(VLLM_CHOICE_FIELDS)
+        message = choice.get("message") or choice.get("delta")
+        if message is not None:
+            message.update(VLLM_MESSAGE_FIELDS)
+    return answer | VLLM_ANSWER_FIELDS
+
+
+def _tokens_of(b: Behaviour, index: int) -> list[str]:
+    if b.choice_tokens is not None and index < len(b.choice_tokens):
+        return b.choice_tokens[index]
+    return b.tokens
+
+
+def _call_delta(b: Behaviour, index: int) -> dict[str, Any]:
+    """A streamed tool call, as vLLM streams it: the first token's event brings the call's id
+    and name, each later one a piece of its arguments (the tokens split them)."""
+    assert b.tool_calls is not None
+    name, arguments = b.tool_calls[0]
+    if index == 0:
+        return {"index": 0, "id": "call-0", "type": "function", "function": {"name": name}}
+    pieces = len(b.tokens) - 1
+    size = -(-len(arguments) // pieces)
+    return {"index": 0, "function": {"arguments": arguments[(index - 1) * size : index * size]}}

@@ -27,8 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE = [
     "rollout.core.agreement", "rollout.core.figures", "rollout.core.gates",
     "rollout.core.machine", "rollout.core.spec", "rollout.core.split",
-    "rollout.core.sequential", "rollout.core.verdicts", "rollout.core.wording",
-    "rollout.core.drift_gate",
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
     "service.guard.patterns", "service.guard.expansion", "service.guard.refused",
@@ -36,10 +34,10 @@ PURE = [
     "service.gateway.request_rules", "service.routes.view", "service.keys.lookups",
     "adapters.placement", "service.drift.statistics", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
-    "service.drift.slo", "service.drift.minimums", "service.routes.monitoring",
     "service.guard.tiers", "service.guard.sampling", "service.review.model",
     "service.limits.quota", "service.keys.credentials", "service.guard",
     "service.review.visibility", "service.review.agreement", "service.review.calibration",
+    "service.gateway.tool_rules", "service.gateway.openai_shape", "service.guard.tool_calls",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")

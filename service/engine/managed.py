@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 5.0
 STOP_GRACE_S = 20.0
+HERMES = "hermes"
+CHATML_TOOLS_TEMPLATE = Path(__file__).parent / "templates" / "chatml_tools.jinja"
 
 
 class ManagedEngineError(RuntimeError):
@@ -69,7 +71,20 @@ def vllm_command(
         "--structured-outputs-config",
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
         *trace_flags(otlp_endpoint),
+        *tool_flags(config),
     ]  # fmt: skip
+
+
+def tool_flags(config: ManagedEngineSettings) -> list[str]:
+    """vLLM's flags for ``tool_choice`` auto: the parser, and for ``hermes`` the ChatML chat
+    template that writes tools the way it reads them (the bundled model's own template renders
+    no tools)."""
+    if config.tool_call_parser is None:
+        return []
+    flags = ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
+    if config.tool_call_parser == HERMES:
+        flags += ["--chat-template", str(CHATML_TOOLS_TEMPLATE)]
+    return flags
 
 
 def trace_flags(otlp_endpoint: str | None) -> list[str]:

@@ -46,9 +46,17 @@ DOCS = {
         "chat_completions",
         "Chat completion on a route",
         "OpenAI chat completions. `model` is a route name. Standard sampling fields pass "
-        "through; any other field is refused with 400. `n` must be 1, a `max_tokens` above "
-        "the route's cap is refused with 400 (the route's default applies when absent), "
-        "`top_logprobs` is at most 20. With `stream: true` the answer is relayed as "
+        "through; any other field is refused with 400 (README: Compatibility). `n` is at "
+        "most the route's `max_choices` (default 4) and every choice is judged; a "
+        "`max_tokens` above the route's cap is refused with 400 (the route's default applies "
+        "when absent), `top_logprobs` is at most 20. `response_format` `json_object` or "
+        "`json_schema` and `tools` are enforced: the answer is constrained by the engine, "
+        "validated (each tool call's arguments against its tool's `parameters`), asked again "
+        "once when invalid (with twice the budget when cut by `max_tokens`), and refused with "
+        "422 (`output_schema_violation`, `output_truncated`) when still invalid, or judged by "
+        "the route's review policy; the answer carries the verdict under `loragate`. "
+        "`tool_choice` `auto` needs a pool with a tool-call parser. Answers carry only "
+        "OpenAI's fields and `loragate`. With `stream: true` the answer is relayed as "
         "server-sent events; a failure after the stream started ends with an error event and "
         "`data: [DONE]`.",
     ),
@@ -74,6 +82,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "to retry, unless the request alone is over the limit. Answers of a limited key carry "
         "`x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` for "
         "`requests` and `tokens`, as OpenAI sends them."
+    },
+    422: {
+        "description": "The answer broke the checks it was asked for (a JSON mode, a tool's "
+        "schema, the route's schema under `invalid: refuse`), also when asked again: "
+        "`output_schema_violation`, or `output_truncated` when it was cut by max_tokens."
     },
     502: {"description": "The engine failed or answered with something unusable."},
     503: {

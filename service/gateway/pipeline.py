@@ -32,10 +32,18 @@ from service.errors import (
     EngineError,
     GatewayError,
     InvalidRequest,
-    OutputInvalid,
     ReviewStoreUnavailable,
     RouteNotFound,
 )
+from service.gateway.client_checks import (
+    CLIENT_CHECK_FIELDS,
+    asks_checks,
+    auto_tools,
+    larger_budget,
+    refusal_of,
+    request_contract,
+)
+from service.gateway.openai_shape import ANSWER_SHAPES, clean
 from service.gateway.parts import Gateway
 from service.gateway.relay import RelayResponse, until_disconnected
 from service.gateway.request_rules import (
@@ -50,7 +58,7 @@ from service.gateway.shadow import ShadowCall
 from service.gateway.spans import NO_TRACE, RequestTrace
 from service.gateway.stream_guard import StreamedAnswer
 from service.gateway.stream_relay import StreamRelay
-from service.guard.answers import answer_text, first_finish_reason
+from service.guard.answers import comparable, first_finish_reason, reviewed_answer
 from service.guard.route_guard import Judgement, RouteContract, judge, present, verdict_metadata
 from service.limits.limiter import Grant
 from service.records.draft import RecordDraft
@@ -92,14 +100,18 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             if route.split is not None:
                 record.rollout_id = route.split.rollout_id
             trace.routed(route, decision, payload)
-            limits = Limits.for_route(gw.settings, route)
+            tools = bool(payload.get("tools"))
+            limits = Limits.for_route(
+                gw.settings, route, auto_tools=tools and auto_tools(gw.settings, route.pool)
+            )
             forced = contract_fields(route, endpoint, payload)
             prepared = prepare(
                 endpoint, payload, decision.target, limits, forced, gw.schema_checks.bounds
             )
             grant = await gw.limits.admit(principal, route.name, prepared.reserve_tokens)
-            if prepared.client_schema is not None:  # off the event loop, cached by hash
-                await gw.schema_checks.check(prepared.client_schema, prepared.schema_cost)
+            for schema in prepared.client_schemas:  # off the event loop, cached by hash
+                await gw.schema_checks.check(schema, prepared.schema_cost)
+            contract = request_contract(route, payload)
             record.stream = prepared.stream
             if decision.shadow_target is not None:
                 shadow = launch_shadow(
@@ -116,10 +128,11 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                     )  # fmt: skip
                 record.replica, record.attempts = stream.replica.url, stream.attempts
                 handed_to_stream = True
-                streamed = verdict = None
-                if route.contract is not None:
-                    streamed = StreamedAnswer(keep_logprobs=bool(payload.get("logprobs")))
-                    verdict = partial(guard_stream, gw, record, route, streamed)
+                keep = contract is None or bool(payload.get("logprobs"))
+                streamed = StreamedAnswer(keep_logprobs=keep, chat=endpoint is Endpoint.CHAT)
+                verdict = None
+                if contract is not None:
+                    verdict = partial(guard_stream, gw, record, route, contract, streamed)
                 relayed = StreamRelay(
                     gw, stream, prepared, record, endpoint, shadow, grant, streamed, verdict,
                     trace,
@@ -138,15 +151,17 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
             record.replica, record.attempts = reply.replica.url, reply.attempts
             answer = parse_reply(reply.value)
             trace.replied(answer, record.replica)
-            body = reply.value
+            # Only OpenAI's fields leave: what the engine adds of its own is dropped.
+            body = orjson.dumps(answer) if clean(answer, ANSWER_SHAPES[endpoint]) else reply.value
             status = 200
-            if route.contract is not None:
+            if contract is not None:
                 answer, body, status = await guard_answer(
-                    gw, receive, route, route.contract, decision.target, prepared, record,
+                    gw, receive, route, contract, decision.target, prepared, record,
                     answer, keep_logprobs=bool(payload.get("logprobs")),
+                    cap=limits.max_tokens_cap,
                 )  # fmt: skip
             if shadow is not None:
-                shadow.primary_answered(answer_text(answer, chat=endpoint is Endpoint.CHAT))
+                shadow.primary_answered(comparable(answer, chat=endpoint is Endpoint.CHAT))
             echoed = answer.get("model")
             if isinstance(echoed, str):
                 record.target = echoed  # the exact version that answered
@@ -212,7 +227,8 @@ def launch_shadow(
     trace: RequestTrace = NO_TRACE,
 ) -> ShadowCall | None:
     """Send the candidate a non-streamed copy of the request; it never affects this one."""
-    copy = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+    # One choice: the shadow is compared on the first, and costs no more than one answer.
+    copy = {k: v for k, v in payload.items() if k not in ("stream", "stream_options", "n")}
     endpoint = Endpoint(record.endpoint)
     body = prepare(endpoint, copy, candidate, limits, forced).upstream_body
     return gw.shadow.launch(record, route.pool, candidate, endpoint, body, route.contract, trace)
@@ -223,6 +239,8 @@ def contract_fields(
 ) -> dict[str, Any] | None:
     """The fields a route's output contract adds to the engine's body (None without one)."""
     if route.contract is None:
+        if asks_checks(payload) and not payload.get("logprobs"):
+            return dict(CLIENT_CHECK_FIELDS)
         return None
     if endpoint is not Endpoint.CHAT:
         raise InvalidRequest(
@@ -250,31 +268,35 @@ async def guard_answer(
     answer: dict[str, Any],
     *,
     keep_logprobs: bool,
+    cap: int,
 ) -> tuple[dict[str, Any], bytes, int]:
-    """Validate and score the answer (asking again once if the policy says so), decide on
-    review, and build the client's body and status: 202 and the review id when the route holds
-    escalated answers. The record carries the verdict and the review item."""
+    """Validate and score the answer (asking again once if the policy says so: with twice the
+    token budget when it was cut by max_tokens), decide on review, and build the client's body
+    and status: 202 and the review id when the route holds escalated answers. The record
+    carries the verdict and the review item."""
     judgement = judge(answer, contract, request_id=record.id)
-    for _ in range(contract.policy.retry_invalid):
+    retries = contract.policy.retry_invalid
+    if judgement.truncated and contract.policy.truncated == "retry":
+        retries = max(retries, 1)
+    for _ in range(retries):
         if judgement.valid is not False:
             break
+        upstream = prepared.upstream_body
+        if judgement.truncated and contract.policy.truncated == "retry":
+            upstream = larger_budget(upstream, cap) or upstream
         with gw.span("engine.retry_invalid"):
             reply = await until_disconnected(
                 receive,
-                gw.engines.complete(
-                    route.pool, target, Endpoint.CHAT.path, prepared.upstream_body, record.id
-                ),
+                gw.engines.complete(route.pool, target, Endpoint.CHAT.path, upstream, record.id),
             )
         record.attempts += reply.attempts
         answer = parse_reply(reply.value)
+        clean(answer, ANSWER_SHAPES[Endpoint.CHAT])
         judgement = judge(answer, contract, request_id=record.id)
     if judgement.valid is False and contract.policy.invalid == "refuse":
-        settle(gw, route, target, record, answer, judgement, escalate=False)
-        raise OutputInvalid(
-            "The model's answer does not follow the route's output schema: "
-            + "; ".join(judgement.errors)
-        )
-    review_id = settle(gw, route, target, record, answer, judgement)
+        settle(gw, route, target, record, answer, judgement, contract, escalate=False)
+        raise refusal_of(judgement)
+    review_id = settle(gw, route, target, record, answer, judgement, contract)
     body = present(answer, judgement, keep_logprobs=keep_logprobs, review_id=review_id)
     if review_id is not None and contract.policy.delivery == "hold":
         record.response_body = body.decode("utf-8", "replace")  # the record keeps the answer
@@ -286,10 +308,11 @@ async def guard_answer(
 
 def settle(
     gw: Gateway, route: RouteView, target: str, record: RecordDraft, answer: dict[str, Any],
-    judgement: Judgement, *, escalate: bool = True,
+    judgement: Judgement, contract: RouteContract | None = None, *, escalate: bool = True,
 ) -> str | None:  # fmt: skip
     """Put a judged answer's verdict on its record and in the metrics and, when the policy
-    escalates it, its review item on the record; the review id (None when not escalated)."""
+    escalates it, its review item on the record; the review id (None when not escalated, and
+    always for the checks a client asked for on a route without a contract)."""
     valid, score = judgement.valid, judgement.score
     record.schema_valid, record.confidence = valid, score
     record.fields = judgement.fields
@@ -298,7 +321,7 @@ def settle(
         gw.metrics.schema_checks.labels(route.name, version, str(valid).lower()).inc()
     if score is not None:
         gw.metrics.confidence.labels(route.name, version).observe(score)
-    if not escalate:
+    if not escalate or (contract is not None and not contract.reviewed):
         return None
     reason = judgement.review_reason
     record.escalated = judgement.escalated
@@ -307,8 +330,9 @@ def settle(
     review_id = secrets.token_hex(16)
     gw.metrics.escalations.labels(route.name, reason).inc()
     item = new_item(
-        judgement, route.contract, item_id=review_id, request_id=record.id, route=route.name,
-        target=version, reason=reason, answer=answer, created_at=record.created_at,
+        judgement, contract or route.contract, item_id=review_id, request_id=record.id,
+        route=route.name, target=version, reason=reason, answer=reviewed_answer(answer),
+        created_at=record.created_at,
         request_body=record.request_body,
     )  # fmt: skip
     record.review = asdict(item)  # plain data: the record carries it to its transaction
@@ -367,13 +391,12 @@ def resolve_route(gw: Gateway, name: str, principal: Principal) -> RouteView:
 
 
 def guard_stream(
-    gw: Gateway, record: RecordDraft, route: RouteView, streamed: StreamedAnswer, text: str
-) -> bytes:
+    gw: Gateway, record: RecordDraft, route: RouteView, contract: RouteContract,
+    streamed: StreamedAnswer,
+) -> bytes:  # fmt: skip
     """Judge a finished stream's answer as a non-streamed one is (no retry: its tokens are
     out), put the verdict and any review item on the record; the verdict event."""
-    contract = route.contract
-    assert contract is not None
-    answer = streamed.answer(text, record.finish_reason)
+    answer = streamed.answer()
     judgement = judge(answer, contract, request_id=record.id)
-    review_id = settle(gw, route, record.target or "", record, answer, judgement)
+    review_id = settle(gw, route, record.target or "", record, answer, judgement, contract)
     return streamed.verdict_event(verdict_metadata(judgement, review_id))

@@ -20,6 +20,7 @@ from service.errors import (
     UnsupportedParameter,
     ValueOutOfRange,
 )
+from service.gateway.tool_rules import check_tools
 from service.guard import SchemaRefused, check_bounds, check_contract
 from service.routes.view import RouteView
 from service.settings import Settings
@@ -43,7 +44,15 @@ COMMON_FIELDS = frozenset(
 )  # fmt: skip
 FIELDS = {
     Endpoint.CHAT: COMMON_FIELDS
-    | {"messages", "max_completion_tokens", "top_logprobs", "response_format"},
+    | {
+        "messages",
+        "max_completion_tokens",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    },
     Endpoint.COMPLETIONS: COMMON_FIELDS | {"prompt"},
 }
 LEGACY_GUIDED = frozenset(
@@ -52,7 +61,7 @@ LEGACY_GUIDED = frozenset(
         "guided_decoding_backend", "guided_whitespace_pattern",
     }
 )  # fmt: skip
-ROLES = frozenset({"system", "user", "assistant", "developer"})
+ROLES = frozenset({"system", "user", "assistant", "developer", "tool"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 MAX_STOP_CHARS = 256
 MAX_USER_CHARS = 256
@@ -67,14 +76,18 @@ class Limits:
     max_top_logprobs: int
     max_stop_sequences: int
     max_messages: int
+    max_choices: int = 1  # the most `n` may ask for
+    auto_tools: bool = False  # the route's engines run a tool-call parser (tool_choice auto)
 
     @classmethod
-    def for_route(cls, settings: Settings, route: RouteView) -> Limits:
+    def for_route(cls, settings: Settings, route: RouteView, *, auto_tools: bool = False) -> Limits:
         cap = route.max_tokens_cap or settings.max_tokens_cap
         default = min(route.default_max_tokens or settings.default_max_tokens, cap)
+        policy = route.contract.policy if route.contract is not None else None
+        choices = policy.max_choices if policy is not None else None
         return cls(
             cap, default, settings.max_top_logprobs, settings.max_stop_sequences,
-            settings.max_messages,
+            settings.max_messages, choices or settings.max_choices, auto_tools,
         )  # fmt: skip
 
 
@@ -83,9 +96,10 @@ class Prepared:
     upstream_body: bytes
     stream: bool
     client_wants_usage: bool
-    # The client's response_format schema, its cheap bounds checked, and its cost; the rest of
-    # its check (meta-schema and keyword rules) is the caller's, off the event loop.
-    client_schema: dict[str, Any] | None = None
+    # The client's schemas (response_format's, each tool's parameters), their cheap bounds
+    # checked, and their cost; the rest of their check (meta-schema and keyword rules) is the
+    # caller's, off the event loop.
+    client_schemas: tuple[dict[str, Any], ...] = ()
     schema_cost: int = 0
     # Tokens a per-minute token limit reserves before the call: every choice's max_tokens plus
     # the prompt, estimated at 4 bytes a token; settled with the engine's usage afterwards.
@@ -133,6 +147,7 @@ def prepare(
         _check_chat_logprobs(body, limits)
         if "response_format" in body:
             schema_cost = _check_response_format(body["response_format"], bounds)
+        schema_cost += check_tools(body, bounds, auto_tools=limits.auto_tools)
         if "max_completion_tokens" in body:
             if "max_tokens" in body:
                 raise InvalidRequest(
@@ -165,10 +180,15 @@ def prepare(
     except orjson.JSONEncodeError as exc:  # nested past orjson's limit of 254 levels
         raise InvalidRequest("The request body nests too deeply.") from exc
     schema = client_schema(payload)
+    schemas = (() if schema is None else (schema,)) + tuple(
+        t["function"]["parameters"]
+        for t in payload.get("tools") or ()
+        if t["function"].get("parameters")
+    )
     n = body.get("n")
     choices = n if isinstance(n, int) and n > 1 else 1
     reserve = body["max_tokens"] * choices + len(upstream_body) // PROMPT_BYTES_PER_TOKEN
-    return Prepared(upstream_body, stream, wants_usage, schema, schema_cost, reserve)
+    return Prepared(upstream_body, stream, wants_usage, schemas, schema_cost, reserve)
 
 
 def _refuse_unknown_fields(endpoint: Endpoint, payload: dict[str, Any]) -> None:
@@ -227,9 +247,7 @@ def _max_tokens(value: Any, limits: Limits) -> int:
 
 
 def _check_sampling(body: dict[str, Any], limits: Limits) -> None:
-    n = body.get("n")
-    if n is not None and (n != 1 or isinstance(n, bool)):
-        raise ValueOutOfRange("'n' must be 1: each request returns one choice.", param="n")
+    _int(body, "n", 1, limits.max_choices)
     _number(body, "temperature", 0.0, 2.0)
     _number(body, "top_p", 0.0, 1.0)
     _number(body, "min_p", 0.0, 1.0)
@@ -277,6 +295,12 @@ def _check_messages(messages: Any, limits: Limits) -> None:
                 f"Each message needs a 'role' among {sorted(ROLES)}.", param="messages"
             )
         content = message.get("content")
+        if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise InvalidRequest("A 'tool' message needs its 'tool_call_id'.", param="messages")
+        if message["role"] == "assistant" and "tool_calls" in message:
+            _check_history_calls(message["tool_calls"])
+            if content is None:
+                continue
         if isinstance(content, str):
             continue
         if isinstance(content, list) and all(
@@ -287,6 +311,22 @@ def _check_messages(messages: Any, limits: Limits) -> None:
             continue
         raise InvalidRequest(
             "Each message's 'content' must be a string or a list of text parts.",
+            param="messages",
+        )
+
+
+def _check_history_calls(calls: Any) -> None:
+    """An assistant message's earlier tool calls, as the client got them (arguments a string)."""
+    if not isinstance(calls, list) or not all(
+        isinstance(call, dict) and isinstance(call.get("id"), str)
+        and isinstance(call.get("function"), dict)
+        and isinstance(call["function"].get("name"), str)
+        and isinstance(call["function"].get("arguments"), str)
+        for call in calls
+    ):  # fmt: skip
+        raise InvalidRequest(
+            "An assistant message's 'tool_calls' must be a list of {'id', 'type': 'function', "
+            "'function': {'name', 'arguments'}}.",
             param="messages",
         )
 

@@ -19,7 +19,7 @@ from service.engine.client import EngineClient, parse_reply
 from service.errors import ClientClosedRequest, EngineTimeout, GatewayError
 from service.gateway.request_rules import Endpoint
 from service.gateway.spans import NO_TRACE, EngineCall, RequestTrace
-from service.guard.answers import answer_text
+from service.guard.answers import comparable
 from service.guard.route_guard import RouteContract, judge
 from service.records.draft import RecordDraft
 
@@ -112,7 +112,7 @@ class ShadowCaller:
             answer = parse_reply(reply.value)
             span.took(answer)
             record.take_usage(answer.get("usage"))
-            text = answer_text(answer, chat=endpoint is Endpoint.CHAT)
+            text = comparable(answer, chat=endpoint is Endpoint.CHAT)
             record.response_body = text
             if contract is not None:  # judged for the gates, never escalated
                 judgement = judge(answer, contract, draw=1.0)

@@ -22,6 +22,7 @@ from service.errors import (
     EngineStreamBroken,
     GatewayError,
 )
+from service.gateway.openai_shape import CHUNK_SHAPES, clean
 from service.gateway.parts import Gateway
 from service.gateway.request_rules import Endpoint, Prepared
 from service.gateway.shadow import ShadowCall
@@ -34,9 +35,10 @@ log = logging.getLogger(__name__)
 
 
 class StreamRelay:
-    """Relays the engine's SSE events; a failure ends with an error event + [DONE]. Under an
-    output contract (``answer`` and ``verdict`` given) the answer is judged at its end and the
-    verdict is the last event before [DONE]."""
+    """Relays the engine's SSE events, each cleaned of what OpenAI's chunks do not carry
+    (``openai_shape``); a failure ends with an error event + [DONE]. ``answer`` collects the
+    choices as they pass; under an output contract (``verdict`` given) the answer is judged at
+    its end and the verdict is the last event before [DONE]."""
 
     def __init__(
         self,
@@ -47,14 +49,14 @@ class StreamRelay:
         endpoint: Endpoint,
         shadow: ShadowCall | None,
         grant: Grant | None,
-        answer: StreamedAnswer | None = None,
-        verdict: Callable[[str], bytes] | None = None,
+        answer: StreamedAnswer,
+        verdict: Callable[[], bytes] | None = None,
         trace: RequestTrace = NO_TRACE,
     ) -> None:
         self.gw, self.stream, self.prepared, self.record = gw, stream, prepared, record
         self.endpoint, self.shadow, self.grant = endpoint, shadow, grant
         self.answer, self.verdict, self.trace = answer, verdict, trace
-        self.text: list[str] = []
+        self.shape = CHUNK_SHAPES[endpoint.value]
         self.recorded = False
 
     def finish(self) -> None:
@@ -64,9 +66,9 @@ class StreamRelay:
         self.recorded = True
         self.stream.close()
         record = self.record
-        record.response_body = "".join(self.text)
+        record.response_body = self.answer.recorded_body()
         if self.shadow is not None:
-            self.shadow.primary_answered(record.response_body if record.error is None else None)
+            self.shadow.primary_answered(self.answer.comparable() if record.error is None else None)
         self.trace.end(record)
         self.gw.end(record, self.grant)
 
@@ -87,30 +89,28 @@ class StreamRelay:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     finished = True
-                    verdict = self.verdict("".join(self.text)) if self.verdict else None
+                    record.finish_reason = self.answer.finish_reason
+                    verdict = self.verdict() if self.verdict else None
                     self.finish()
                     if verdict is not None:
                         yield verdict
                     yield b"data: [DONE]\n\n"
                     break
                 event = parse_event(data)
-                if self.answer is not None and self.answer.take(event):
-                    data = orjson.dumps(event)  # logprobs the client did not ask for taken out
+                changed, written = self.answer.take(event)
+                # Logprobs the client did not ask for, or fields OpenAI's chunks do not have,
+                # were taken out: the event is written anew.
+                if clean(event, self.shape) or changed:
+                    data = orjson.dumps(event)
                 if not echoed and isinstance(event.get("model"), str):
                     record.target, echoed = event["model"], True  # the exact version that answered
                     self.trace.first_event(event)
-                choices = event.get("choices") or []
                 if event.get("usage"):
                     record.take_usage(event["usage"])
-                    if not choices and not self.prepared.client_wants_usage:
+                    if not event.get("choices") and not self.prepared.client_wants_usage:
                         continue
-                for choice in choices:
-                    piece = delta_text(choice, self.endpoint)
-                    if piece:
-                        record.mark_first_token()
-                        self.text.append(piece)
-                    if choice.get("finish_reason"):
-                        record.finish_reason = choice["finish_reason"]
+                if written:
+                    record.mark_first_token()
                 yield b"data: " + data + b"\n\n"
             if not finished:
                 raise EngineStreamBroken("The engine closed the stream before it finished.")
@@ -141,14 +141,3 @@ def parse_event(data: bytes) -> dict[str, Any]:
     if "error" in event:
         raise EngineStreamBroken("The engine reported an error in the middle of the stream.")
     return event
-
-
-def delta_text(choice: object, endpoint: Endpoint) -> str | None:
-    if not isinstance(choice, dict):
-        return None
-    if endpoint is Endpoint.CHAT:
-        delta = choice.get("delta")
-        content = delta.get("content") if isinstance(delta, dict) else None
-    else:
-        content = choice.get("text")
-    return content if isinstance(content, str) else None

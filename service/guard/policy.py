@@ -51,6 +51,18 @@ class ReviewPolicy(BaseModel):
     retry_invalid: Annotated[int, Field(ge=0, le=1)] = Field(
         default=1, description="Ask the engine again this many times when an answer is invalid."
     )
+    truncated: Literal["retry", "invalid"] = Field(
+        default="retry",
+        description="An answer cut by max_tokens (finish_reason `length`) under a JSON schema, "
+        "a JSON mode or tools: `retry` asks the engine again once with twice the token budget "
+        "(up to the route's cap) before `invalid` applies; `invalid`: treated like any "
+        "invalid answer at once.",
+    )
+    max_choices: Annotated[int, Field(ge=1, le=16)] | None = Field(
+        default=None,
+        description="The most choices (`n`) a request may ask for on this route; default "
+        "LORAGATE_MAX_CHOICES. Every choice is validated and scored.",
+    )
     delivery: Literal["flag", "hold"] = Field(
         default="flag",
         description="`flag`: the client gets an escalated answer at once, marked with its review "

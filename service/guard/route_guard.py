@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -29,10 +29,10 @@ from service.guard import (
     score_free,
     score_json,
 )
-from service.guard.answers import answer_text, first_choice, first_finish_reason
 from service.guard.output_fields import FieldKind, FieldValue, field_values, output_field_kinds
 from service.guard.policy import (
     QA_SAMPLE,
+    Escalate,
     ReviewPolicy,
     escalation_reason,
     qa_sampled,
@@ -41,8 +41,10 @@ from service.guard.policy import (
 from service.guard.sampling import Purpose
 from service.guard.sampling import draw as draw_of
 from service.guard.tiers import DEFAULT_RISK, Risk, tier_policy
+from service.guard.tool_calls import TRUNCATED, calls_of, score_calls, validate_calls
 
 METADATA = "loragate"
+CLIENT_CHECKS = ReviewPolicy(escalate=Escalate.NEVER, invalid="refuse")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,23 @@ class RouteContract:
     fields: ConfidenceFields | None = None  # which fields the score is taken from (with a schema)
     # The top-level fields whose values records keep for drift monitoring (guard.output_fields).
     binned: Mapping[str, FieldKind] = field(default_factory=dict)
+    # The request's tools by name, each call's arguments checked against its own schema (set
+    # per request with ``with_tools``).
+    tools: Mapping[str, ContractValidator] = field(default_factory=dict)
+    # False for the checks a client asked for on a route without a review policy (a JSON mode,
+    # tools): answers are judged and an invalid one is refused, but nothing goes to review.
+    reviewed: bool = True
+
+    @classmethod
+    def client_checks(cls, validator: ContractValidator | None) -> RouteContract:
+        """What a route without a contract enforces when the client asks for JSON or tools:
+        the answer validated (against ``validator``, and each tool call against its tool),
+        asked again once when invalid (with a larger budget when cut by max_tokens), then
+        refused with 422; never reviewed."""
+        return cls(None, validator, CLIENT_CHECKS, reviewed=False)
+
+    def with_tools(self, tools: Mapping[str, ContractValidator]) -> RouteContract:
+        return replace(self, tools=tools) if tools else self
 
     @classmethod
     def build(
@@ -98,13 +117,36 @@ class RouteContract:
 
 
 @dataclass(frozen=True, slots=True)
+class ChoiceVerdict:
+    """One choice judged: its validation (None: nothing to check) and its confidence."""
+
+    validation: Validation | None
+    confidence: Confidence | None
+    truncated: bool = False  # cut by max_tokens
+
+    @property
+    def valid(self) -> bool:
+        return self.validation is None or self.validation.valid
+
+
+@dataclass(frozen=True, slots=True)
 class Judgement:
+    """An answer judged: ``validation`` and ``confidence`` are its worst choice's (the first
+    invalid one, else the least confident), which the review policy decides on; ``choices``
+    holds every choice's verdict (one for ``n`` = 1)."""
+
     validation: Validation | None  # None: the route has no schema to check against
     confidence: Confidence | None
     review_reason: str | None
     # The answer's values of the contract's binned fields, for its record (drift monitoring).
     fields: dict[str, FieldValue] | None = None
     reviewers: int = 1  # how many reviewers decide its review item independently
+    choices: tuple[ChoiceVerdict, ...] = ()
+
+    @property
+    def truncated(self) -> bool:
+        """A choice was cut by max_tokens."""
+        return any(choice.truncated for choice in self.choices)
 
     @property
     def escalated(self) -> bool:
@@ -132,19 +174,11 @@ def judge(
     sample``, QA, agreement) are drawn from it, so the same request is sampled the same way;
     without, only ``draw`` (else a random number) decides ``escalate: sample``, and nothing is
     QA-sampled (shadow answers)."""
-    choice = first_choice(answer)
-    text = answer_text(answer, chat=True)
-    finish = first_finish_reason(answer)
-    logprobs = choice.get("logprobs")
-    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    validation = None
-    if contract.validator is not None:
-        validation = contract.validator.validate(text if isinstance(text, str) else "", finish)
-    if validation is not None and validation.valid and isinstance(text, str):
-        counts = contract.fields.counts if contract.fields is not None else None
-        confidence = score_json(text, tokens, counts)
-    else:
-        confidence = score_free(tokens)
+    choices = answer.get("choices")
+    listed = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    verdicts = tuple(judge_choice(choice, contract) for choice in listed or [{}])
+    worst = _worst(verdicts)
+    validation, confidence = worst.validation, worst.confidence
     score = confidence.score if confidence is not None else None
     policy = contract.policy
     if draw is not None:
@@ -153,7 +187,7 @@ def judge(
         roll = draw_of(request_id, Purpose.SAMPLE)
     else:
         roll = random.random()
-    valid = validation is None or validation.valid
+    valid = worst.valid
     reason = escalation_reason(policy, valid, score, roll)
     if reason is None and request_id and qa_sampled(policy, draw_of(request_id, Purpose.QA)):
         reason = QA_SAMPLE
@@ -161,10 +195,56 @@ def judge(
     if reason is not None:
         pick = draw_of(request_id, Purpose.AGREEMENT) if request_id else random.random()
         reviewers = reviewers_needed(policy, pick)
-    parsed = validation.value if validation is not None else None
+    first = verdicts[0].validation
+    parsed = first.value if first is not None and not _has_calls(listed) else None
     return Judgement(
-        validation, confidence, reason, field_values(parsed, contract.binned), reviewers
-    )
+        validation, confidence, reason, field_values(parsed, contract.binned), reviewers,
+        verdicts,
+    )  # fmt: skip
+
+
+def judge_choice(choice: Mapping[str, Any], contract: RouteContract) -> ChoiceVerdict:
+    """One choice: its tool calls checked against their tools' schemas, else its text against
+    the contract's schema; scored from its tokens."""
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason")
+    finish = finish if isinstance(finish, str) else None
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    calls = calls_of(message)
+    truncated = finish == "length"
+    if calls or (contract.tools and contract.validator is None):
+        # A choice of a request with tools that wrote no call is judged as text (it may);
+        # one that was cut before its call was parsed is invalid.
+        if calls:
+            return ChoiceVerdict(
+                validate_calls(calls, contract.tools, finish), score_calls(tokens), truncated
+            )
+        if truncated:
+            return ChoiceVerdict(Validation(False, None, (TRUNCATED,)), score_free(tokens), True)
+        return ChoiceVerdict(None, score_free(tokens))
+    validation = None
+    if contract.validator is not None:
+        validation = contract.validator.validate(text if isinstance(text, str) else "", finish)
+    if validation is not None and validation.valid and isinstance(text, str):
+        counts = contract.fields.counts if contract.fields is not None else None
+        confidence = score_json(text, tokens, counts)
+    else:
+        confidence = score_free(tokens)
+    return ChoiceVerdict(validation, confidence, truncated and validation is not None)
+
+
+def _worst(verdicts: tuple[ChoiceVerdict, ...]) -> ChoiceVerdict:
+    """The first invalid choice, else the least confident (one without a score first)."""
+    for verdict in verdicts:
+        if not verdict.valid:
+            return verdict
+    return min(verdicts, key=lambda v: -1.0 if v.confidence is None else v.confidence.score)
+
+
+def _has_calls(choices: list[dict[str, Any]]) -> bool:
+    return bool(choices) and bool(calls_of(choices[0].get("message")))
 
 
 def present(
@@ -182,12 +262,25 @@ def present(
 def verdict_metadata(judgement: Judgement, review_id: str | None) -> dict[str, Any]:
     """The documented ``loragate`` verdict of an answer (non-streamed body, or a stream's last
     event)."""
-    confidence = judgement.confidence
+    metadata = {
+        **_verdict(judgement.validation, judgement.confidence),
+        "truncated": judgement.truncated,
+        "review_id": review_id,
+    }
+    if len(judgement.choices) > 1:
+        metadata["choices"] = [
+            {"index": index, **_verdict(choice.validation, choice.confidence),
+             "truncated": choice.truncated}
+            for index, choice in enumerate(judgement.choices)
+        ]  # fmt: skip
+    return metadata
+
+
+def _verdict(validation: Validation | None, confidence: Confidence | None) -> dict[str, Any]:
     return {
-        "schema_valid": judgement.valid,
-        "schema_errors": list(judgement.errors),
+        "schema_valid": validation.valid if validation is not None else None,
+        "schema_errors": list(validation.errors) if validation is not None else [],
         "confidence": confidence.score if confidence is not None else None,
         "field_confidence": dict(confidence.fields) if confidence is not None else {},
         "confidence_fields": list(confidence.counted) if confidence is not None else [],
-        "review_id": review_id,
     }

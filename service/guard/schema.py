@@ -158,8 +158,11 @@ class ContractValidator:
 
     __slots__ = ("_validator",)
 
-    def __init__(self, schema: object) -> None:
-        check_contract(schema)
+    def __init__(self, schema: object, *, checked: bool = False) -> None:
+        """``checked``: ``check_contract`` already accepted this schema (a client's, checked
+        off the event loop), so it is not run again."""
+        if not checked:
+            check_contract(schema)
         own = json.loads(json.dumps(schema))  # a private copy the caller cannot edit later
         self._validator = Draft202012Validator(own, registry=_NO_REMOTE, format_checker=None)
 

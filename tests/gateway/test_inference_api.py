@@ -238,7 +238,7 @@ ERROR_CASES: list[tuple[str, RequestKw, int, str, Role | None]] = [
      403, "permission_denied", Role.REVIEWER),
     ("max_tokens_over_cap", lambda h: {"json": chat_body(max_tokens=5000), "headers": h.auth()},
      400, "value_out_of_range", Role.APP),
-    ("n_2", lambda h: {"json": chat_body(n=2), "headers": h.auth()},
+    ("n_over_max_choices", lambda h: {"json": chat_body(n=5), "headers": h.auth()},
      400, "value_out_of_range", Role.APP),
     ("guided_json", lambda h: {"json": chat_body(guided_json={"type": "object"}),
                                "headers": h.auth()}, 400, "legacy_guided_field", Role.APP),

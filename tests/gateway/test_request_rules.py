@@ -33,6 +33,7 @@ LIMITS = Limits(
     max_top_logprobs=20,
     max_stop_sequences=4,
     max_messages=8,
+    max_choices=4,
 )
 
 
@@ -71,8 +72,8 @@ def schema_refused(schema: dict[str, Any], kind: type[GatewayError]) -> GatewayE
     (off the event loop) on the schema prepare hands it."""
     with pytest.raises(kind) as caught:
         prepared = run(chat(response_format=schema_format(schema)))
-        assert prepared.client_schema == schema
-        check_schema_bounds(prepared.client_schema)
+        assert prepared.client_schemas == (schema,)
+        check_schema_bounds(prepared.client_schemas[0])
     return caught.value
 
 
@@ -161,13 +162,20 @@ def test_max_completion_tokens_is_capped_and_exclusive() -> None:
 # --- sampling -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [2, 0, True])
-def test_n_other_than_one_is_refused(n: Any) -> None:
+@pytest.mark.parametrize("n", [5, 0])
+def test_n_outside_one_to_max_choices_is_refused(n: Any) -> None:
     assert refused(chat(n=n), ValueOutOfRange).param == "n"
 
 
-def test_n_equal_one_passes() -> None:
-    assert upstream(run(chat(n=1)))["n"] == 1
+def test_n_must_be_an_integer() -> None:
+    assert refused(chat(n=True), InvalidRequest).param == "n"
+
+
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_n_up_to_max_choices_passes_and_reserves_each_choice(n: int) -> None:
+    prepared = run(chat(n=n, max_tokens=10))
+    assert upstream(prepared)["n"] == n
+    assert prepared.reserve_tokens >= 10 * n
 
 
 def test_top_logprobs_bounds() -> None:
@@ -354,10 +362,10 @@ def test_catastrophic_patterns_never_reach_the_engine(pattern: str) -> None:
 def test_prepare_hands_over_the_schema_and_its_cost() -> None:
     schema = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}}
     prepared = run(chat(response_format=schema_format(schema)))
-    assert prepared.client_schema == schema
+    assert prepared.client_schemas == (schema,)
     assert prepared.schema_cost == (1 + 2) + (1 + 1)  # each subschema and its keywords
-    assert run(chat(response_format={"type": "json_object"})).client_schema is None
-    assert run(chat()).client_schema is None
+    assert run(chat(response_format={"type": "json_object"})).client_schemas == ()
+    assert run(chat()).client_schemas == ()
 
 
 def test_a_schema_over_the_cost_bound_is_refused_before_the_meta_schema(

@@ -19,7 +19,7 @@ from service.errors import InvalidRequest, SchemaCheckBusy, ValueOutOfRange
 from service.gateway.schema_checks import SchemaChecks, worker_processes
 from service.guard import MAX_SCHEMA_COST, Refusal, SchemaRefused, check_bounds, refusal
 from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
-from tests.fake_engine import FakeEngine
+from tests.fake_engine import Behaviour, FakeEngine
 from tests.guard.test_schema import ref_tree
 
 CHAT = "/v1/chat/completions"
@@ -37,6 +37,7 @@ def costly(tag: int) -> dict[str, Any]:
 
 
 SMALL = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}}
+JSON_ANSWER = '{"label": "a"}'  # valid under SMALL and under costly schemas
 
 
 class Gate:
@@ -213,6 +214,7 @@ async def test_normal_requests_pass_four_attackers_waiting_on_checks(
     opens it. Requests without a schema are served meanwhile, and a small schema is checked
     before the attackers' waiting ones."""
     gate = Gate()
+    engine.default = Behaviour(tokens=[JSON_ANSWER])  # answers are validated against the schema
     gw = gateway.app.state.gateway
     await gw.schema_checks.close()
     gw.schema_checks = pool = checks(gate, max_waiting=32)
@@ -246,6 +248,7 @@ async def test_real_checks_under_four_attackers_answer_everyone(
 ) -> None:
     """With the real check: four attackers loop on unique schemas at the cost bound while a
     client sends plain and small-schema requests; every request is answered, no 5xx."""
+    engine.default = Behaviour(tokens=[JSON_ANSWER])  # answers are validated against the schema
     settings = make_settings(sqlite_url, tmp_path, [engine.url])
     async with running_gateway(settings) as h:
         stop = asyncio.Event()
