@@ -150,3 +150,27 @@ def test_watch_without_a_terminal_writes_draws_one_after_another(
     assert CLEAR_SCREEN not in out
     first, second = out.split("\n\n")
     assert "phase shadow" in first and "phase aborted" in second
+
+
+def test_gate_lines_say_the_decision_in_a_sentence_and_events_name_one_phase_once() -> None:
+    sentence = (
+        "candidate error rate 4.1 % [2.9, 5.6] vs stable 0.8 % [0.5, 1.2] (310 and 5,890 "
+        "samples): worse beyond the 2-point tolerance"
+    )
+    gates = [{"gate": "error_rate", "verdict": "fail", "detail": "old words", "sentence": sentence}]
+    events = [
+        {"at": "t0", "kind": "created", "from_phase": "pending", "to_phase": "pending",
+         "actor": "sre", "reason": "triage@1 -> triage@2"},
+        {"at": "t1", "kind": "started", "from_phase": "pending", "to_phase": "shadow",
+         "actor": "controller", "reason": "step 1 of 2"},
+    ]  # fmt: skip
+    current = status(arm(10, 1.0), arm(10, 1.0), events=events, spec={"alpha": 0.05})
+    current["analysis"]["gates"] = gates
+    text = render(current)
+    assert f"gate error_rate  fail  {sentence}" in text
+    assert "old words" not in text
+    assert "pending -> pending" not in text
+    created = next(line for line in text.splitlines() if "created" in line)
+    assert re.search(r"created\s+pending\s+by sre", created), created
+    assert "pending -> shadow" in text
+    assert "alpha 0.05 (every decision of the rollout)" in text
