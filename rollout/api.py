@@ -40,10 +40,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class IntervalOut(BaseModel):
+    low: float | None = Field(description="Lower bound; `null` where none is known yet.")
+    high: float | None = Field(description="Upper bound; `null` where the sample leaves it open.")
+
+    @classmethod
+    def of(cls, low: float | None, high: float | None) -> IntervalOut | None:
+        return None if low is None and high is None else cls(low=low, high=high)
+
+
 class ArmOut(BaseModel):
     samples: int
     error_rate: float | None
     latency_p95_ms: float | None
+    latency_p95_interval_ms: IntervalOut | None = Field(
+        default=None,
+        description="The p95's confidence-sequence bounds at the latency gate's level.",
+    )
     schema_valid_rate: float | None
     escalation_rate: float | None
     confidence_mean: float | None
@@ -63,6 +76,7 @@ class ArmOut(BaseModel):
             samples=arm.samples,
             error_rate=arm.errors.value,
             latency_p95_ms=arm.latency_p95_ms,
+            latency_p95_interval_ms=IntervalOut.of(arm.latency_p95_low_ms, arm.latency_p95_high_ms),
             schema_valid_rate=arm.schema_valid.value,
             escalation_rate=arm.escalated.value,
             confidence_mean=arm.confidence_mean,
@@ -89,19 +103,50 @@ class FiguresOut(BaseModel):
         )  # fmt: skip
 
 
+class SamplesOut(BaseModel):
+    candidate: int
+    stable: int = Field(description="0 for gates that judge the candidate alone (agreement).")
+
+
 class GateOut(BaseModel):
     gate: str
-    verdict: str = Field(description="`pass`, `fail` or `inconclusive`.")
-    candidate: float | None
-    stable: float | None
+    verdict: str = Field(
+        description="`pass` (the interval lies within the limit), `fail` (wholly beyond it) or "
+        "`inconclusive` (undecided: it straddles the limit, or too few samples yet)."
+    )
+    candidate: float | None = Field(description="The candidate's point estimate.")
+    stable: float | None = Field(description="Stable's point estimate.")
     limit: float
-    detail: str
+    detail: str = Field(description="The decision in a sentence (the same as `sentence`).")
+    sentence: str = Field(
+        default="", description="The figures, their intervals and the decision, in words."
+    )
+    interval: IntervalOut | None = Field(
+        default=None,
+        description="The confidence sequence's interval of the judged quantity (candidate minus "
+        "stable for rates, stable minus candidate for drops, the p95 ratio, the agreement, the "
+        "distance); `null` until judged.",
+    )
+    candidate_interval: IntervalOut | None = None
+    stable_interval: IntervalOut | None = None
+    samples: SamplesOut = Field(
+        default_factory=lambda: SamplesOut(candidate=0, stable=0),
+        description="The samples each arm's interval is taken over.",
+    )
+    alpha: float | None = Field(
+        default=None, description="This gate's share of the rollout's alpha at this step."
+    )
 
     @classmethod
-    def of(cls, result: GateResult) -> GateOut:
+    def of(cls, r: GateResult) -> GateOut:
         return cls(
-            gate=result.gate.value, verdict=result.verdict.value, candidate=result.candidate,
-            stable=result.stable, limit=result.limit, detail=result.detail,
+            gate=r.gate.value, verdict=r.verdict.value, candidate=r.candidate,
+            stable=r.stable, limit=r.limit, detail=r.detail, sentence=r.detail,
+            interval=IntervalOut.of(r.low, r.high),
+            candidate_interval=IntervalOut.of(r.candidate_low, r.candidate_high),
+            stable_interval=IntervalOut.of(r.stable_low, r.stable_high),
+            samples=SamplesOut(candidate=r.candidate_samples, stable=r.stable_samples),
+            alpha=r.alpha,
         )  # fmt: skip
 
 
@@ -248,7 +293,8 @@ async def start(
 @router.get(
     "/{route}",
     summary="Status of the route's latest rollout",
-    description="Phase, step, weights, per-arm figures, each gate's verdict and the events.",
+    description="Phase, step, weights, per-arm figures, each gate's verdict with its "
+    "confidence-sequence interval, samples and sentence, and the events.",
     response_model=RolloutOut,
     responses=ERRORS,
 )
@@ -263,7 +309,9 @@ async def status(route: str, request: Request, _: SreKey) -> RolloutOut:
     "/{route}/analysis",
     summary="Gate verdicts now (Argo Rollouts web metric)",
     description=(
-        "Judges the current step's window now without changing anything. For Argo Rollouts' "
+        "Judges the current step's window now without changing anything (each gate with its "
+        "interval; the intervals hold at every analysis, so polling often is safe). For Argo "
+        "Rollouts' "
         '`web` metric provider: `jsonPath: "{$.verdict}"`, `successCondition: '
         'result == "pass"`, `failureCondition: result == "fail"`.'
     ),

@@ -88,15 +88,23 @@ def _figures(status: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     return [head, *_arms(saved)], gates
 
 
+def _phases(event: dict[str, Any]) -> str:
+    """``shadow -> canary``, or the one phase of an event that changed none (``created``)."""
+    before, after = event["from_phase"], event["to_phase"]
+    return after if before == after else f"{before} -> {after}"
+
+
 def _events(events: list[dict[str, Any]]) -> list[str]:
     if not events:
         return []
-    rows = [
-        (e["at"], e["kind"], f"{e['from_phase']} -> {e['to_phase']}",
-         f"by {e['actor']}: {e['reason']}")
-        for e in events
-    ]  # fmt: skip
+    rows = [(e["at"], e["kind"], _phases(e), f"by {e['actor']}: {e['reason']}") for e in events]
     return ["events:", *columns(rows)]
+
+
+def _gates(gates: list[dict[str, Any]]) -> list[str]:
+    """One line per gate: its name, its verdict and the decision in a sentence."""
+    rows = [(f"gate {g['gate']}", g["verdict"], g.get("sentence") or g["detail"]) for g in gates]
+    return columns(rows)
 
 
 def render(status: dict[str, Any]) -> str:
@@ -107,13 +115,19 @@ def render(status: dict[str, Any]) -> str:
         + (f" (from {status['paused_phase']})" if status.get("paused_phase") else "")
         + f", step {status['step'] + 1} of {status['steps']}, canary {status['canary_weight']}%"
         + f", shadow {status['shadow_percent']}%, failures {status['failures']}"
-        + f", inconclusive {status['inconclusive']}",
+        + f", inconclusive {status['inconclusive']}"
+        + _alpha(status),
     ]
     figures, gates = _figures(status)
     lines += figures
-    lines += columns([(f"gate {g['gate']}", g["verdict"], g["detail"]) for g in gates])
+    lines += _gates(gates)
     lines += _events(status.get("events", []))
     return "\n".join(lines)
+
+
+def _alpha(status: dict[str, Any]) -> str:
+    alpha = status.get("spec", {}).get("alpha")
+    return f", alpha {alpha:g} (every decision of the rollout)" if alpha is not None else ""
 
 
 def _stdout_is_tty() -> bool:
@@ -182,7 +196,8 @@ def status(
         float, typer.Option(min=0.1, help="Seconds between redraws with --watch.")
     ] = 5.0,
 ) -> None:
-    """Phase, step, weights, per-arm figures, each gate's verdict and the event history."""
+    """Phase, step, weights, per-arm figures, each gate's verdict with its interval and samples
+    in a sentence, and the event history."""
 
     base = gateway_url(settings_of(ctx), url)
 
