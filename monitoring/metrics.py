@@ -280,6 +280,26 @@ class Metrics:
             ["route", "target", "feature", "status"],
             registry=r,
         )
+        self.service_value = Gauge(
+            "loragate_service_value",
+            "A service signal of the route's current version over the drift window: "
+            "latency_p95_ms, ttft_p95_ms, error_rate (5xx share), limit_rate (share of answers "
+            "cut by a limit); NaN without values. Service health, never drift.",
+            ["route", "target", "signal"],
+            registry=r,
+        )
+        self.service_target = Gauge(
+            "loragate_service_target",
+            "The route's target for the service signal (its own, or the gateway's default).",
+            ["route", "target", "signal"],
+            registry=r,
+        )
+        self.service_status = Gauge(
+            "loragate_service_status",
+            "1 for the service signal's status (ok, breach, insufficient), 0 for the others.",
+            ["route", "target", "signal", "status"],
+            registry=r,
+        )
 
     def request_done(
         self,

@@ -305,6 +305,34 @@ class Settings(BaseSettings):
     drift_js_drift: float = Field(
         default=0.2, gt=0, le=1, description="Jensen-Shannon distance at or over this: drift."
     )
+    drift_false_alarm_rate: float = Field(
+        default=0.01,
+        gt=0,
+        le=0.1,
+        description="The share of windows of unchanged traffic in which a route may read warn "
+        "or drift: its features' chi-square p-values are corrected together (Holm) at this rate.",
+    )
+    service_latency_p95_ms: float = Field(
+        default=10000.0, gt=0, description="A route's default target: p95 latency (ms)."
+    )
+    service_ttft_p95_ms: float = Field(
+        default=5000.0,
+        gt=0,
+        description="A route's default target: p95 time to first token (ms).",
+    )
+    service_error_budget: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="A route's default share of requests that may get 5xx.",
+    )
+    service_limit_budget: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="A route's default share of answers that may end at a limit (finish_reason "
+        "length).",
+    )
     drift_interval_s: float = Field(
         default=60.0,
         ge=0,

@@ -34,6 +34,7 @@ PURE = [
     "service.gateway.request_rules", "service.routes.view", "service.keys.lookups",
     "adapters.placement", "service.drift.statistics", "service.guard.output_fields",
     "service.drift.features", "service.audit.chain", "service.review.callback_urls",
+    "service.drift.slo", "service.drift.minimums", "service.routes.monitoring",
     "service.guard.tiers", "service.guard.sampling", "service.review.model",
     "service.limits.quota", "service.keys.credentials", "service.guard",
     "service.review.visibility", "service.review.agreement", "service.review.calibration",

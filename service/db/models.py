@@ -78,6 +78,8 @@ class Route(Base):
     review_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # low | medium | high | critical: the review policy's defaults (service.guard.tiers).
     risk: Mapped[str] = mapped_column(String(16), server_default="medium")
+    # Service targets and drift minimums the route sets (service.routes.monitoring); None: defaults.
+    monitoring: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class RequestRecord(Base):

@@ -42,12 +42,19 @@ def utc(value: datetime | None, name: str) -> datetime | None:
     "/{route}",
     summary="Drift of a route's current version",
     description=(
-        "Each feature of the route's current version (tokens, latency, time to first token, "
-        "finish reason, error class; with an output contract also confidence, escalations, "
-        "schema validity and each categorical or number field of the answers; with reviews the "
-        "reviewers' decisions), binned over the current window and over the version's "
-        "reference, scored and judged `ok`, `warn`, `drift` or `insufficient`. The current "
-        "window is the last LORAGATE_DRIFT_WINDOW_S seconds unless `since`/`until` say."
+        "The model's features of the route's current version (prompt and completion tokens; "
+        "with an output contract also confidence, escalations, schema validity and each "
+        "categorical or number field of the answers; with reviews the reviewers' decisions), "
+        "binned over the current window and over the version's reference, scored, and judged "
+        "as a route: each feature's chi-square p-value is corrected across the route (Holm), "
+        "and a feature over a band reads `warn` or `drift` only when its adjusted p-value is "
+        "at most the route's false-alarm rate (LORAGATE_DRIFT_FALSE_ALARM_RATE, 1 %), so "
+        "unchanged traffic flags a route in at most that share of windows. `insufficient` "
+        "while a side has too few values; a reference not ready yet says how many records it "
+        "holds and when it will be ready. Beside it, `service`: latency p95, time to first "
+        "token p95, the 5xx share and the share of answers cut by a limit against the route's "
+        "targets (`ok`, `breach`); they move with load and are never drift. The current window "
+        "is the last LORAGATE_DRIFT_WINDOW_S seconds unless `since`/`until` say."
     ),
     response_model=DriftOut,
     responses=ERRORS,

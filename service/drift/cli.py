@@ -1,4 +1,5 @@
-"""``loragate drift ...``: a route's drift at a glance, its reference, an HTML report."""
+"""``loragate drift ...``: a route's drift and service health at a glance, its reference, an
+HTML report, and what smaller minimums cost."""
 
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ from service.cli.common import (
     gateway_url,
     settings_of,
 )
+from service.drift.minimums import MEASURED
 from service.drift.report import render as render_html
-from service.drift.schemas import DriftOut, FeatureOut, SpanOut
+from service.drift.schemas import DriftOut, FeatureOut, JudgementOut, ReferenceOut, SpanOut
 
 drift_app = typer.Typer(
-    help="Drift monitoring: each route's version against its reference.", no_args_is_help=True
+    help="Drift monitoring: the model's features of each route's version against its "
+    "reference (judged as a route, at a stated false-alarm rate), with the route's service "
+    "health (latency, errors, ...) against its targets beside it, never as drift.",
+    no_args_is_help=True,
 )
 RouteArg = Annotated[str, typer.Argument(help="The route to look at.")]
 SinceOption = Annotated[
@@ -40,7 +45,9 @@ UntilOption = Annotated[
         formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
     ),
 ]
-HEADER = ("feature", "kind", "stat", "score", "p-value", "status", "reference", "current")
+HEADER = ("feature", "kind", "stat", "score", "p-value", "adj. p", "status", "reference",
+          "current")  # fmt: skip
+SERVICE_HEADER = ("signal", "value", "target", "samples", "status")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -110,22 +117,103 @@ def _p(value: float | None) -> str:
 def _row(f: FeatureOut) -> tuple[str, ...]:
     status = f.status.upper() if f.status == "drift" else f.status
     return (
-        f.name, f.kind, f.statistic, _score(f.score), _p(f.p_value), status,
-        _count(sum(b.count for b in f.reference)), _count(sum(b.count for b in f.current)),
+        f.name, f.kind, f.statistic, _score(f.score), _p(f.p_value), _p(f.adjusted_p_value),
+        status, _count(sum(b.count for b in f.reference)), _count(sum(b.count for b in f.current)),
     )  # fmt: skip
 
 
-def render(report: DriftOut) -> str:
-    """The status view: the version, both windows, then one line per feature, worst first."""
-    source = report.reference.source or "automatic"
-    lines = [
-        f"route {report.route}: {report.target}, drift status {report.overall()}",
-        f"reference ({source}): {_span(report.reference)}",
-        f"current: {_span(report.current)}",
-        "",
-        *columns([HEADER, *(_row(f) for f in report.worst_first())], right=(3, 4, 6, 7)),
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f} %"
+
+
+def _value(signal: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} ms" if signal.endswith("_ms") else _percent(value)
+
+
+def _ready(reference: ReferenceOut) -> str:
+    """A reference not ready yet: what it holds, and when it will hold enough."""
+    held = f"{_count(reference.samples)} of {_count(reference.needed)} records"
+    if reference.ready_in_s is None:
+        return f"{held}; no traffic in the last day, so no estimate of when it is ready"
+    return f"{held}, ready in about {_length(reference.ready_in_s)} at today's rate"
+
+
+def _judgement(j: JudgementOut) -> list[str]:
+    judged = (
+        f"judged as a route: {j.tested} features tested at a {_percent(j.false_alarm_rate)} "
+        f"false-alarm rate, route p-value {_p(j.p_value)}"
+    )
+    minimums = (
+        f"minimums: reference {_count(j.reference_min_samples)}, window {_count(j.min_samples)}"
+    )
+    m = j.measured
+    if m is None:
+        return [judged, minimums + " (under the smallest minimums measured)"]
+    return [
+        judged,
+        minimums + f" (measured at {_count(m.reference)} / {_count(m.window)}: false alarms "
+        f"{_percent(m.false_alarms)}, shuffled labels caught {_percent(m.shuffled_caught)}, a "
+        f"0.16 category move {_percent(m.moved_caught)})",
     ]
-    return "\n".join(lines)
+
+
+def _service(report: DriftOut) -> list[str]:
+    rows = [
+        (s.signal.value, _value(s.signal.value, s.value), _value(s.signal.value, s.target),
+         _count(s.samples), s.status.upper() if s.status == "breach" else s.status.value)
+        for s in report.service.signals
+    ]  # fmt: skip
+    lines = [
+        f"service {report.service.status.value} (against the route's targets; never drift)",
+        *columns([SERVICE_HEADER, *rows], right=(1, 2, 3)),
+    ]
+    if report.service.error_classes:
+        classes = ", ".join(f"{k} {_count(v)}" for k, v in report.service.error_classes.items())
+        lines.append(f"error classes: {classes}")
+    return lines
+
+
+def render(report: DriftOut) -> str:
+    """The status view: the version, both windows, one line per feature (worst first), then
+    the service signals."""
+    source = report.reference.source or "automatic"
+    lines = [f"route {report.route}: {report.target}, drift status {report.overall()}"]
+    if report.reference.ready:
+        lines += [
+            f"reference ({source}): {_span(report.reference)}",
+            f"current: {_span(report.current)}",
+            *_judgement(report.judgement),
+            "",
+            *columns([HEADER, *(_row(f) for f in report.worst_first())], right=(3, 4, 5, 7, 8)),
+        ]
+    else:
+        lines += [
+            f"reference ({source}): {_ready(report.reference)}",
+            f"current: {_span(report.current)}",
+            f"{len(report.features)} features, judged once the reference is ready "
+            "(a quiet route may set smaller minimums: loragate drift minimums)",
+        ]
+    return "\n".join([*lines, "", *_service(report)])
+
+
+@drift_app.command("minimums")
+def minimums() -> None:
+    """What smaller drift minimums cost, as measured (bench/drift_false_alarms.py): a quiet
+    route may set `monitoring.drift.min_samples` and `reference_min_samples` in its YAML."""
+    header = ("reference", "window", "false alarms", "at drift", "0.16 move caught",
+              "shuffled caught")  # fmt: skip
+    rows = [
+        (_count(m.reference), _count(m.window), _percent(m.false_alarms),
+         _percent(m.drift_false_alarms), _percent(m.moved_caught), _percent(m.shuffled_caught))
+        for m in MEASURED
+    ]  # fmt: skip
+    typer.echo(
+        "Unchanged traffic flags a route (warn or drift) in at most its false-alarm rate of "
+        "windows (1 % by default) whatever the minimums; smaller ones catch less:"
+    )
+    typer.echo("\n".join(columns([header, *rows], right=(0, 1, 2, 3, 4, 5))))
 
 
 @drift_app.command("status")
@@ -138,7 +226,8 @@ def status(
     until: UntilOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON instead.")] = False,
 ) -> None:
-    """Each feature's drift score and status (ok, warn, drift, insufficient), worst first."""
+    """Each model feature's drift score and status (ok, warn, drift, insufficient), worst
+    first, judged as a route; then the route's service health against its targets."""
     payload = _fetch(ctx, route, key, url, since, until)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))

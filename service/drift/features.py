@@ -1,10 +1,15 @@
 """What drift monitoring watches on a route, as plain values (the store turns them into SQL).
 
-Every route: prompt and completion tokens, latency and time to first token (successful
-requests), finish reason (successful requests) and error class (all). A route with an output
-contract adds confidence and the escalation share, with a schema the schema-valid share and each
-binned top-level field of the answers (``service.guard.output_fields``), and with a review
-policy that escalates, the reviewers' decisions.
+Only what goes into the model and what comes out of it: a change there means the traffic or
+the model changed. Every route: prompt and completion tokens (successful requests). A route
+with an output contract adds confidence and the escalation share, with a schema the
+schema-valid share and each binned top-level field of the answers
+(``service.guard.output_fields``), and with a review policy that escalates, the reviewers'
+decisions.
+
+Latency, time to first token, error classes and answers cut by a limit move with load, hardware
+and the engine's batch, not with what the model learned: they are the route's service health
+(``service.drift.slo``), judged against targets, never drift.
 """
 
 from __future__ import annotations
@@ -23,8 +28,6 @@ FIELD_PREFIX = "answer."
 
 class Source(StrEnum):
     NUMBER_COLUMN = "number_column"  # a number column of successful requests
-    FINISH_REASON = "finish_reason"
-    ERROR_CLASS = "error_class"
     SCHEMA_VALID = "schema_valid"
     ESCALATED = "escalated"
     ANSWER_FIELD = "answer_field"  # a value kept in the record's `fields`
@@ -42,10 +45,6 @@ class Feature:
 BASE = (
     Feature("prompt_tokens", Kind.NUMBER, Source.NUMBER_COLUMN, "tokens_in"),
     Feature("completion_tokens", Kind.NUMBER, Source.NUMBER_COLUMN, "tokens_out"),
-    Feature("latency_ms", Kind.NUMBER, Source.NUMBER_COLUMN, "latency_ms"),
-    Feature("ttft_ms", Kind.NUMBER, Source.NUMBER_COLUMN, "ttft_ms"),
-    Feature("finish_reason", Kind.CATEGORY, Source.FINISH_REASON),
-    Feature("error_class", Kind.CATEGORY, Source.ERROR_CLASS),
 )
 CONFIDENCE = Feature("confidence", Kind.NUMBER, Source.NUMBER_COLUMN, "confidence")
 ESCALATED = Feature("escalated", Kind.CATEGORY, Source.ESCALATED)

@@ -10,15 +10,21 @@ Which reference a version is compared with, strongest first:
 
 An automatic reference's histograms are computed once, as soon as its range holds enough
 records, and stored: it stays what it was when its records are pruned. Until then every feature
-is ``insufficient``. The current window is the last ``drift_window_s`` seconds unless the caller
-names one. Queries count; the statistics run in a worker thread.
+is ``insufficient``, and the report says how many records it holds and when, at the last day's
+rate, it will be ready. The current window is the last ``drift_window_s`` seconds unless the
+caller names one. Queries count; the statistics run in a worker thread.
+
+The features are judged as a route (``judge_route``: Holm across them at the route's
+false-alarm rate). Beside them, the window's service health (latency, time to first token,
+errors, answers cut by a limit) is judged against the route's targets: never drift. A route's
+``monitoring`` block may set its targets, smaller minimums and its false-alarm rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,23 +38,29 @@ from service.clock import Clock, require_utc
 from service.db.repositories import list_routes
 from service.drift import store
 from service.drift.features import Feature, features_for
+from service.drift.minimums import Measured, measured_for
+from service.drift.slo import ServiceHealth, Targets, judge_service
 from service.drift.statistics import (
     Bands,
     FeatureDrift,
     MinSamples,
+    RouteJudgement,
     Status,
     compare_categories,
     compare_numbers,
-    worst,
+    judge_route,
 )
 from service.drift.store import TICK, Profile, StoredReference, Window
 from service.errors import InvalidRequest
+from service.routes.monitoring import MonitoringSpec
 from service.routes.targets import route_row
 from service.settings import Settings
 
 ROLLOUT = "rollout"
 FIRST_RECORDS = "first_records"
 PINNED = "pinned"
+# A reference not ready yet: its readiness is estimated from the rate of the last day.
+RATE_OVER = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,24 +73,14 @@ class Span:
 @dataclass(frozen=True, slots=True)
 class ReferenceSpan(Span):
     source: str | None  # rollout | first_records | pinned; None while there is none yet
-
-
-@dataclass(frozen=True, slots=True)
-class DriftReport:
-    route: str
-    target: str
-    reference: ReferenceSpan
-    current: Span
-    features: tuple[FeatureDrift, ...]
-
-    @property
-    def status(self) -> Status:
-        return worst([f.status for f in self.features])
+    needed: int = 0  # records a reference needs
+    ready: bool = False  # its histograms are computed; else ``samples`` is what it holds so far
+    ready_in_s: float | None = None  # while not ready: at the last day's rate; None if no traffic
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """What the settings say about judging drift."""
+    """What the settings, and a route's ``monitoring`` block, say about judging it."""
 
     window_s: float
     bins: int
@@ -86,6 +88,8 @@ class Rules:
     minimum: MinSamples
     psi: Bands
     js: Bands
+    false_alarm_rate: float
+    targets: Targets
 
     @classmethod
     def of(cls, settings: Settings) -> Rules:
@@ -94,7 +98,45 @@ class Rules:
             MinSamples(settings.drift_min_samples, settings.drift_min_samples),
             Bands(settings.drift_psi_warn, settings.drift_psi_drift),
             Bands(settings.drift_js_warn, settings.drift_js_drift),
+            settings.drift_false_alarm_rate,
+            Targets(settings.service_latency_p95_ms, settings.service_ttft_p95_ms,
+                    settings.service_error_budget, settings.service_limit_budget),
         )  # fmt: skip
+
+    def for_route(self, spec: MonitoringSpec) -> Rules:
+        drift = spec.drift
+        window = drift.min_samples or self.minimum.current
+        return replace(
+            self,
+            reference_min=drift.reference_min_samples or self.reference_min,
+            minimum=MinSamples(window, window),
+            false_alarm_rate=drift.false_alarm_rate or self.false_alarm_rate,
+            targets=self.targets.overridden(spec.service.model_dump()),
+        )
+
+    @property
+    def cost(self) -> Measured | None:
+        """What these minimums were measured to cost (bench/drift_false_alarms.py)."""
+        return measured_for(self.reference_min, self.minimum.current)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftReport:
+    route: str
+    target: str
+    reference: ReferenceSpan
+    current: Span
+    judgement: RouteJudgement  # the model's features, judged as a route
+    service: ServiceHealth  # beside it, never part of it
+    rules: Rules  # the route's minimums, false-alarm rate and targets
+
+    @property
+    def features(self) -> tuple[FeatureDrift, ...]:
+        return self.judgement.features
+
+    @property
+    def status(self) -> Status:
+        return self.judgement.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +144,21 @@ class _Route:
     name: str
     target: str
     features: tuple[Feature, ...]
+    rules: Rules
 
 
-async def _route(session: AsyncSession, name: str) -> _Route:
+async def _route(session: AsyncSession, name: str, rules: Rules) -> _Route:
     row = await route_row(session, name)
-    return _Route(row.name, row.target, features_for(row.output_schema, row.review_policy))
+    return _Route(
+        row.name, row.target, features_for(row.output_schema, row.review_policy),
+        rules.for_route(MonitoringSpec.of_row(row.monitoring)),
+    )  # fmt: skip
+
+
+def _judge(
+    features: tuple[Feature, ...], reference: Profile | None, current: Profile, rules: Rules
+) -> RouteJudgement:
+    return judge_route(compare(features, reference, current, rules), rules.false_alarm_rate)
 
 
 def compare(
@@ -155,20 +207,20 @@ class DriftMonitor:
         since = require_utc(since) if since is not None else until - self._window
         if since >= until:
             raise InvalidRequest("'since' must be before 'until'.", param="since")
-        route, reference = await self._route_and_reference(route_name)
+        route, reference, span = await self._route_and_reference(route_name)
+        rules = route.rules
         current_window = Window(route.name, route.target, since, until)
         edges = _edges(reference.profile if reference else None)
         async with self._sessions() as session:
             current = await store.profile(
-                session, current_window, route.features, self._rules.bins, edges
+                session, current_window, route.features, rules.bins, edges
             )
+            counts = await store.service_counts(session, current_window)
         ref_profile = reference.profile if reference is not None else None
-        features = await asyncio.to_thread(
-            compare, route.features, ref_profile, current, self._rules
-        )
+        judgement = await asyncio.to_thread(_judge, route.features, ref_profile, current, rules)
         return DriftReport(
-            route.name, route.target, _reference_span(reference),
-            Span(since, until, current.samples), features,
+            route.name, route.target, span, Span(since, until, current.samples), judgement,
+            judge_service(counts, rules.targets), rules,
         )  # fmt: skip
 
     @property
@@ -191,14 +243,15 @@ class DriftMonitor:
         if since >= until:
             raise InvalidRequest("'since' must be before 'until'.", param="since")
         async with self._sessions.begin() as session:
-            route = await _route(session, route_name)
+            route = await _route(session, route_name, self._rules)
             window = Window(route.name, route.target, since, until, any_target=True)
-            found = await store.profile(session, window, route.features, self._rules.bins)
-            if found.samples < self._rules.reference_min:
+            found = await store.profile(session, window, route.features, route.rules.bins)
+            if found.samples < route.rules.reference_min:
                 raise InvalidRequest(
                     f"The range holds {found.samples} records of route '{route.name}'; a "
-                    f"reference needs at least {self._rules.reference_min} "
-                    "(LORAGATE_DRIFT_REFERENCE_MIN_SAMPLES).",
+                    f"reference needs at least {route.rules.reference_min} "
+                    "(LORAGATE_DRIFT_REFERENCE_MIN_SAMPLES, or the route's monitoring.drift."
+                    "reference_min_samples).",
                     param="since",
                 )
             await store.replace_reference(
@@ -211,13 +264,15 @@ class DriftMonitor:
                     after={"target": route.target, "since": since.isoformat(),
                            "until": until.isoformat(), "samples": found.samples},
                 )  # fmt: skip
-        return route.target, ReferenceSpan(since, until, found.samples, PINNED)
+        return route.target, ReferenceSpan(
+            since, until, found.samples, PINNED, route.rules.reference_min, ready=True
+        )
 
     async def unpin(self, route_name: str, audit: Actor | None = None) -> tuple[str, bool]:
         """Back to the automatic reference; whether a pinned one was there. Dropping one is
         audited for ``audit`` in its transaction."""
         async with self._sessions.begin() as session:
-            route = await _route(session, route_name)
+            route = await _route(session, route_name, self._rules)
             dropped = await store.drop_pinned(session, route.name, route.target)
             if dropped and audit is not None:
                 await record_event(
@@ -230,16 +285,55 @@ class DriftMonitor:
         async with self._sessions() as session:
             return [r.name for r in await list_routes(session)]
 
-    async def _route_and_reference(self, route_name: str) -> tuple[_Route, StoredReference | None]:
+    async def _route_and_reference(
+        self, route_name: str
+    ) -> tuple[_Route, StoredReference | None, ReferenceSpan]:
         try:
-            async with self._sessions.begin() as session:
-                route = await _route(session, route_name)
-                return route, await self._reference(session, route)
+            return await self._route_and_reference_once(route_name)
         except IntegrityError:
             # Another replica stored the same automatic reference first: read theirs.
-            async with self._sessions.begin() as session:
-                route = await _route(session, route_name)
-                return route, await self._reference(session, route)
+            return await self._route_and_reference_once(route_name)
+
+    async def _route_and_reference_once(
+        self, route_name: str
+    ) -> tuple[_Route, StoredReference | None, ReferenceSpan]:
+        async with self._sessions.begin() as session:
+            route = await _route(session, route_name, self._rules)
+            reference = await self._reference(session, route)
+            need = route.rules.reference_min
+            if reference is not None and reference.profile is not None:
+                span = ReferenceSpan(
+                    reference.since, reference.until, reference.samples, reference.source,
+                    need, ready=True,
+                )  # fmt: skip
+            else:
+                span = await self._progress(session, route, reference)
+            return route, reference, span
+
+    async def _progress(
+        self, session: AsyncSession, route: _Route, frozen: StoredReference | None
+    ) -> ReferenceSpan:
+        """A reference not ready yet: the records it holds so far, and when it will hold
+        enough at the rate of the last day (of the time since its first record, if shorter)."""
+        since = frozen.since if frozen is not None else None
+        arm = None if frozen is not None else Arm.STABLE
+        now = self._clock()
+        held = await store.count_version_records(session, route.name, route.target, since, arm)
+        first = await store.nth_record_at(session, route.name, route.target, since, 1, arm)
+        ready_in = None
+        if first is not None and first < now:
+            start = max(first, now - RATE_OVER)
+            recent = await store.count_version_records(
+                session, route.name, route.target, start, arm
+            )
+            rate = recent / (now - start).total_seconds()
+            if rate > 0:
+                ready_in = max(0.0, route.rules.reference_min - held) / rate
+        return ReferenceSpan(
+            since, frozen.until if frozen is not None else None, held,
+            frozen.source if frozen is not None else None, route.rules.reference_min,
+            ready=False, ready_in_s=ready_in,
+        )  # fmt: skip
 
     async def _reference(self, session: AsyncSession, route: _Route) -> StoredReference | None:
         """The reference in force, computing and storing an automatic one once it can be."""
@@ -248,7 +342,7 @@ class DriftMonitor:
             if ref.profile is not None:
                 return ref
         frozen = stored[0] if stored else None  # frozen by a promotion, not computed yet
-        need = self._rules.reference_min
+        need = route.rules.reference_min
         if frozen is not None:
             since, until, source = frozen.since, frozen.until, frozen.source
             window = Window(route.name, route.target, since, until)
@@ -270,7 +364,7 @@ class DriftMonitor:
             )
             since, until, source = first or nth, nth + TICK, FIRST_RECORDS
         window = Window(route.name, route.target, since, until)
-        found = await store.profile(session, window, route.features, self._rules.bins)
+        found = await store.profile(session, window, route.features, route.rules.bins)
         await store.replace_reference(
             session, window, pinned=False, source=source, now=self._clock(),
             samples=found.samples, found=found,
@@ -287,14 +381,6 @@ def _edges(reference: Profile | None) -> Mapping[str, tuple[float, ...]] | None:
     if reference is None:
         return None
     return {name: counts.edges for name, counts in reference.numbers.items()}
-
-
-def _reference_span(reference: StoredReference | None) -> ReferenceSpan:
-    if reference is None:
-        return ReferenceSpan(None, None, 0, None)
-    if reference.profile is None:  # frozen by a promotion; too few records in it so far
-        return ReferenceSpan(reference.since, reference.until, 0, reference.source)
-    return ReferenceSpan(reference.since, reference.until, reference.samples, reference.source)
 
 
 async def freeze_on_promotion(

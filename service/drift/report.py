@@ -1,5 +1,6 @@
 """A drift report as one self-contained HTML page: per feature, the reference's and the current
-window's histograms side by side (inline SVG, same scale) with the score and the status.
+window's histograms side by side (inline SVG, same scale) with the score and the status, and
+beside them the route's service health against its targets (never drift).
 
 Nothing is loaded from elsewhere (no scripts, fonts or images), so the file can be mailed or
 attached to a ticket. Every text that comes from data is escaped.
@@ -10,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from service.drift.schemas import BinOut, DriftOut, FeatureOut, SpanOut
+from service.drift.schemas import BinOut, DriftOut, FeatureOut, ReferenceOut, ServiceOut, SpanOut
 
 # One chart's size in pixels; AXIS and MARGIN leave room for the slanted bin labels.
 WIDTH, HEIGHT, AXIS, MARGIN = 380, 180, 70, 40
-COLOURS = {"ok": "#2e7d32", "warn": "#ef6c00", "drift": "#c62828", "insufficient": "#757575"}
+COLOURS = {
+    "ok": "#2e7d32", "warn": "#ef6c00", "drift": "#c62828", "insufficient": "#757575",
+    "breach": "#c62828",
+}  # fmt: skip
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #212121; }
 h1 { font-size: 20px; margin: 0 0 4px; }
@@ -83,11 +87,39 @@ def feature_section(f: FeatureOut) -> str:
         f"<h2>{name} {badge}</h2>"
         f'<p>{statistic} <b class="score">{_number(f.score)}</b> (warn at '
         f"{f.threshold.warn:g}, drift at {f.threshold.drift:g}); chi-square p-value "
-        f"{_p(f.p_value)}; {escape(f.kind)}</p>"
+        f"{_p(f.p_value)}, adjusted across the route {_p(f.adjusted_p_value)}; "
+        f"{escape(f.kind)}</p>"
         '<div class="charts">'
         + chart(f.reference, top, "#90a4ae", f"reference: {ref_n:,} values")
         + chart(f.current, top, colour, f"current: {cur_n:,} values")
         + "</div></section>"
+    )
+
+
+def _reference_cell(reference: ReferenceOut) -> str:
+    if reference.ready:
+        return f"{reference.samples:,} records"
+    held = f"{reference.samples:,} of {reference.needed:,} records"
+    if reference.ready_in_s is None:
+        return f"{held} (not ready; no traffic in the last day)"
+    return f"{held} (ready in about {reference.ready_in_s / 60:,.0f} min at today's rate)"
+
+
+def service_section(service: ServiceOut) -> str:
+    colour = COLOURS.get(service.status, COLOURS["insufficient"])
+    rows = "".join(
+        f'<tr data-signal="{escape(s.signal)}" data-status="{escape(s.status)}">'
+        f"<td>{escape(s.signal)}</td><td>{_number(s.value, 4)}</td><td>{s.target:g}</td>"
+        f"<td>{s.samples:,}</td><td>{escape(s.status)}</td></tr>"
+        for s in service.signals
+    )
+    return (
+        f'<section class="service" id="service" data-status="{escape(service.status)}">'
+        f'<h2>service <span class="badge" style="background:{colour}">'
+        f"{escape(service.status)}</span></h2><p>Against the route's targets: load, hardware "
+        "and the engine's batch move these, so they are never drift.</p>"
+        '<table class="spans"><tr><th>signal</th><th>value</th><th>target</th><th>samples</th>'
+        f"<th>status</th></tr>{rows}</table></section>"
     )
 
 
@@ -96,9 +128,15 @@ def render(report: DriftOut) -> str:
     source = report.reference.source or "none yet"
     rows = (
         f"<tr><th>reference</th><td>{escape(source)}</td><td>{_when(report.reference)}</td>"
-        f"<td>{report.reference.samples:,} records</td></tr>"
+        f"<td>{_reference_cell(report.reference)}</td></tr>"
         f"<tr><th>current</th><td>window</td><td>{_when(report.current)}</td>"
         f"<td>{report.current.samples:,} records</td></tr>"
+    )
+    j = report.judgement
+    judged = (
+        f"<p>Judged as a route: {j.tested} features tested, false-alarm rate "
+        f"{100 * j.false_alarm_rate:g} %, route p-value {_p(j.p_value)}; minimums: reference "
+        f"{j.reference_min_samples:,}, window {j.min_samples:,}.</p>"
     )
     title = f"Drift of {report.route} ({report.target})"
     return (
@@ -106,7 +144,8 @@ def render(report: DriftOut) -> str:
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f'<h1>{escape(title)} <span class="badge" id="overall" '
         f'style="background:{COLOURS[overall]}">{overall}</span></h1>'
-        f'<table class="spans">{rows}</table>'
+        f'<table class="spans">{rows}</table>{judged}'
+        + service_section(report.service)
         + "".join(feature_section(f) for f in report.worst_first())
         + "</body></html>\n"
     )

@@ -3,12 +3,15 @@
 Numbers are binned at the reference's quantiles and scored with the population stability index
 (PSI), each bin's count plus one so that an empty bin cannot make it infinite. Categories are
 scored with the Jensen-Shannon distance (base 2, so between 0 and 1). Both also get a
-chi-square test of homogeneity on the same bins when the counts allow one (Cochran's rule),
-reported as a p-value beside the score: only bin counts ever leave the database, so a
-Kolmogorov-Smirnov test on raw values is not available.
+chi-square test of homogeneity on the same bins, sparse bins pooled until the counts allow one
+(Cochran's rule): only bin counts ever leave the database, so a Kolmogorov-Smirnov test on raw
+values is not available.
 
-A score's status follows two bands (``warn`` and ``drift``); too few samples on either side is
-``insufficient``, never ``ok``.
+A score's band (``warn`` and ``drift``) says how large a change is; too few samples on either
+side is ``insufficient``, never ``ok``. A route is judged as a whole (``judge_route``): its
+features' p-values are corrected together (Holm), and a feature over a band reads ``warn`` or
+``drift`` only when its corrected p-value is under the route's false-alarm rate, so unchanged
+traffic flags a route in at most that share of windows, however many features it has.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -78,6 +81,9 @@ class FeatureDrift:
     bands: Bands
     reference: tuple[Bin, ...]
     current: tuple[Bin, ...]
+    # The p-value corrected across the route's features (Holm); None until judge_route ran, or
+    # when the feature was not tested (insufficient, or a single bin).
+    adjusted_p: float | None = None
 
     @property
     def reference_n(self) -> int:
@@ -181,19 +187,40 @@ def _kl(p: np.ndarray, m: np.ndarray) -> float:
     return float(np.sum(p[seen] * np.log2(p[seen] / m[seen])))
 
 
-def chi2_p_value(reference: Sequence[int], current: Sequence[int]) -> float | None:
+def chi2_p_value(
+    reference: Sequence[int], current: Sequence[int], *, ordered: bool = False
+) -> float | None:
     """p-value of a chi-square test that both samples come from one distribution over these
-    bins; None when the expected counts are too small for the test to mean anything."""
+    bins. Bins whose expected counts are under Cochran's rule are pooled first, the sparsest
+    into a neighbour (``ordered`` bins, i.e. number bins) or into the next sparsest (categories);
+    None when fewer than two bins are left, or a side is empty."""
     table = np.asarray([reference, current], dtype=float)
     table = table[:, table.sum(axis=0) > 0]
-    totals = table.sum(axis=1)
-    if table.shape[1] < 2 or (totals <= 0).any():
+    if (table.sum(axis=1) <= 0).any():
         return None
-    expected = np.outer(totals, table.sum(axis=0)) / table.sum()
-    if expected.min() < MIN_EXPECTED or (expected >= MIN_EXPECTED_MOST).mean() < MOST:
-        return None
-    statistic = float(np.sum((table - expected) ** 2 / expected))
-    return float(chdtrc(table.shape[1] - 1, statistic))
+    while table.shape[1] >= 2:
+        expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+        if expected.min() >= MIN_EXPECTED and (expected >= MIN_EXPECTED_MOST).mean() >= MOST:
+            statistic = float(np.sum((table - expected) ** 2 / expected))
+            return float(chdtrc(table.shape[1] - 1, statistic))
+        table = _pool_sparsest(table, ordered=ordered)
+    return None
+
+
+def _pool_sparsest(table: np.ndarray, *, ordered: bool) -> np.ndarray:
+    """The table with its sparsest bin added to another: its smaller neighbour when bins are
+    ordered, else the next sparsest bin."""
+    totals = table.sum(axis=0)
+    order = np.argsort(totals, kind="stable")
+    low = int(order[0])
+    if ordered:
+        neighbours = [i for i in (low - 1, low + 1) if 0 <= i < table.shape[1]]
+        into = min(neighbours, key=lambda i: totals[i])
+    else:
+        into = int(order[1])
+    pooled = table.copy()
+    pooled[:, into] += pooled[:, low]
+    return np.delete(pooled, low, axis=1)
 
 
 def status_of(score: float | None, bands: Bands, *, enough: bool) -> Status:
@@ -231,7 +258,7 @@ def compare_numbers(
     ref_n, cur_n = sum(reference), sum(current)
     score = psi(reference, current) if ref_n and cur_n else None
     return FeatureDrift(
-        name, Kind.NUMBER, Statistic.PSI, score, chi2_p_value(reference, current),
+        name, Kind.NUMBER, Statistic.PSI, score, chi2_p_value(reference, current, ordered=True),
         status_of(score, bands, enough=minimum.enough(ref_n, cur_n)), bands,
         _bins(labels, reference), _bins(labels, current),
     )  # fmt: skip
@@ -263,3 +290,62 @@ def worst(statuses: Sequence[Status]) -> Status:
     """The status a set of features reads as at a glance: drift over warn over ok; all
     insufficient (or none) is insufficient."""
     return next((s for s in SEVERITY if s in statuses), Status.INSUFFICIENT)
+
+
+# --- a route as a whole ---------------------------------------------------------------------
+
+# Unchanged traffic may flag a route (some feature at warn or drift) in at most this share of
+# windows; bench/drift_false_alarms.py measures it.
+FALSE_ALARM_RATE = 0.01
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (in the given order): rejecting those at or under
+    ``alpha`` wrongly rejects any of them with probability at most ``alpha``."""
+    m = len(p_values)
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True, slots=True)
+class RouteJudgement:
+    """The route's features, judged together, and what the judgement rests on."""
+
+    features: tuple[FeatureDrift, ...]
+    false_alarm_rate: float
+    tested: int  # features with enough values and a test
+    p_value: float | None  # the smallest adjusted p-value: the route's own; None if none tested
+
+    @property
+    def status(self) -> Status:
+        return worst([f.status for f in self.features])
+
+
+def judge_route(
+    features: Sequence[FeatureDrift], false_alarm_rate: float = FALSE_ALARM_RATE
+) -> RouteJudgement:
+    """Correct the features' p-values across the route (Holm) and keep a feature's band
+    (``warn`` or ``drift``) only where its adjusted p-value is at most ``false_alarm_rate``;
+    a score over a band that chance explains reads ``ok``."""
+    if not 0 < false_alarm_rate < 1:
+        raise ValueError("the false-alarm rate is a share between 0 and 1")
+    tested = [
+        i
+        for i, f in enumerate(features)
+        if f.status is not Status.INSUFFICIENT and f.p_value is not None
+    ]
+    adjusted = dict(zip(tested, holm([features[i].p_value or 0.0 for i in tested]), strict=True))
+    judged: list[FeatureDrift] = []
+    for i, f in enumerate(features):
+        q = adjusted.get(i)
+        status = f.status
+        if status in (Status.WARN, Status.DRIFT) and (q is None or q > false_alarm_rate):
+            status = Status.OK
+        judged.append(replace(f, status=status, adjusted_p=q))
+    return RouteJudgement(
+        tuple(judged), false_alarm_rate, len(tested), min(adjusted.values(), default=None)
+    )

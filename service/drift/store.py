@@ -16,17 +16,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, literal, select
+from sqlalchemy import ColumnElement, and_, case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from rollout.core.split import Arm
 from service.clock import as_utc
 from service.db.models import DriftReference, RequestRecord, ReviewItem
 from service.drift.features import Feature, Source
+from service.drift.slo import ServiceCounts, quantile_rank
 from service.drift.statistics import Kind, edges_from, quantile_ranks
 
 # A category feature reads at most this many distinct values per window (the most frequent).
 MAX_GROUPS = 200
+# The service section names at most this many error classes (the most frequent).
+MAX_ERROR_CLASSES = 20
 # Windows are [since, until): a reference that ends at a record ends just after it.
 TICK = timedelta(microseconds=1)
 DECIDED = {"approved": "approve", "corrected": "correct", "rejected": "reject"}
@@ -140,10 +144,6 @@ def _number(feature: Feature, dialect: str) -> tuple[ColumnElement[Any], ColumnE
 
 def _category(feature: Feature) -> tuple[ColumnElement[Any], ColumnElement[bool]]:
     r = RequestRecord
-    if feature.source is Source.FINISH_REASON:
-        return func.coalesce(r.finish_reason, "(none)"), _ok()
-    if feature.source is Source.ERROR_CLASS:
-        return func.coalesce(r.error_code, "ok"), literal(True)
     if feature.source is Source.SCHEMA_VALID:
         return case((r.schema_valid.is_(True), "valid"), else_="invalid"), r.schema_valid.is_not(
             None
@@ -274,6 +274,19 @@ async def profile(
     )
 
 
+async def count_version_records(
+    session: AsyncSession, route: str, target: str, since: datetime | None, arm: Arm | None
+) -> int:
+    """Records of the version on the route at or after ``since`` (of one arm, if given)."""
+    r = RequestRecord
+    query = select(func.count()).where(r.route == route, r.target == target)
+    if since is not None:
+        query = query.where(r.created_at >= since)
+    if arm is not None:
+        query = query.where(r.arm == arm.value)
+    return int(await session.scalar(query) or 0)
+
+
 async def nth_record_at(
     session: AsyncSession, route: str, target: str, since: datetime | None, n: int, arm: Arm | None
 ) -> datetime | None:
@@ -287,6 +300,57 @@ async def nth_record_at(
         query = query.where(r.arm == arm.value)
     found = await session.scalar(query.order_by(r.created_at).offset(n - 1).limit(1))
     return as_utc(found) if found is not None else None
+
+
+# --- service health -------------------------------------------------------------------------
+
+
+async def service_counts(session: AsyncSession, w: Window) -> ServiceCounts:
+    """The window's requests, 5xx, answers cut by a limit, p95 latency and time to first token
+    (one ``OFFSET`` read each) and error classes."""
+    r = RequestRecord
+    ok = _ok()
+
+    def where(*tests: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.sum(case((and_(*tests), 1), else_=0))
+
+    totals = select(
+        func.count(), where(r.status_code >= 500), where(ok),
+        where(ok, r.finish_reason == "length"), where(ok, r.latency_ms.is_not(None)),
+        where(ok, r.ttft_ms.is_not(None)),
+    ).where(*_in_window(w))  # fmt: skip
+    requests, errors, answered, cut, latencies, ttfts = (
+        int(v or 0) for v in (await session.execute(totals)).one()
+    )
+    classes = (
+        select(r.error_code, func.count())
+        .where(*_in_window(w), r.error_code.is_not(None))
+        .group_by(r.error_code)
+        .order_by(func.count().desc())
+        .limit(MAX_ERROR_CLASSES)
+    )
+    return ServiceCounts(
+        requests, errors, answered, cut,
+        latencies, await _p95(session, w, r.latency_ms, latencies),
+        ttfts, await _p95(session, w, r.ttft_ms, ttfts),
+        {str(code): int(n) for code, n in await session.execute(classes)},
+    )  # fmt: skip
+
+
+async def _p95(
+    session: AsyncSession, w: Window, column: InstrumentedAttribute[Any], n: int
+) -> float | None:
+    if n == 0:
+        return None
+    query = (
+        select(column)
+        .where(*_in_window(w), _ok(), column.is_not(None))
+        .order_by(column)
+        .offset(quantile_rank(n))
+        .limit(1)
+    )
+    found = await session.scalar(query)
+    return None if found is None else float(found)
 
 
 # --- references -----------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The drift gauges, refreshed on an interval by every gateway replica.
+"""The drift and service gauges, refreshed on an interval by every gateway replica.
 
 Each refresh reports every route's current version (a few aggregate queries per route, the
-statistics in a worker thread) and sets ``loragate_drift_score`` and ``loragate_drift_status``.
-A feature whose status changed since the last refresh is logged and counted; the series of a
+statistics in a worker thread) and sets ``loragate_drift_score`` and ``loragate_drift_status``
+for the model's features, and ``loragate_service_value``, ``loragate_service_target`` and
+``loragate_service_status`` for its service health. A feature whose status changed since the
+last refresh is logged and counted, a service signal that changed is logged; the series of a
 version a route no longer serves are removed, so an alert cannot hang on a version that left.
 """
 
@@ -14,12 +16,13 @@ import math
 
 from monitoring.metrics import Metrics
 from service.drift.monitor import DriftMonitor, DriftReport
+from service.drift.slo import Health
 from service.drift.statistics import Status
 from service.errors import RouteNotFound
 
 log = logging.getLogger(__name__)
 
-Series = tuple[str, str, str]  # route, target, feature
+Series = tuple[str, str, str]  # route, target, feature or service signal
 
 
 class DriftWatch:
@@ -28,6 +31,7 @@ class DriftWatch:
         self._metrics = metrics
         self._interval_s = interval_s
         self._statuses: dict[Series, Status] = {}
+        self._service: dict[Series, Health] = {}
 
     async def refresh(self) -> None:
         seen: set[Series] = set()
@@ -40,13 +44,18 @@ class DriftWatch:
                 log.exception(
                     "drift report of route %s failed; its gauges stay as they were", route
                 )
-                seen |= {series for series in self._statuses if series[0] == route}
+                seen |= {s for s in (*self._statuses, *self._service) if s[0] == route}
                 continue
             seen |= self.publish(report)
         for gone in set(self._statuses) - seen:
             self._forget(gone)
+        for gone in set(self._service) - seen:
+            self._forget_service(gone)
 
     def publish(self, report: DriftReport) -> set[Series]:
+        return self._publish_features(report) | self._publish_service(report)
+
+    def _publish_features(self, report: DriftReport) -> set[Series]:
         m = self._metrics
         published: set[Series] = set()
         for feature in report.features:
@@ -69,11 +78,42 @@ class DriftWatch:
                 )  # fmt: skip
         return published
 
+    def _publish_service(self, report: DriftReport) -> set[Series]:
+        m = self._metrics
+        published: set[Series] = set()
+        for signal in report.service.signals:
+            series = (report.route, report.target, signal.signal.value)
+            published.add(series)
+            m.service_value.labels(*series).set(
+                signal.value if signal.value is not None else math.nan
+            )
+            m.service_target.labels(*series).set(signal.target)
+            for health in Health:
+                m.service_status.labels(*series, health.value).set(health is signal.status)
+            before = self._service.get(series)
+            self._service[series] = signal.status
+            if before is not None and before is not signal.status:
+                level = logging.WARNING if signal.status is Health.BREACH else logging.INFO
+                log.log(
+                    level, "service %s on route %s (%s): %s -> %s (%s, target %g)",
+                    signal.signal.value, report.route, report.target, before.value,
+                    signal.status.value,
+                    "n/a" if signal.value is None else f"{signal.value:.4g}", signal.target,
+                )  # fmt: skip
+        return published
+
     def _forget(self, series: Series) -> None:
         del self._statuses[series]
         self._metrics.drift_score.remove(*series)
         for status in Status:
             self._metrics.drift_status.remove(*series, status.value)
+
+    def _forget_service(self, series: Series) -> None:
+        del self._service[series]
+        self._metrics.service_value.remove(*series)
+        self._metrics.service_target.remove(*series)
+        for health in Health:
+            self._metrics.service_status.remove(*series, health.value)
 
     async def run(self) -> None:
         while True:

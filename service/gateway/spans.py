@@ -65,11 +65,10 @@ class EngineCall:
     ``traceparent``), ended when the whole answer is in or, with what its record knows (a
     stream's end, a failure, a shadow's verdict), by ``end_with``."""
 
-    __slots__ = ("ended", "reasons_from_record", "span")
+    __slots__ = ("ended", "span", "stream")
 
     def __init__(self, span: Span, *, stream: bool = False) -> None:
-        # A stream's finish reasons come from its record unless its whole answer is given.
-        self.span, self.reasons_from_record, self.ended = span, stream, False
+        self.span, self.stream, self.ended = span, stream, False
 
     def current(self) -> AbstractContextManager[Span]:
         return trace.use_span(
@@ -87,7 +86,7 @@ class EngineCall:
             self.span.set_attributes(tracing.server_address(replica))
         if record is not None:
             self.span.set_attributes(record_attributes(record))
-            if self.reasons_from_record:
+            if self.stream:
                 reason = record.finish_reason or tracing.NO_FINISH
                 self.span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [reason])
             if record.error is not None:
@@ -105,7 +104,6 @@ class RequestTrace:
 
     __slots__ = (
         "_adapters",
-        "_answered",
         "_arm",
         "_call",
         "_operation",
@@ -133,7 +131,6 @@ class RequestTrace:
         self._text = content_filter(bodies)
         self._params: dict[str, AttributeValue] = {}
         self._call: EngineCall | None = None
-        self._answered = False
         self._route, self._arm = "", ""
 
     def current(self) -> AbstractContextManager[Span]:
@@ -188,19 +185,8 @@ class RequestTrace:
         if self._call is not None:
             self._call.span.set_attributes(named)
 
-    def streamed(self, answer: Callable[[], Mapping[str, Any]]) -> None:
-        """A finished stream's answer as it was relayed (every choice, its text and tool calls),
-        built only when traced."""
-        whole = answer()
-        self.answered(whole)
-        choices = whole.get("choices")
-        if self._call is not None and isinstance(choices, list):
-            self._call.took({"choices": choices})
-            self._call.reasons_from_record = False
-
     def answered(self, answer: Mapping[str, Any]) -> None:
         """The answer the client gets (after the guard): on the request's span."""
-        self._answered = True
         self._server.set_attributes(tracing.response_attributes(answer))
         choices = answer.get("choices")
         if self._text is not None and isinstance(choices, list):
@@ -208,16 +194,20 @@ class RequestTrace:
             self._server.set_attribute(gen_ai.GEN_AI_OUTPUT_MESSAGES, messages)
 
     def end(self, record: RecordDraft) -> None:
-        """The request is over: usage, verdict, error."""
+        """The request is over: usage, verdict, error and (streamed) the answer's text."""
         if self._call is not None:
             self._call.end_with(record, record.replica)
         server = self._server
         server.set_attributes(record_attributes(record))
         if record.target is not None and record.target != self._route:
             server.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, record.target)
-        if record.stream and not self._answered:  # the stream never opened
+        if record.stream:
             reason = record.finish_reason or tracing.NO_FINISH
             server.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [reason])
+            if self._text is not None and record.response_body is not None:
+                choice = {"text": record.response_body, "finish_reason": record.finish_reason}
+                messages = tracing.output_messages([choice], self._text)
+                server.set_attribute(gen_ai.GEN_AI_OUTPUT_MESSAGES, messages)
         if record.error is not None:
             tracing.failed(server, record.error.code, record.error.message)
         server.end()
@@ -249,9 +239,6 @@ class NoTrace(RequestTrace):
         pass
 
     def first_event(self, event: Mapping[str, Any]) -> None:
-        pass
-
-    def streamed(self, answer: Callable[[], Mapping[str, Any]]) -> None:
         pass
 
     def answered(self, answer: Mapping[str, Any]) -> None:

@@ -19,7 +19,11 @@ routes:
       threshold: 0.6
       invalid: escalate        # escalate | refuse (422)
       retry_invalid: 1
+    monitoring:                # optional: service targets and drift minimums
+      service: {latency_p95_ms: 4000, error_budget: 0.01}
+      drift: {min_samples: 50, reference_min_samples: 100}   # a quiet route
 ```
+(`service/routes/monitoring.py` lists the `monitoring` block's settings.)
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from service.guard import SchemaRefused
 from service.guard.route_guard import RouteContract
 from service.guard.tiers import DEFAULT_RISK, Risk, TierConflict
 from service.review.callback_urls import CallbackRefused, place
+from service.routes.monitoring import MonitoringSpec
 from service.settings import EnginePoolSettings
 
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -56,6 +61,7 @@ class RouteSpec(BaseModel):
     output_schema: dict[str, Any] | str | None = None  # inline, or a file relative to the YAML
     review: dict[str, Any] | None = None
     risk: Risk = DEFAULT_RISK  # the tier whose review defaults `review` overrides
+    monitoring: MonitoringSpec | None = None  # service targets and drift minimums
 
     @field_validator("name")
     @classmethod
@@ -152,6 +158,7 @@ def resolve(spec: RouteSpec, pools: list[EnginePoolSettings]) -> dict[str, Any]:
         "output_schema": spec.output_schema,
         "review_policy": spec.review,
         "risk": spec.risk.value,
+        "monitoring": spec.monitoring.row() if spec.monitoring is not None else None,
     }
     if spec.target is None:
         return row

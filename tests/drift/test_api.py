@@ -17,8 +17,18 @@ from sqlalchemy import select
 from monitoring.metrics import Metrics
 from service.auth import Role
 from service.db.models import DriftReference, RequestRecord
-from service.drift.monitor import DriftReport, ReferenceSpan, Span
-from service.drift.statistics import Bands, Bin, FeatureDrift, Kind, Statistic, Status
+from service.drift.monitor import DriftReport, ReferenceSpan, Rules, Span
+from service.drift.slo import Health, ServiceHealth, Signal, SignalHealth, Targets
+from service.drift.statistics import (
+    Bands,
+    Bin,
+    FeatureDrift,
+    Kind,
+    MinSamples,
+    RouteJudgement,
+    Statistic,
+    Status,
+)
 from service.drift.watch import DriftWatch
 from tests.conftest import Harness, chat_body, make_settings, running_gateway, wait_until
 from tests.fake_engine import Behaviour, FakeEngine
@@ -29,8 +39,8 @@ VALID = Behaviour(
     tokens=['{"category":', '"billing",', '"urgency":', "2,", '"next_action":', '"Refund it"}']
 )
 FEATURE_KEYS = {
-    "name", "kind", "statistic", "score", "p_value", "status", "threshold", "reference",
-    "current",
+    "name", "kind", "statistic", "score", "p_value", "adjusted_p_value", "status", "threshold",
+    "reference", "current",
 }  # fmt: skip
 
 
@@ -68,10 +78,26 @@ async def test_the_write_path_keeps_the_answers_fields_and_the_api_reports_them(
     r = await get(h, "triage")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"route", "target", "reference", "current", "features"}
-    assert (body["route"], body["target"]) == ("triage", "fake-base")
-    assert set(body["reference"]) == {"since", "until", "samples", "source"}
-    assert (body["reference"]["source"], body["reference"]["samples"]) == ("first_records", 10)
+    assert set(body) == {
+        "route", "target", "status", "reference", "current", "judgement", "features", "service",
+    }  # fmt: skip
+    assert (body["route"], body["target"], body["status"]) == ("triage", "fake-base", "ok")
+    assert set(body["reference"]) == {
+        "since", "until", "samples", "source", "needed", "ready", "ready_in_s",
+    }  # fmt: skip
+    reference = body["reference"]
+    assert (reference["source"], reference["samples"], reference["ready"]) == (
+        "first_records", 10, True,
+    )  # fmt: skip
+    judgement = body["judgement"]
+    assert (judgement["false_alarm_rate"], judgement["min_samples"]) == (0.01, 5)
+    assert judgement["measured"] is None  # under the smallest minimums the bench measures
+    # Service health beside the drift, against the gateway's default targets.
+    service = {s["signal"]: s for s in body["service"]["signals"]}
+    assert set(service) == {"latency_p95_ms", "ttft_p95_ms", "error_rate", "limit_rate"}
+    assert service["latency_p95_ms"]["target"] == 10000
+    assert (service["error_rate"]["value"], service["error_rate"]["samples"]) == (0.0, 12)
+    assert service["ttft_p95_ms"]["status"] == "insufficient"  # no streams
     assert set(body["current"]) == {"since", "until", "samples"}
     assert body["current"]["samples"] == 12
     features = {f["name"]: f for f in body["features"]}
@@ -83,6 +109,7 @@ async def test_the_write_path_keeps_the_answers_fields_and_the_api_reports_them(
     assert category["current"] == [{"label": "billing", "count": 12, "share": 1.0}]
     assert features["prompt_tokens"]["statistic"] == "psi"
     assert "answer.next_action" not in features  # free text is not binned
+    assert "latency_ms" not in features and "error_class" not in features  # service health
     # The gauges, set by the background loop.
     series = (
         'loragate_drift_status{feature="answer.category",route="triage",status="ok",'
@@ -168,14 +195,46 @@ async def test_the_openapi_document_describes_the_drift_endpoints(harness: Harne
     )
 
 
-def _report(status: Status, score: float | None) -> DriftReport:
+RULES = Rules(
+    3600, 10, 500, MinSamples(200, 200), Bands(0.1, 0.2), Bands(0.1, 0.2), 0.01,
+    Targets(1000, 500, 0.05, 0.05),
+)  # fmt: skip
+
+
+def _report(
+    status: Status, score: float | None, latency: Health = Health.OK, target: str = "t@1"
+) -> DriftReport:
     feature = FeatureDrift(
         "answer.category", Kind.CATEGORY, Statistic.JS, score, None, status, Bands(0.1, 0.2),
         (Bin("a", 1, 1.0),), (Bin("a", 1, 1.0),),
     )  # fmt: skip
+    slow = 3000.0 if latency is Health.BREACH else 300.0
+    service = ServiceHealth((SignalHealth(Signal.LATENCY, slow, 1000, 50, latency),), {})
     return DriftReport(
-        "triage", "t@1", ReferenceSpan(None, None, 0, None), Span(None, None, 0), (feature,)
-    )
+        "triage", target, ReferenceSpan(None, None, 0, None), Span(None, None, 0),
+        RouteJudgement((feature,), 0.01, 1, None), service, RULES,
+    )  # fmt: skip
+
+
+def test_service_signals_get_gauges_of_their_own_never_drifts() -> None:
+    metrics = Metrics()
+    watch = DriftWatch(None, metrics, 60)  # type: ignore[arg-type]  # publish needs no monitor
+    labels = {"route": "triage", "target": "t@1", "signal": "latency_p95_ms"}
+
+    def value(name: str, **extra: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {**labels, **extra})
+
+    watch.publish(_report(Status.OK, 0.01, Health.BREACH))
+    assert value("loragate_service_status", status="breach") == 1.0
+    assert value("loragate_service_status", status="ok") == 0.0
+    assert (value("loragate_service_value"), value("loragate_service_target")) == (3000, 1000)
+    drift = {"route": "triage", "target": "t@1", "feature": "answer.category", "status": "ok"}
+    assert metrics.registry.get_sample_value("loragate_drift_status", drift) == 1.0
+    assert metrics.registry.get_sample_value(
+        "loragate_drift_status", {**labels, "feature": "latency_p95_ms", "status": "drift"}
+    ) is None  # fmt: skip
+    watch.publish(_report(Status.OK, 0.01, Health.OK))
+    assert value("loragate_service_status", status="breach") == 0.0
 
 
 def test_a_status_change_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:

@@ -83,17 +83,26 @@ async def test_status_reference_and_report_commands(drifted: Harness, tmp_path: 
     assert lines[0] == "route triage: fake-base, drift status drift"
     assert lines[1].startswith("reference (first_records): ") and "400 records" in lines[1]
     assert lines[2].startswith("current: ") and "(1 h, 300 records)" in lines[2]
-    header = lines[4]
+    assert lines[3].startswith("judged as a route: 7 features tested at a 1.0 % false-alarm")
+    assert lines[4].startswith("minimums: reference 400, window 100 (measured at 250 / 100:")
+    header = lines[6]
     assert header.split() == [
-        "feature", "kind", "stat", "score", "p-value", "status", "reference", "current",
+        "feature", "kind", "stat", "score", "p-value", "adj.", "p", "status", "reference",
+        "current",
     ]  # fmt: skip
-    body = {line.split()[0]: line.split() for line in lines[5:]}
-    assert body["answer.category"][5] == "DRIFT" and body["prompt_tokens"][5] == "DRIFT"
-    assert body["latency_ms"][5] == "ok" and body["ttft_ms"][5] == "insufficient"
+    end = lines.index("", 6)
+    features = lines[7:end]
+    body = {line.split()[0]: line.split() for line in features}
+    assert body["answer.category"][6] == "DRIFT" and body["prompt_tokens"][6] == "DRIFT"
+    assert body["answer.urgency"][6] == "ok" and "latency_ms" not in body
     # Worst first, and the columns line up under the header.
-    assert [row[5] for row in body.values()].index("ok") > 0
+    assert [row[6] for row in body.values()].index("ok") > 0
     column = header.index("status")
-    assert all(line[column - 1] == " " for line in lines[5:])
+    assert all(line[column - 1] == " " for line in features)
+    # Service health after it, against the gateway's default targets; never drift.
+    assert lines[end + 1] == "service ok (against the route's targets; never drift)"
+    service = {line.split()[0]: line.split() for line in lines[end + 3 : end + 7]}
+    assert service["latency_p95_ms"][-1] == "ok" and service["ttft_p95_ms"][-1] == "insufficient"
     assert as_json.exit_code == 0 and json.loads(as_json.output)["route"] == "triage"
     assert pinned.exit_code == 0, pinned.output
     assert "reference pinned to" in pinned.output and "400 records" in pinned.output
@@ -104,23 +113,40 @@ async def test_status_reference_and_report_commands(drifted: Harness, tmp_path: 
     assert out.exists() and "features, drift report of triage" in report.output
     # The report lists its features in the table's order: worst first.
     order = re.findall(r'<section class="feature" id="feature-([^"]+)"', out.read_text())
-    assert order == [line.split()[0] for line in lines[5:]]
+    assert order == [line.split()[0] for line in features]
+    assert '<section class="service" id="service" data-status="ok">' in out.read_text()
+
+
+def test_the_minimums_command_prints_what_each_choice_costs() -> None:
+    result = run("minimums")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "at most its false-alarm rate" in lines[0]
+    rows = {tuple(line.split()[:2]): line.split() for line in lines[2:]}
+    assert rows[("500", "200")][2:4] == ["1.0", "%"]  # the defaults: false alarms held at 1 %
+    assert rows[("50", "20")][-2:] == ["36.8", "%"]  # tiny windows miss most shuffled mixes
 
 
 def test_the_report_escapes_what_comes_from_data() -> None:
     payload = {
-        "route": "r<x>", "target": "t@1",
-        "reference": {"since": None, "until": None, "samples": 0, "source": None},
+        "route": "r<x>", "target": "t@1", "status": "insufficient",
+        "reference": {"since": None, "until": None, "samples": 3, "source": None, "needed": 500,
+                      "ready": False, "ready_in_s": None},
         "current": {"since": None, "until": None, "samples": 0},
+        "judgement": {"false_alarm_rate": 0.01, "p_value": None, "tested": 0,
+                      "min_samples": 200, "reference_min_samples": 500, "measured": None},
         "features": [{
             "name": "answer.kind", "kind": "category", "statistic": "js", "score": None,
-            "p_value": None, "status": "insufficient", "threshold": {"warn": 0.1, "drift": 0.2},
+            "p_value": None, "adjusted_p_value": None, "status": "insufficient",
+            "threshold": {"warn": 0.1, "drift": 0.2},
             "reference": [], "current": [{"label": "<script>alert(1)</script>", "count": 1,
                                           "share": 1.0}],
         }],
+        "service": {"status": "insufficient", "signals": [], "error_classes": {"<b>": 1}},
     }  # fmt: skip
     page = render_html(DriftOut.model_validate(payload))
     assert "<script>" not in page and "&lt;script&gt;" in page and "r&lt;x&gt;" in page
+    assert "3 of 500 records (not ready; no traffic in the last day)" in page
 
 
 def open_in_chromium(path: Path, screenshot: Path) -> dict[str, Any]:
@@ -139,6 +165,7 @@ def open_in_chromium(path: Path, screenshot: Path) -> dict[str, Any]:
             seen["statuses"] = {
                 s.get_attribute("id"): s.get_attribute("data-status") for s in sections
             }
+            seen["service"] = driver.find_element(By.ID, "service").get_attribute("data-status")
             category = driver.find_element(By.ID, "feature-answer.category")
             charts = category.find_elements(By.TAG_NAME, "svg")
             seen["charts"] = len(charts)
@@ -168,7 +195,8 @@ async def test_the_report_opens_in_a_browser(drifted: Harness, tmp_path: Path) -
     assert seen["title"] == "Drift of triage (fake-base)"
     assert seen["overall"].lower() == "drift"
     assert seen["statuses"]["feature-answer.category"] == "drift"
-    assert seen["statuses"]["feature-latency_ms"] == "ok"
+    assert seen["statuses"]["feature-answer.urgency"] == "ok"
+    assert seen["service"] == "ok"  # service health beside the drift, not a feature
     assert len(seen["statuses"]) == len(report.features)
     # Side by side: the reference and the current window, each bin a bar; 'legal' is new.
     assert seen["charts"] == 2 and seen["bars"][0] == seen["bars"][1] == 6

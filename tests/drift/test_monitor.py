@@ -17,7 +17,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service.db.models import DriftReference, Route
 from service.db.session import create_engine, session_factory
+from service.drift.cli import render
 from service.drift.monitor import DriftMonitor, DriftReport
+from service.drift.schemas import DriftOut
+from service.drift.slo import Health, Signal
 from service.drift.statistics import Status
 from service.errors import InvalidRequest, RouteNotFound
 from tests.conftest import make_settings
@@ -69,17 +72,22 @@ async def test_unchanged_traffic_stays_ok_window_after_window(setup: Setup) -> N
         assert report.current.samples == WINDOW
         assert report.reference.source == "first_records"
         seen = statuses(report)
-        # No streamed requests (no time to first token), no review decisions: too few values.
-        assert {n for n, s in seen.items() if s is Status.INSUFFICIENT} == {
-            "ttft_ms", "review_outcome",
-        }  # fmt: skip
+        # No review decisions: too few values.
+        assert {n for n, s in seen.items() if s is Status.INSUFFICIENT} == {"review_outcome"}
         assert {s for n, s in seen.items() if s is not Status.INSUFFICIENT} == {Status.OK}, seen
+        assert report.status is Status.OK and report.judgement.tested == 7
+        assert report.service.status is Health.OK
     names = [f.name for f in report.features]
     assert names == [
-        "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "finish_reason",
-        "error_class", "confidence", "escalated", "schema_valid", "answer.category",
-        "answer.urgency", "review_outcome",
+        "prompt_tokens", "completion_tokens", "confidence", "escalated", "schema_valid",
+        "answer.category", "answer.urgency", "review_outcome",
     ]  # fmt: skip
+    # Service health beside it: no streams, so no time to first token.
+    signals = {s.signal: s.status for s in report.service.signals}
+    assert signals == {
+        Signal.LATENCY: Health.OK, Signal.TTFT: Health.INSUFFICIENT, Signal.ERRORS: Health.OK,
+        Signal.CUT: Health.OK,
+    }  # fmt: skip
 
 
 async def test_a_synthetic_shift_is_flagged_drift_within_one_window(setup: Setup) -> None:
@@ -96,7 +104,7 @@ async def test_a_synthetic_shift_is_flagged_drift_within_one_window(setup: Setup
     seen = statuses(report)
     for name in ("prompt_tokens", "answer.category", "confidence"):
         assert seen[name] is Status.DRIFT, (name, seen)
-    for name in ("completion_tokens", "latency_ms", "answer.urgency"):
+    for name in ("completion_tokens", "answer.urgency"):
         assert seen[name] is Status.OK, (name, seen)
     assert report.status is Status.DRIFT
     category = next(f for f in report.features if f.name == "answer.category")
@@ -114,11 +122,16 @@ async def test_the_automatic_reference_waits_for_enough_records_then_stays_froze
     await write(setup.sessions, first[:300])
     until = T0 + timedelta(days=1)
     early = await setup.monitor.report("triage", T0, until)
-    assert (early.reference.source, early.reference.samples) == (None, 0)
+    # Not ready: what it holds so far, and when it will be ready at the last day's rate (the
+    # clock reads a day after the first record: 300 records a day).
+    reference = early.reference
+    assert (reference.source, reference.ready) == (None, False)
+    assert (reference.samples, reference.needed) == (300, REFERENCE)
+    assert reference.ready_in_s == pytest.approx((REFERENCE - 300) * 86400 / 300)
     assert {f.status for f in early.features} == {Status.INSUFFICIENT}  # never ok without one
     await write(setup.sessions, first[300:])
     report = await setup.monitor.report("triage", T0, until)
-    assert report.reference.source == "first_records"
+    assert report.reference.source == "first_records" and report.reference.ready
     assert report.reference.since == T0 and report.reference.samples == REFERENCE
     assert report.reference.until == first[REFERENCE - 1]["created_at"] + timedelta(microseconds=1)
     # Frozen: records added inside its range later change nothing.
@@ -226,3 +239,70 @@ async def test_bad_requests_are_refused(setup: Setup) -> None:
         await setup.monitor.report("nope")
     with pytest.raises(InvalidRequest, match="before"):
         await setup.monitor.report("triage", T0, T0)
+
+
+async def test_load_on_the_machine_is_service_health_never_drift(setup: Setup) -> None:
+    """Latency and time to first token three times longer, the same answers: the drift status
+    stays ok (they are not features), and the service signal breaches the route's targets."""
+    targets = {"service": {"latency_p95_ms": 500, "ttft_p95_ms": 200}}
+    await add_route(setup.sessions, "loaded", "l@1", monitoring=targets)
+    streams = Traffic(streamed=True)
+    await write(setup.sessions, rows(setup.rng, REFERENCE, start=T0, route="loaded",
+                                     target="l@1", traffic=streams))  # fmt: skip
+    busy = Traffic(streamed=True, latency_scale=3.0)
+    seen: dict[str, DriftReport] = {}
+    for k, (name, traffic) in enumerate((("quiet", streams), ("busy", busy))):
+        since, until = window(k)
+        await write(setup.sessions, rows(setup.rng, WINDOW, start=since, route="loaded",
+                                         target="l@1", traffic=traffic))  # fmt: skip
+        seen[name] = await setup.monitor.report("loaded", since, until)
+    for report in seen.values():
+        assert report.status is Status.OK, statuses(report)
+        assert not {"latency_ms", "ttft_ms"} & {f.name for f in report.features}
+    quiet = {s.signal: s for s in seen["quiet"].service.signals}
+    busy_ = {s.signal: s for s in seen["busy"].service.signals}
+    assert seen["quiet"].service.status is Health.OK
+    assert seen["busy"].service.status is Health.BREACH
+    for signal, target in ((Signal.LATENCY, 500), (Signal.TTFT, 200)):
+        assert quiet[signal].status is Health.OK and busy_[signal].status is Health.BREACH
+        assert busy_[signal].target == target and busy_[signal].samples == WINDOW
+        assert busy_[signal].value == pytest.approx(3 * (quiet[signal].value or 0), rel=0.2)
+    assert busy_[Signal.ERRORS].status is Health.OK and busy_[Signal.ERRORS].target == 0.05
+
+
+async def test_a_quiet_route_sees_when_its_reference_is_ready_and_may_set_smaller_minimums(
+    setup: Setup,
+) -> None:
+    now = T0 + timedelta(days=1)  # the monitor's clock
+    smaller = {"drift": {"min_samples": 50, "reference_min_samples": 100}}
+    await add_route(setup.sessions, "quiet", "q@1", monitoring=smaller)
+    first = rows(setup.rng, 40, start=now - timedelta(minutes=40), route="quiet", target="q@1",
+                 spacing_s=60)  # fmt: skip
+    await write(setup.sessions, first)
+    early = await setup.monitor.report("quiet")
+    # 40 records in the 40 minutes since the first: 60 more take about an hour.
+    assert (early.reference.samples, early.reference.needed) == (40, 100)
+    assert early.reference.ready_in_s == pytest.approx(3600)
+    assert {f.status for f in early.features} == {Status.INSUFFICIENT}
+    view = render(DriftOut.of(early)).splitlines()
+    assert view[1] == (
+        "reference (automatic): 40 of 100 records, ready in about 1 h at today's rate"
+    )
+    assert "judged once the reference is ready" in view[3]
+    more = rows(setup.rng, 100, start=now - timedelta(minutes=39, seconds=30), route="quiet",
+                target="q@1", spacing_s=20)  # fmt: skip
+    await write(setup.sessions, more)
+    report = await setup.monitor.report("quiet")
+    assert report.reference.ready and report.reference.samples == 100
+    assert report.current.samples == 140
+    judged = {f.name: f.status for f in report.features if f.name != "review_outcome"}
+    assert Status.INSUFFICIENT not in judged.values(), judged
+    assert report.rules.minimum.current == 50 and report.rules.reference_min == 100
+    cost = report.rules.cost
+    assert cost is not None and (cost.reference, cost.window) == (100, 50)
+    assert cost.false_alarms <= 0.01  # held by the correction, whatever the minimums
+    out = DriftOut.of(report)
+    assert out.judgement.measured is not None and out.judgement.min_samples == 50
+    # The default route keeps the gateway's minimums.
+    default = await setup.monitor.report("triage")
+    assert default.rules.reference_min == REFERENCE and default.rules.minimum.current == 200

@@ -34,6 +34,8 @@ class Traffic:
     categories: Sequence[str] = CATEGORIES
     shares: Sequence[float] = SHARES
     confidence_shift: float = 0.0
+    latency_scale: float = 1.0  # load on the machine: slower, same answers
+    streamed: bool = False  # streams: a time to first token, a third of the latency
 
 
 def rows(
@@ -43,7 +45,7 @@ def rows(
 ) -> list[dict[str, Any]]:  # fmt: skip
     prompts = np.round(rng.lognormal(4.0, 0.5, n) * traffic.prompt_scale)
     completions = np.round(rng.lognormal(3.0, 0.3, n))
-    latency = rng.lognormal(5.0, 0.4, n)
+    latency = rng.lognormal(5.0, 0.4, n) * traffic.latency_scale
     confidence = np.clip(rng.beta(8, 2, n) - traffic.confidence_shift, 0.0, 1.0)
     categories = rng.choice(list(traffic.categories), n, p=list(traffic.shares))
     urgency = rng.choice(["1", "2", "3"], n, p=[0.3, 0.5, 0.2])
@@ -55,7 +57,8 @@ def rows(
                 "id": uuid.uuid4().hex, "created_at": start + timedelta(seconds=i * spacing_s),
                 "endpoint": "chat", "key_id": None, "route": route, "target": target, "arm": arm,
                 "replica": None, "stream": False, "status_code": 200, "error_type": None,
-                "error_code": None, "latency_ms": float(latency[i]), "ttft_ms": None,
+                "error_code": None, "latency_ms": float(latency[i]),
+                "ttft_ms": float(latency[i]) / 3 if traffic.streamed else None,
                 "tokens_in": int(prompts[i]), "tokens_out": int(completions[i]),
                 "finish_reason": "stop", "attempts": 1, "request_body": None,
                 "response_body": None, "rollout_id": None, "shadow_of": None, "agreement": None,
@@ -75,6 +78,7 @@ async def write(sessions: async_sessionmaker[Any], records: list[dict[str, Any]]
 async def add_route(
     sessions: async_sessionmaker[Any], name: str = "triage", target: str = "triage@1",
     schema: dict[str, Any] | None = None, policy: dict[str, Any] | None = None,
+    monitoring: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
     async with sessions.begin() as session:
         session.add(
@@ -82,6 +86,7 @@ async def add_route(
                 name=name, pool="default", target=target, description="", updated_at=T0,
                 output_schema=schema or json.loads(TICKETS_SCHEMA.read_text()),
                 review_policy=policy or {"escalate": "below", "threshold": 0.5},
+                monitoring=monitoring,
             )
         )  # fmt: skip
 
