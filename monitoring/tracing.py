@@ -39,7 +39,6 @@ SCHEMA_VALID = "loragate.guard.schema_valid"
 CONFIDENCE = "loragate.guard.confidence"
 ESCALATED = "loragate.guard.escalated"
 ERROR_CODE = "loragate.error"
-RETRY = "loragate.retry"
 
 # Request parameters as the conventions name them (OpenAI's newer `max_completion_tokens`
 # is the same budget as `max_tokens`).
@@ -218,9 +217,10 @@ def _message(message: Mapping[str, Any], text: Callable[[str], str]) -> dict[str
     for call in message.get("tool_calls") or []:
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
+            arguments = function.get("arguments")
             parts.append({
                 "type": "tool_call", "id": call.get("id"), "name": function.get("name"),
-                "arguments": _arguments(function.get("arguments"), text),
+                "arguments": text(arguments) if isinstance(arguments, str) else arguments,
             })  # fmt: skip
     role = message.get("role")
     if role == "tool":
@@ -228,18 +228,6 @@ def _message(message: Mapping[str, Any], text: Callable[[str], str]) -> dict[str
         call_id = message.get("tool_call_id")
         parts = [{"type": "tool_call_response", "id": call_id, "response": response}]
     return {"role": role if isinstance(role, str) else "user", "parts": parts}
-
-
-def _arguments(arguments: object, text: Callable[[str], str]) -> object:
-    """A tool call's arguments as the object they encode (OpenAI sends a JSON string); the
-    string itself when it is not JSON (a model's broken call)."""
-    if not isinstance(arguments, str):
-        return arguments
-    written = text(arguments)
-    try:
-        return orjson.loads(written)
-    except orjson.JSONDecodeError:
-        return written
 
 
 def failed(span: Span, code: str, message: str) -> None:

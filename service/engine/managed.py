@@ -79,7 +79,7 @@ def tool_flags(config: ManagedEngineSettings) -> list[str]:
     """vLLM's flags for ``tool_choice`` auto: the parser, and for ``hermes`` the ChatML chat
     template that writes tools the way it reads them (the bundled model's own template renders
     no tools)."""
-    if config.tool_call_parser is None:
+    if not config.tool_call_parser:  # None, or set empty to run without one
         return []
     flags = ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
     if config.tool_call_parser == HERMES:

@@ -158,7 +158,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 answer, body, status = await guard_answer(
                     gw, receive, route, contract, decision.target, prepared, record,
                     answer, keep_logprobs=bool(payload.get("logprobs")),
-                    cap=limits.max_tokens_cap, trace=trace,
+                    cap=limits.max_tokens_cap,
                 )  # fmt: skip
             if shadow is not None:
                 shadow.primary_answered(comparable(answer, chat=endpoint is Endpoint.CHAT))
@@ -269,7 +269,6 @@ async def guard_answer(
     *,
     keep_logprobs: bool,
     cap: int,
-    trace: RequestTrace = NO_TRACE,
 ) -> tuple[dict[str, Any], bytes, int]:
     """Validate and score the answer (asking again once if the policy says so: with twice the
     token budget when it was cut by max_tokens), decide on review, and build the client's body
@@ -282,17 +281,16 @@ async def guard_answer(
     for _ in range(retries):
         if judgement.valid is not False:
             break
-        upstream, why = prepared.upstream_body, "invalid"
+        upstream = prepared.upstream_body
         if judgement.truncated and contract.policy.truncated == "retry":
-            upstream, why = larger_budget(upstream, cap) or upstream, "truncated"
-        with trace.calling(target, retry=why):
+            upstream = larger_budget(upstream, cap) or upstream
+        with gw.span("engine.retry_invalid"):
             reply = await until_disconnected(
                 receive,
                 gw.engines.complete(route.pool, target, Endpoint.CHAT.path, upstream, record.id),
             )
         record.attempts += reply.attempts
         answer = parse_reply(reply.value)
-        trace.replied(answer, reply.replica.url)
         clean(answer, ANSWER_SHAPES[Endpoint.CHAT])
         judgement = judge(answer, contract, request_id=record.id)
     if judgement.valid is False and contract.policy.invalid == "refuse":

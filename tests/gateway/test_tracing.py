@@ -31,14 +31,6 @@ CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
 CONTENT = ("gen_ai.input.messages", "gen_ai.output.messages")
-CALL = ("get_weather", '{"city": "Paris"}')
-TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 class TracedEngine(FakeEngine):
@@ -229,50 +221,6 @@ async def test_a_streamed_answer_under_a_contract_ends_its_spans_with_usage_and_
     # The span of a stream lasts until its last event, not until its headers went out.
     assert server.end_time is not None and client.end_time is not None
     assert server.end_time >= client.end_time
-
-
-async def test_a_stream_of_several_choices_and_a_tool_call_is_traced_whole(
-    sqlite_url: str, tmp_path: Path, engine: TracedEngine
-) -> None:
-    engine.default = Behaviour(tokens=["t0", "t1", "t2", "t3"], tool_calls=[CALL])
-    async with traced(sqlite_url, tmp_path, engine) as (h, exporter):
-        body = chat_body(stream=True, n=2, tools=[TOOL], tool_choice="required")
-        r = await h.client.post(CHAT, json=body, headers=h.auth())
-        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text
-        spans = await spans_when(h, exporter, lambda s: len(s) == 2)
-    server, client = one(spans, SpanKind.SERVER), one(spans, SpanKind.CLIENT)
-    for span in (server, client):
-        assert attrs(span)["gen_ai.request.choice.count"] == 2
-        assert attrs(span)["gen_ai.response.finish_reasons"] == ("stop", "stop")
-    first, second = json.loads(attrs(server)["gen_ai.output.messages"])
-    name, arguments = CALL
-    assert first["parts"] == [{"type": "tool_call", "id": "call-0", "name": name,
-                               "arguments": json.loads(arguments)}]  # fmt: skip
-    assert second["parts"] == [{"type": "text", "content": "t0t1t2t3"}]
-
-
-async def test_the_guard_asking_again_is_an_engine_call_of_its_own(
-    sqlite_url: str, tmp_path: Path, engine: TracedEngine
-) -> None:
-    review = {"escalate": "never", "invalid": "escalate", "retry_invalid": 1}
-    engine.then(Behaviour(tokens=["Sure", "!"]))  # not the schema's JSON: asked again
-    engine.default = Behaviour(tokens=TOKENS, logprobs=[0.0] * len(TOKENS))
-    async with traced(sqlite_url, tmp_path, engine, routes_file=routes_file(tmp_path, review)) as (
-        h,
-        exporter,
-    ):
-        r = await h.client.post(CHAT, json=chat_body(ROUTE), headers=h.auth())
-        assert r.status_code == 200, r.text
-        spans = await spans_when(h, exporter, lambda s: len(s) == 3)
-    server = one(spans, SpanKind.SERVER)
-    first = one(spans, SpanKind.CLIENT, loragate__retry=None)
-    again = one(spans, SpanKind.CLIENT, loragate__retry="invalid")
-    assert first.end_time is not None and again.start_time is not None
-    assert first.end_time <= again.start_time
-    assert attrs(again)["gen_ai.response.id"] == attrs(server)["gen_ai.response.id"]
-    assert attrs(first)["gen_ai.response.id"] != attrs(again)["gen_ai.response.id"]
-    assert attrs(server)["loragate.guard.schema_valid"] is True
-    assert traceparent_of(engine, again) is not None
 
 
 @pytest.mark.parametrize("bodies", ["none", "redacted"])
