@@ -210,13 +210,12 @@ class DriftMonitor:
         route, reference, span = await self._route_and_reference(route_name)
         rules = route.rules
         current_window = Window(route.name, route.target, since, until)
-        edges = _edges(reference.profile if reference else None)
+        ref_profile = reference.profile if reference is not None else None
         async with self._sessions() as session:
             current = await store.profile(
-                session, current_window, route.features, rules.bins, edges
+                session, current_window, route.features, rules.bins, _edges(ref_profile)
             )
             counts = await store.service_counts(session, current_window)
-        ref_profile = reference.profile if reference is not None else None
         judgement = await asyncio.to_thread(_judge, route.features, ref_profile, current, rules)
         return DriftReport(
             route.name, route.target, span, Span(since, until, current.samples), judgement,
