@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import jinja2
 import pytest
 
 from monitoring.metrics import Metrics
@@ -95,6 +96,31 @@ def test_vllm_command_turns_on_what_the_gateway_relies_on(tmp_path: Path) -> Non
     assert "--port 9999" in joined and "--served-model-name smollm2-135m-instruct" in joined
     # Without it the JSON grammar allows endless whitespace (ENGINE.md).
     assert '"disable_any_whitespace": true' in joined
+
+
+def test_the_managed_engine_runs_a_tool_call_parser_with_a_template_that_renders_tools(
+    tmp_path: Path,
+) -> None:
+    command = vllm_command(ManagedEngineSettings(), tmp_path)
+    assert "--enable-auto-tool-choice" in command
+    assert command[command.index("--tool-call-parser") + 1] == "hermes"
+    template = Path(command[command.index("--chat-template") + 1])
+    rendered = (
+        jinja2.Environment()
+        .from_string(template.read_text())
+        .render(
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[{"type": "function", "function": {"name": "get_weather"}}],
+            add_generation_prompt=True,
+        )
+    )
+    assert '<tools>\n{"name": "get_weather"}\n</tools>' in rendered
+    assert rendered.endswith(
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    for none in (None, ""):
+        command = vllm_command(ManagedEngineSettings(tool_call_parser=none), tmp_path)
+        assert "--tool-call-parser" not in command and "--chat-template" not in command
 
 
 def test_cpu_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(tmp_path: Path) -> None:
