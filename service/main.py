@@ -44,6 +44,7 @@ from service.engine.managed import ManagedEngine
 from service.engine.peers import Peers
 from service.engine.pool import EnginePool, HealthProber
 from service.engine.reconciler import AdapterReconciler
+from service.evaluation import api as eval_api
 from service.gateway import endpoints as inference
 from service.gateway.endpoints import GatewayApp
 from service.gateway.parts import Gateway
@@ -330,6 +331,7 @@ def create_app(
     app.include_router(adapters_api.router)
     app.include_router(rollouts_api.router)
     app.include_router(drift_api.router)
+    app.include_router(eval_api.router)
     app.include_router(audit_api.router)
     app.include_router(review_results.router)
     app.include_router(reviews_api.router)

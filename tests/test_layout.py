@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE = [
     "rollout.core.agreement", "rollout.core.figures", "rollout.core.gates",
     "rollout.core.machine", "rollout.core.spec", "rollout.core.split",
+    "rollout.core.sequential", "rollout.core.verdicts", "rollout.core.wording",
+    "rollout.core.drift_gate",
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
     "service.guard.patterns", "service.guard.expansion", "service.guard.refused",
@@ -39,6 +41,8 @@ PURE = [
     "service.limits.quota", "service.keys.credentials", "service.guard",
     "service.review.visibility", "service.review.agreement", "service.review.calibration",
     "service.gateway.tool_rules", "service.gateway.openai_shape", "service.guard.tool_calls",
+    "service.evaluation.cases", "service.evaluation.leakage", "service.guard.prompts",
+    "service.evaluation.scoring",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")

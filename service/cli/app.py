@@ -1,7 +1,7 @@
 """The ``loragate`` command line. Settings come from ``LORAGATE_*`` variables or ``.env``.
 
 The root: ``serve`` and ``db``; each domain adds its group (``keys``, ``engine``, ``routes``,
-``adapters``, ``rollout``, ``reviews``, ``drift``, ``audit``) from its own ``cli`` module.
+``adapters``, ``rollout``, ``reviews``, ``drift``, ``eval``, ``audit``) from its own ``cli`` module.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from service.cli.engine import engine_app
 from service.db.migrations import downgrade, no_database, upgrade
 from service.db.session import shown_url, sqlite_file
 from service.drift.cli import drift_app
+from service.evaluation.cli import eval_app
 from service.keys import store as key_store
 from service.keys.cli import keys_app
 from service.review.cli import reviews_app
@@ -39,6 +40,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(drift_app, name="drift")
+app.add_typer(eval_app, name="eval")
 app.add_typer(audit_app, name="audit")
 
 

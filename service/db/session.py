@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,20 @@ def insert_ignoring_duplicates(session: AsyncSession, table: Table) -> Insert:
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     raise ValueError(f"unsupported database dialect {dialect!r}")
+
+
+@asynccontextmanager
+async def write_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """A short transaction that commits on exit; on SQLite it holds the write lock from the start.
+
+    Python's sqlite3 would open a deferred transaction, which in WAL mode can fail at once with
+    "database is locked" (no busy wait) when a read is followed by a write and another writer
+    got in between. ``BEGIN IMMEDIATE`` takes the lock first, waiting at most the busy timeout.
+    """
+    async with sessions() as session, session.begin():
+        connection = await session.connection()
+        if connection.dialect.name == "sqlite":
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield session

@@ -32,6 +32,10 @@ decimals (a ``.`` ends a run) or shorter numbers. It is deliberately conservativ
 not a guarantee; a route whose requests carry personal data needs its own scrubbing upstream.
 Redaction runs before duplicates are removed (same messages and same answer: one is kept).
 
+An example whose input repeats an evaluation case of an exported route, exactly or nearly
+(``service.evaluation.leakage``), is held out: a version must not be trained on what it will
+be tested on. The manifest counts them (``held_out_exact``, ``held_out_near``).
+
 JSON strings keep every value verbatim: an answer starting ``=``, ``+``, ``-`` or ``@`` (a
 spreadsheet formula) or holding ``<script>`` is plain data inside the JSON string; only the
 line separators that ``str.splitlines`` would break a line on (U+0085, U+2028, U+2029) are
@@ -74,13 +78,17 @@ from service import clock
 from service.audit.actor import Actor
 from service.audit.events import record_event
 from service.db.models import RequestRecord, ReviewItem, TrainingSnapshot
+from service.evaluation.cases import prompt_of
+from service.evaluation.store import held_out
 from service.guard.answers import answer_text
+from service.guard.prompts import prompt_messages
 from service.records.redaction import redact
 from service.review.export_files import FILES, SpillWriter, hash_fraction
 from service.review.queue import write_transaction
 
-ROLES = frozenset({"system", "user", "assistant"})
 SOURCES = ("approved", "corrected", "unreviewed")
+# Examples left out because their input repeats an evaluation case's (service.evaluation).
+HELD_OUT = ("held_out_exact", "held_out_near")
 BATCH_ROWS = 500  # rows fetched at a time while an export is written
 
 
@@ -146,47 +154,6 @@ class Export:
         """Remove the temporary directory now (nothing for an export written to ``out``)."""
         if self._cleanup is not None:
             self._cleanup()
-
-
-def content_text(raw: object) -> str | None:
-    """A message's content as text: a string, or OpenAI content parts that are all text."""
-    if isinstance(raw, str):
-        return raw
-    if isinstance(raw, list):  # OpenAI content parts: only text parts are usable
-        texts = []
-        for part in raw:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                return None
-            text = part.get("text")
-            if not isinstance(text, str):
-                return None
-            texts.append(text)
-        return "".join(texts)
-    return None
-
-
-def prompt_messages(request_body: str | None) -> list[dict[str, str]] | None:
-    """The request's messages as ``{"role", "content"}``; ``None`` when unusable."""
-    if not request_body:
-        return None
-    try:
-        payload = json.loads(request_body)
-    except ValueError:
-        return None
-    raw = payload.get("messages") if isinstance(payload, dict) else None
-    if not isinstance(raw, list) or not raw:
-        return None
-    messages = []
-    for message in raw:
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return None
-        content = content_text(message.get("content"))
-        if content is None:
-            return None
-        messages.append({"role": str(message["role"]), "content": content})
-    if not any(m["role"] == "user" for m in messages):
-        return None
-    return messages
 
 
 def _dumps(value: object) -> str:
@@ -325,13 +292,17 @@ async def _build(
     threshold, redacted = filters.include_unreviewed_above, filters.redact
     since = clock.require_utc(filters.since) if filters.since is not None else None
     until = clock.require_utc(filters.until) if filters.until is not None else None
-    counts = dict.fromkeys((*SOURCES, "skipped"), 0)
+    counts = dict.fromkeys((*SOURCES, "skipped", *HELD_OUT), 0)
+    held = await held_out(session, filters.routes or None)
     spill = SpillWriter(Path(tempfile.mkdtemp(prefix=".spill-", dir=_made(directory))),
                         filters.seed)  # fmt: skip
 
-    def add(source: str, line: str | None) -> None:
+    def add(source: str, body: str | None, answer: str | None) -> None:
+        line = example_line(body, answer, redacted=redacted)
         if line is None:
             counts["skipped"] += 1
+        elif leak := held.leak(prompt_of(prompt_messages(body) or ())):
+            counts[f"held_out_{leak}"] += 1
         else:
             counts[source] += 1
             spill.add(line)
@@ -340,15 +311,11 @@ async def _build(
         async for state, body, answer, corrected in _rows(
             session, _item_rows(filters, since, until), batch_size
         ):
-            add(state, example_line(body, corrected if state == "corrected" else answer,
-                                    redacted=redacted))  # fmt: skip
+            add(state, body, corrected if state == "corrected" else answer)
         if threshold is not None:
             query = _record_rows(filters, threshold, since, until)
             async for body, response, stream in _rows(session, query, batch_size):
-                add(
-                    "unreviewed",
-                    example_line(body, _record_answer(response, stream), redacted=redacted),
-                )
+                add("unreviewed", body, _record_answer(response, stream))
         written = spill.finish(directory, filters.val_fraction)
     finally:
         spill.discard()
@@ -358,7 +325,9 @@ async def _build(
         "sha256": written.sha256,
         "counts": {**{source: counts[source] for source in SOURCES},
                    "duplicates_removed": written.duplicates, "skipped": counts["skipped"],
+                   **{key: counts[key] for key in HELD_OUT},
                    "train": written.train, "validation": written.validation},
+        "held_out_inputs": len(held),
         "filters": {
             "routes": sorted(filters.routes) if filters.routes else None,
             "tiers": sorted(filters.tiers) if filters.tiers is not None else None,

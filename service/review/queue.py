@@ -11,18 +11,18 @@ caller's transaction so an item is written together with its request record.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, case
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import as_utc, require_utc
 from service.db.models import ReviewItem
 from service.db.session import insert_ignoring_duplicates
+from service.db.session import write_transaction as write_transaction  # re-exported
 from service.review.model import ItemState, ReviewItemView, Scope
 from service.review.sla import SlaTargets, overdue
 
@@ -52,23 +52,6 @@ def rowcount(result: Any) -> int:
 
 async def is_postgres(session: AsyncSession) -> bool:
     return (await session.connection()).dialect.name == "postgresql"
-
-
-@asynccontextmanager
-async def write_transaction(
-    sessions: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[AsyncSession]:
-    """A short transaction that commits on exit; on SQLite it holds the write lock from the start.
-
-    Python's sqlite3 would open a deferred transaction, which in WAL mode can fail at once with
-    "database is locked" (no busy wait) when a read is followed by a write and another writer
-    got in between. ``BEGIN IMMEDIATE`` takes the lock first, waiting at most the busy timeout.
-    """
-    async with sessions() as session, session.begin():
-        connection = await session.connection()
-        if connection.dialect.name == "sqlite":
-            await connection.exec_driver_sql("BEGIN IMMEDIATE")
-        yield session
 
 
 def scope_clauses(scope: Scope) -> list[Any]:

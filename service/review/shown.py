@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from service.review.export import content_text
+from service.guard.prompts import content_text
 
 LOW_CONFIDENCE = 0.5
 

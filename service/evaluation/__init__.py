@@ -1,0 +1,1 @@
+"""Offline evaluation: packs of cases per route, held out of training."""

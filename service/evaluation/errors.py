@@ -1,0 +1,27 @@
+"""The evaluation domain's errors, rendered by the one error handler (``service.api.errors``)."""
+
+from __future__ import annotations
+
+from service.errors import GatewayError
+
+
+class PackNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "eval_pack_not_found"
+
+
+class PackInvalid(GatewayError):
+    """A bad reference, name or case; the message says which and why."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "eval_pack_invalid"
+
+
+class PackConflict(GatewayError):
+    """Another pack of the same name was created at the same moment."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "eval_pack_conflict"
