@@ -46,7 +46,8 @@ class Step(_Strict):
     )
     min_samples: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=100,
-        description="Candidate requests needed in the step's window before its gates can pass.",
+        description="Candidate and stable requests the step needs before its gates can decide "
+        "(a floor: the gates' confidence sequences decide once it is met).",
     )
 
 
@@ -114,13 +115,23 @@ class RolloutSpec(_Strict):
         description="Gates judged at each analysis. `agreement` applies to shadow steps only.",
     )
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    alpha: Annotated[float, Field(gt=0, le=0.5)] = Field(
+        default=0.05,
+        description="The rollout's error rate: the chance that any gate, at any step and any "
+        "analysis, fails a version within its limits or passes one beyond them. Split evenly "
+        "over every (gate, step) pair; each gate judges with a confidence sequence, valid "
+        "however often it is analysed.",
+    )
     failure_limit: Annotated[int, Field(ge=1, le=1000)] = Field(
-        default=2, description="Analyses with a failed gate before the rollout is rolled back."
+        default=2,
+        description="Analyses with a failed gate before the rollout is rolled back (a floor on "
+        "top of the gates' confidence sequences).",
     )
     inconclusive_limit: Annotated[int, Field(ge=1, le=1000)] = Field(
-        default=30,
+        default=90,
         description="Inconclusive analyses in a row, once a step's minimum duration has passed, "
-        "before the rollout pauses for a person.",
+        "before the rollout pauses for a person (90 at the 10 s tick: 15 minutes for the gates' "
+        "intervals to decide).",
     )
     progress_deadline_s: Annotated[float, Field(gt=0, le=30 * 86400)] = Field(
         default=3600, description="A step that has not passed after this long is rolled back."

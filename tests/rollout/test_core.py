@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from rollout.core.agreement import WHOLE, compare, score
 from rollout.core.figures import CLIENT_CLOSED, Sample, Window, arm_figures, window
-from rollout.core.gates import GateResult, Verdict, judge, overall
+from rollout.core.gates import GateResult, Verdict, judge, latency_alpha, overall
 from rollout.core.machine import (
     Command,
     NotAllowed,
@@ -59,7 +59,8 @@ def test_spec_defaults_are_a_complete_rollout() -> None:
     assert spec.gates == DEFAULT_GATES
     assert spec.thresholds == Thresholds()
     assert spec.thresholds.agreement_fields is None
-    assert (spec.failure_limit, spec.inconclusive_limit, spec.progress_deadline_s) == (2, 30, 3600)
+    assert (spec.failure_limit, spec.inconclusive_limit, spec.progress_deadline_s) == (2, 90, 3600)
+    assert spec.alpha == 0.05
     # The smallest request an SRE can send, and a round trip through JSON.
     assert RolloutSpec.model_validate({"candidate": "t@2"}) == spec
     assert RolloutSpec.model_validate_json(spec.model_dump_json()) == spec
@@ -306,9 +307,12 @@ def many(
 
 
 def spec_with(*gates: GateName, **thresholds: Any) -> RolloutSpec:
+    """One shadow and one canary step; alpha 0.5 keeps the samples these tests need small (the
+    intervals' coverage at the default alpha is tested in test_sequential)."""
     return RolloutSpec(
-        candidate="t@2", gates=gates or ALL_GATES, thresholds=Thresholds(**thresholds)
-    )
+        candidate="t@2", gates=gates or ALL_GATES, thresholds=Thresholds(**thresholds),
+        steps=(SHADOW_STEP, CANARY_STEP), alpha=0.5,
+    )  # fmt: skip
 
 
 def verdicts_of(results: tuple[GateResult, ...]) -> dict[GateName, Verdict]:
@@ -369,8 +373,11 @@ def test_too_few_samples_is_inconclusive_for_every_gate() -> None:
         GateName.AGREEMENT
     }
     assert overall(results) is Verdict.INCONCLUSIVE
-    # The same figures with enough samples pass.
-    w = window(full(Arm.STABLE, 20) + full(Arm.SHADOW, 20), Arm.SHADOW)
+    # The same figures at the floor are undecided: 20 samples cannot show a 2-point tolerance.
+    w = window(full(Arm.STABLE, 20) + full(Arm.SHADOW, 20), Arm.SHADOW, None, 0.05)
+    assert verdicts_of(judge(spec, SHADOW_STEP, w))[GateName.ERROR_RATE] is Verdict.INCONCLUSIVE
+    # With enough samples every gate's interval lies within its limit.
+    w = window(full(Arm.STABLE, 4000) + full(Arm.SHADOW, 4000), Arm.SHADOW, None, 0.05)
     assert set(verdicts_of(judge(spec, SHADOW_STEP, w)).values()) == {Verdict.PASS}
 
 
@@ -385,50 +392,64 @@ def test_window_splits_arms() -> None:
 
 def test_error_rate_gate() -> None:
     spec = spec_with(GateName.ERROR_RATE, max_error_rate_increase=0.02)
-    stable = many(Arm.STABLE, 100, bad=1)
+    stable = many(Arm.STABLE, 1000, bad=10)
 
-    def verdict(candidate_errors: int) -> Verdict:
-        w = window(stable + many(Arm.CANARY, 100, bad=candidate_errors), Arm.CANARY)
-        return one(spec, CANARY_STEP, w, GateName.ERROR_RATE).verdict
+    def result(candidate_errors: int) -> GateResult:
+        w = window(stable + many(Arm.CANARY, 1000, bad=candidate_errors), Arm.CANARY)
+        return one(spec, CANARY_STEP, w, GateName.ERROR_RATE)
 
-    assert verdict(0) is Verdict.PASS
-    assert verdict(2) is Verdict.PASS  # 2 % vs 1 %: within +2 points
-    assert verdict(4) is Verdict.FAIL  # +3 points
-    assert verdict(40) is Verdict.FAIL
-    w = window(stable + many(Arm.CANARY, 100, bad=4), Arm.CANARY)
-    result = one(spec, CANARY_STEP, w, GateName.ERROR_RATE)
-    assert (result.candidate, result.stable, result.limit) == (0.04, 0.01, 0.02)
+    assert result(0).verdict is Verdict.PASS
+    assert result(20).verdict is Verdict.INCONCLUSIVE  # 2 % vs 1 %: may be +2 points or more
+    assert result(40).verdict is Verdict.INCONCLUSIVE  # +3 points, but could be within +2
+    assert result(100).verdict is Verdict.FAIL  # +9 points: beyond +2 whatever the noise
+    assert result(400).verdict is Verdict.FAIL
+    worse = result(100)
+    assert (worse.candidate, worse.stable, worse.limit) == (0.1, 0.01, 0.02)
+    assert worse.low is not None and worse.high is not None
+    assert 0.02 < worse.low < 0.09 < worse.high
+    assert (worse.candidate_samples, worse.stable_samples) == (1000, 1000)
+    assert worse.detail.startswith("candidate error rate 10.0 % [")
+    assert worse.detail.endswith("worse beyond the 2-point tolerance")
+    assert result(0).detail.endswith("within the 2-point tolerance")
+    assert "undecided" in result(40).detail
 
 
 def test_client_errors_are_not_errors() -> None:
     spec = spec_with(GateName.ERROR_RATE)
-    w = window(many(Arm.STABLE, 100) + many(Arm.CANARY, 100, bad=50, bad_status=422), Arm.CANARY)
+    w = window(many(Arm.STABLE, 1000) + many(Arm.CANARY, 1000, bad=500, bad_status=422), Arm.CANARY)
     assert one(spec, CANARY_STEP, w, GateName.ERROR_RATE).verdict is Verdict.PASS
 
 
 def test_latency_p95_ratio_gate() -> None:
     spec = spec_with(GateName.LATENCY_P95_RATIO, max_latency_p95_ratio=1.5)
-    stable = many(Arm.STABLE, 100, latency_ms=100.0)
+    stable = many(Arm.STABLE, 1000, latency_ms=100.0)
+    level = latency_alpha(spec)
 
     def result(candidate_ms: float) -> GateResult:
-        w = window(stable + many(Arm.CANARY, 100, latency_ms=candidate_ms), Arm.CANARY)
+        w = window(
+            stable + many(Arm.CANARY, 1000, latency_ms=candidate_ms), Arm.CANARY, None, level
+        )
         return one(spec, CANARY_STEP, w, GateName.LATENCY_P95_RATIO)
 
     assert result(140.0).verdict is Verdict.PASS
     assert result(150.0).verdict is Verdict.PASS
     assert result(160.0).verdict is Verdict.FAIL
     assert (result(160.0).candidate, result(160.0).stable) == (160.0, 100.0)
+    # Without a level for the p95's bounds (or with too few requests to bound it), the ratio
+    # is open above: never a pass.
+    w = window(stable + many(Arm.CANARY, 1000, latency_ms=100.0), Arm.CANARY)
+    assert one(spec, CANARY_STEP, w, GateName.LATENCY_P95_RATIO).verdict is Verdict.INCONCLUSIVE
 
 
 def test_latency_gate_times_only_successes() -> None:
     spec = spec_with(GateName.LATENCY_P95_RATIO)
     # Slow failures do not make the candidate's p95 worse (the error gate judges them).
-    candidate = many(Arm.CANARY, 100, bad=30, latency_ms=100.0)
+    candidate = many(Arm.CANARY, 1000, bad=300, latency_ms=100.0)
     candidate = [
         Sample(s.arm, s.status_code, 10_000.0 if s.status_code >= 500 else s.latency_ms)
         for s in candidate
     ]
-    w = window(many(Arm.STABLE, 100) + candidate, Arm.CANARY)
+    w = window(many(Arm.STABLE, 1000) + candidate, Arm.CANARY, None, latency_alpha(spec))
     assert one(spec, CANARY_STEP, w, GateName.LATENCY_P95_RATIO).verdict is Verdict.PASS
     # No successful request at all: nothing to time.
     w = window(many(Arm.STABLE, 100) + many(Arm.CANARY, 100, bad=100), Arm.CANARY)
@@ -445,7 +466,7 @@ def test_agreement_gate_only_on_shadow_steps() -> None:
     assert GateName.AGREEMENT in {r.gate for r in judge(spec, SHADOW_STEP, w)}
 
 
-def _agreement_window(agreeing: int, total: int = 100) -> Window:
+def _agreement_window(agreeing: int, total: int = 1000) -> Window:
     samples = many(Arm.SHADOW, agreeing, agreement={"label": True}) + many(
         Arm.SHADOW, total - agreeing, agreement={"label": False}
     )
@@ -454,13 +475,16 @@ def _agreement_window(agreeing: int, total: int = 100) -> Window:
 
 def test_agreement_gate_threshold() -> None:
     spec = spec_with(GateName.AGREEMENT, min_agreement=0.8)
-    low = one(spec, SHADOW_STEP, _agreement_window(70), GateName.AGREEMENT)
+    low = one(spec, SHADOW_STEP, _agreement_window(700), GateName.AGREEMENT)
     assert low.verdict is Verdict.FAIL
     assert low.candidate == pytest.approx(0.7)
-    assert one(spec, SHADOW_STEP, _agreement_window(80), GateName.AGREEMENT).verdict is (
-        Verdict.PASS
+    assert low.high is not None and low.high < 0.8
+    assert low.detail.startswith("the label field: agreement with stable 70.0 % [")
+    assert low.detail.endswith("below the 80.0 % floor")
+    assert one(spec, SHADOW_STEP, _agreement_window(800), GateName.AGREEMENT).verdict is (
+        Verdict.INCONCLUSIVE  # right at the floor: undecided however long it runs
     )
-    assert one(spec, SHADOW_STEP, _agreement_window(95), GateName.AGREEMENT).verdict is (
+    assert one(spec, SHADOW_STEP, _agreement_window(950), GateName.AGREEMENT).verdict is (
         Verdict.PASS
     )
 
@@ -508,37 +532,38 @@ def test_optional_rate_gates(gate: GateName, field: str, good: bool, bad: bool) 
         figure: dict[str, Any] = {field: value}
         return many(arm, n, **figure)
 
-    stable = flagged(Arm.STABLE, 100, good)
+    stable = flagged(Arm.STABLE, 1000, good)
 
     def verdict(candidate: list[Sample]) -> Verdict:
         return one(spec, CANARY_STEP, window(stable + candidate, Arm.CANARY), gate).verdict
 
     def worse(n: int) -> list[Sample]:
-        return flagged(Arm.CANARY, n, bad) + flagged(Arm.CANARY, 100 - n, good)
+        return flagged(Arm.CANARY, n, bad) + flagged(Arm.CANARY, 1000 - n, good)
 
-    assert verdict(flagged(Arm.CANARY, 100, good)) is Verdict.PASS
+    assert verdict(flagged(Arm.CANARY, 1000, good)) is Verdict.PASS
     assert verdict(worse(1)) is Verdict.PASS
-    assert verdict(worse(10)) is Verdict.FAIL
+    assert verdict(worse(200)) is Verdict.FAIL
     # Absent data: requests without the figure are no evidence either way.
-    assert verdict(many(Arm.CANARY, 100)) is Verdict.INCONCLUSIVE
-    assert verdict(flagged(Arm.CANARY, 10, bad) + many(Arm.CANARY, 90)) is Verdict.INCONCLUSIVE
-    unknown_stable = window(many(Arm.STABLE, 100) + worse(50), Arm.CANARY)
+    assert verdict(many(Arm.CANARY, 1000)) is Verdict.INCONCLUSIVE
+    assert verdict(flagged(Arm.CANARY, 10, bad) + many(Arm.CANARY, 990)) is Verdict.INCONCLUSIVE
+    unknown_stable = window(many(Arm.STABLE, 1000) + worse(500), Arm.CANARY)
     assert one(spec, CANARY_STEP, unknown_stable, gate).verdict is Verdict.INCONCLUSIVE
 
 
 def test_mean_confidence_gate() -> None:
     gate = GateName.MEAN_CONFIDENCE
     spec = spec_with(gate, max_confidence_drop=0.05)
-    stable = many(Arm.STABLE, 100, confidence=0.9)
+    stable = many(Arm.STABLE, 4000, confidence=0.9)
 
     def verdict(candidate: list[Sample], base: list[Sample] = stable) -> Verdict:
         return one(spec, CANARY_STEP, window(base + candidate, Arm.CANARY), gate).verdict
 
-    assert verdict(many(Arm.CANARY, 100, confidence=0.95)) is Verdict.PASS
-    assert verdict(many(Arm.CANARY, 100, confidence=0.88)) is Verdict.PASS
-    assert verdict(many(Arm.CANARY, 100, confidence=0.8)) is Verdict.FAIL
-    assert verdict(many(Arm.CANARY, 100)) is Verdict.INCONCLUSIVE
-    assert verdict(many(Arm.CANARY, 100, confidence=0.9), many(Arm.STABLE, 100)) is (
+    assert verdict(many(Arm.CANARY, 4000, confidence=0.95)) is Verdict.PASS
+    assert verdict(many(Arm.CANARY, 4000, confidence=0.9)) is Verdict.PASS
+    assert verdict(many(Arm.CANARY, 4000, confidence=0.85)) is Verdict.INCONCLUSIVE
+    assert verdict(many(Arm.CANARY, 4000, confidence=0.7)) is Verdict.FAIL
+    assert verdict(many(Arm.CANARY, 4000)) is Verdict.INCONCLUSIVE
+    assert verdict(many(Arm.CANARY, 4000, confidence=0.9), many(Arm.STABLE, 4000)) is (
         Verdict.INCONCLUSIVE
     )
 
@@ -546,12 +571,13 @@ def test_mean_confidence_gate() -> None:
 def test_client_closed_samples_are_ignored() -> None:
     spec = spec_with(GateName.ERROR_RATE, GateName.LATENCY_P95_RATIO)
     hung_up = many(Arm.CANARY, 200, status=CLIENT_CLOSED, latency_ms=60_000.0)
-    w = window(many(Arm.STABLE, 100) + many(Arm.CANARY, 100) + hung_up, Arm.CANARY)
-    assert w.candidate.samples == 100
+    level = latency_alpha(spec)
+    w = window(many(Arm.STABLE, 1000) + many(Arm.CANARY, 1000) + hung_up, Arm.CANARY, None, level)
+    assert w.candidate.samples == 1000
     assert w.candidate.errors.value == 0.0
     assert set(verdicts_of(judge(spec, CANARY_STEP, w)).values()) == {Verdict.PASS}
     # Nor do they count towards the minimum number of samples.
-    w = window(many(Arm.STABLE, 100) + many(Arm.CANARY, 10) + hung_up, Arm.CANARY)
+    w = window(many(Arm.STABLE, 1000) + many(Arm.CANARY, 10) + hung_up, Arm.CANARY, None, level)
     assert set(verdicts_of(judge(spec, CANARY_STEP, w)).values()) == {Verdict.INCONCLUSIVE}
 
 
@@ -584,7 +610,10 @@ SPEC = RolloutSpec(
     failure_limit=2,
     inconclusive_limit=3,
     progress_deadline_s=600,
+    alpha=0.5,
 )
+# Windows large enough for the gates' intervals to decide at SPEC's alpha.
+ENOUGH = 400
 
 
 def _arm(state: State) -> Arm:
@@ -593,16 +622,16 @@ def _arm(state: State) -> Arm:
 
 def judged(state: State, candidate: list[Sample]) -> tuple[GateResult, ...]:
     """The step's verdicts on a window, as the controller judges them before each tick."""
-    w = window(full(Arm.STABLE, 20) + candidate, _arm(state))
+    w = window(full(Arm.STABLE, ENOUGH) + candidate, _arm(state), None, latency_alpha(SPEC))
     return judge(SPEC, SPEC.steps[state.step], w)
 
 
 def passing(state: State) -> tuple[GateResult, ...]:
-    return judged(state, full(_arm(state), 20))
+    return judged(state, full(_arm(state), ENOUGH))
 
 
 def failing(state: State) -> tuple[GateResult, ...]:
-    return judged(state, full(_arm(state), 20, bad=10))
+    return judged(state, full(_arm(state), ENOUGH, bad=ENOUGH // 2))
 
 
 def too_few(state: State) -> tuple[GateResult, ...]:
