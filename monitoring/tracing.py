@@ -39,6 +39,7 @@ SCHEMA_VALID = "loragate.guard.schema_valid"
 CONFIDENCE = "loragate.guard.confidence"
 ESCALATED = "loragate.guard.escalated"
 ERROR_CODE = "loragate.error"
+RETRY = "loragate.retry"
 
 # Request parameters as the conventions name them (OpenAI's newer `max_completion_tokens`
 # is the same budget as `max_tokens`).
@@ -217,10 +218,9 @@ def _message(message: Mapping[str, Any], text: Callable[[str], str]) -> dict[str
     for call in message.get("tool_calls") or []:
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
-            arguments = function.get("arguments")
             parts.append({
                 "type": "tool_call", "id": call.get("id"), "name": function.get("name"),
-                "arguments": text(arguments) if isinstance(arguments, str) else arguments,
+                "arguments": _arguments(function.get("arguments"), text),
             })  # fmt: skip
     role = message.get("role")
     if role == "tool":
@@ -230,11 +230,26 @@ def _message(message: Mapping[str, Any], text: Callable[[str], str]) -> dict[str
     return {"role": role if isinstance(role, str) else "user", "parts": parts}
 
 
-def failed(span: Span, code: str, message: str) -> None:
-    """Mark ``span`` as ended in an error: ``error.type`` is the gateway's error code."""
+def _arguments(arguments: object, text: Callable[[str], str]) -> object:
+    """A tool call's arguments as the object they encode (OpenAI sends a JSON string); the
+    string itself when it is not JSON (a model's broken call)."""
+    if not isinstance(arguments, str):
+        return arguments
+    written = text(arguments)
+    try:
+        return orjson.loads(written)
+    except orjson.JSONDecodeError:
+        return written
+
+
+def failed(span: Span, code: str, message: str, *, fault: bool = True) -> None:
+    """Mark ``span`` as ended in an error: ``error.type`` is the gateway's error code. The
+    status is ERROR only when ``fault``: a server span leaves it unset for a refused request
+    (a 4xx is the caller's error, as in the HTTP conventions)."""
     span.set_attribute(error_attributes.ERROR_TYPE, code)
     span.set_attribute(ERROR_CODE, code)
-    span.set_status(Status(StatusCode.ERROR, message))
+    if fault:
+        span.set_status(Status(StatusCode.ERROR, message))
 
 
 def server_address(url: str) -> dict[str, AttributeValue]:

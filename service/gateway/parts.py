@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Tracer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.types import Scope
 
@@ -17,7 +16,7 @@ from service.engine.reconciler import AdapterReconciler
 from service.errors import AuthenticationFailed
 from service.gateway.schema_checks import SchemaChecks
 from service.gateway.shadow import ShadowCaller
-from service.gateway.spans import NO_SPAN, NO_TRACE, RequestTrace
+from service.gateway.spans import NO_TRACE, RequestTrace
 from service.keys.credentials import bearer_token, split_key, verify
 from service.limits.limiter import Grant, Limiter
 from service.records.draft import RecordDraft
@@ -61,12 +60,6 @@ class Gateway:
         except AuthenticationFailed as refusal:
             self.metrics.unauthenticated.labels(refusal.code).inc()
             return refusal
-
-    def span(self, name: str) -> AbstractContextManager[Span]:
-        """A tracing span, or a shared no-op context when tracing is off."""
-        if self.tracing:
-            return self.tracer.start_as_current_span(name)
-        return NO_SPAN
 
     def trace(self, scope: Scope, record: RecordDraft) -> RequestTrace:
         """The request's GenAI spans, or ``NO_TRACE`` (nothing built) when tracing is off."""

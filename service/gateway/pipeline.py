@@ -158,7 +158,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, endpoint: Endpoint
                 answer, body, status = await guard_answer(
                     gw, receive, route, contract, decision.target, prepared, record,
                     answer, keep_logprobs=bool(payload.get("logprobs")),
-                    cap=limits.max_tokens_cap,
+                    cap=limits.max_tokens_cap, trace=trace,
                 )  # fmt: skip
             if shadow is not None:
                 shadow.primary_answered(comparable(answer, chat=endpoint is Endpoint.CHAT))
@@ -231,7 +231,9 @@ def launch_shadow(
     copy = {k: v for k, v in payload.items() if k not in ("stream", "stream_options", "n")}
     endpoint = Endpoint(record.endpoint)
     body = prepare(endpoint, copy, candidate, limits, forced).upstream_body
-    return gw.shadow.launch(record, route.pool, candidate, endpoint, body, route.contract, trace)
+    # Judged by the route's contract, the request's tools joined to it (their calls checked).
+    contract = request_contract(route, copy) if route.contract is not None else None
+    return gw.shadow.launch(record, route.pool, candidate, endpoint, body, contract, trace)
 
 
 def contract_fields(
@@ -269,6 +271,7 @@ async def guard_answer(
     *,
     keep_logprobs: bool,
     cap: int,
+    trace: RequestTrace = NO_TRACE,
 ) -> tuple[dict[str, Any], bytes, int]:
     """Validate and score the answer (asking again once if the policy says so: with twice the
     token budget when it was cut by max_tokens), decide on review, and build the client's body
@@ -281,16 +284,17 @@ async def guard_answer(
     for _ in range(retries):
         if judgement.valid is not False:
             break
-        upstream = prepared.upstream_body
+        upstream, why = prepared.upstream_body, "invalid"
         if judgement.truncated and contract.policy.truncated == "retry":
-            upstream = larger_budget(upstream, cap) or upstream
-        with gw.span("engine.retry_invalid"):
+            upstream, why = larger_budget(upstream, cap) or upstream, "truncated"
+        with trace.calling(target, retry=why):
             reply = await until_disconnected(
                 receive,
                 gw.engines.complete(route.pool, target, Endpoint.CHAT.path, upstream, record.id),
             )
         record.attempts += reply.attempts
         answer = parse_reply(reply.value)
+        trace.replied(answer, reply.replica.url)
         clean(answer, ANSWER_SHAPES[Endpoint.CHAT])
         judgement = judge(answer, contract, request_id=record.id)
     if judgement.valid is False and contract.policy.invalid == "refuse":

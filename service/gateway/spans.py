@@ -65,10 +65,11 @@ class EngineCall:
     ``traceparent``), ended when the whole answer is in or, with what its record knows (a
     stream's end, a failure, a shadow's verdict), by ``end_with``."""
 
-    __slots__ = ("ended", "span", "stream")
+    __slots__ = ("ended", "reasons_from_record", "span")
 
     def __init__(self, span: Span, *, stream: bool = False) -> None:
-        self.span, self.stream, self.ended = span, stream, False
+        # A stream's finish reasons come from its record unless its whole answer is given.
+        self.span, self.reasons_from_record, self.ended = span, stream, False
 
     def current(self) -> AbstractContextManager[Span]:
         return trace.use_span(
@@ -86,7 +87,7 @@ class EngineCall:
             self.span.set_attributes(tracing.server_address(replica))
         if record is not None:
             self.span.set_attributes(record_attributes(record))
-            if self.stream:
+            if self.reasons_from_record:
                 reason = record.finish_reason or tracing.NO_FINISH
                 self.span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [reason])
             if record.error is not None:
@@ -104,6 +105,7 @@ class RequestTrace:
 
     __slots__ = (
         "_adapters",
+        "_answered",
         "_arm",
         "_call",
         "_operation",
@@ -131,6 +133,7 @@ class RequestTrace:
         self._text = content_filter(bodies)
         self._params: dict[str, AttributeValue] = {}
         self._call: EngineCall | None = None
+        self._answered = False
         self._route, self._arm = "", ""
 
     def current(self) -> AbstractContextManager[Span]:
@@ -155,21 +158,28 @@ class RequestTrace:
                 server.set_attribute(gen_ai.GEN_AI_INPUT_MESSAGES, messages)
 
     def engine_call(
-        self, target: str, *, stream: bool = False, arm: str | None = None
+        self, target: str, *, stream: bool = False, arm: str | None = None, retry: str = ""
     ) -> EngineCall:
         """A CLIENT span for a call to ``target`` (a child of the current span)."""
         attributes = {
             tracing.ROUTE: self._route, tracing.ARM: arm or self._arm, **self._params,
             **adapter_attributes(self._adapters.get(target)),
         }  # fmt: skip
-        if arm is not None:  # a shadow copy never streams
+        if arm is not None:  # a shadow copy: never streamed, one choice
             attributes.pop(gen_ai.GEN_AI_REQUEST_STREAM, None)
+            attributes.pop(gen_ai.GEN_AI_REQUEST_CHOICE_COUNT, None)
+        if retry:  # the guard asked again, for a cut answer with a larger budget
+            attributes[tracing.RETRY] = retry
+            attributes.pop(gen_ai.GEN_AI_REQUEST_MAX_TOKENS, None)
         span = tracing.start_client_span(self._tracer, self._operation, target, attributes)
         return EngineCall(span, stream=stream)
 
-    def calling(self, target: str, *, stream: bool = False) -> AbstractContextManager[Span]:
-        """The primary's engine call, its CLIENT span current while the call is made."""
-        self._call = self.engine_call(target, stream=stream)
+    def calling(
+        self, target: str, *, stream: bool = False, retry: str = ""
+    ) -> AbstractContextManager[Span]:
+        """The primary's engine call (``retry``: why the guard asks again), its CLIENT span
+        current while the call is made."""
+        self._call = self.engine_call(target, stream=stream, retry=retry)
         return self._call.current()
 
     def replied(self, answer: Mapping[str, Any], replica: str | None) -> None:
@@ -185,8 +195,19 @@ class RequestTrace:
         if self._call is not None:
             self._call.span.set_attributes(named)
 
+    def streamed(self, answer: Callable[[], Mapping[str, Any]]) -> None:
+        """A finished stream's answer as it was relayed (every choice, its text and tool calls),
+        built only when traced."""
+        whole = answer()
+        self.answered(whole)
+        choices = whole.get("choices")
+        if self._call is not None and isinstance(choices, list):
+            self._call.took({"choices": choices})
+            self._call.reasons_from_record = False
+
     def answered(self, answer: Mapping[str, Any]) -> None:
         """The answer the client gets (after the guard): on the request's span."""
+        self._answered = True
         self._server.set_attributes(tracing.response_attributes(answer))
         choices = answer.get("choices")
         if self._text is not None and isinstance(choices, list):
@@ -194,22 +215,19 @@ class RequestTrace:
             self._server.set_attribute(gen_ai.GEN_AI_OUTPUT_MESSAGES, messages)
 
     def end(self, record: RecordDraft) -> None:
-        """The request is over: usage, verdict, error and (streamed) the answer's text."""
+        """The request is over: usage, verdict, error."""
         if self._call is not None:
             self._call.end_with(record, record.replica)
         server = self._server
         server.set_attributes(record_attributes(record))
         if record.target is not None and record.target != self._route:
             server.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, record.target)
-        if record.stream:
+        if record.stream and not self._answered:  # the stream never opened
             reason = record.finish_reason or tracing.NO_FINISH
             server.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [reason])
-            if self._text is not None and record.response_body is not None:
-                choice = {"text": record.response_body, "finish_reason": record.finish_reason}
-                messages = tracing.output_messages([choice], self._text)
-                server.set_attribute(gen_ai.GEN_AI_OUTPUT_MESSAGES, messages)
         if record.error is not None:
-            tracing.failed(server, record.error.code, record.error.message)
+            error, fault = record.error, record.status_code >= 500
+            tracing.failed(server, error.code, error.message, fault=fault)
         server.end()
 
 
@@ -228,17 +246,22 @@ class NoTrace(RequestTrace):
         pass
 
     def engine_call(
-        self, target: str, *, stream: bool = False, arm: str | None = None
+        self, target: str, *, stream: bool = False, arm: str | None = None, retry: str = ""
     ) -> EngineCall:
         return NO_CALL
 
-    def calling(self, target: str, *, stream: bool = False) -> AbstractContextManager[Span]:
+    def calling(
+        self, target: str, *, stream: bool = False, retry: str = ""
+    ) -> AbstractContextManager[Span]:
         return NO_SPAN
 
     def replied(self, answer: Mapping[str, Any], replica: str | None) -> None:
         pass
 
     def first_event(self, event: Mapping[str, Any]) -> None:
+        pass
+
+    def streamed(self, answer: Callable[[], Mapping[str, Any]]) -> None:
         pass
 
     def answered(self, answer: Mapping[str, Any]) -> None:

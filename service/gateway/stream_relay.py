@@ -69,6 +69,7 @@ class StreamRelay:
         record.response_body = self.answer.recorded_body()
         if self.shadow is not None:
             self.shadow.primary_answered(self.answer.comparable() if record.error is None else None)
+        self.trace.streamed(self.answer.answer)
         self.trace.end(record)
         self.gw.end(record, self.grant)
 

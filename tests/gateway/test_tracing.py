@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from service.auth import Role
 from tests.adapters.test_placement import add_version
@@ -31,6 +31,14 @@ CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
 CONTENT = ("gen_ai.input.messages", "gen_ai.output.messages")
+CALL = ("get_weather", '{"city": "Paris"}')
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 class TracedEngine(FakeEngine):
@@ -223,6 +231,50 @@ async def test_a_streamed_answer_under_a_contract_ends_its_spans_with_usage_and_
     assert server.end_time >= client.end_time
 
 
+async def test_a_stream_of_several_choices_and_a_tool_call_is_traced_whole(
+    sqlite_url: str, tmp_path: Path, engine: TracedEngine
+) -> None:
+    engine.default = Behaviour(tokens=["t0", "t1", "t2", "t3"], tool_calls=[CALL])
+    async with traced(sqlite_url, tmp_path, engine) as (h, exporter):
+        body = chat_body(stream=True, n=2, tools=[TOOL], tool_choice="required")
+        r = await h.client.post(CHAT, json=body, headers=h.auth())
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text
+        spans = await spans_when(h, exporter, lambda s: len(s) == 2)
+    server, client = one(spans, SpanKind.SERVER), one(spans, SpanKind.CLIENT)
+    for span in (server, client):
+        assert attrs(span)["gen_ai.request.choice.count"] == 2
+        assert attrs(span)["gen_ai.response.finish_reasons"] == ("stop", "stop")
+    first, second = json.loads(attrs(server)["gen_ai.output.messages"])
+    name, arguments = CALL
+    assert first["parts"] == [{"type": "tool_call", "id": "call-0", "name": name,
+                               "arguments": json.loads(arguments)}]  # fmt: skip
+    assert second["parts"] == [{"type": "text", "content": "t0t1t2t3"}]
+
+
+async def test_the_guard_asking_again_is_an_engine_call_of_its_own(
+    sqlite_url: str, tmp_path: Path, engine: TracedEngine
+) -> None:
+    review = {"escalate": "never", "invalid": "escalate", "retry_invalid": 1}
+    engine.then(Behaviour(tokens=["Sure", "!"]))  # not the schema's JSON: asked again
+    engine.default = Behaviour(tokens=TOKENS, logprobs=[0.0] * len(TOKENS))
+    async with traced(sqlite_url, tmp_path, engine, routes_file=routes_file(tmp_path, review)) as (
+        h,
+        exporter,
+    ):
+        r = await h.client.post(CHAT, json=chat_body(ROUTE), headers=h.auth())
+        assert r.status_code == 200, r.text
+        spans = await spans_when(h, exporter, lambda s: len(s) == 3)
+    server = one(spans, SpanKind.SERVER)
+    first = one(spans, SpanKind.CLIENT, loragate__retry=None)
+    again = one(spans, SpanKind.CLIENT, loragate__retry="invalid")
+    assert first.end_time is not None and again.start_time is not None
+    assert first.end_time <= again.start_time
+    assert attrs(again)["gen_ai.response.id"] == attrs(server)["gen_ai.response.id"]
+    assert attrs(first)["gen_ai.response.id"] != attrs(again)["gen_ai.response.id"]
+    assert attrs(server)["loragate.guard.schema_valid"] is True
+    assert traceparent_of(engine, again) is not None
+
+
 @pytest.mark.parametrize("bodies", ["none", "redacted"])
 async def test_texts_go_on_spans_only_as_records_keep_them(
     sqlite_url: str, tmp_path: Path, engine: TracedEngine, bodies: str
@@ -286,15 +338,18 @@ async def test_adapter_versions_and_a_shadow_call_carry_their_digests_and_arms(
     assert attrs(server)["gen_ai.response.model"] == "triage@1"
 
 
+@pytest.mark.parametrize(("engine_status", "status"), [(400, 400), (500, 502)])
 async def test_a_failed_engine_call_marks_both_spans_with_its_error(
-    sqlite_url: str, tmp_path: Path, engine: TracedEngine
+    sqlite_url: str, tmp_path: Path, engine: TracedEngine, engine_status: int, status: int
 ) -> None:
-    engine.then(Behaviour(kind="status", status=400))
+    engine.then(Behaviour(kind="status", status=engine_status))
     async with traced(sqlite_url, tmp_path, engine) as (h, exporter):
         r = await h.client.post(CHAT, json=chat_body(), headers=h.auth())
-        assert r.status_code == 400
+        assert r.status_code == status, r.text
         spans = await spans_when(h, exporter, lambda s: len(s) == 2)
     code = r.json()["error"]["code"]
-    for span in spans:
-        assert attrs(span)["error.type"] == code
-        assert span.status.status_code.name == "ERROR"
+    server, client = one(spans, SpanKind.SERVER), one(spans, SpanKind.CLIENT)
+    assert attrs(server)["error.type"] == attrs(client)["error.type"] == code
+    assert client.status.status_code is StatusCode.ERROR
+    # The request's span is an error when the gateway failed, not when the caller's was refused.
+    assert server.status.status_code is (StatusCode.ERROR if status >= 500 else StatusCode.UNSET)
