@@ -42,23 +42,26 @@ routes:
 """
 
 # Short windows so the demo runs in minutes on a laptop CPU; production windows are longer (see
-# the README's rollout spec). The candidate is named on the command line.
+# the README's rollout spec). The candidate is named on the command line. The gates decide with
+# confidence sequences, so in minutes of demo traffic only wide limits can be shown to hold: a
+# 20-point error tolerance (about 35 requests per arm with no errors) and the agreement floor
+# (about 80 shadow answers for a version that agrees on 70 %, 40 to fail one at 23 %). The p95
+# latency and schema-valid gates need 150 or more requests per arm, more than the demo sends.
 ROLLOUT_SPEC: dict[str, Any] = {
     "steps": [
         {"kind": "shadow", "weight": 100, "min_duration_s": 20, "min_samples": 24},
         {"kind": "canary", "weight": 50, "min_duration_s": 20, "min_samples": 8},
     ],
-    "gates": ["error_rate", "latency_p95_ratio", "schema_valid_rate", "agreement"],
+    "gates": ["error_rate", "agreement"],
     "thresholds": {
-        "max_error_rate_increase": 0.05,
-        "max_latency_p95_ratio": 2.0,
-        "max_schema_valid_drop": 0.05,
+        "max_error_rate_increase": 0.2,
         "min_agreement": 0.5,
         "agreement_fields": ["category"],
     },
+    "alpha": 0.05,
     "failure_limit": 2,
-    "inconclusive_limit": 60,
-    "progress_deadline_s": 900,
+    "inconclusive_limit": 150,
+    "progress_deadline_s": 1800,
 }
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from monitoring.metrics import Metrics
 from rollout import store as rollout_store
 from rollout.core.figures import Window
-from rollout.core.gates import GateResult, judge
+from rollout.core.gates import GateResult, judge, latency_alpha
 from rollout.core.machine import (
     RUNNING,
     Command,
@@ -187,7 +187,9 @@ class RolloutControl:
         since = state.step_started_at
         fields = self._output_fields(rollout)
         async with self._sessions() as session:
-            window = await rollout_store.window(session, rollout, since, arm, fields)
+            window = await rollout_store.window(
+                session, rollout, since, arm, fields, latency_alpha(rollout.spec)
+            )
         return Analysis(rollout, since, window, judge(rollout.spec, step, window))
 
     def _output_fields(self, rollout: StoredRollout) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rollout.core.figures import (
     CLIENT_CLOSED,
+    LATENCY_QUANTILE,
     ArmFigures,
     Rate,
     Window,
@@ -26,13 +27,16 @@ from rollout.core.figures import (
 )
 from rollout.core.gates import GateResult, Verdict
 from rollout.core.machine import ACTIVE, Event, Phase, State, traffic
+from rollout.core.sequential import quantile_ranks
 from rollout.core.spec import GateName, RolloutSpec
 from rollout.core.split import Arm, Split
 from service.clock import as_utc
 from service.db.models import RequestRecord, Rollout, RolloutEvent
 
 ACTIVE_PHASES = tuple(p.value for p in ACTIVE)
-# The agreement gate reads the marks of at most this many compared answers (the newest).
+# The agreement gate reads the marks of at most this many compared answers: the step's first
+# ones, so past the cap the gate's sample path stops growing (a confidence sequence stays valid
+# on a prefix of its path; a sliding window of the newest would not).
 MAX_AGREEMENT_SAMPLES = 5_000
 
 
@@ -104,6 +108,8 @@ def _arm(row: Mapping[str, Any]) -> ArmFigures:
         confidence_n=int(row["confidence_n"]),
         agreement_fields={name: _rate(r) for name, r in row["agreement_fields"].items()},
         output_fields=row.get("output_fields", {}),
+        latency_p95_low_ms=row.get("latency_p95_low_ms"),
+        latency_p95_high_ms=row.get("latency_p95_high_ms"), timed=int(row.get("timed", 0)),
     )  # fmt: skip
 
 
@@ -125,10 +131,18 @@ def _state(row: Rollout) -> State:
     )  # fmt: skip
 
 
+# Interval fields a verdict saved before gates had intervals lacks (read as absent).
+INTERVAL_FIELDS = (
+    "low", "high", "candidate_low", "candidate_high", "stable_low", "stable_high", "alpha",
+)  # fmt: skip
+
+
 def _verdict(row: Mapping[str, Any]) -> GateResult:
     return GateResult(
         GateName(row["gate"]), Verdict(row["verdict"]), row["candidate"], row["stable"],
-        row["limit"], row["detail"],
+        row["limit"], row["detail"], **{name: row.get(name) for name in INTERVAL_FIELDS},
+        candidate_samples=int(row.get("candidate_samples", 0)),
+        stable_samples=int(row.get("stable_samples", 0)),
     )  # fmt: skip
 
 
@@ -297,12 +311,15 @@ async def window(
     since: datetime,
     candidate: Arm,
     output_fields: Sequence[str] = (),
+    latency_alpha: float | None = None,
 ) -> Window:
-    """Stable and ``candidate`` figures over the window, aggregated by the database.
+    """Stable and ``candidate`` figures over the window (cumulative since ``since``: the gates'
+    confidence sequences run over the whole step), aggregated by the database.
 
-    Only counts, sums and one p95 row per arm cross into Python, so an analysis costs the same
-    at 100 or 100,000 records; agreement marks are read for the newest compared answers only,
-    and each of ``output_fields`` (categorical answer fields) as counts per arm and value.
+    Only counts, sums and three latency rows per arm (the p95 and its bounds at
+    ``latency_alpha``) cross into Python, so an analysis costs the same at 100 or 100,000
+    records; agreement marks are read for the step's first compared answers only, and each of
+    ``output_fields`` (categorical answer fields) as counts per arm and value.
     """
     in_window = (
         RequestRecord.rollout_id == rollout.id,
@@ -324,9 +341,17 @@ async def window(
     )  # fmt: skip
     arms: dict[str, ArmFigures] = {}
     for arm, n, errors, sv_n, sv, esc_n, esc, conf_n, conf, ok in await session.execute(totals):
-        p95 = await _p95(session, in_window, arm, int(ok or 0))
+        timed = int(ok or 0)
+        p95 = await _latency_at(session, in_window, arm, p95_index(timed) + 1 if timed else None)
+        low_rank, high_rank = (
+            quantile_ranks(timed, LATENCY_QUANTILE, latency_alpha)
+            if latency_alpha is not None else (None, None)
+        )  # fmt: skip
         arms[arm] = ArmFigures(
             samples=int(n), errors=Rate(int(errors or 0), int(n)), latency_p95_ms=p95,
+            latency_p95_low_ms=await _latency_at(session, in_window, arm, low_rank),
+            latency_p95_high_ms=await _latency_at(session, in_window, arm, high_rank),
+            timed=timed,
             schema_valid=Rate(int(sv or 0), int(sv_n)), escalated=Rate(int(esc or 0), int(esc_n)),
             confidence_mean=float(conf) if conf is not None else None, confidence_n=int(conf_n),
         )  # fmt: skip
@@ -336,7 +361,7 @@ async def window(
             select(RequestRecord.agreement)
             .where(*in_window, RequestRecord.arm == Arm.SHADOW.value,
                    RequestRecord.status_code < 400, RequestRecord.agreement.is_not(None))
-            .order_by(RequestRecord.created_at.desc())
+            .order_by(RequestRecord.created_at, RequestRecord.id)
             .limit(MAX_AGREEMENT_SAMPLES)
         )  # fmt: skip
         marks = tuple(m for m in await session.scalars(query) if isinstance(m, dict))
@@ -367,16 +392,17 @@ async def _value_counts(
     return found
 
 
-async def _p95(
-    session: AsyncSession, in_window: tuple[Any, ...], arm: str, ok: int
+async def _latency_at(
+    session: AsyncSession, in_window: tuple[Any, ...], arm: str, rank: int | None
 ) -> float | None:
-    if ok == 0:
+    """The ``rank``-th smallest latency (1-based) of the arm's successful requests."""
+    if rank is None:
         return None
     query = (
         select(RequestRecord.latency_ms)
         .where(*in_window, RequestRecord.arm == arm, RequestRecord.status_code < 400)
         .order_by(RequestRecord.latency_ms)
-        .offset(p95_index(ok))
+        .offset(rank - 1)
         .limit(1)
     )
     value = await session.scalar(query)

@@ -6,9 +6,12 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from rollout.core.sequential import order_statistic, quantile_ranks
 from rollout.core.split import Arm
 
 CLIENT_CLOSED = 499
+# The latency gate judges this quantile of successful requests' latency.
+LATENCY_QUANTILE = 0.95
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,11 @@ class ArmFigures:
     samples: int = 0
     errors: Rate = field(default_factory=Rate)
     latency_p95_ms: float | None = None
+    # The p95's confidence-sequence bounds at the latency gate's level (``latency_bounds``):
+    # ``None`` where the sample cannot bound that side yet.
+    latency_p95_low_ms: float | None = None
+    latency_p95_high_ms: float | None = None
+    timed: int = 0  # successful requests, the latencies the p95 is taken over
     schema_valid: Rate = field(default_factory=Rate)
     escalated: Rate = field(default_factory=Rate)
     confidence_mean: float | None = None
@@ -68,6 +76,17 @@ def p95_index(count: int) -> int:
 
 def p95(values: Sequence[float]) -> float | None:
     return sorted(values)[p95_index(len(values))] if values else None
+
+
+def latency_bounds(
+    sorted_ms: Sequence[float], alpha: float | None
+) -> tuple[float | None, float | None]:
+    """The order statistics that bracket the p95 at level ``alpha`` (none without a level)."""
+    if alpha is None or not sorted_ms:
+        return None, None
+    low, high = quantile_ranks(len(sorted_ms), LATENCY_QUANTILE, alpha)
+    values = list(sorted_ms)
+    return order_statistic(values, low), order_statistic(values, high)
 
 
 def agreement_rates(marks: Iterable[Mapping[str, bool]]) -> dict[str, Rate]:
@@ -99,16 +118,25 @@ def _rate(flags: Iterable[bool | None]) -> Rate:
 
 
 def arm_figures(
-    samples: Sequence[Sample], output_fields: Collection[str] | None = None
+    samples: Sequence[Sample],
+    output_fields: Collection[str] | None = None,
+    latency_alpha: float | None = None,
 ) -> ArmFigures:
+    """The arm's figures over every sample given (the whole step so far: a confidence sequence
+    runs over the whole sample path, never a sliding window). ``latency_alpha`` is the level of
+    each arm's p95 bounds."""
     # A client that hung up says nothing about the version that served it.
     served = [s for s in samples if s.status_code != CLIENT_CLOSED]
-    ok_latency = [s.latency_ms for s in served if s.status_code < 400]
+    ok_latency = sorted(s.latency_ms for s in served if s.status_code < 400)
     confidences = [s.confidence for s in served if s.confidence is not None]
+    low, high = latency_bounds(ok_latency, latency_alpha)
     return ArmFigures(
         samples=len(served),
         errors=Rate(sum(s.status_code >= 500 for s in served), len(served)),
         latency_p95_ms=p95(ok_latency),
+        latency_p95_low_ms=low,
+        latency_p95_high_ms=high,
+        timed=len(ok_latency),
         schema_valid=_rate(s.schema_valid for s in served),
         escalated=_rate(s.escalated for s in served),
         confidence_mean=sum(confidences) / len(confidences) if confidences else None,
@@ -123,12 +151,15 @@ def arm_figures(
 
 
 def window(
-    samples: Iterable[Sample], candidate_arm: Arm, output_fields: Collection[str] | None = None
+    samples: Iterable[Sample],
+    candidate_arm: Arm,
+    output_fields: Collection[str] | None = None,
+    latency_alpha: float | None = None,
 ) -> Window:
     stable = [s for s in samples if s.arm is Arm.STABLE]
     candidate = [s for s in samples if s.arm is candidate_arm]
     return Window(
-        arm_figures(stable, output_fields),
-        arm_figures(candidate, output_fields),
+        arm_figures(stable, output_fields, latency_alpha),
+        arm_figures(candidate, output_fields, latency_alpha),
         tuple(s.agreement for s in candidate if s.agreement is not None and s.status_code < 400),
     )

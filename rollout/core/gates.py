@@ -1,180 +1,187 @@
-"""Each gate's verdict on one analysis window. Pure.
+"""Each gate's verdict on the current step's cumulative window. Pure.
 
-Too few samples, or no data for a gate's figure, is ``inconclusive``: never a pass.
+Every gate judges candidate against stable with a confidence sequence (``sequential``) at its
+share of the rollout's ``alpha``: ``alpha`` is split evenly over every (gate, step) pair the spec
+judges, and a two-arm gate splits its share again between the arms, so with probability at least
+``1 - alpha`` no gate of the rollout, at any step or any analysis, passes a version that is
+beyond its limit or fails one that is within it. Too few samples (a step's ``min_samples``),
+or no data for a gate's figure, is ``inconclusive``: never a pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import replace
+from typing import NamedTuple
 
+from rollout.core import wording
 from rollout.core.agreement import score
+from rollout.core.drift_gate import output_drift
 from rollout.core.figures import ArmFigures, Rate, Window
+from rollout.core.sequential import Interval, difference, mean_interval, split
 from rollout.core.spec import GateName, RolloutSpec, Step, StepKind
-from service.drift.statistics import category_bins, js_distance
+from rollout.core.verdicts import GateResult, Verdict, at_least, at_most, overall
 
-# Rates are differences of fractions: 1.0 - 0.98 is 0.020000000000000018, and a limit is "at most".
-EPSILON = 1e-9
-
-
-class Verdict(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
-
-
-@dataclass(frozen=True, slots=True)
-class GateResult:
-    gate: GateName
-    verdict: Verdict
-    candidate: float | None
-    stable: float | None
-    limit: float
-    detail: str
-
-
-def overall(results: tuple[GateResult, ...]) -> Verdict:
-    verdicts = {r.verdict for r in results}
-    if Verdict.FAIL in verdicts:
-        return Verdict.FAIL
-    if Verdict.INCONCLUSIVE in verdicts or not results:
-        return Verdict.INCONCLUSIVE
-    return Verdict.PASS
+__all__ = ["GateResult", "Verdict", "applies", "gate_alpha", "judge", "latency_alpha", "overall"]
 
 
 def applies(gate: GateName, step: Step) -> bool:
     return gate is not GateName.AGREEMENT or step.kind is StepKind.SHADOW
 
 
+def gate_alpha(spec: RolloutSpec) -> float:
+    """Each (gate, step) pair's share of the rollout's ``alpha``."""
+    pairs = sum(applies(gate, step) for step in spec.steps for gate in spec.gates)
+    return split(spec.alpha, pairs)
+
+
+def latency_alpha(spec: RolloutSpec) -> float:
+    """The level of each arm's p95 bounds: half the latency gate's share."""
+    return gate_alpha(spec) / 2
+
+
 def judge(spec: RolloutSpec, step: Step, window: Window) -> tuple[GateResult, ...]:
-    return tuple(_judge(gate, spec, step, window) for gate in spec.gates if applies(gate, step))
+    alpha = gate_alpha(spec)
+    return tuple(
+        _judge(gate, spec, step, window, alpha) for gate in spec.gates if applies(gate, step)
+    )
 
 
-def _judge(gate: GateName, spec: RolloutSpec, step: Step, w: Window) -> GateResult:
+def _judge(gate: GateName, spec: RolloutSpec, step: Step, w: Window, alpha: float) -> GateResult:
     t = spec.thresholds
     need = step.min_samples
-    few = _too_few(gate, w, need)
+    few = _too_few(w, need) if gate not in (GateName.AGREEMENT, GateName.OUTPUT_DRIFT) else ""
+    c, s = w.candidate, w.stable
     if gate is GateName.ERROR_RATE:
-        return _higher_is_worse(
-            gate, w.candidate.errors, w.stable.errors, t.max_error_rate_increase, few
+        return rate_gate(
+            gate, tally(c.errors), tally(s.errors), t.max_error_rate_increase, few, alpha
         )
     if gate is GateName.ESCALATION_RATE:
-        return _higher_is_worse(
-            gate, w.candidate.escalated, w.stable.escalated, t.max_escalation_rate_increase,
-            few or _few_judged(w.candidate.escalated.total, w.stable.escalated.total, need),
-        )  # fmt: skip
+        few = few or _few_judged(c.escalated.total, s.escalated.total, need)
+        limit = t.max_escalation_rate_increase
+        return rate_gate(gate, tally(c.escalated), tally(s.escalated), limit, few, alpha)
     if gate is GateName.SCHEMA_VALID_RATE:
-        c, s = w.candidate.schema_valid, w.stable.schema_valid
-        few = few or _few_judged(c.total, s.total, need)
-        return _lower_is_worse(gate, c.value, s.value, t.max_schema_valid_drop, few)
+        few = few or _few_judged(c.schema_valid.total, s.schema_valid.total, need)
+        limit = t.max_schema_valid_drop
+        return rate_gate(gate, tally(c.schema_valid), tally(s.schema_valid), limit, few, alpha)
     if gate is GateName.MEAN_CONFIDENCE:
-        c_arm, s_arm = w.candidate, w.stable
-        few = few or _few_judged(c_arm.confidence_n, s_arm.confidence_n, need)
-        return _lower_is_worse(
-            gate, c_arm.confidence_mean, s_arm.confidence_mean, t.max_confidence_drop, few
-        )
+        few = few or _few_judged(c.confidence_n, s.confidence_n, need)
+        return rate_gate(gate, _confidence(c), _confidence(s), t.max_confidence_drop, few, alpha)
     if gate is GateName.LATENCY_P95_RATIO:
-        return _latency(w.candidate, w.stable, t.max_latency_p95_ratio, few)
+        return latency_gate(c, s, t.max_latency_p95_ratio, few, alpha)
     if gate is GateName.OUTPUT_DRIFT:
-        return _output_drift(w, t.max_output_drift, need)
-    return _agreement(spec, w, need)
+        return output_drift(w, t.max_output_drift, need, alpha)
+    return _agreement(spec, w, need, alpha)
 
 
-def _too_few(gate: GateName, w: Window, need: int) -> str:
-    if gate in (GateName.AGREEMENT, GateName.OUTPUT_DRIFT):
-        return ""
+def _too_few(w: Window, need: int) -> str:
     if w.candidate.samples < need or w.stable.samples < need:
-        return (
-            f"{w.candidate.samples} candidate and {w.stable.samples} stable samples, {need} needed"
-        )
+        return wording.too_few(w.candidate.samples, w.stable.samples, need)
     return ""
 
 
 def _few_judged(candidate_n: int, stable_n: int, need: int) -> str:
     if min(candidate_n, stable_n) < need:
-        return (
-            f"figure known for {candidate_n} candidate and {stable_n} stable answers, {need} needed"
-        )
+        return wording.too_few(candidate_n, stable_n, need, "answers with this figure")
     return ""
 
 
-def _inconclusive(
-    gate: GateName, c: float | None, s: float | None, limit: float, why: str
+class Tally(NamedTuple):
+    """Values in [0, 1] (flags or scores): their sum and their count."""
+
+    hits: float
+    total: int
+
+    @property
+    def value(self) -> float | None:
+        return self.hits / self.total if self.total else None
+
+
+def tally(rate: Rate) -> Tally:
+    return Tally(float(rate.hits), rate.total)
+
+
+def _confidence(arm: ArmFigures) -> Tally:
+    """Mean confidence as a [0, 1] mean: the sum of the scores over their count."""
+    mean = arm.confidence_mean
+    return Tally(0.0, 0) if mean is None else Tally(mean * arm.confidence_n, arm.confidence_n)
+
+
+# Gates where a lower candidate figure is the worse one: their limit bounds stable minus candidate.
+LOWER_IS_WORSE = frozenset({GateName.SCHEMA_VALID_RATE, GateName.MEAN_CONFIDENCE})
+
+
+def rate_gate(
+    gate: GateName, c: Tally, s: Tally, limit: float, few: str, alpha: float
 ) -> GateResult:
-    return GateResult(gate, Verdict.INCONCLUSIVE, c, s, limit, why)
-
-
-def _higher_is_worse(gate: GateName, c: Rate, s: Rate, limit: float, few: str) -> GateResult:
     cv, sv = c.value, s.value
+    base = GateResult(
+        gate, Verdict.INCONCLUSIVE, cv, sv, limit, "", candidate_samples=c.total,
+        stable_samples=s.total, alpha=alpha,
+    )  # fmt: skip
     if few or cv is None or sv is None:
-        return _inconclusive(gate, cv, sv, limit, few or "no data")
-    verdict = Verdict.PASS if cv - sv <= limit + EPSILON else Verdict.FAIL
-    return GateResult(gate, verdict, cv, sv, limit, f"{cv:.3f} vs {sv:.3f} (at most +{limit})")
+        return _with(base, detail=few or wording.no_data(gate))
+    ci = mean_interval(c.hits, c.total, alpha / 2)
+    si = mean_interval(s.hits, s.total, alpha / 2)
+    judged = difference(si, ci) if gate in LOWER_IS_WORSE else difference(ci, si)
+    verdict = at_most(judged, limit)
+    return _with(
+        base, verdict=verdict, low=judged.low, high=judged.high,
+        candidate_low=ci.low, candidate_high=ci.high, stable_low=si.low, stable_high=si.high,
+        detail=wording.rates(gate, cv, ci, sv, si, judged, limit, verdict, c.total, s.total),
+    )  # fmt: skip
 
 
-def _lower_is_worse(
-    gate: GateName, cv: float | None, sv: float | None, limit: float, few: str
-) -> GateResult:
-    if few or cv is None or sv is None:
-        return _inconclusive(gate, cv, sv, limit, few or "no data")
-    verdict = Verdict.PASS if sv - cv <= limit + EPSILON else Verdict.FAIL
-    return GateResult(gate, verdict, cv, sv, limit, f"{cv:.3f} vs {sv:.3f} (at most -{limit})")
-
-
-def _latency(c: ArmFigures, s: ArmFigures, limit: float, few: str) -> GateResult:
+def latency_gate(c: ArmFigures, s: ArmFigures, limit: float, few: str, alpha: float) -> GateResult:
     gate = GateName.LATENCY_P95_RATIO
     cv, sv = c.latency_p95_ms, s.latency_p95_ms
-    if few or cv is None or sv is None or sv <= 0:
-        return _inconclusive(gate, cv, sv, limit, few or "no successful requests to time")
-    ratio = cv / sv
-    verdict = Verdict.PASS if ratio <= limit else Verdict.FAIL
-    return GateResult(
-        gate,
-        verdict,
-        cv,
-        sv,
-        limit,
-        f"p95 {cv:.0f} ms vs {sv:.0f} ms: x{ratio:.2f} (at most x{limit})",
-    )
-
-
-def _agreement(spec: RolloutSpec, w: Window, need: int) -> GateResult:
-    gate, limit = GateName.AGREEMENT, spec.thresholds.min_agreement
-    scores = [
-        v
-        for marks in w.agreements
-        if (v := score(marks, spec.thresholds.agreement_fields)) is not None
-    ]
-    if len(scores) < need:
-        return _inconclusive(
-            gate, None, None, limit, f"{len(scores)} compared answers, {need} needed"
-        )
-    mean = sum(scores) / len(scores)
-    verdict = Verdict.PASS if mean >= limit else Verdict.FAIL
-    return GateResult(
-        gate, verdict, mean, None, limit, f"{mean:.3f} of compared fields agree (at least {limit})"
-    )
-
-
-def _output_drift(w: Window, limit: float, need: int) -> GateResult:
-    """The worst Jensen-Shannon distance between the candidate's and stable's values of a
-    categorical answer field, over the fields both arms answered ``need`` times."""
-    gate = GateName.OUTPUT_DRIFT
-    distances: dict[str, float] = {}
-    for name in sorted(set(w.candidate.output_fields) | set(w.stable.output_fields)):
-        cand = w.candidate.output_fields.get(name, {})
-        stable = w.stable.output_fields.get(name, {})
-        if min(sum(cand.values()), sum(stable.values())) < need:
-            continue
-        _, stable_counts, cand_counts = category_bins(stable, cand)
-        distances[name] = js_distance(stable_counts, cand_counts)
-    if not distances:
-        return _inconclusive(
-            gate, None, None, limit, f"no answer field with {need} values on both arms"
-        )
-    name, worst = max(distances.items(), key=lambda item: item[1])
-    verdict = Verdict.PASS if worst <= limit + EPSILON else Verdict.FAIL
-    return GateResult(
-        gate, verdict, worst, None, limit,
-        f"{name}: Jensen-Shannon distance {worst:.3f} from stable (at most {limit})",
+    base = GateResult(
+        gate, Verdict.INCONCLUSIVE, cv, sv, limit, "", candidate_samples=c.timed,
+        stable_samples=s.timed, alpha=alpha,
     )  # fmt: skip
+    if few or cv is None or sv is None or sv <= 0:
+        return _with(base, detail=few or wording.no_data(gate))
+    c_low, c_high = c.latency_p95_low_ms or 0.0, c.latency_p95_high_ms
+    s_low, s_high = s.latency_p95_low_ms or 0.0, s.latency_p95_high_ms
+    # The ratio's interval: the candidate's bounds over the stable's opposite ones. An end the
+    # sample cannot bound yet (too few requests for the 95th percentile) leaves it open.
+    high = c_high / s_low if c_high is not None and s_low > 0 else float("inf")
+    low = c_low / s_high if s_high is not None and s_high > 0 else 0.0
+    judged = Interval(min(low, cv / sv), max(high, cv / sv))
+    verdict = at_most(judged, limit)
+    return _with(
+        base, verdict=verdict, low=judged.low, high=judged.high if high != float("inf") else None,
+        candidate_low=c_low, candidate_high=c_high, stable_low=s_low, stable_high=s_high,
+        detail=wording.latency(cv, (c_low, c_high), sv, (s_low, s_high), judged, limit, verdict),
+    )  # fmt: skip
+
+
+def _agreement(spec: RolloutSpec, w: Window, need: int, alpha: float) -> GateResult:
+    fields = spec.thresholds.agreement_fields
+    scores = [v for marks in w.agreements if (v := score(marks, fields)) is not None]
+    what = wording.compared(w.agreements, fields)
+    return agreement_gate(
+        Tally(sum(scores), len(scores)), spec.thresholds.min_agreement, need, alpha, what
+    )
+
+
+def agreement_gate(scores: Tally, limit: float, need: int, alpha: float, what: str) -> GateResult:
+    """The mean agreement score (in [0, 1]) of the compared answers against its floor."""
+    gate, n = GateName.AGREEMENT, scores.total
+    if n < need or scores.value is None:
+        return GateResult(
+            gate, Verdict.INCONCLUSIVE, None, None, limit, wording.too_few_compared(n, need),
+            candidate_samples=n, alpha=alpha,
+        )  # fmt: skip
+    mean = scores.value
+    judged = mean_interval(scores.hits, n, alpha)
+    verdict = at_least(judged, limit)
+    return GateResult(
+        gate, verdict, mean, None, limit,
+        wording.agreement(what, mean, judged, n, limit, verdict),
+        low=judged.low, high=judged.high, candidate_low=judged.low, candidate_high=judged.high,
+        candidate_samples=n, alpha=alpha,
+    )  # fmt: skip
+
+
+def _with(base: GateResult, **changes: object) -> GateResult:
+    return replace(base, **changes)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ the rollout is active and cleared when it ends).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from rollout.core.figures import Sample, Window, window
-from rollout.core.gates import Verdict, judge, overall
+from rollout.core.gates import Verdict, judge, latency_alpha, overall
 from rollout.core.machine import (
     ACTIVE,
     RUNNING,
@@ -37,7 +38,9 @@ from rollout.core.split import Arm
 ROUTES = ("route-a", "route-b")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 MIN_SAMPLES = 5
-ENOUGH = 12
+# Enough for every gate's interval to decide at the specs' alpha (0.5, split over up to 35
+# (gate, step) pairs): a window of the same version passes, one of errors fails.
+ENOUGH = 4000
 
 TERMINAL = frozenset(Phase) - ACTIVE
 # The phases each command fits, and those where it already took effect (a repeat: no event).
@@ -97,6 +100,7 @@ def specs(draw: st.DrawFn) -> RolloutSpec:
         candidate="triage@2",
         steps=tuple(steps),
         gates=gates,
+        alpha=0.5,
         failure_limit=draw(st.integers(1, 3)),
         inconclusive_limit=draw(st.integers(1, 3)),
         progress_deadline_s=draw(st.sampled_from([120.0, 300.0])),
@@ -108,7 +112,8 @@ def samples(arm: Arm, n: int, status: int = 200, latency_ms: float = 100.0) -> l
     return [Sample(arm, status, latency_ms, True, False, 0.9, agreed, answer) for _ in range(n)]
 
 
-def build_window(kind: str, arm: Arm) -> Window:
+@functools.lru_cache(maxsize=64)
+def build_window(kind: str, arm: Arm, level: float) -> Window:
     stable = samples(Arm.STABLE, ENOUGH)
     candidate = {
         "pass": samples(arm, ENOUGH),
@@ -117,7 +122,7 @@ def build_window(kind: str, arm: Arm) -> Window:
         "too_few": samples(arm, MIN_SAMPLES - 1),
         "empty": [],
     }[kind]
-    return window(stable + candidate, arm)
+    return window(stable + candidate, arm, None, level)
 
 
 class RouteBusy(Exception):
@@ -264,7 +269,8 @@ class RolloutBook(RuleBasedStateMachine):
         old, spec = rollout.state, rollout.spec
         # The controller judges the current step's window once and ticks on those verdicts.
         arm = Arm.SHADOW if old.serving_phase() is Phase.SHADOW else Arm.CANARY
-        verdicts = judge(spec, spec.steps[old.step], build_window(kind, arm))
+        window_now = build_window(kind, arm, latency_alpha(spec))
+        verdicts = judge(spec, spec.steps[old.step], window_now)
         out = tick(old, spec, verdicts, self.now)
         self.save(rollout, out, None)
         new = out.state
