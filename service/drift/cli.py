@@ -200,8 +200,10 @@ def render(report: DriftOut) -> str:
 
 @drift_app.command("minimums")
 def minimums() -> None:
-    """What smaller drift minimums cost, as measured (bench/drift_false_alarms.py): a quiet
-    route may set `monitoring.drift.min_samples` and `reference_min_samples` in its YAML."""
+    """What smaller drift minimums cost, as measured.
+
+    From bench/drift_false_alarms.py; a quiet route sets them in its YAML entry
+    (monitoring.drift.min_samples and reference_min_samples)."""
     header = ("reference", "window", "false alarms", "at drift", "0.16 move caught",
               "shuffled caught")  # fmt: skip
     rows = [
@@ -226,8 +228,11 @@ def status(
     until: UntilOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON instead.")] = False,
 ) -> None:
-    """Each model feature's drift score and status (ok, warn, drift, insufficient), worst
-    first, judged as a route; then the route's service health against its targets."""
+    """Drift of the model's features, worst first, then service health.
+
+    Each feature's score and status (ok, warn, drift, insufficient), judged as a route at its
+    false-alarm rate; then latency, time to first token, errors and answers cut by a limit
+    against the route's targets (never drift)."""
     payload = _fetch(ctx, route, key, url, since, until)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))

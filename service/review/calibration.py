@@ -98,7 +98,7 @@ def _json(text: str | None) -> Any:
 
 
 def field_outcomes(
-    state: str, answer: str, corrected: str | None, scores: Mapping[str, float] | None
+    state: str, answer: str | None, corrected: str | None, scores: Mapping[str, float] | None
 ) -> list[Outcome]:
     """The fields of a decided answer: every field of an approved answer was right; of a
     corrected one, a field the reviewer changed was wrong and one left alike was right. A

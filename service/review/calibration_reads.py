@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rollout.core.split import Arm
@@ -26,7 +26,7 @@ from service.review.model import EVERYTHING, Scope
 from service.review.queue import scope_clauses
 
 # The newest reviewed answers read per figure: enough for tight bins, bounded for the page.
-MAX_REVIEWED = 20_000
+MAX_REVIEWED = 10_000
 # Answers a client got (a shadow answer is never escalated, so it never counts here).
 ANSWERED_ARMS = (Arm.STABLE.value, Arm.CANARY.value)
 MIN_SPAN = timedelta(hours=1)
@@ -52,11 +52,14 @@ async def reviewed(
     target: str | None = None,
 ) -> dict[tuple[str, str], list[Reviewed]]:  # fmt: skip
     """Per (route, version): its decided review items with a confidence, newest first."""
+    is_correction = ReviewItem.state == "corrected"
     query = (
         select(
             ReviewItem.id, ReviewItem.route, ReviewItem.target, ReviewItem.state,
-            ReviewItem.confidence, ReviewItem.field_confidence, ReviewItem.answer,
-            ReviewItem.corrected_answer,
+            ReviewItem.confidence, ReviewItem.field_confidence,
+            # Only a correction is compared field by field: other answers' texts stay unread.
+            case((is_correction, ReviewItem.answer), else_=None),
+            case((is_correction, ReviewItem.corrected_answer), else_=None),
         )
         .where(
             ReviewItem.state.in_((KEPT, *CHANGED)), ReviewItem.confidence.is_not(None),
