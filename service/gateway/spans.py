@@ -65,11 +65,12 @@ class EngineCall:
     ``traceparent``), ended when the whole answer is in or, with what its record knows (a
     stream's end, a failure, a shadow's verdict), by ``end_with``."""
 
-    __slots__ = ("ended", "reasons_from_record", "span")
+    __slots__ = ("ended", "reasons_from_record", "recording", "span")
 
     def __init__(self, span: Span, *, stream: bool = False) -> None:
         # A stream's finish reasons come from its record unless its whole answer is given.
         self.span, self.reasons_from_record, self.ended = span, stream, False
+        self.recording = span.is_recording()  # False when the sampler left this trace out
 
     def current(self) -> AbstractContextManager[Span]:
         return trace.use_span(
@@ -78,10 +79,12 @@ class EngineCall:
 
     def took(self, answer: Mapping[str, Any]) -> None:
         """The answer's id, model, finish reasons and usage."""
-        self.span.set_attributes(tracing.response_attributes(answer))
+        if self.recording:
+            self.span.set_attributes(tracing.response_attributes(answer))
 
     def end_with(self, record: RecordDraft | None, replica: str | None) -> None:
-        if self.ended:
+        if self.ended or not self.recording:
+            self._end()
             return
         if replica:
             self.span.set_attributes(tracing.server_address(replica))
@@ -110,6 +113,7 @@ class RequestTrace:
         "_call",
         "_operation",
         "_params",
+        "_recording",
         "_route",
         "_server",
         "_text",
@@ -130,6 +134,8 @@ class RequestTrace:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self._server = tracing.start_server_span(tracer, self._operation, headers)
         self._server.set_attribute(tracing.REQUEST_ID, request_id)
+        # A trace the sampler leaves out still carries its context to the engine, nothing else.
+        self._recording = self._server.is_recording()
         self._text = content_filter(bodies)
         self._params: dict[str, AttributeValue] = {}
         self._call: EngineCall | None = None
@@ -141,6 +147,8 @@ class RequestTrace:
         return trace.use_span(self._server, end_on_exit=False)
 
     def routed(self, route: RouteView, decision: Decision, payload: Mapping[str, Any]) -> None:
+        if not self._recording:
+            return
         self._route, self._arm = route.name, decision.arm.value
         self._params = tracing.request_attributes(payload)
         if route.contract is not None:  # its schema is sent to the engine with every request
@@ -161,6 +169,8 @@ class RequestTrace:
         self, target: str, *, stream: bool = False, arm: str | None = None, retry: str = ""
     ) -> EngineCall:
         """A CLIENT span for a call to ``target`` (a child of the current span)."""
+        if not self._recording:
+            return EngineCall(tracing.start_client_span(self._tracer, self._operation, target, {}))
         attributes = {
             tracing.ROUTE: self._route, tracing.ARM: arm or self._arm, **self._params,
             **adapter_attributes(self._adapters.get(target)),
@@ -198,6 +208,8 @@ class RequestTrace:
     def streamed(self, answer: Callable[[], Mapping[str, Any]]) -> None:
         """A finished stream's answer as it was relayed (every choice, its text and tool calls),
         built only when traced."""
+        if not self._recording:
+            return
         whole = answer()
         self.answered(whole)
         choices = whole.get("choices")
@@ -207,6 +219,8 @@ class RequestTrace:
 
     def answered(self, answer: Mapping[str, Any]) -> None:
         """The answer the client gets (after the guard): on the request's span."""
+        if not self._recording:
+            return
         self._answered = True
         self._server.set_attributes(tracing.response_attributes(answer))
         choices = answer.get("choices")
@@ -219,6 +233,9 @@ class RequestTrace:
         if self._call is not None:
             self._call.end_with(record, record.replica)
         server = self._server
+        if not self._recording:
+            server.end()
+            return
         server.set_attributes(record_attributes(record))
         if record.target is not None and record.target != self._route:
             server.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, record.target)

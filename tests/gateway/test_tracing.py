@@ -176,6 +176,21 @@ async def test_a_request_is_a_server_span_over_a_client_span_continuing_the_call
     assert traceparent_of(engine, client) == f"00-{CALLER_TRACE}-{client.context.span_id:016x}-01"
 
 
+async def test_a_trace_the_caller_did_not_sample_is_not_recorded_but_still_propagated(
+    sqlite_url: str, tmp_path: Path, engine: TracedEngine
+) -> None:
+    unsampled = "0af7651916cd43dd8448eb211c80319c"
+    async with traced(sqlite_url, tmp_path, engine) as (h, exporter):
+        for traceparent in (f"00-{unsampled}-{CALLER_SPAN}-00", TRACEPARENT):
+            headers = {**h.auth(), "traceparent": traceparent}
+            assert (await h.client.post(CHAT, json=chat_body(), headers=headers)).is_success
+        spans = await spans_when(h, exporter, lambda s: len(s) == 2)
+    assert {f"{s.context.trace_id:032x}" for s in spans} == {CALLER_TRACE}
+    # The engine still continues the caller's trace, unsampled, as the caller decided.
+    sent = [h["traceparent"] for h in engine.headers if unsampled in h.get("traceparent", "")]
+    assert len(sent) == 1 and sent[0].endswith("-00")
+
+
 async def test_a_legacy_completion_is_a_text_completion(
     sqlite_url: str, tmp_path: Path, engine: TracedEngine
 ) -> None:
