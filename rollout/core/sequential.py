@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import brentq
 from scipy.special import betaln, xlog1py, xlogy
 
@@ -61,14 +62,20 @@ class Interval:
         return self.low <= value <= self.high
 
 
-def _log_mixture(p: float, total: float, n: int) -> float:
-    """``log M_n(p)`` for ``n`` observations summing to ``total``."""
-    return float(
+def log_mixture(p: float, total: ArrayLike, n: ArrayLike) -> np.ndarray:
+    """``log M_n(p)`` for ``n`` observations summing to ``total`` (element-wise over arrays):
+    ``p`` lies outside the interval exactly where this reaches ``log(1 / alpha)``."""
+    total, n = np.asarray(total, dtype=float), np.asarray(n, dtype=float)
+    return np.asarray(
         betaln(PRIOR_A + total, PRIOR_B + n - total)
         - betaln(PRIOR_A, PRIOR_B)
         - xlogy(total, p)
         - xlog1py(n - total, -p)
     )
+
+
+def _log_mixture(p: float, total: float, n: int) -> float:
+    return float(log_mixture(p, total, n))
 
 
 def mean_interval(total: float, n: int, alpha: float) -> Interval:
@@ -104,13 +111,7 @@ def quantile_ranks(n: int, q: float, alpha: float) -> tuple[int | None, int | No
     yet (the lower end is then 0, the upper one unbounded)."""
     if n <= 0:
         return None, None
-    counts = np.arange(n + 1, dtype=float)
-    log_m = (
-        betaln(PRIOR_A + counts, PRIOR_B + n - counts)
-        - betaln(PRIOR_A, PRIOR_B)
-        - xlogy(counts, q)
-        - xlog1py(n - counts, -q)
-    )
+    log_m = log_mixture(q, np.arange(n + 1, dtype=float), n)
     allowed = np.flatnonzero(log_m < math.log(1 / alpha))
     if allowed.size == 0:  # cannot happen for 0 < q < 1, but a caller must not index nothing
         return None, None
