@@ -111,8 +111,24 @@ def quantile_ranks(n: int, q: float, alpha: float) -> tuple[int | None, int | No
     yet (the lower end is then 0, the upper one unbounded)."""
     if n <= 0:
         return None, None
-    log_m = log_mixture(q, np.arange(n + 1, dtype=float), n)
-    allowed = np.flatnonzero(log_m < math.log(1 / alpha))
+    level = math.log(1 / alpha)
+    # The allowed counts are an interval around q * n (log M is convex in the count): search a
+    # window a few standard deviations wide, doubled until both ends of the interval lie in it.
+    width = 16 + int(4 * math.sqrt(n * q * (1 - q) * (level + math.log(n + 1))))
+    while True:
+        first = max(0, int(q * n) - width)
+        last = min(n, int(q * n) + width)
+        counts = np.arange(first, last + 1, dtype=float)
+        allowed = np.flatnonzero(log_mixture(q, counts, n) < level) + first
+        if first == 0 and last == n:
+            break
+        if (
+            allowed.size
+            and (allowed[0] > first or first == 0)
+            and (allowed[-1] < last or last == n)
+        ):
+            break
+        width *= 2
     if allowed.size == 0:  # cannot happen for 0 < q < 1, but a caller must not index nothing
         return None, None
     fewest, most = int(allowed[0]), int(allowed[-1])

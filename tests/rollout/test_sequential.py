@@ -193,3 +193,13 @@ def test_agreement_passes_only_above_its_floor(
     if result.verdict is not Verdict.INCONCLUSIVE:
         # A decided gate's interval excludes the floor.
         assert not result.low < floor - 1e-9 < result.high
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 20_000), st.sampled_from([0.5, 0.9, 0.95, 0.99]), st.floats(0.0001, 0.4))
+def test_quantile_ranks_search_finds_every_allowed_count(n: int, q: float, alpha: float) -> None:
+    """The windowed search gives the ranks the whole range of counts would."""
+    allowed = np.flatnonzero(log_mixture(q, np.arange(n + 1, dtype=float), n) < np.log(1 / alpha))
+    fewest, most = int(allowed[0]), int(allowed[-1])
+    expected = (fewest if fewest >= 1 else None, most + 1 if most + 1 <= n else None)
+    assert quantile_ranks(n, q, alpha) == expected
