@@ -493,7 +493,9 @@ class Settings(BaseSettings):
     )
 
     otlp_endpoint: str | None = Field(
-        default=None, description="OTLP/HTTP traces endpoint; tracing is off when unset."
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces) for the "
+        "gateway's GenAI spans and the managed vLLM's own; tracing is off when unset.",
     )
     log_level: str = "INFO"
 
