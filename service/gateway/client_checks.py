@@ -13,6 +13,7 @@ still invalid; a stream, whose tokens are already out, ends with the verdict ins
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -47,16 +48,20 @@ def request_contract(route: RouteView, payload: Mapping[str, Any]) -> RouteContr
         name: ContractValidator(schema, checked=True)
         for name, schema in tool_schemas(payload).items()
     }
-    if route.contract is not None:
-        return route.contract.with_tools(tools)
-    if not asks_checks(payload):
-        return None
     response_format = payload.get("response_format")
     mode = response_format.get("type") if isinstance(response_format, dict) else None
     validator = None
     if mode in JSON_MODES:
         validator = ContractValidator(client_schema(payload) or ANY_OBJECT, checked=True)
-    return RouteContract.client_checks(validator).with_tools(tools)
+    contract = route.contract
+    if contract is None:
+        if validator is None and not tools:
+            return None
+        return RouteContract.client_checks(validator).with_tools(tools)
+    if contract.validator is None and validator is not None:
+        # A review policy without a schema: the client's JSON mode is checked under it.
+        contract = replace(contract, validator=validator)
+    return contract.with_tools(tools)
 
 
 def larger_budget(upstream_body: bytes, cap: int) -> bytes | None:

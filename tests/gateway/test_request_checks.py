@@ -278,3 +278,14 @@ async def test_the_tool_call_history_of_a_conversation_passes(
     async with client_of(gw) as client:
         await client.chat.completions.create(model="chat", messages=history, tools=[WEATHER])
     assert engine.requests[-1]["messages"] == history
+
+
+async def test_a_json_mode_under_a_review_policy_without_a_schema_is_checked_by_it(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    engine.default = Behaviour(choice_tokens=[['{"a": 1}'], ["not JSON"]])
+    answer = await create(gw, REVIEWED, n=2, response_format={"type": "json_object"})
+    checked = (answer.model_extra or {})["loragate"]
+    assert [c["schema_valid"] for c in checked["choices"]] == [True, False]
+    assert checked["schema_valid"] is False and checked["review_id"] is not None
+    assert len(engine.requests) == 2  # asked again once (retry_invalid), then escalated
