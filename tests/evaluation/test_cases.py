@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from datasketch import MinHashLSH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.evaluation.cases import Case, CaseError, CaseKind, pack_sha256, parse_jsonl
-from service.evaluation.leakage import HeldOut, Leak
+from service.evaluation.leakage import BANDS_ROWS, NEAR_JACCARD, PERMUTATIONS, HeldOut, Leak
 
 USER = {"role": "user", "content": "My invoice is wrong"}
 
@@ -64,11 +65,16 @@ def test_a_packs_digest_is_its_cases_whatever_their_order(order: list[int]) -> N
     assert pack_sha256(changed) != pack_sha256(cases)
 
 
-@settings(deadline=None, max_examples=50)
+@settings(deadline=None, max_examples=25)
 @given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=200))
 def test_an_input_leaks_exactly_whatever_its_case_and_punctuation(text: str) -> None:
     held = HeldOut([f"Ticket: {text}"])
     assert held.leak(f"  TICKET --- {text}!!") is Leak.EXACT
+
+
+def test_the_bands_are_datasketchs_own_for_the_threshold() -> None:
+    assert (MinHashLSH(threshold=NEAR_JACCARD, num_perm=PERMUTATIONS).b,
+            MinHashLSH(threshold=NEAR_JACCARD, num_perm=PERMUTATIONS).r) == BANDS_ROWS  # fmt: skip
 
 
 def test_near_duplicates_are_held_out_and_different_tickets_are_not() -> None:
