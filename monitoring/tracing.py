@@ -189,6 +189,20 @@ def input_messages(params: Mapping[str, Any], text: Callable[[str], str]) -> str
     return None
 
 
+def tool_definitions(params: Mapping[str, Any]) -> str | None:
+    """``gen_ai.tool.definitions`` (a JSON string): the functions a request offers the model."""
+    tools = params.get("tools")
+    shaped = []
+    for tool in tools if isinstance(tools, list) else ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict):
+            described = ("name", "description", "parameters")
+            shaped.append(
+                {"type": "function", **{k: function[k] for k in described if k in function}}
+            )
+    return orjson.dumps(shaped).decode() if shaped else None
+
+
 def output_messages(choices: Iterable[object], text: Callable[[str], str]) -> str:
     """``gen_ai.output.messages`` (a JSON string): one assistant message per choice, with its
     finish reason; a chat choice's message or a completion choice's text."""

@@ -161,9 +161,12 @@ class RequestTrace:
             **adapter_attributes(self._adapters.get(decision.target)),
         })  # fmt: skip
         if self._text is not None:
-            messages = tracing.input_messages(payload, self._text)
-            if messages is not None:
-                server.set_attribute(gen_ai.GEN_AI_INPUT_MESSAGES, messages)
+            for name, value in (
+                (gen_ai.GEN_AI_INPUT_MESSAGES, tracing.input_messages(payload, self._text)),
+                (gen_ai.GEN_AI_TOOL_DEFINITIONS, tracing.tool_definitions(payload)),
+            ):
+                if value is not None:
+                    server.set_attribute(name, value)
 
     def engine_call(
         self, target: str, *, stream: bool = False, arm: str | None = None, retry: str = ""

@@ -264,6 +264,8 @@ async def test_a_stream_of_several_choices_and_a_tool_call_is_traced_whole(
     assert first["parts"] == [{"type": "tool_call", "id": "call-0", "name": name,
                                "arguments": json.loads(arguments)}]  # fmt: skip
     assert second["parts"] == [{"type": "text", "content": "t0t1t2t3"}]
+    (offered,) = json.loads(attrs(server)["gen_ai.tool.definitions"])
+    assert offered == {"type": "function", **TOOL["function"]}
 
 
 async def test_the_guard_asking_again_is_an_engine_call_of_its_own(
