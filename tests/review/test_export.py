@@ -553,7 +553,7 @@ async def test_api_streams_ndjson_with_the_snapshot_header(
 async def test_the_snapshot_list_gives_times_with_their_offset(
     db_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:
-    """Issue 26, row 11 (schemathesis): SQLite hands times back without their offset, and the
+    """Found by schemathesis: SQLite hands times back without their offset, and the
     list passed them on as they came (`"created_at": "2026-12-07T16:33:58.123456"`)."""
     async with running_gateway(make_settings(db_url, tmp_path, [engine.url])) as h:
         await add_item(h.app.state.gateway.sessions, "approved", request_body=body("q"))

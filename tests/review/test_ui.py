@@ -142,7 +142,7 @@ async def test_sign_in_cookie_and_sign_out(harness: Harness) -> None:
 
 
 async def test_the_cookie_holds_a_session_not_the_key(harness: Harness) -> None:
-    """Issue 11: the cookie carried the raw API key. Now a random token of a server-side
+    """The cookie once carried the raw API key. Now a random token of a server-side
     session, which ends at sign-out, at expiry and when its key is revoked."""
     h = harness
     response = await sign_in(h)

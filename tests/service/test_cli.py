@@ -404,7 +404,7 @@ BROKEN_ROUTES = {
         "routes:\n  - name: a\n    max_tokens_cap: 8\n    default_max_tokens: 9\n",
         "default_max_tokens must not exceed max_tokens_cap",
     ),
-    "ambiguous-callback": (  # issue 26, row 11: '..;' is '..' to some servers
+    "ambiguous-callback": (  # '..;' is '..' to some servers
         "routes:\n  - name: a\n    review:\n      escalate: always\n      delivery: hold\n"
         "      callback_url: https://tickets.internal/hooks/..;/admin\n",
         "callback_url 'https://tickets.internal/hooks/..;/admin': path parameters (';') are "

@@ -1,4 +1,4 @@
-"""Slow and idle clients (issue 11, item 4): header, body and send timeouts and a connection cap,
+"""Slow and idle clients: header, body and send timeouts and a connection cap,
 on uvicorn with the gateway's protocol, and through a real `loragate serve` process.
 
 Before: a connection sending nothing stayed open 80 s and more, ~20,000 of them exhausted the

@@ -1,4 +1,4 @@
-"""schemathesis against /openapi.json, with an admin key and with an app key (issue 11): no 5xx and
+"""schemathesis against /openapi.json, with an admin key and with an app key: no 5xx and
 no response the description does not allow (status, content type, headers, body schema).
 
 The gateway runs on a real port (uvicorn, in a thread with its own event loop, in front of the
