@@ -250,7 +250,11 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=10.0, help="requests a second")
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument(
+        "--scenario", action="append", help="run only the scenarios named (repeatable)"
+    )
     args = parser.parse_args()
+    chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     count = 150 if args.quick else args.rollouts
     started = time.monotonic()
     print(
@@ -263,7 +267,7 @@ def main() -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     summary: dict[str, dict[str, Row]] = {}
-    for scenario in SCENARIOS:
+    for scenario in chosen:
         spec = spec_for(scenario, args.alpha)
         for label, judge in (("today", today_judge), ("new", new_judge)):
             outcomes = [
@@ -278,13 +282,13 @@ def main() -> None:
                 flush=True,
             )
     print(f"({time.monotonic() - started:.0f} s)")
-    print(last_line(summary, args.alpha))
+    print(last_line(summary, chosen, args.alpha))
 
 
-def last_line(summary: dict[str, dict[str, Row]], alpha: float) -> str:
-    same = max(summary[s.name]["new"].rolled_back for s in SCENARIOS if not s.bad)
-    bad = [s.name for s in SCENARIOS if s.bad]
-    caught = min(summary[name]["new"].rolled_back for name in bad)
+def last_line(summary: dict[str, dict[str, Row]], chosen: list[Scenario], alpha: float) -> str:
+    same = max((summary[s.name]["new"].rolled_back for s in chosen if not s.bad), default=0.0)
+    bad = [s.name for s in chosen if s.bad]
+    caught = min((summary[name]["new"].rolled_back for name in bad), default=float("nan"))
     ratios = [
         new / today
         for name in bad

@@ -75,7 +75,13 @@ def log_mixture(p: float, total: ArrayLike, n: ArrayLike) -> np.ndarray:
 
 
 def _log_mixture(p: float, total: float, n: int) -> float:
-    return float(log_mixture(p, total, n))
+    # The scalar form of ``log_mixture``: root finding calls it many times per interval.
+    return float(
+        betaln(PRIOR_A + total, PRIOR_B + n - total)
+        - betaln(PRIOR_A, PRIOR_B)
+        - xlogy(total, p)
+        - xlog1py(n - total, -p)
+    )
 
 
 def mean_interval(total: float, n: int, alpha: float) -> Interval:
