@@ -101,7 +101,7 @@ def test_documented_errors_through_openai_client(live: LiveGateway, client: open
         )
     assert legacy.value.code == "legacy_guided_field"
     with pytest.raises(openai.BadRequestError) as many:
-        client.chat.completions.create(model="chat", messages=messages, n=2)  # type: ignore[arg-type]
+        client.chat.completions.create(model="chat", messages=messages, n=5)  # type: ignore[arg-type]
     assert many.value.code == "value_out_of_range"
     with pytest.raises(openai.BadRequestError) as too_long:
         client.chat.completions.create(
