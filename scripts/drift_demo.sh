@@ -30,10 +30,12 @@ until curl -sf "http://127.0.0.1:$LORAGATE_PORT/readyz" >/dev/null; do
   sleep 2
 done
 
-loragate adapters demo --out drift-demo >/dev/null
-loragate adapters register ticket-triage drift-demo/good --changelog "good" >/dev/null
-loragate adapters register ticket-triage drift-demo/bad --changelog "shuffled labels" >/dev/null
-loragate routes sync "$LORAGATE_DATA_DIR/imports/drift-demo/routes.yaml" >/dev/null
+# --out is relative to the current directory: the demo versions go into the work directory.
+loragate adapters demo --out "$WORK/drift-demo" >/dev/null
+loragate adapters register ticket-triage "$WORK/drift-demo/good" --changelog "good" >/dev/null
+loragate adapters register ticket-triage "$WORK/drift-demo/bad" --changelog "shuffled labels" \
+  >/dev/null
+loragate routes sync "$WORK/drift-demo/routes.yaml" >/dev/null
 loragate routes set-target ticket-triage ticket-triage@1 --key "$SRE_KEY" >/dev/null
 
 now() { date -u +%Y-%m-%dT%H:%M:%S; }
