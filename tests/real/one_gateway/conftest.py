@@ -15,6 +15,9 @@ from tests.monitoring.otlp_receiver import OtlpReceiver, receiving
 from tests.real.live import LiveGateway, serving
 
 REVIEWED_ROUTE = "ticket-triage"
+# A review policy without a schema: invalid answers (a tool call against its tool's schema)
+# go to review; up to 3 choices.
+ASSISTANT_ROUTE = "assistant"
 
 
 @pytest.fixture(scope="package")
@@ -27,8 +30,9 @@ def otlp() -> Iterator[OtlpReceiver]:
 @pytest.fixture(scope="package")
 def live(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[LiveGateway]:
     """One `loragate serve` with its managed vLLM for this package's modules, started as the
-    README says, with two routes: `chat` on the base model, and `ticket-triage` under the
-    bundled ticket schema whose unsure answers go to review; its spans, and its vLLM's, go to
+    README says, with three routes: `chat` on the base model, `ticket-triage` under the
+    bundled ticket schema whose unsure answers go to review, and `assistant`, whose invalid
+    answers (tool calls included) go to review; its spans, and its vLLM's, go to
     ``otlp``. Stopped once the package's last test ran, before the rest of the real tier starts
     engines of its own."""
     work = tmp_path_factory.mktemp("live")
@@ -39,7 +43,12 @@ def live(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterat
         "default_max_tokens": 150,
         "review": {"escalate": "below", "threshold": 0.9, "invalid": "escalate"},
     }  # fmt: skip
-    (work / "routes.yaml").write_text(yaml.safe_dump({"routes": [{"name": "chat"}, route]}))
+    assistant = {
+        "name": ASSISTANT_ROUTE, "target": "base",
+        "review": {"escalate": "never", "invalid": "escalate", "max_choices": 3},
+    }  # fmt: skip
+    routes = [{"name": "chat"}, route, assistant]
+    (work / "routes.yaml").write_text(yaml.safe_dump({"routes": routes}))
     gateway = LiveGateway(work, prepared_model())
     gateway.env.update(
         LORAGATE_ROUTES_FILE=str(work / "routes.yaml"), LORAGATE_OTLP_ENDPOINT=otlp.url
