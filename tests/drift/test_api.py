@@ -263,7 +263,16 @@ async def test_a_rollout_promotion_freezes_the_new_versions_reference(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:
     from tests.adapters.test_placement import add_version
-    from tests.rollout.test_rollouts import GOOD, Clock, flushed, quick_spec, send, start, tick
+    from tests.rollout.test_rollouts import (
+        ENOUGH,
+        GOOD,
+        Clock,
+        flushed,
+        quick_spec,
+        send,
+        start,
+        tick,
+    )  # fmt: skip
 
     clock = Clock()
     settings = make_settings(
@@ -281,12 +290,12 @@ async def test_a_rollout_promotion_freezes_the_new_versions_reference(
         started = await start(h, quick_spec())
         assert started.status_code == 200, started.text
         await tick(h, clock, 0)
-        await send(h, 6)
-        await flushed(h, "shadow", 6)
+        await send(h, ENOUGH)
+        await flushed(h, "shadow", ENOUGH)
         assert (await tick(h, clock))["phase"] == "canary"
-        for i in range(20):
+        for i in range(4 * ENOUGH):  # half the users are in the canary
             await h.client.post(CHAT, json=chat_body(user=f"user-{i}"), headers=h.auth())
-        await flushed(h, "canary", 5)
+        await flushed(h, "canary", ENOUGH)
         done = await tick(h, clock)
         assert done["phase"] == "promoted"
         async with h.app.state.gateway.sessions() as session:

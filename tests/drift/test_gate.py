@@ -36,7 +36,7 @@ def spec(**thresholds: Any) -> RolloutSpec:
 
 
 def arm(**counts: dict[str, int]) -> ArmFigures:
-    return ArmFigures(samples=100, output_fields=counts)
+    return ArmFigures(samples=1000, output_fields=counts)
 
 
 def verdict(stable: ArmFigures, candidate: ArmFigures) -> tuple[Verdict, str]:
@@ -47,22 +47,27 @@ def verdict(stable: ArmFigures, candidate: ArmFigures) -> tuple[Verdict, str]:
 
 
 def test_the_same_category_mix_passes_and_a_different_one_fails() -> None:
-    stable = arm(category={"billing": 60, "technical": 40})
-    assert verdict(stable, arm(category={"billing": 58, "technical": 42}))[0] is Verdict.PASS
-    moved, detail = verdict(stable, arm(category={"billing": 10, "technical": 90}))
+    stable = arm(category={"billing": 600, "technical": 400})
+    assert verdict(stable, arm(category={"billing": 580, "technical": 420}))[0] is Verdict.PASS
+    moved, detail = verdict(stable, arm(category={"billing": 100, "technical": 900}))
     assert moved is Verdict.FAIL and detail.startswith("category: Jensen-Shannon distance")
     # The worst field decides.
     two = verdict(
-        arm(category={"a": 60}, urgency={"1": 50, "2": 50}),
-        arm(category={"a": 60}, urgency={"3": 100}),
+        arm(category={"a": 600}, urgency={"1": 500, "2": 500}),
+        arm(category={"a": 600}, urgency={"3": 1000}),
     )
     assert two[0] is Verdict.FAIL and two[1].startswith("urgency")
 
 
 def test_too_few_answers_or_no_fields_is_inconclusive_never_a_pass() -> None:
     few = verdict(arm(category={"a": 60}), arm(category={"a": 49}))
-    assert few == (Verdict.INCONCLUSIVE, "no answer field with 50 values on both arms")
+    assert few == (
+        Verdict.INCONCLUSIVE, "too few answers: no answer field with 50 values on both arms"
+    )  # fmt: skip
     assert verdict(arm(), arm())[0] is Verdict.INCONCLUSIVE
+    # The same mix over 100 answers each cannot show the distance is small: undecided.
+    same = verdict(arm(category={"b": 60, "t": 40}), arm(category={"b": 58, "t": 42}))
+    assert same[0] is Verdict.INCONCLUSIVE and "undecided" in same[1]
 
 
 def test_figures_count_the_answers_values_per_arm() -> None:
@@ -105,6 +110,10 @@ async def test_a_candidate_answering_another_category_mix_fails_the_gate_in_shad
             "candidate": "triage@2",
             "steps": [{"kind": "shadow", "weight": 100, "min_duration_s": 1, "min_samples": 6}],
             "gates": ["error_rate", "output_drift"],
+            # As in the rollout tests' quick spec: small samples decide only with a wide
+            # tolerance and a high alpha.
+            "thresholds": {"max_error_rate_increase": 0.3},
+            "alpha": 0.5,
             "progress_deadline_s": 600,
         }
         started = await h.client.post("/v1/admin/rollouts/triage", json=body, headers=sre)
@@ -112,10 +121,10 @@ async def test_a_candidate_answering_another_category_mix_fails_the_gate_in_shad
         control = h.app.state.rollouts
         await control.tick_all()
         answers = await asyncio.gather(
-            *(h.client.post(CHAT, json=chat_body("triage"), headers=h.auth()) for _ in range(8))
+            *(h.client.post(CHAT, json=chat_body("triage"), headers=h.auth()) for _ in range(24))
         )
         assert {a.status_code for a in answers} == {200}
-        await flushed(h, "shadow", 8)
+        await flushed(h, "shadow", 24)
         clock.advance(5)
         await control.tick_all()
         status = (await h.client.get("/v1/admin/rollouts/triage", headers=sre)).json()
@@ -123,5 +132,5 @@ async def test_a_candidate_answering_another_category_mix_fails_the_gate_in_shad
         assert gates["output_drift"]["verdict"] == "fail", gates
         assert gates["output_drift"]["candidate"] == 1.0  # billing against technical: disjoint
         assert gates["error_rate"]["verdict"] == "pass"
-        assert status["last_figures"]["candidate"]["output_fields"]["category"] == {"technical": 8}
-        assert status["last_figures"]["stable"]["output_fields"]["urgency"] == {"2": 8}
+        assert status["last_figures"]["candidate"]["output_fields"]["category"] == {"technical": 24}
+        assert status["last_figures"]["stable"]["output_fields"]["urgency"] == {"2": 24}
