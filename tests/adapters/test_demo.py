@@ -94,6 +94,9 @@ async def test_traffic_then_the_demo_reviewer_works_the_queue(
 
 
 @pytest.mark.slow
+# The session's demo set is trained under this test: on a cold cache, beside the real tier's two
+# vLLMs, that took over ten minutes (the subprocess itself is limited to 30).
+@pytest.mark.timeout(1800)
 def test_the_demo_trains_a_good_a_shuffled_and_a_second_good_version(demo_set: Path) -> None:
     """The three versions the tutorial rolls out, trained for real on the bundled model."""
     manifests = {
