@@ -166,7 +166,7 @@ def _fields(raw: object, expected: str) -> tuple[str, ...] | None:
         return None
     if not isinstance(raw, list) or not raw or not all(isinstance(f, str) and f for f in raw):
         raise CaseError("fields is a non-empty list of field names")
-    answer = _json_object(expected)
+    answer = json_object(expected)
     if answer is None:
         raise CaseError("fields are given but the expected answer is not a JSON object")
     missing = [name for name in raw if name not in answer]
@@ -175,7 +175,10 @@ def _fields(raw: object, expected: str) -> tuple[str, ...] | None:
     return tuple(raw)
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def json_object(text: str | None) -> dict[str, Any] | None:
+    """``text`` as a JSON object, or ``None`` (absent, not JSON, or not an object)."""
+    if text is None:
+        return None
     try:
         value = json.loads(text)
     except ValueError:

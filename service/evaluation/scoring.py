@@ -14,7 +14,6 @@ those is equally likely to go either way, a binomial with p = 1/2. The verdict i
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-from service.evaluation.cases import Case
+from service.evaluation.cases import Case, json_object
 
 ALPHA = 0.05
 
@@ -56,22 +55,12 @@ def rate(hits: int, n: int) -> Rate:
     return Rate(hits, n, float(interval.low), float(interval.high))
 
 
-def _object(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def field_matches(outcome: Outcome) -> dict[str, bool] | None:
     """Each judged field: did the answer give the expected value? ``None`` for a text case."""
-    expected = _object(outcome.case.expected)
+    expected = json_object(outcome.case.expected)
     if expected is None:
         return None
-    answer = _object(outcome.answer) or {}
+    answer = json_object(outcome.answer) or {}
     names = outcome.case.fields or tuple(expected)
     return {name: name in answer and answer[name] == expected.get(name) for name in names}
 
@@ -105,10 +94,10 @@ def field_figures(outcomes: Sequence[Outcome]) -> dict[str, FieldFigures]:
     confusion matrix (an answer without the field, or a failed call, counts as ``(none)``)."""
     pairs: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
     for outcome in outcomes:
-        expected = _object(outcome.case.expected)
+        expected = json_object(outcome.case.expected)
         if expected is None:
             continue
-        answer = _object(outcome.answer) or {}
+        answer = json_object(outcome.answer) or {}
         for name in outcome.case.fields or tuple(expected):
             pairs[name].append((expected.get(name), answer.get(name, "(none)")))
     return {name: _figures(found) for name, found in sorted(pairs.items())}
