@@ -7,6 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from service.db import evaluation_models  # noqa: F401 (its tables join Base.metadata)
 from service.db.models import Base
 from service.db.session import create_engine
 

@@ -45,6 +45,10 @@ from service.engine.peers import Peers
 from service.engine.pool import EnginePool, HealthProber
 from service.engine.reconciler import AdapterReconciler
 from service.evaluation import api as eval_api
+from service.evaluation import runs as eval_runs
+from service.evaluation import runs_api as eval_runs_api
+from service.evaluation.answering import EngineAnswers
+from service.evaluation.executor import RunExecutor, RunLimits
 from service.gateway import endpoints as inference
 from service.gateway.endpoints import GatewayApp
 from service.gateway.parts import Gateway
@@ -146,6 +150,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks.append(asyncio.create_task(gw.reconciler.run(), name="adapter-reconciler"))
     rollouts: RolloutControl = app.state.rollouts
     tasks.append(asyncio.create_task(rollouts.run(), name="rollout-analysis"))
+    evaluations: RunExecutor = app.state.evaluations
+    tasks.append(asyncio.create_task(evaluations.run(), name="evaluation-sweep"))
     tasks.append(asyncio.create_task(gw.callbacks.run(), name="review-callbacks"))
     stats = ReviewStats(
         gw.sessions, gw.metrics, now, settings.review_stats_interval_s, sla_targets(settings)
@@ -168,6 +174,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task, result in zip(tasks, results, strict=True):
             if isinstance(result, Exception):
                 log.error("background task %s had failed: %r", task.get_name(), result)
+        await evaluations.close()
         if peers is not None:
             await peers.leave()
         await gw.shadow.close()
@@ -237,6 +244,7 @@ def create_app(
         sessions,
         settings.snapshot_refresh_s,
         splits=active_splits,
+        evaluating=eval_runs.evaluating,
         lookups=KeyLookups(
             settings.key_lookups_per_s, settings.unknown_keys_remembered, time.monotonic
         ),
@@ -316,6 +324,14 @@ def create_app(
     app.state.tracer_provider = provider
     app.state.records = recorder
     app.state.rollouts = rollouts
+    app.state.evaluations = RunExecutor(
+        sessions,
+        snapshot,
+        EngineAnswers(engines, settings),
+        lambda pool, version, path: reconciler.place(pools[pool], version, path),
+        {name: pool.base_model for name, pool in pools.items()},
+        RunLimits(settings.eval_max_runs, settings.eval_heartbeat_s, settings.eval_stale_after_s),
+    )
     app.state.adapters = build_registry(settings, sessions, adapter_inspector)
     app.state.drift = DriftMonitor(sessions, settings, clock)
     app.state.peers = peers
@@ -332,6 +348,7 @@ def create_app(
     app.include_router(rollouts_api.router)
     app.include_router(drift_api.router)
     app.include_router(eval_api.router)
+    app.include_router(eval_runs_api.router)
     app.include_router(audit_api.router)
     app.include_router(review_results.router)
     app.include_router(reviews_api.router)

@@ -278,6 +278,26 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="A shadow call (and its comparison) is dropped after this."
     )
 
+    # Offline evaluation runs (see README "Evaluation packs and runs").
+    eval_max_runs: int = Field(
+        default=2, ge=1, description="Evaluation runs one gateway answers at once; more get 429."
+    )
+    eval_max_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="The most calls in flight one evaluation run may ask for (its own "
+        "`concurrency`, 2 by default): an evaluation must not crowd out live traffic.",
+    )
+    eval_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often a running evaluation marks itself alive."
+    )
+    eval_stale_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running evaluation not marked alive for this long lost its gateway: it "
+        "is ended `interrupted` and no longer keeps its versions loaded.",
+    )
+
     # Drift monitoring (see README "Drift monitoring").
     drift_window_s: float = Field(
         default=3600.0, gt=0, description="The current window: the last this many seconds."

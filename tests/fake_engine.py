@@ -8,9 +8,11 @@ count of requests whose client went away before the answer was finished.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,9 @@ class FakeEngine:
         self.adapter_probes = 0
         # What requests for one model get when nothing is scripted (e.g. a worse candidate).
         self.by_model: dict[str, Behaviour] = {}
+        # Per model: the tokens it writes, from the request's body (an answer that depends on
+        # the question); takes precedence over the behaviour's own tokens.
+        self.writers: dict[str, Callable[[dict[str, Any]], list[str]]] = {}
 
     def restart(self) -> None:
         """What a vLLM restart does to runtime-loaded adapters: they are gone."""
@@ -138,6 +143,8 @@ class FakeEngine:
         self.requests.append(body)
         model = str(body.get("model"))
         behaviour = self.script.popleft() if self.script else self.by_model.get(model, self.default)
+        if model in self.writers:
+            behaviour = dataclasses.replace(behaviour, tokens=self.writers[model](body))
         try:
             response = await self._respond(request, body, behaviour)
         except (asyncio.CancelledError, ConnectionResetError):

@@ -42,7 +42,7 @@ PURE = [
     "service.review.visibility", "service.review.agreement", "service.review.calibration",
     "service.gateway.tool_rules", "service.gateway.openai_shape", "service.guard.tool_calls",
     "service.evaluation.cases", "service.evaluation.leakage", "service.guard.prompts",
-    "service.evaluation.scoring",
+    "service.evaluation.scoring", "service.evaluation.summary",
 ]  # fmt: skip
 IMPURE = ("sqlalchemy", "fastapi", "starlette", "aiohttp", "httpx")
 DOMAINS = ("service", "adapters", "rollout")

@@ -459,35 +459,3 @@ class ConfigVersion(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     n: Mapped[int] = mapped_column(BigInteger)
-
-
-class EvalPack(Base):
-    """An immutable evaluation pack ``route/name@version`` (service.evaluation)."""
-
-    __tablename__ = "eval_packs"
-    __table_args__ = (UniqueConstraint("route", "name", "version", name="uq_eval_packs_version"),)
-
-    id: Mapped[str] = mapped_column(String(300), primary_key=True)  # "route/name@version"
-    route: Mapped[str] = mapped_column(String(200))
-    name: Mapped[str] = mapped_column(String(64))
-    version: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    cases: Mapped[int] = mapped_column(Integer)
-    kinds: Mapped[dict[str, int]] = mapped_column(JSON)
-    # Where the cases came from and what was left out, and why.
-    sources: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
-class EvalCase(Base):
-    __tablename__ = "eval_cases"
-
-    pack_id: Mapped[str] = mapped_column(String(300), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    messages: Mapped[list[dict[str, str]]] = mapped_column(JSON)
-    expected: Mapped[str] = mapped_column(Text)
-    fields: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    slices: Mapped[dict[str, str]] = mapped_column(JSON)
-    review_item_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

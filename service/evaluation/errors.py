@@ -25,3 +25,26 @@ class PackConflict(GatewayError):
     status = 409
     type = "invalid_request_error"
     code = "eval_pack_conflict"
+
+
+class RunNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "eval_run_not_found"
+
+
+class RunInvalid(GatewayError):
+    """A run that cannot start: no such version on the route's pool, a baseline that is the
+    candidate itself, a pack of another route; the message says which."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "eval_run_invalid"
+
+
+class RunBusy(GatewayError):
+    """This gateway already runs as many evaluations as it may at once."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "eval_runs_busy"

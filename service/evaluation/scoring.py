@@ -27,6 +27,20 @@ ALPHA = 0.05
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """What one version answered to one case, judged under its route's contract."""
+
+    text: str | None  # None: the call failed
+    error: str | None = None  # why it failed
+    schema_valid: bool | None = None  # None: the route has no schema
+    escalated: bool = False  # the route's policy would send it to review
+    confidence: float | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """One case answered by one version."""
 
@@ -34,6 +48,10 @@ class Outcome:
     answer: str | None  # None: the call failed
     schema_valid: bool | None = None
     escalated: bool = False
+
+    @classmethod
+    def of(cls, case: Case, reply: Reply) -> Outcome:
+        return cls(case, reply.text, reply.schema_valid, reply.escalated)
 
 
 @dataclass(frozen=True, slots=True)

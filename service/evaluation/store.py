@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service import clock
 from service.audit.actor import Actor
 from service.audit.events import record_event
-from service.db.models import EvalCase, EvalPack
+from service.db.evaluation_models import EvalCase, EvalPack
 from service.db.session import write_transaction
 from service.evaluation.cases import (
     NAME_PATTERN,

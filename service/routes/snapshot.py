@@ -92,6 +92,8 @@ def usable_key(row: ApiKey) -> StoredKey | None:
 
 # Reads the traffic each route's active rollout takes now (``rollout.store.active_splits``).
 SplitsLoader = Callable[[AsyncSession], Awaitable[dict[str, Split]]]
+# Reads, per pool, the versions running evaluations answer with (``runs.evaluating``).
+EvaluatingLoader = Callable[[AsyncSession], Awaitable[dict[str, frozenset[str]]]]
 
 
 class SnapshotStore:
@@ -101,6 +103,7 @@ class SnapshotStore:
         refresh_s: float,
         *,
         splits: SplitsLoader,
+        evaluating: EvaluatingLoader | None = None,
         lookups: KeyLookups | None = None,
         metrics: Metrics | None = None,
         config_version: ConfigVersionReader | None = None,
@@ -109,6 +112,7 @@ class SnapshotStore:
         self._sessions = sessions
         self._refresh_s = refresh_s
         self._splits = splits
+        self._evaluating = evaluating
         self._config_version = config_version
         self._listening = listening
         self._loaded_version: int | None = None
@@ -160,6 +164,7 @@ class SnapshotStore:
             keys = await key_store.active_keys(session)
             versions = (await session.scalars(select(AdapterVersion))).all()
             splits = await self._splits(session)
+            evaluating = await self._evaluating(session) if self._evaluating else {}
         built: Contracts = {}
         route_views = {
             r.name: route_view(r, splits.get(r.name), self._contracts, built) for r in routes
@@ -169,8 +174,9 @@ class SnapshotStore:
         adapters = {v.id: AdapterView(v.id, v.pool, v.store_path, v.sha256) for v in versions}
         old = self.current
         self.current = Snapshot(
-            MappingProxyType(route_views), MappingProxyType(stored), MappingProxyType(adapters)
-        )
+            MappingProxyType(route_views), MappingProxyType(stored), MappingProxyType(adapters),
+            MappingProxyType(evaluating),
+        )  # fmt: skip
         self._reloads += 1
         self._found.clear()
         self._lookups.forget()

@@ -39,10 +39,13 @@ class Snapshot:
     routes: Mapping[str, RouteView] = field(default_factory=lambda: MappingProxyType({}))
     keys: Mapping[str, StoredKey] = field(default_factory=lambda: MappingProxyType({}))
     adapters: Mapping[str, AdapterView] = field(default_factory=lambda: MappingProxyType({}))
+    # Pool -> versions an offline evaluation is answering with now: wanted like a route's.
+    evaluating: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
 
     def wanted_adapters(self, pool: str) -> frozenset[str]:
-        """Versions that routes of ``pool`` serve or roll out: they must be on all its replicas."""
-        wanted = set()
+        """Versions that routes of ``pool`` serve or roll out, or that an evaluation on it
+        answers with: they must be on all its replicas."""
+        wanted = set(self.evaluating.get(pool, ()))
         for route in self.routes.values():
             if route.pool == pool:
                 wanted.add(route.target)

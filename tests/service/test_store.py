@@ -93,6 +93,7 @@ async def test_models_match_the_migration(db: AsyncEngine) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
+    from service.db import evaluation_models  # noqa: F401 (its tables join the metadata)
     from service.db.models import Base
 
     def diff(conn: Connection) -> list[Any]:
