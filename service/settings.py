@@ -62,6 +62,37 @@ class EnginePoolSettings(BaseModel):
         "--tool-call-parser NAME). Without one, requests with tools must name the call "
         "(tool_choice required or a function); `auto` is refused with 400.",
     )
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="The replicas' vLLM --max-loras: adapters one batch runs at once (slots). "
+        "Declared, requests prefer a replica where their version is already running; see README "
+        "'Many adapters on one pool'.",
+    )
+    max_cpu_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="The replicas' vLLM --max-cpu-loras: adapters each keeps in host memory. With "
+        "this or max_loras declared, each replica holds at most this many versions (else "
+        "max_loras), placed by traffic; unset, every version a route wants is on every replica.",
+    )
+    spill_queue_depth: int = Field(
+        default=16,
+        ge=1,
+        description="With a declared capacity: requests in flight past which a replica is "
+        "saturated; when all of a version's replicas are, its replica set grows.",
+    )
+    rate_half_life_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="With a declared capacity: half-life of the request rates placement sizes "
+        "each version's replica set by.",
+    )
+
+    @property
+    def capacity(self) -> int | None:
+        """Versions a replica holds, when declared."""
+        return self.max_cpu_loras or self.max_loras
 
 
 class ManagedEngineSettings(BaseModel):
@@ -73,6 +104,12 @@ class ManagedEngineSettings(BaseModel):
     port: int = 8801
     max_lora_rank: int = 16
     max_loras: int = 4
+    max_cpu_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="vLLM --max-cpu-loras (vLLM's default: max_loras). Set, the managed pool "
+        "declares both as its capacity and places versions by traffic within it.",
+    )
     max_model_len: int = 2048
     dtype: str = Field(
         default="cpu-auto",
@@ -576,5 +613,7 @@ class Settings(BaseSettings):
                 max_lora_rank=managed.max_lora_rank,
                 model_dir=managed.model_dir or self.data_dir / "models" / BUNDLED_MODEL_DIR,
                 tool_call_parser=managed.tool_call_parser,
+                max_loras=managed.max_loras if managed.max_cpu_loras else None,
+                max_cpu_loras=managed.max_cpu_loras,
             )
         ]

@@ -63,6 +63,7 @@ def vllm_command(
         "--enable-lora",
         "--max-lora-rank", str(config.max_lora_rank),
         "--max-loras", str(config.max_loras),
+        *(["--max-cpu-loras", str(config.max_cpu_loras)] if config.max_cpu_loras else []),
         "--max-model-len", str(config.max_model_len),
         "--dtype", engine_dtype(config.dtype),
         "--host", config.host,

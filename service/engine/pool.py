@@ -1,4 +1,8 @@
-"""Engine pools: replicas, least-in-flight choice, ejection of failing replicas, health probes.
+"""Engine pools: replicas, the choice of a replica, ejection of failing replicas, health probes.
+
+A pool without a declared capacity sends each request to the usable replica with the fewest
+requests in flight; one that declares ``max_loras`` or ``max_cpu_loras`` chooses by adapter
+affinity first (``affinity``).
 
 A replica starts ``unknown`` (usable, not yet proven), becomes ``healthy`` when a real one-token
 generation succeeds (vLLM can answer /health while generation hangs), and is ejected for
@@ -21,6 +25,7 @@ from enum import StrEnum
 import aiohttp
 
 from monitoring.metrics import Metrics
+from service.engine.affinity import Seat, pick, spills
 from service.settings import EnginePoolSettings
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,7 @@ class ReplicaState(StrEnum):
 class Replica:
     __slots__ = (
         "answered", "ejected_until", "in_flight", "in_flight_gauge", "last_error", "loaded",
-        "pool", "probe_failures", "state", "url",
+        "pool", "probe_failures", "running", "state", "url",
     )  # fmt: skip
 
     def __init__(self, pool: str, url: str, metrics: Metrics) -> None:
@@ -51,6 +56,8 @@ class Replica:
         self.answered = False
         # Adapter versions the replica was last seen serving (kept by the reconcile loop).
         self.loaded: frozenset[str] = frozenset()
+        # Requests in flight here per target: the versions running in its slots.
+        self.running: Counter[str] = Counter()
 
     def usable(self, now: float) -> bool:
         return self.state is not ReplicaState.EJECTED or now >= self.ejected_until
@@ -68,16 +75,27 @@ class EnginePool:
         self.max_lora_rank = config.max_lora_rank
         self.replicas = [Replica(config.name, url, metrics) for url in config.urls]
         self.in_flight_by_target: Counter[str] = Counter()
+        self.max_loras = config.max_loras
+        self.capacity = config.capacity
+        self.spill_depth = config.spill_queue_depth
+        self.rate_half_life_s = config.rate_half_life_s
+        # Requests started per target (running totals), and the versions whose replicas were
+        # saturated since the reconcile loop last looked: what placement by traffic reads.
+        self.started_by_target: Counter[str] = Counter()
+        self.saturated: set[str] = set()
         self._metrics = metrics
         self._eject_for_s = eject_for_s
         for replica in self.replicas:
             self._publish(replica)
 
     def choose(self, exclude: Iterable[Replica] = (), target: str | None = None) -> Replica | None:
-        """The usable replica with the fewest requests in flight (healthy before unknown).
+        """The usable replica with the fewest requests in flight (healthy before unknown), or,
+        with a declared capacity, the best by adapter affinity.
 
         For an adapter version, only replicas that have it loaded are candidates.
         """
+        if self.capacity is not None:
+            return self._choose_by_affinity(exclude, target)
         now = time.monotonic()
         adapter = target is not None and target != self.base_model
         best: Replica | None = None
@@ -92,6 +110,34 @@ class EnginePool:
             ) > (best.state is ReplicaState.HEALTHY, -best.in_flight):
                 best = replica
         return best
+
+    def _choose_by_affinity(self, exclude: Iterable[Replica], target: str | None) -> Replica | None:
+        now = time.monotonic()
+        adapter = target is not None and target != self.base_model
+        candidates = [
+            r
+            for r in self.replicas
+            if r not in exclude and r.usable(now) and (not adapter or target in r.loaded)
+        ]
+        seats = [self._seat(r, target if adapter else None) for r in candidates]
+        chosen = pick(seats, self.spill_depth)
+        if chosen is None:
+            return None
+        if adapter and target is not None and spills(seats[chosen], self.spill_depth):
+            self.saturated.add(target)
+        return candidates[chosen]
+
+    def _seat(self, replica: Replica, adapter: str | None) -> Seat:
+        """``replica`` for a request on ``adapter`` (None: the base model, which needs no slot)."""
+        base_running = self.base_model in replica.running
+        active_adapters = len(replica.running) - base_running
+        return Seat(
+            holds=True,
+            active=adapter is None or replica.running[adapter] > 0,
+            free_slot=self.max_loras is None or active_adapters < self.max_loras,
+            healthy=replica.state is ReplicaState.HEALTHY,
+            in_flight=replica.in_flight,
+        )
 
     def eject(self, replica: Replica, reason: str) -> None:
         if not replica.answered:
@@ -114,14 +160,15 @@ class EnginePool:
     def acquire(self, replica: Replica, target: str) -> None:
         replica.in_flight += 1
         replica.in_flight_gauge.inc()
+        replica.running[target] += 1
         self.in_flight_by_target[target] += 1
+        self.started_by_target[target] += 1
 
     def release(self, replica: Replica, target: str) -> None:
         replica.in_flight -= 1
         replica.in_flight_gauge.dec()
-        self.in_flight_by_target[target] -= 1
-        if not self.in_flight_by_target[target]:
-            del self.in_flight_by_target[target]
+        _decrement(replica.running, target)
+        _decrement(self.in_flight_by_target, target)
 
     def healthy_count(self) -> int:
         return sum(r.state is ReplicaState.HEALTHY for r in self.replicas)
@@ -129,6 +176,12 @@ class EnginePool:
     def _publish(self, replica: Replica) -> None:
         healthy = 1.0 if replica.state is ReplicaState.HEALTHY else 0.0
         self._metrics.replica_healthy.labels(self.name, replica.url).set(healthy)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if not counts[key]:
+        del counts[key]
 
 
 class HealthProber:

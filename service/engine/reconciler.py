@@ -4,9 +4,11 @@ Each pass observes every replica (``GET /v1/models``), records what it serves (t
 client only sends a version to replicas that have it), loads what is missing, checks that each
 new load generates, and unloads versions nobody wants any more once they have been unwanted for
 a grace period and no request on them is in flight, here or (on PostgreSQL, see ``peers``) on
-any other gateway. After a vLLM restart the next pass loads its adapters again with nobody
-acting. (Whether a version changes anything at all is decided from
-its weights when it is registered, not here.)
+any other gateway. A pool that declares how many versions a replica holds is planned by
+traffic instead (``plan_by_traffic``): each version a route needs on as many replicas as its
+recent request rate asks for, versions no route needs kept while there is room. After a vLLM
+restart the next pass loads its adapters again with nobody acting. (Whether a version changes
+anything at all is decided from its weights when it is registered, not here.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from adapters.placement import Action, Change, UnwantedSince, plan
+from adapters.placement import Action, Change, Traffic, UnwantedSince, plan, plan_by_traffic
 from monitoring.metrics import Metrics
 from service.engine.adapter_host import AdapterHost, AdapterHostError
 from service.engine.pool import EnginePool, Replica
@@ -63,6 +65,7 @@ class AdapterReconciler:
         self._clock = clock
         self._others = others
         self._unwanted = {pool.name: UnwantedSince() for pool in pools}
+        self._traffic = {pool.name: Traffic(pool.rate_half_life_s) for pool in pools}
         self._locks = {pool.name: asyncio.Lock() for pool in pools}
         self._wake = asyncio.Event()
 
@@ -86,16 +89,22 @@ class AdapterReconciler:
                 await self._reconcile_pool(pool)
 
     async def place(self, pool: EnginePool, version: str, path: str) -> None:
-        """Load ``version`` on every usable replica of ``pool`` and check it generates, or raise.
+        """Load ``version`` on every usable replica of ``pool`` (with a declared capacity: on the
+        least full one, unless one holds it already) and check it generates, or raise.
 
-        Used before a route is switched to the version, so the switch only happens once every
-        replica can serve it. When any replica fails, a version no route wants is unloaded
+        Used before a route is switched to the version, or a rollout's first request on it, so
+        the switch only happens once the replicas can serve it. When any replica fails, a version no route wants is unloaded
         again from every replica, so a refused version is served nowhere.
         """
         async with self._locks[pool.name]:
             replicas = [r for r in pool.replicas if r.usable(self._clock())]
             if not replicas:
                 raise AdapterHostError(f"pool '{pool.name}' has no usable replica to load on")
+            if pool.capacity is not None:
+                # One replica is enough to serve it; the next passes size its set by traffic.
+                if any(version in r.loaded for r in replicas):
+                    return
+                replicas = [min(replicas, key=lambda r: (len(r.loaded), r.in_flight, r.url))]
             try:
                 for replica in replicas:
                     await self._load(pool, replica, version, path)
@@ -141,9 +150,35 @@ class AdapterReconciler:
         def may_unload(version: str) -> bool:
             return idle_here(version) and version not in busy
 
-        for action in plan(wanted, loaded, may_unload):
+        if pool.capacity is None:
+            actions = plan(wanted, loaded, may_unload)
+        else:
+            actions = self._plan_by_traffic(pool, pool.capacity, wanted, loaded, may_unload, now)
+        for action in actions:
             await self._apply(pool, by_url[action.replica], action)
         self._publish(pool)
+
+    def _plan_by_traffic(
+        self,
+        pool: EnginePool,
+        capacity: int,
+        wanted: set[str],
+        loaded: dict[str, set[str]],
+        may_unload: Callable[[str], bool],
+        now: float,
+    ) -> list[Action]:
+        traffic = self._traffic[pool.name]
+        traffic.update(pool.started_by_target, set(pool.in_flight_by_target), now)
+        saturated, pool.saturated = pool.saturated, set()
+        demand = traffic.demand(wanted, saturated, set().union(*loaded.values()))
+        by_url = {r.url: r for r in pool.replicas}
+
+        def may_leave(url: str, version: str) -> bool:
+            if version in wanted:  # a copy beyond what its traffic asks for: idle there
+                return by_url[url].running[version] == 0
+            return may_unload(version)
+
+        return plan_by_traffic(demand, loaded, capacity, may_leave)
 
     async def _busy_elsewhere(self, candidates: set[str]) -> frozenset[str]:
         """Of the versions this gateway would unload, those other gateways still need."""
