@@ -93,8 +93,9 @@ class AdapterReconciler:
         least full one, unless one holds it already) and check it generates, or raise.
 
         Used before a route is switched to the version, or a rollout's first request on it, so
-        the switch only happens once the replicas can serve it. When any replica fails, a version no route wants is unloaded
-        again from every replica, so a refused version is served nowhere.
+        the switch only happens once the replicas can serve it. When any replica fails, a
+        version no route wants is unloaded again from every replica, so a refused version is
+        served nowhere.
         """
         async with self._locks[pool.name]:
             replicas = [r for r in pool.replicas if r.usable(self._clock())]
