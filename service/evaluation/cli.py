@@ -11,6 +11,7 @@ import typer
 from service.audit.actor import cli_actor
 from service.cli.common import fail, iso_time, settings_of
 from service.cli.db import with_session, with_sessions
+from service.evaluation import runs_cli
 from service.evaluation.cases import CaseError, CaseKind, describe, parse_jsonl
 from service.evaluation.from_reviews import ReviewWindow
 from service.evaluation.service import PackRequest, make_pack
@@ -23,6 +24,8 @@ pack_app = typer.Typer(
     no_args_is_help=True,
 )
 eval_app.add_typer(pack_app, name="pack")
+eval_app.command("run")(runs_cli.run)
+eval_app.add_typer(runs_cli.runs_app, name="runs")
 
 
 def _print_pack(pack: PackInfo) -> None:

@@ -140,6 +140,8 @@ def _figures(pairs: list[tuple[Any, Any]]) -> FieldFigures:
 
 
 def _f1(precision: float | None, recall: float | None) -> float | None:
+    if precision == 0.0 or recall == 0.0:  # a harmonic mean with a zero is zero
+        return 0.0
     if precision is None or recall is None:
         return None
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0

@@ -14,15 +14,17 @@ from typing import Any
 import pytest
 import yaml
 from sqlalchemy import func, select, update
+from typer.testing import CliRunner
 
 from adapters.dataset import example_data
 from service.auth import Role
+from service.cli.app import app as cli
 from service.db.evaluation_models import EvalAnswer, EvalRun
 from service.db.models import RequestRecord
 from service.evaluation import runs
 from service.evaluation.executor import RunExecutor
 from tests.adapters.test_placement import add_version
-from tests.conftest import Harness, make_settings, running_gateway, wait_until
+from tests.conftest import Harness, make_settings, running_gateway, served, wait_until
 from tests.fake_engine import Behaviour, FakeEngine
 
 ROUTE = "triage"
@@ -238,3 +240,32 @@ async def test_a_run_whose_gateway_stops_is_interrupted_and_lets_its_version_go(
     assert swept["status"] == "interrupted" and swept["figures"] is None
     assert not await runs.beat(sessions, lost.id)  # its late gateway cannot revive it
     assert not await runs.finish_run(sessions, lost.id, {}, {})
+
+
+async def test_the_cli_runs_a_pack_through_the_gateway_and_reads_runs(
+    gw: Harness, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAGATE_DATABASE_URL", db_url)
+    sre, runner = gw.keys[Role.SRE], CliRunner()
+    async with served(gw.app) as url:
+        ran = await asyncio.to_thread(
+            runner.invoke, cli, ["eval", "run", ROUTE, "triage@2", "--key", sre, "--url", url]
+        )
+        missing = await asyncio.to_thread(
+            runner.invoke, cli, ["eval", "run", ROUTE, "nobody@1", "--key", sre, "--url", url]
+        )
+    assert ran.exit_code == 0, ran.output
+    lines = ran.output.splitlines()
+    run_id = lines[0].split()[1].rstrip(":")
+    assert lines[0].endswith("triage/gold@1, triage@2 vs triage@1")  # the newest pack, stable
+    passed = next(line.split() for line in lines if line.strip().startswith("passed"))
+    assert passed[1:3] == ["3/12", "25%"] and passed[4:6] == ["12/12", "100%"]
+    assert any("category=technical F1" in line and "0.00" in line for line in lines), ran.output
+    assert "worse (0 cases only the candidate passed, 9 only the baseline" in ran.output
+    assert missing.exit_code == 1 and "HTTP 400" in missing.output
+    listed = await asyncio.to_thread(runner.invoke, cli, ["eval", "runs", "list", "--route", ROUTE])
+    assert listed.exit_code == 0 and listed.output.startswith(run_id), listed.output
+    shown = await asyncio.to_thread(runner.invoke, cli, ["eval", "runs", "show", run_id, "--json"])
+    assert json.loads(shown.output)["figures"]["arms"]["candidate"]["passed"]["hits"] == 3
+    unknown = await asyncio.to_thread(runner.invoke, cli, ["eval", "runs", "show", "run_nope"])
+    assert unknown.exit_code == 1 and "no evaluation run" in unknown.output
