@@ -105,7 +105,8 @@ def plan_by_traffic(
     ``may_unload(replica, version)`` says whether the version may leave that replica now.
     Unpinned versions stay while there is room (a warm copy for a rollback) and go first under
     pressure, least recently used first; then copies beyond what a version's traffic asks for,
-    then (only to place a version held nowhere) copies beyond a version's first. A pinned
+    then (only to place a version held nowhere) copies beyond a version's first. Copies that
+    traffic no longer asks for go even without pressure, once the rate has halved. A pinned
     version is always placed: where nothing may be unloaded, a replica goes over capacity
     rather than leave a route without its version. Loads go only into room made by this
     plan's unloads, so unloads come first; a replica found over capacity is brought back under
@@ -136,12 +137,12 @@ class _Placement:
         self.pinned = sorted(
             (v for v, d in demand.items() if d.pinned), key=lambda v: (-demand[v].rate, v)
         )
-        hottest = max((demand[v].rate for v in self.pinned), default=0.0)
+        self.hottest = max((demand[v].rate for v in self.pinned), default=0.0)
         n = len(self.replicas)
-        self.goal = {v: replicas_for(demand[v], hottest, n) for v in self.pinned}
+        self.goal = {v: replicas_for(demand[v], self.hottest, n) for v in self.pinned}
         self.copies = {v: sum(v in h for h in self.held.values()) for v in self.pinned}
         # Each replica's share of the pinned versions' traffic, to spread new copies.
-        self.weight = {r: sum(self._share(v) for v in self.held[r]) for r in self.replicas}
+        self.weight = {r: sum(self._share(v) for v in sorted(self.held[r])) for r in self.replicas}
 
     def plan(self) -> list[Action]:
         for replica in self.replicas:
@@ -149,10 +150,15 @@ class _Placement:
         for version in self.pinned:
             if not self.copies[version] and not self._add_somewhere(version, evict_below=1):
                 self._add(self._least_full(self.replicas), version)
-        for version in self.pinned:
+        # Growth waits until no replica is over capacity: it would take the room that the
+        # copies made to relieve one are to fill.
+        growing = self.pinned if all(self._room(r) >= 0 for r in self.replicas) else []
+        for version in growing:
             while self.copies[version] < self.goal[version]:
                 if not self._add_somewhere(version, evict_below=None):
                     break
+        for version in self.pinned:
+            self._shrink(version)
         unloads = [
             Action(Change.UNLOAD, r, v)
             for r in self.replicas
@@ -196,6 +202,8 @@ class _Placement:
         for version in self.held[replica]:
             if version not in self.copies:
                 rank = (0, self.demand[version].last_used if version in self.demand else 0.0)
+            elif not self._loaded_elsewhere(version, replica):
+                continue
             elif self.copies[version] > self.goal[version]:
                 rank = (1, self.demand[version].rate)
             elif evict_below is not None and self.copies[version] > evict_below:
@@ -227,9 +235,35 @@ class _Placement:
         self._add(replica, version)
         return True
 
+    def _shrink(self, version: str) -> None:
+        """Unload copies its traffic no longer asks for, from the fullest replicas first. A
+        copy stays until the rate that would justify it has halved, so a rate that wavers
+        around a step does not load and unload the same copy pass after pass."""
+        demand = self.demand[version]
+        doubled = Demand(rate=2 * demand.rate, saturated=demand.saturated)
+        keep = max(self.goal[version], replicas_for(doubled, self.hottest, len(self.replicas)))
+        holders = sorted(
+            (r for r in self.replicas if version in self.held[r] and version in self.loaded[r]),
+            key=lambda r: (self._room(r), -self.weight[r], r),
+        )
+        for replica in holders:
+            if self.copies[version] <= keep:
+                return
+            if self._loaded_elsewhere(version, replica) and self.may_unload(replica, version):
+                self._drop(replica, version)
+
+    def _loaded_elsewhere(self, version: str, replica: str) -> bool:
+        """Whether a copy that stays is loaded already: unloads run before this plan's loads."""
+        return any(
+            version in self.held[other] and version in self.loaded[other]
+            for other in self.replicas
+            if other != replica
+        )
+
     def _trim(self, replica: str) -> None:
-        """Unload from a replica over capacity; a version held only there gets a copy on a
-        replica with room first, so a later pass may unload it here."""
+        """Unload from a replica over capacity; a version held only there gets a copy on
+        another replica first (where there is room or room can be made), so a later pass may
+        unload it here."""
         while self._room(replica) < 0:
             victim = self._victim(replica, evict_below=1)
             if victim is None:
@@ -240,9 +274,7 @@ class _Placement:
             key=lambda v: (self.demand[v].rate, v),
         )
         for version in sole[: max(0, -self._room(replica))]:
-            with_room = [r for r in self.replicas if r != replica and self._room(r) > 0]
-            if with_room:
-                self._add(self._least_full(with_room), version)
+            self._add_somewhere(version, evict_below=1)
 
 
 class Traffic:

@@ -25,7 +25,7 @@ from enum import StrEnum
 import aiohttp
 
 from monitoring.metrics import Metrics
-from service.engine.affinity import Seat, pick, spills
+from service.engine.affinity import Seat, pick
 from service.settings import EnginePoolSettings
 
 log = logging.getLogger(__name__)
@@ -113,26 +113,26 @@ class EnginePool:
 
     def _choose_by_affinity(self, exclude: Iterable[Replica], target: str | None) -> Replica | None:
         now = time.monotonic()
-        adapter = target is not None and target != self.base_model
-        candidates = [
-            r
-            for r in self.replicas
-            if r not in exclude and r.usable(now) and (not adapter or target in r.loaded)
-        ]
-        seats = [self._seat(r, target if adapter else None) for r in candidates]
+        adapter = target if target is not None and target != self.base_model else None
+        candidates = [r for r in self.replicas if r not in exclude and r.usable(now)]
+        seats = [self._seat(r, adapter) for r in candidates]
         chosen = pick(seats, self.spill_depth)
-        if chosen is None:
-            return None
-        if adapter and target is not None and spills(seats[chosen], self.spill_depth):
-            self.saturated.add(target)
-        return candidates[chosen]
+        if chosen is None or seats[chosen].holds:
+            return None if chosen is None else candidates[chosen]
+        # It would spill to a replica without the version, which cannot serve it before it is
+        # loaded there: the version's set grows on the next reconcile pass; a holder serves now.
+        if adapter is not None:
+            self.saturated.add(adapter)
+        holders = [i for i, seat in enumerate(seats) if seat.holds]
+        best = pick([seats[i] for i in holders], self.spill_depth)
+        return None if best is None else candidates[holders[best]]
 
     def _seat(self, replica: Replica, adapter: str | None) -> Seat:
         """``replica`` for a request on ``adapter`` (None: the base model, which needs no slot)."""
         base_running = self.base_model in replica.running
         active_adapters = len(replica.running) - base_running
         return Seat(
-            holds=True,
+            holds=adapter is None or adapter in replica.loaded,
             active=adapter is None or replica.running[adapter] > 0,
             free_slot=self.max_loras is None or active_adapters < self.max_loras,
             healthy=replica.state is ReplicaState.HEALTHY,

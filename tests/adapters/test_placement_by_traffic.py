@@ -71,6 +71,10 @@ def test_pinned_versions_are_always_placed(pool: Pool, stuck: set[tuple[str, str
     after = apply(loaded, actions)
     for version in pinned(demand):
         assert any(version in held for held in after.values())
+    # The unloads run first: a version loaded somewhere stays loaded somewhere meanwhile.
+    unloaded = apply(loaded, [a for a in actions if a.change is Change.UNLOAD])
+    for version in pinned(demand) & set().union(*loaded.values()):
+        assert any(version in held for held in unloaded.values())
     for action in actions:  # nothing that may not leave a replica is unloaded from it
         assert action.change is Change.LOAD or (action.replica, action.version) not in stuck
 
@@ -171,3 +175,18 @@ def test_traffic_rates_follow_requests_and_decay_with_their_half_life() -> None:
     later = traffic.demand(set(), {"a@1"}, {"a@1"})["a@1"]
     assert later.rate == 2.5
     assert (later.last_used, later.pinned, later.saturated) == (20.0, False, True)
+
+
+def test_copies_traffic_no_longer_asks_for_go_once_the_rate_has_halved() -> None:
+    loaded: dict[str, set[str]] = {r: {"a@1", "b@1"} for r in REPLICAS}
+    # b asks for 2 of 4 replicas (rate 20 against 40); at 4 it would justify 3: kept.
+    demand = {"a@1": Demand(rate=40, pinned=True), "b@1": Demand(rate=20, pinned=True)}
+    kept = apply(loaded, plan_by_traffic(demand, loaded, 2, always))
+    assert sum("b@1" in held for held in kept.values()) == 4
+    demand["b@1"] = Demand(rate=5, pinned=True)  # asks for 1; at 10 it would justify 1
+    actions = plan_by_traffic(demand, loaded, 2, always)
+    assert {a.change for a in actions} == {Change.UNLOAD}
+    assert sum("b@1" in held for held in apply(loaded, actions).values()) == 1
+    # A copy with a request on it stays.
+    actions = plan_by_traffic(demand, loaded, 2, lambda r, v: r != "r0")
+    assert "b@1" in apply(loaded, actions)["r0"]

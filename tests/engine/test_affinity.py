@@ -80,6 +80,12 @@ def test_a_saturated_version_is_marked_for_a_bigger_replica_set() -> None:
     assert pool.choose(target="a@1") is r0  # the only holder, saturated
     assert pool.saturated == {"a@1"}
     assert pool.started_by_target["a@1"] == 2
+    # With every replica saturated, growing the set would relieve nothing.
+    pool.saturated.clear()
+    for _ in range(2):
+        pool.acquire(r1, "base")
+    assert pool.choose(target="a@1") is r0
+    assert not pool.saturated
 
 
 def test_without_declared_capacity_the_least_busy_replica_wins_as_before() -> None:
