@@ -197,9 +197,15 @@ class RolloutOut(BaseModel):
     stable: str
     candidate: str
     phase: str = Field(
-        description="pending, shadow, canary, paused, promoted, rolled_back or aborted."
+        description="pending, evaluating (the offline evaluation on the route's pack, before "
+        "any live request), shadow, canary, paused, promoted, rolled_back or aborted."
     )
     paused_phase: str | None
+    evaluation_run: str | None = Field(
+        default=None,
+        description="The evaluate step's run (GET /v1/admin/eval/runs/{id}), once started; none "
+        "when the route has no evaluation pack or the spec turned the step off.",
+    )
     step: int = Field(description="0-based index into spec.steps.")
     steps: int
     canary_weight: int = Field(description="Percent of subjects the candidate serves now.")
@@ -235,7 +241,7 @@ class RolloutOut(BaseModel):
             id=r.id, route=r.route, stable=r.stable, candidate=r.candidate,
             phase=r.state.phase.value,
             paused_phase=r.state.paused_phase.value if r.state.paused_phase else None,
-            step=r.state.step, steps=len(r.spec.steps), canary_weight=now.canary_weight,
+            evaluation_run=r.state.evaluation_run, step=r.state.step, steps=len(r.spec.steps), canary_weight=now.canary_weight,
             shadow_percent=now.shadow_percent, failures=r.state.failures,
             inconclusive=r.state.inconclusive, step_started_at=r.state.step_started_at,
             version=r.version, created_by=r.created_by, created_at=r.created_at,

@@ -45,7 +45,7 @@ SIGN_IN = SignIn("lg_console_session", "/console", VIEW_ROLES)
 PAGES = Pages(Path(__file__).resolve().parent / "templates" / "console")
 # The commands the console offers, with the phases each fits (the control refuses others: 409).
 COMMANDS = {
-    Command.PAUSE: RUNNING | {Phase.PENDING},
+    Command.PAUSE: RUNNING | {Phase.PENDING, Phase.EVALUATING},
     Command.RESUME: frozenset({Phase.PAUSED}),
     Command.PROMOTE: ACTIVE,
     Command.ABORT: ACTIVE,

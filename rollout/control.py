@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from monitoring.metrics import Metrics
 from rollout import store as rollout_store
+from rollout.core import evaluation_gate
+from rollout.core.evaluation_gate import EvalResult
 from rollout.core.figures import Window
 from rollout.core.gates import GateResult, judge, latency_alpha
 from rollout.core.machine import (
@@ -33,8 +35,9 @@ from rollout.core.machine import (
     tick,
     traffic,
 )
-from rollout.core.spec import GateName, RolloutSpec, StepKind
+from rollout.core.spec import Evaluation, GateName, RolloutSpec, StepKind
 from rollout.core.split import Arm
+from rollout.core.verdicts import Verdict
 from rollout.store import RouteBusy, SavedFigures, StaleRollout, StoredEvent, StoredRollout
 from service.audit.actor import Actor
 from service.audit.events import record_event
@@ -42,7 +45,7 @@ from service.clock import Clock, now
 from service.drift.monitor import freeze_on_promotion
 from service.engine.client import EngineClient
 from service.engine.reconciler import AdapterReconciler
-from service.errors import InvalidRequest, RolloutConflict, RolloutNotFound
+from service.errors import GatewayError, InvalidRequest, RolloutConflict, RolloutNotFound
 from service.guard.output_fields import FieldKind
 from service.routes import switch
 from service.routes.snapshot import SnapshotStore
@@ -51,6 +54,26 @@ from service.routes.targets import get_route
 log = logging.getLogger(__name__)
 # A command that keeps losing to concurrent writers gives up after this many tries.
 COMMAND_TRIES = 5
+
+
+EVALUATION_PHASES = frozenset({Phase.PENDING, Phase.EVALUATING})
+TRY_AGAIN = 429  # a gateway error that says "later", not "never"
+
+
+class Evaluations(Protocol):
+    """Offline evaluation runs, as the evaluate step uses them (``service.evaluation``)."""
+
+    async def check(self, route: str, spec: Evaluation) -> None:
+        """Raise a 400 error when ``spec`` names a pack or baseline the route cannot use."""
+        ...
+
+    async def start(self, route: str, candidate: str, spec: Evaluation) -> str | None:
+        """Start a run of the route's pack; its id, or None when the route has no pack."""
+        ...
+
+    async def result(self, run_id: str) -> EvalResult: ...
+
+    async def cancel(self, run_id: str, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +100,7 @@ class RolloutControl:
         *,
         clock: Clock = now,
         interval_s: float,
+        evaluations: Evaluations | None = None,
     ) -> None:
         self._sessions = sessions
         self._snapshot = snapshot
@@ -85,6 +109,7 @@ class RolloutControl:
         self._metrics = metrics
         self._clock = clock
         self._interval_s = interval_s
+        self._evaluations = evaluations
 
     # --- commands -------------------------------------------------------------------------
 
@@ -106,6 +131,8 @@ class RolloutControl:
             if spec.candidate == route.target:
                 raise InvalidRequest(f"'{spec.candidate}' is already the route's stable target.")
             candidate = await switch.check_target(session, route, spec.candidate)
+        if self._evaluations is not None and spec.evaluation.enabled:
+            await self._evaluations.check(route_name, spec.evaluation)
         # Load the candidate on every replica (each must generate with it) before any traffic
         # can reach it.
         await switch.place(candidate, self._engines, self._reconciler)
@@ -215,6 +242,8 @@ class RolloutControl:
             self.publish(await rollout_store.latest_per_route(session))
 
     async def tick_one(self, rollout: StoredRollout) -> Outcome:
+        if rollout.state.phase in EVALUATION_PHASES:
+            return await self._tick_evaluation(rollout)
         analysis = await self.analyse(rollout)
         outcome = tick(rollout.state, rollout.spec, analysis.verdicts, self._clock())
         # The verdicts saved are those the tick went by: none unless a step was running.
@@ -225,6 +254,59 @@ class RolloutControl:
         if outcome.changed:
             await self._snapshot.reload()
         return outcome
+
+    async def _tick_evaluation(self, rollout: StoredRollout) -> Outcome:
+        """Pending or evaluating: start the evaluation run, or judge it, and tick on that."""
+        state, verdicts, started = await self._evaluation(rollout)
+        outcome = tick(state, rollout.spec, verdicts, self._clock())
+        if outcome.changed or outcome.state != rollout.state or verdicts:
+            try:
+                await self._save(rollout, outcome, verdicts=verdicts)
+            except StaleRollout:
+                if started is not None:  # another gateway moved it first: this run is spare
+                    await self._cancel(started, "another gateway started this rollout's run")
+                raise
+        if outcome.changed:
+            await self._snapshot.reload()
+        return outcome
+
+    async def _evaluation(
+        self, rollout: StoredRollout
+    ) -> tuple[State, tuple[GateResult, ...], str | None]:
+        """The state to tick from (with its run, once started), the evaluation's verdicts (none:
+        no evaluation, the first step comes next) and the run this call started, if any."""
+        state, spec = rollout.state, rollout.spec.evaluation
+        pending = state.phase is Phase.PENDING
+        if self._evaluations is None or not spec.enabled:
+            return state, () if pending else (self._skipped("evaluation is off"),), None
+        if state.evaluation_run is not None:
+            result = await self._evaluations.result(state.evaluation_run)
+            return state, evaluation_gate.judge(spec, result), None
+        try:
+            run_id = await self._evaluations.start(rollout.route, rollout.candidate, spec)
+        except GatewayError as error:
+            verdict = Verdict.INCONCLUSIVE if error.status == TRY_AGAIN else Verdict.FAIL
+            failed = GateResult(
+                GateName.EVALUATION, verdict, None, None, 0.0,
+                f"the evaluation could not start: {error.message}",
+            )  # fmt: skip
+            return state, (failed,), None
+        if run_id is None:
+            skipped = self._skipped("the route has no evaluation pack")
+            return state, () if pending else (skipped,), None
+        running = evaluation_gate.judge(spec, EvalResult(run_id, "running"))
+        return replace(state, evaluation_run=run_id), running, run_id
+
+    @staticmethod
+    def _skipped(why: str) -> GateResult:
+        return GateResult(GateName.EVALUATION, Verdict.PASS, None, None, 0.0, f"{why}: skipped")
+
+    async def _cancel(self, run_id: str, reason: str) -> None:
+        assert self._evaluations is not None
+        try:
+            await self._evaluations.cancel(run_id, reason)
+        except Exception:
+            log.exception("could not cancel evaluation run %s; its heartbeat sweep ends it", run_id)
 
     async def run(self) -> None:
         while True:

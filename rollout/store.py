@@ -127,7 +127,7 @@ def _saved_figures(row: Mapping[str, Any] | None) -> SavedFigures | None:
 def _state(row: Rollout) -> State:
     return State(
         Phase(row.phase), row.step, as_utc(row.step_started_at), row.failures, row.inconclusive,
-        Phase(row.paused_phase) if row.paused_phase else None,
+        Phase(row.paused_phase) if row.paused_phase else None, row.evaluation_run,
     )  # fmt: skip
 
 
@@ -162,6 +162,7 @@ def _state_values(state: State) -> dict[str, Any]:
         "failures": state.failures,
         "inconclusive": state.inconclusive,
         "paused_phase": state.paused_phase.value if state.paused_phase else None,
+        "evaluation_run": state.evaluation_run,
     }
 
 

@@ -49,6 +49,7 @@ from service.evaluation import runs as eval_runs
 from service.evaluation import runs_api as eval_runs_api
 from service.evaluation.answering import EngineAnswers
 from service.evaluation.executor import RunExecutor, RunLimits
+from service.evaluation.for_rollouts import RolloutEvaluations
 from service.gateway import endpoints as inference
 from service.gateway.endpoints import GatewayApp
 from service.gateway.parts import Gateway
@@ -269,9 +270,17 @@ def create_app(
         others=peers,
     )
     snapshot.on_reload.append(_wake_on_new_versions(reconciler))
+    evaluations = RunExecutor(
+        sessions,
+        snapshot,
+        EngineAnswers(engines, settings),
+        lambda pool, version, path: reconciler.place(pools[pool], version, path),
+        {name: pool.base_model for name, pool in pools.items()},
+        RunLimits(settings.eval_max_runs, settings.eval_heartbeat_s, settings.eval_stale_after_s),
+    )
     rollouts = RolloutControl(
         sessions, snapshot, engines, reconciler, metrics, clock=clock,
-        interval_s=settings.rollout_tick_s,
+        interval_s=settings.rollout_tick_s, evaluations=RolloutEvaluations(sessions, evaluations),
     )  # fmt: skip
     gateway = Gateway(
         settings=settings,
@@ -324,14 +333,7 @@ def create_app(
     app.state.tracer_provider = provider
     app.state.records = recorder
     app.state.rollouts = rollouts
-    app.state.evaluations = RunExecutor(
-        sessions,
-        snapshot,
-        EngineAnswers(engines, settings),
-        lambda pool, version, path: reconciler.place(pools[pool], version, path),
-        {name: pool.base_model for name, pool in pools.items()},
-        RunLimits(settings.eval_max_runs, settings.eval_heartbeat_s, settings.eval_stale_after_s),
-    )
+    app.state.evaluations = evaluations
     app.state.adapters = build_registry(settings, sessions, adapter_inspector)
     app.state.drift = DriftMonitor(sessions, settings, clock)
     app.state.peers = peers

@@ -28,7 +28,7 @@ PURE = [
     "rollout.core.agreement", "rollout.core.figures", "rollout.core.gates",
     "rollout.core.machine", "rollout.core.spec", "rollout.core.split",
     "rollout.core.sequential", "rollout.core.verdicts", "rollout.core.wording",
-    "rollout.core.drift_gate",
+    "rollout.core.drift_gate", "rollout.core.evaluation_gate",
     "service.guard.answers", "service.guard.confidence", "service.guard.fields",
     "service.guard.policy", "service.guard.route_guard", "service.guard.schema",
     "service.guard.patterns", "service.guard.expansion", "service.guard.refused",

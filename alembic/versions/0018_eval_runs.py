@@ -1,4 +1,4 @@
-"""Evaluation runs and their answers (service.evaluation.runs).
+"""Evaluation runs and their answers (service.evaluation.runs), and a rollout's evaluation run.
 
 A run that starts or ends changes what the gateways must keep loaded (a running run's versions
 are wanted on its pool), so inserting a run and changing its status tell the gateways as the
@@ -67,12 +67,15 @@ def upgrade() -> None:
         sa.Column("prompt_tokens", sa.Integer(), nullable=True),
         sa.Column("completion_tokens", sa.Integer(), nullable=True),
     )
+    # A plain ADD COLUMN: a batch copy of rollouts would drop its 0014 triggers on SQLite.
+    op.add_column("rollouts", sa.Column("evaluation_run", sa.String(32), nullable=True))
     postgres = op.get_bind().dialect.name == "postgresql"
     for statement in POSTGRES_TRIGGERS if postgres else SQLITE_TRIGGERS:
         op.execute(statement)
 
 
 def downgrade() -> None:
+    op.drop_column("rollouts", "evaluation_run")
     op.drop_table("eval_answers")
     op.drop_index("ix_eval_runs_route_created", table_name="eval_runs")
     op.drop_table("eval_runs")  # its triggers go with it

@@ -1,6 +1,6 @@
 """The rollout state machine: one analysis tick or one command in, the next state out. Pure.
 
-    pending -> shadow/canary (step i) -> ... -> promoted
+    pending [-> evaluating] -> shadow/canary (step i) -> ... -> promoted
                       |  paused (a person, or inconclusive too long) -> resume
                       |  rolled_back (gates failed past the limit, or the progress deadline)
                       |  aborted (a person)
@@ -8,7 +8,9 @@
 
 Nothing here reads a clock or a database: the caller passes ``now`` and the gates' verdicts on
 the current step's window (judged once, by ``gates.judge``), and persists the returned state and
-event together.
+event together. A rollout whose route has an evaluation pack is evaluated offline first: the
+caller starts the run and hands its verdicts to the pending tick (none: no evaluation), and
+``evaluating`` moves on only once they pass; a failure there rolls back before any live request.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rollout.core.spec import RolloutSpec, StepKind
 
 class Phase(StrEnum):
     PENDING = "pending"
+    EVALUATING = "evaluating"
     SHADOW = "shadow"
     CANARY = "canary"
     PAUSED = "paused"
@@ -31,7 +34,7 @@ class Phase(StrEnum):
     ABORTED = "aborted"
 
 
-ACTIVE = frozenset({Phase.PENDING, Phase.SHADOW, Phase.CANARY, Phase.PAUSED})
+ACTIVE = frozenset({Phase.PENDING, Phase.EVALUATING, Phase.SHADOW, Phase.CANARY, Phase.PAUSED})
 RUNNING = frozenset({Phase.SHADOW, Phase.CANARY})
 
 
@@ -55,6 +58,7 @@ class State:
     failures: int = 0
     inconclusive: int = 0
     paused_phase: Phase | None = None  # the phase to resume into
+    evaluation_run: str | None = None  # the offline evaluation's run, once started
 
     @classmethod
     def new(cls, now: datetime) -> State:
@@ -124,8 +128,12 @@ def tick(
     ``verdicts`` count only while a step runs (shadow or canary); other phases ignore them.
     """
     if state.phase is Phase.PENDING:
-        first = State(_phase_of(spec, 0), 0, now)
-        return _move(state, first, "started", f"step 1 of {len(spec.steps)}")
+        if verdicts:
+            evaluating = State(Phase.EVALUATING, 0, now, evaluation_run=state.evaluation_run)
+            return _move(state, evaluating, "evaluating", _details(verdicts))
+        return _first_step(state, spec, now, "")
+    if state.phase is Phase.EVALUATING:
+        return _evaluated(state, spec, verdicts, now)
     if state.phase not in RUNNING:
         return Outcome(state)
     step = spec.steps[state.step]
@@ -176,6 +184,34 @@ def tick(
     )
 
 
+def _first_step(state: State, spec: RolloutSpec, now: datetime, why: str) -> Outcome:
+    first = State(_phase_of(spec, 0), 0, now, evaluation_run=state.evaluation_run)
+    return _move(state, first, "started", f"{why}step 1 of {len(spec.steps)}")
+
+
+def _details(verdicts: tuple[GateResult, ...], only: Verdict | None = None) -> str:
+    return "; ".join(r.detail for r in verdicts if only is None or r.verdict is only)
+
+
+def _evaluated(
+    state: State, spec: RolloutSpec, verdicts: tuple[GateResult, ...], now: datetime
+) -> Outcome:
+    verdict = overall(verdicts)
+    if verdict is Verdict.FAIL:
+        back = replace(state, phase=Phase.ROLLED_BACK)
+        reason = f"evaluation failed, before any live request: {_details(verdicts, Verdict.FAIL)}"
+        return _move(state, back, "rolled_back", reason)
+    if verdict is Verdict.PASS:
+        return _first_step(state, spec, now, f"evaluation passed ({_details(verdicts)}); ")
+    if (now - state.step_started_at).total_seconds() > spec.progress_deadline_s:
+        back = replace(state, phase=Phase.ROLLED_BACK)
+        reason = (
+            f"progress deadline: the evaluation did not end in {spec.progress_deadline_s:.0f} s"
+        )
+        return _move(state, back, "rolled_back", reason)
+    return Outcome(state)
+
+
 def command(
     state: State, spec: RolloutSpec, cmd: Command, actor: str, reason: str, now: datetime
 ) -> Outcome:
@@ -192,7 +228,7 @@ def command(
             return Outcome(state)
         _require(phase is Phase.PAUSED, cmd, phase)
         back = state.paused_phase or Phase.PENDING
-        resumed = State(back, state.step, now, state.failures)
+        resumed = State(back, state.step, now, state.failures, evaluation_run=state.evaluation_run)
         return _move(state, resumed, "resumed", reason, actor)
     if cmd is Command.PROMOTE:
         if phase is Phase.PROMOTED:

@@ -26,9 +26,13 @@ class GateName(StrEnum):
     ESCALATION_RATE = "escalation_rate"
     MEAN_CONFIDENCE = "mean_confidence"
     OUTPUT_DRIFT = "output_drift"
+    # The offline evaluation before any live traffic (``RolloutSpec.evaluation``), never listed
+    # under ``gates``.
+    EVALUATION = "evaluation"
 
 
 DEFAULT_GATES = (GateName.ERROR_RATE, GateName.LATENCY_P95_RATIO, GateName.AGREEMENT)
+LIVE_GATES = tuple(gate for gate in GateName if gate is not GateName.EVALUATION)
 
 
 class _Strict(BaseModel):
@@ -101,6 +105,42 @@ class Thresholds(_Strict):
     )
 
 
+class Evaluation(_Strict):
+    """The offline evaluation a rollout starts with, when its route has a pack: the candidate
+    and ``baseline`` answer every case before any live request reaches the candidate, and a
+    candidate that fails here is rolled back with 0 shadow or canary requests."""
+
+    enabled: bool = Field(
+        default=True, description="Evaluate first when the route has a pack (false: skip it)."
+    )
+    pack: str | None = Field(
+        default=None,
+        max_length=100,
+        description="The route's pack `name@N`; unset, the newest version of its newest pack.",
+    )
+    baseline: str = Field(
+        default="stable",
+        max_length=300,
+        description="`stable` (the route's version now), `base`, or a version `NAME@M`.",
+    )
+    max_pass_rate_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.02, description="Baseline's share of cases passed minus the candidate's, at most."
+    )
+    max_field_match_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.02,
+        description="Per judged answer field, baseline's exact-match rate minus the candidate's, "
+        "at most.",
+    )
+    max_schema_valid_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.02, description="Baseline's schema-valid rate minus the candidate's, at most."
+    )
+    max_kind_drop: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: {"injection": 0.0, "refusal": 0.0},
+        description="Per scenario kind, baseline's pass rate minus the candidate's, at most "
+        "(kinds the pack does not hold are skipped).",
+    )
+
+
 class RolloutSpec(_Strict):
     candidate: str = Field(
         min_length=3, max_length=300, description="The adapter version `name@N` to roll out."
@@ -115,6 +155,11 @@ class RolloutSpec(_Strict):
         description="Gates judged at each analysis. `agreement` applies to shadow steps only.",
     )
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    evaluation: Evaluation = Field(
+        default_factory=Evaluation,
+        description="The offline evaluation on the route's pack before the first step; a "
+        "candidate the paired comparison finds worse, or past a limit, is rolled back.",
+    )
     alpha: Annotated[float, Field(gt=0, le=0.5)] = Field(
         default=0.05,
         description="The rollout's error rate: the chance that any gate, at any step and any "
@@ -141,6 +186,8 @@ class RolloutSpec(_Strict):
     def _check(self) -> Self:
         if "@" not in self.candidate:
             raise ValueError("'candidate' must be an adapter version 'name@N'")
+        if GateName.EVALUATION in self.gates:
+            raise ValueError("'evaluation' is not a live gate: configure it under 'evaluation'")
         if len(set(self.gates)) != len(self.gates):
             raise ValueError("'gates' lists a gate twice")
         canary = [s.weight for s in self.steps if s.kind is StepKind.CANARY]

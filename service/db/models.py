@@ -171,6 +171,8 @@ class Rollout(Base):
     failures: Mapped[int] = mapped_column(Integer)
     inconclusive: Mapped[int] = mapped_column(Integer)
     paused_phase: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The offline evaluation's run (service.evaluation), once the evaluate step started it.
+    evaluation_run: Mapped[str | None] = mapped_column(String(32), nullable=True)
     verdicts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     # The per-arm figures the verdicts were judged on, kept once the rollout has ended.
     figures: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -176,6 +176,13 @@ class RunExecutor:
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
 
+    async def cancel(self, run_id: str, reason: str) -> None:
+        """End the run ``interrupted`` with ``reason`` and stop answering it here."""
+        await runs.end_run(self._sessions, run_id, runs.INTERRUPTED, reason)
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+
     async def _answer_all(
         self, route: RouteView, target: str, cases: Sequence[Case], gate: asyncio.Semaphore
     ) -> list[Reply]:

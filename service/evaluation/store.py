@@ -174,3 +174,14 @@ async def held_out(session: AsyncSession, routes: Sequence[str] | None) -> HeldO
         query = query.where(EvalPack.route.in_(list(routes)))
     rows = await session.scalars(query)
     return HeldOut(prompt_of(messages) for messages in rows)
+
+
+async def newest_pack(session: AsyncSession, route: str) -> str | None:
+    """``name@N`` of the route's most recently written pack version, or None."""
+    row = await session.scalar(
+        select(EvalPack)
+        .where(EvalPack.route == route)
+        .order_by(EvalPack.created_at.desc(), EvalPack.version.desc())
+        .limit(1)
+    )
+    return None if row is None else f"{row.name}@{row.version}"

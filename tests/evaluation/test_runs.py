@@ -73,7 +73,7 @@ async def gw(db_url: str, tmp_path: Path, engine: FakeEngine) -> AsyncIterator[H
     routes.write_text(yaml.safe_dump({"routes": [{"name": "chat"}, route]}))
     settings = make_settings(
         db_url, tmp_path, [engine.url], routes_file=routes, adapter_reconcile_interval_s=0.1,
-        adapter_unload_grace_s=0.2, eval_heartbeat_s=0.2,
+        adapter_unload_grace_s=0.2, eval_heartbeat_s=0.2, rollout_tick_s=3600,
     )  # fmt: skip
     async with running_gateway(settings) as harness:
         await add_version(harness, "triage", 1, tmp_path)

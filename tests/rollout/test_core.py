@@ -28,6 +28,7 @@ from rollout.core.machine import (
 )
 from rollout.core.spec import (
     DEFAULT_GATES,
+    LIVE_GATES,
     GateName,
     RolloutSpec,
     Step,
@@ -271,7 +272,7 @@ def test_score() -> None:
 
 # --- figures and gates ---------------------------------------------------------------------------
 
-ALL_GATES = tuple(GateName)
+ALL_GATES = LIVE_GATES
 CANARY_STEP = Step(kind=StepKind.CANARY, weight=5, min_samples=20)
 SHADOW_STEP = Step(kind=StepKind.SHADOW, weight=100, min_samples=20)
 
@@ -654,7 +655,7 @@ def test_pending_starts_first_step() -> None:
     state = State.new(at(0))
     assert state.phase is Phase.PENDING and state.active
     assert traffic(state, SPEC) == Traffic(0, 0)
-    out = tick(state, SPEC, too_few(state), at(5))  # the verdicts do not matter yet
+    out = tick(state, SPEC, (), at(5))  # no evaluation's verdicts: no evaluate step
     assert out.state == State(Phase.SHADOW, 0, at(5))
     assert out.event is not None and out.changed
     assert (out.event.kind, out.event.from_phase, out.event.to_phase) == (
@@ -899,7 +900,7 @@ def test_retry_starts_over(state: State) -> None:
         0,
     )
     assert do(out.state, Command.RETRY, 950) == Outcome(out.state)
-    started = tick(out.state, SPEC, too_few(out.state), at(1000))
+    started = tick(out.state, SPEC, (), at(1000))
     assert started.state == State(Phase.SHADOW, 0, at(1000))
 
 

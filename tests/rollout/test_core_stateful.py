@@ -32,7 +32,7 @@ from rollout.core.machine import (
     tick,
     traffic,
 )
-from rollout.core.spec import GateName, RolloutSpec, Step, StepKind
+from rollout.core.spec import LIVE_GATES, GateName, RolloutSpec, Step, StepKind
 from rollout.core.split import Arm
 
 ROUTES = ("route-a", "route-b")
@@ -92,7 +92,7 @@ def specs(draw: st.DrawFn) -> RolloutSpec:
             [
                 (GateName.ERROR_RATE,),
                 (GateName.ERROR_RATE, GateName.LATENCY_P95_RATIO, GateName.AGREEMENT),
-                tuple(GateName),
+                LIVE_GATES,
             ]
         )
     )
@@ -267,10 +267,13 @@ class RolloutBook(RuleBasedStateMachine):
 
     def analyse_once(self, rollout: Rollout, kind: str) -> None:
         old, spec = rollout.state, rollout.spec
-        # The controller judges the current step's window once and ticks on those verdicts.
+        # The controller judges the current step's window once and ticks on those verdicts; a
+        # pending rollout gets its evaluation's, and these routes have no evaluation pack.
         arm = Arm.SHADOW if old.serving_phase() is Phase.SHADOW else Arm.CANARY
         window_now = build_window(kind, arm, latency_alpha(spec))
-        verdicts = judge(spec, spec.steps[old.step], window_now)
+        verdicts = (
+            () if old.phase is Phase.PENDING else judge(spec, spec.steps[old.step], window_now)
+        )
         out = tick(old, spec, verdicts, self.now)
         self.save(rollout, out, None)
         new = out.state

@@ -599,6 +599,8 @@ async def test_status_watch_redraws_until_the_rollout_is_paused_or_ends(
 
 
 def test_phase_names_match_the_design() -> None:
+    """The design's phases, and ``evaluating``: the offline evaluate step before shadow."""
     assert [p.value for p in Phase] == [
-        "pending", "shadow", "canary", "paused", "promoted", "rolled_back", "aborted",
+        "pending", "evaluating", "shadow", "canary", "paused", "promoted", "rolled_back",
+        "aborted",
     ]  # fmt: skip
