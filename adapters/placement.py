@@ -75,7 +75,7 @@ class Demand:
 
     ``rate``: recent requests per second; ``last_used``: when a request last used it (the
     caller's clock); ``pinned``: a route needs it (a stable target or a rollout's candidate);
-    ``saturated``: its replicas were past the spill depth since the last pass.
+    ``saturated``: its replicas were past the spill depth lately.
     """
 
     rate: float = 0.0
@@ -278,21 +278,28 @@ class _Placement:
 
 
 class Traffic:
-    """Each version's recent request rate and last use, from running totals of requests
-    started (times from the caller's clock). Rates decay with a half-life, so a version that
-    stops being asked for shrinks back to one replica over a few half-lives."""
+    """Each version's recent request rate, last use and last saturation, from running totals of
+    requests started (times from the caller's clock). Rates decay with a half-life, so a
+    version that stops being asked for shrinks back to one replica over a few half-lives; a
+    saturated version counts as such for one half-life, so the copy it gained is not unloaded
+    on the next pass and loaded again on the one after."""
 
     def __init__(self, half_life_s: float) -> None:
         self._half_life_s = half_life_s
         self._totals: dict[str, int] = {}
         self._rates: dict[str, float] = {}
         self._last_used: dict[str, float] = {}
-        self._at: float | None = None
+        self._saturated_at: dict[str, float] = {}
+        self._at = 0.0
+        self._seen = False
 
-    def update(self, totals: Mapping[str, int], busy: Set[str], now: float) -> None:
+    def update(
+        self, totals: Mapping[str, int], busy: Set[str], saturated: Set[str], now: float
+    ) -> None:
         """``totals``: requests started per version so far; ``busy``: versions with requests
-        in flight now."""
-        elapsed = 0.0 if self._at is None else now - self._at
+        in flight now; ``saturated``: versions whose replicas were saturated since the last
+        update."""
+        elapsed = now - self._at if self._seen else 0.0
         kept = 0.5 ** (elapsed / self._half_life_s) if elapsed > 0 else 1.0
         for version in totals.keys() | self._rates.keys():
             started = totals.get(version, 0) - self._totals.get(version, 0)
@@ -302,17 +309,22 @@ class Traffic:
             self._rates[version] = rate
             if started > 0 or version in busy:
                 self._last_used[version] = now
+        for version in saturated:
+            self._saturated_at[version] = now
+        for version, at in list(self._saturated_at.items()):
+            if now - at >= self._half_life_s:
+                del self._saturated_at[version]
         self._totals = dict(totals)
-        self._at = now
+        self._at, self._seen = now, True
 
-    def demand(self, pinned: Set[str], saturated: Set[str], present: Set[str]) -> dict[str, Demand]:
+    def demand(self, pinned: Set[str], present: Set[str]) -> dict[str, Demand]:
         """Demand of the pinned versions and of those loaded somewhere (``present``)."""
         return {
             version: Demand(
                 rate=self._rates.get(version, 0.0),
                 last_used=self._last_used.get(version, 0.0),
                 pinned=version in pinned,
-                saturated=version in saturated,
+                saturated=version in self._saturated_at,
             )
             for version in pinned | present
         }

@@ -227,10 +227,11 @@ class Simulation:
     def place(self) -> None:
         """One reconcile pass of a pool with a declared capacity, loads taking replica time."""
         pool = self.pool
-        self.traffic.update(pool.started_by_target, set(pool.in_flight_by_target), self.now)
         saturated, pool.saturated = pool.saturated, set()
+        busy = set(pool.in_flight_by_target)
+        self.traffic.update(pool.started_by_target, busy, saturated, self.now)
         loaded = {r.url: set(r.loaded) for r in pool.replicas}
-        demand = self.traffic.demand(set(self.versions), saturated, set().union(*loaded.values()))
+        demand = self.traffic.demand(set(self.versions), set().union(*loaded.values()))
         by_url = {r.url: r for r in pool.replicas}
 
         def may_leave(url: str, version: str) -> bool:

@@ -169,9 +169,9 @@ class AdapterReconciler:
         now: float,
     ) -> list[Action]:
         traffic = self._traffic[pool.name]
-        traffic.update(pool.started_by_target, set(pool.in_flight_by_target), now)
         saturated, pool.saturated = pool.saturated, set()
-        demand = traffic.demand(wanted, saturated, set().union(*loaded.values()))
+        traffic.update(pool.started_by_target, set(pool.in_flight_by_target), saturated, now)
+        demand = traffic.demand(wanted, set().union(*loaded.values()))
         by_url = {r.url: r for r in pool.replicas}
 
         def may_leave(url: str, version: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -166,15 +167,17 @@ def test_a_new_copy_goes_to_the_replica_with_the_least_traffic() -> None:
 
 def test_traffic_rates_follow_requests_and_decay_with_their_half_life() -> None:
     traffic = Traffic(half_life_s=10.0)
-    traffic.update({"a@1": 0}, set(), now=0.0)
-    traffic.update({"a@1": 100}, set(), now=10.0)
-    first = traffic.demand({"a@1"}, set(), set())["a@1"]
+    traffic.update({"a@1": 0}, set(), set(), now=0.0)
+    traffic.update({"a@1": 100}, set(), {"a@1"}, now=10.0)
+    first = traffic.demand({"a@1"}, set())["a@1"]
     assert first.rate == 5.0  # half of the 10/s seen, the rest of the average being the 0 before
-    assert first.last_used == 10.0
-    traffic.update({"a@1": 100}, {"a@1"}, now=20.0)
-    later = traffic.demand(set(), {"a@1"}, {"a@1"})["a@1"]
-    assert later.rate == 2.5
-    assert (later.last_used, later.pinned, later.saturated) == (20.0, False, True)
+    assert (first.last_used, first.pinned, first.saturated) == (10.0, True, True)
+    traffic.update({"a@1": 100}, {"a@1"}, set(), now=15.0)
+    assert traffic.demand(set(), {"a@1"})["a@1"].saturated  # for one half-life
+    traffic.update({"a@1": 100}, set(), set(), now=20.0)
+    later = traffic.demand(set(), {"a@1"})["a@1"]
+    assert later.rate == pytest.approx(2.5)
+    assert (later.last_used, later.pinned, later.saturated) == (15.0, False, False)
 
 
 def test_copies_traffic_no_longer_asks_for_go_once_the_rate_has_halved() -> None:
