@@ -198,8 +198,13 @@ class AdapterReconciler:
                 view = self._snapshot.current.adapters[action.version]
                 await self._load(pool, replica, action.version, view.store_path)
             else:
-                await self._host.unload(pool, replica, action.version)
+                # Taken off the replica before the call, so no request starts on it meanwhile;
+                # one that started since the plan keeps it until a later pass.
                 replica.loaded = replica.loaded - {action.version}
+                if replica.running[action.version]:
+                    replica.loaded = replica.loaded | {action.version}
+                    return
+                await self._host.unload(pool, replica, action.version)
                 log.info("unloaded %s from %s", action.version, replica.url)
         except EngineError as exc:
             log.warning(
