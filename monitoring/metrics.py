@@ -102,6 +102,26 @@ class Metrics:
             ["pool", "replica", "version"],
             registry=r,
         )
+        self.replica_versions_held = Gauge(
+            "loragate_engine_replica_versions_held",
+            "Adapter versions the replica serves, as the last reconcile pass saw them.",
+            ["pool", "replica"],
+            registry=r,
+        )
+        self.replica_versions_running = Gauge(
+            "loragate_engine_replica_versions_running",
+            "Adapter versions this gateway had requests in flight on at the replica, at the last "
+            "reconcile pass: the slots its traffic keeps busy.",
+            ["pool", "replica"],
+            registry=r,
+        )
+        self.adapter_saturated = Counter(
+            "loragate_adapter_saturated",
+            "Requests that found every replica holding their version saturated while a replica "
+            "without it had room; the version's replica set grows on the next reconcile pass.",
+            ["pool", "version"],
+            registry=r,
+        )
         self.engine_restarts = Counter(
             "loragate_managed_engine_restarts",
             "Times the managed local engine was restarted after it exited.",

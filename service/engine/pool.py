@@ -123,6 +123,7 @@ class EnginePool:
         # loaded there: the version's set grows on the next reconcile pass; a holder serves now.
         if adapter is not None:
             self.saturated.add(adapter)
+            self._metrics.adapter_saturated.labels(self.name, adapter).inc()
         holders = [i for i, seat in enumerate(seats) if seat.holds]
         best = pick([seats[i] for i in holders], self.spill_depth)
         return None if best is None else candidates[holders[best]]

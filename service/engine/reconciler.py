@@ -225,6 +225,11 @@ class AdapterReconciler:
 
     def _publish(self, pool: EnginePool) -> None:
         for replica in pool.replicas:
+            running = len(replica.running) - (pool.base_model in replica.running)
+            self._metrics.replica_versions_held.labels(pool.name, replica.url).set(
+                len(replica.loaded)
+            )
+            self._metrics.replica_versions_running.labels(pool.name, replica.url).set(running)
             for version in self._snapshot.current.adapters:
                 if self._snapshot.current.adapters[version].pool != pool.name:
                     continue

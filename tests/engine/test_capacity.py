@@ -3,15 +3,19 @@ and requests sent only to replicas that hold their version (two fake replicas of
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from service.auth import Role
+from service.cli.app import app as cli
 from service.engine.managed import vllm_command
 from service.settings import EnginePoolSettings, ManagedEngineSettings, Settings
 from tests.adapters.test_placement import add_version, set_target
-from tests.conftest import Harness, chat_body, make_settings, running_gateway
+from tests.conftest import Harness, chat_body, make_settings, running_gateway, served
 from tests.fake_engine import MODEL, FakeEngine
 
 CHAT = "/v1/chat/completions"
@@ -81,3 +85,34 @@ def test_the_managed_engine_declares_its_capacity_only_when_its_host_cache_is_se
     settings = Settings(_env_file=None, data_dir=tmp_path, managed_engine=managed)  # type: ignore[call-arg]
     (pool,) = settings.engine_pools()
     assert (pool.max_loras, pool.capacity) == (2, 8)
+
+
+async def test_placement_is_shown_by_the_api_the_cli_and_the_metrics(
+    held: Harness, engine: FakeEngine, engine2: FakeEngine, tmp_path: Path
+) -> None:
+    await add_version(held, "triage", 1, tmp_path)
+    assert (await set_target(held, "triage@1"))["status"] == 200
+    await held.app.state.gateway.reconciler.reconcile()
+    holder = engine.url if engine.adapters else engine2.url
+    r = await held.client.get("/v1/admin/engine/placement", headers=held.auth(Role.SRE))
+    assert r.status_code == 200
+    (pool,) = r.json()["data"]
+    assert (pool["name"], pool["max_loras"], pool["capacity"]) == ("default", 1, 1)
+    shown = {replica["url"]: replica["held"] for replica in pool["replicas"]}
+    assert shown == {engine.url: [], engine2.url: [], holder: ["triage@1"]}
+    refused = await held.client.get("/v1/admin/engine/placement", headers=held.auth(Role.APP))
+    assert refused.status_code == 403
+    async with served(held.app) as url:
+        printed = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli,
+            ["engine", "placement", "--key", held.keys[Role.SRE], "--url", url],
+        )
+    assert printed.exit_code == 0, printed.output
+    assert "pool default (fake-base): holds 1, slots 1" in printed.output
+    line = next(x for x in printed.output.splitlines() if holder in x)
+    assert line.split()[-3:] == ["1", "triage@1", "-"]
+    metrics = (await held.client.get("/metrics", headers=held.auth(Role.ADMIN))).text
+    assert f'loragate_engine_replica_versions_held{{pool="default",replica="{holder}"}} 1.0' in (
+        metrics
+    )
