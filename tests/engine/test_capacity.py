@@ -116,3 +116,23 @@ async def test_placement_is_shown_by_the_api_the_cli_and_the_metrics(
     assert f'loragate_engine_replica_versions_held{{pool="default",replica="{holder}"}} 1.0' in (
         metrics
     )
+
+
+async def test_a_spare_copy_goes_only_once_no_request_runs_on_it(
+    held: Harness, engine: FakeEngine, engine2: FakeEngine, tmp_path: Path
+) -> None:
+    path = await add_version(held, "triage", 1, tmp_path)
+    assert (await set_target(held, "triage@1"))["status"] == 200
+    for fake in (engine, engine2):  # a copy on each replica, where one is all it asks for
+        fake.adapters["triage@1"] = path
+    gateway = held.app.state.gateway
+    pool = gateway.engines.pool("default")
+    # A request running on each copy (without the traffic that would ask for both copies).
+    for replica in pool.replicas:
+        replica.running["triage@1"] += 1
+    await gateway.reconciler.reconcile()
+    assert "triage@1" in engine.adapters and "triage@1" in engine2.adapters
+    for replica in pool.replicas:
+        replica.running.clear()
+    await gateway.reconciler.reconcile()
+    assert ["triage@1" in fake.adapters for fake in (engine, engine2)].count(True) == 1
