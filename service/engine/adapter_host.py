@@ -1,4 +1,5 @@
-"""vLLM's runtime LoRA endpoints: what a replica has loaded, load, unload, and a smoke probe.
+"""vLLM's runtime LoRA endpoints: what a replica has loaded, load, unload, and a smoke probe;
+and, from its ``/metrics``, which adapters its running batch uses.
 
 Needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` on the replicas (the managed engine sets it).
 Success is judged by what ``GET /v1/models`` shows afterwards, not by vLLM's error texts.
@@ -6,6 +7,7 @@ Success is judged by what ``GET /v1/models`` shows afterwards, not by vLLM's err
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +50,11 @@ class AdapterHost:
         if name in await self.loaded(pool, replica):
             raise AdapterHostError(f"{name} is still listed by the replica after unloading")
 
+    async def running(self, replica: Replica) -> frozenset[str]:
+        """Adapters the replica's running requests use now (vLLM's ``vllm:lora_requests_info``)."""
+        text = await self._call("GET", replica, "/metrics", expect_json=False)
+        return running_adapters(text)
+
     async def generates(self, replica: Replica, name: str) -> None:
         """A smoke check that the replica can generate with ``name``: one greedy token, or raise.
 
@@ -82,8 +89,32 @@ class AdapterHost:
         if status != 200:
             raise AdapterHostError(f"{method} {path} on {replica.url}: HTTP {status}: {text[:300]}")
         if not expect_json:
-            return None
+            return text
         try:
             return orjson.loads(text) if text else None
         except orjson.JSONDecodeError as exc:
             raise AdapterHostError(f"{path} on {replica.url} answered with non-JSON") from exc
+
+
+LORA_INFO = "vllm:lora_requests_info{"
+RUNNING_LABEL = re.compile(r'running_lora_adapters="([^"]*)"')
+
+
+def running_adapters(metrics: str) -> frozenset[str]:
+    """The running adapters of the latest ``vllm:lora_requests_info`` sample in a Prometheus
+    text page. vLLM sets each new label set to the time of the change and keeps the old ones,
+    so the sample with the largest value is the current one."""
+    latest, value = "", float("-inf")
+    for line in metrics.splitlines():
+        if not line.startswith(LORA_INFO):
+            continue
+        labels, _, sample = line.rpartition("} ")
+        try:
+            at = float(sample.split()[0])
+        except (ValueError, IndexError):
+            continue
+        if at > value:
+            latest, value = labels, at
+    found = RUNNING_LABEL.search(latest)
+    names = found.group(1).split(",") if found else []
+    return frozenset(name for name in names if name)

@@ -29,6 +29,11 @@ class ReplicaOut(BaseModel):
         description="Requests this gateway has in flight there per target: the versions in its "
         "slots, as far as this gateway's traffic goes."
     )
+    engine_running: list[str] = Field(
+        description="The adapters the replica's running batch used at the last reconcile pass, "
+        "every gateway's requests included (its vllm:lora_requests_info); pools with a declared "
+        "capacity only."
+    )
 
 
 class PoolOut(BaseModel):
@@ -80,6 +85,7 @@ def pool_out(pool: EnginePool) -> PoolOut:
                 in_flight=r.in_flight,
                 held=sorted(r.loaded),
                 running=dict(sorted(r.running.items())),
+                engine_running=sorted(r.engine_running),
             )
             for r in pool.replicas
         ],

@@ -39,8 +39,8 @@ class ReplicaState(StrEnum):
 
 class Replica:
     __slots__ = (
-        "answered", "ejected_until", "in_flight", "in_flight_gauge", "last_error", "loaded",
-        "pool", "probe_failures", "running", "state", "url",
+        "answered", "ejected_until", "engine_running", "in_flight", "in_flight_gauge",
+        "last_error", "loaded", "pool", "probe_failures", "running", "state", "url",
     )  # fmt: skip
 
     def __init__(self, pool: str, url: str, metrics: Metrics) -> None:
@@ -58,6 +58,9 @@ class Replica:
         self.loaded: frozenset[str] = frozenset()
         # Requests in flight here per target: the versions running in its slots.
         self.running: Counter[str] = Counter()
+        # The adapters its running batch used when last asked (its /metrics): other gateways'
+        # requests too. Kept by the reconcile loop for pools with a declared capacity.
+        self.engine_running: frozenset[str] = frozenset()
 
     def usable(self, now: float) -> bool:
         return self.state is not ReplicaState.EJECTED or now >= self.ejected_until
@@ -131,10 +134,12 @@ class EnginePool:
     def _seat(self, replica: Replica, adapter: str | None) -> Seat:
         """``replica`` for a request on ``adapter`` (None: the base model, which needs no slot)."""
         base_running = self.base_model in replica.running
-        active_adapters = len(replica.running) - base_running
+        active_adapters = max(len(replica.running) - base_running, len(replica.engine_running))
         return Seat(
             holds=adapter is None or adapter in replica.loaded,
-            active=adapter is None or replica.running[adapter] > 0,
+            active=adapter is None
+            or replica.running[adapter] > 0
+            or adapter in replica.engine_running,
             free_slot=self.max_loras is None or active_adapters < self.max_loras,
             healthy=replica.state is ReplicaState.HEALTHY,
             in_flight=replica.in_flight,

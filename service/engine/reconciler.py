@@ -137,6 +137,8 @@ class AdapterReconciler:
                 continue
             replica.loaded = frozenset(have)
             loaded[replica.url] = have
+            if pool.capacity is not None:
+                replica.engine_running = await self._running(replica)
         now = self._clock()
         unwanted = self._unwanted[pool.name]
         unwanted.update(wanted, set().union(*loaded.values()), now)
@@ -180,6 +182,14 @@ class AdapterReconciler:
             return may_unload(version)
 
         return plan_by_traffic(demand, loaded, capacity, may_leave)
+
+    async def _running(self, replica: Replica) -> frozenset[str]:
+        """The adapters the replica's batch runs, or none known when its /metrics fails."""
+        try:
+            return await self._host.running(replica)
+        except EngineError as exc:
+            log.debug("cannot read running adapters on %s: %s", replica.url, exc.message)
+            return frozenset()
 
     async def _busy_elsewhere(self, candidates: set[str]) -> frozenset[str]:
         """Of the versions this gateway would unload, those other gateways still need."""

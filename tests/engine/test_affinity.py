@@ -4,6 +4,7 @@ loaded; a spill only once every holder is saturated."""
 from __future__ import annotations
 
 from monitoring.metrics import Metrics
+from service.engine.adapter_host import running_adapters
 from service.engine.affinity import Seat, pick, spills
 from service.engine.pool import EnginePool, Replica
 from service.settings import EnginePoolSettings
@@ -95,3 +96,29 @@ def test_without_declared_capacity_the_least_busy_replica_wins_as_before() -> No
     assert pool.choose(target="a@1") is r1
     pool.release(r0, "a@1")
     assert not r0.running and not pool.in_flight_by_target
+
+
+def test_the_engines_own_running_adapters_count_as_active() -> None:
+    pool = pool_of(2, max_loras=1)
+    r0, r1 = holding(pool, "a@1", "b@1")
+    r1.engine_running = frozenset({"b@1"})  # another gateway's request on b runs on r1
+    assert pool.choose(target="b@1") is r1
+    assert pool.choose(target="a@1") is r0  # r1's one slot is taken
+
+
+def test_running_adapters_are_read_from_the_latest_lora_sample_of_vllm_metrics() -> None:
+    page = "\n".join([
+        "# HELP vllm:lora_requests_info Running stats on lora requests.",
+        "# TYPE vllm:lora_requests_info gauge",
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a@1",'
+        'waiting_lora_adapters=""} 1.7e+09',
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="b@1,c@1",'
+        'waiting_lora_adapters="a@1"} 1.7000001e+09',
+        'vllm:num_requests_running{model_name="base"} 3.0',
+    ])  # fmt: skip
+    assert running_adapters(page) == {"b@1", "c@1"}
+    assert running_adapters("vllm:num_requests_running 0.0") == frozenset()
+    idle = (
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters=""} 5'
+    )
+    assert running_adapters(idle) == frozenset()
