@@ -209,3 +209,13 @@ def _info(row: EvalRun) -> RunInfo:
         finished_at=clock.as_utc(row.finished_at) if row.finished_at else None,
         started_by=row.started_by, figures=row.figures,
     )  # fmt: skip
+
+
+def as_dict(info: RunInfo) -> dict[str, Any]:
+    """The run as the CLI and the report read it (the API's field names)."""
+    return {
+        "id": info.id, "route": info.route, "pack": info.pack_id, "candidate": info.candidate,
+        "baseline": info.baseline, "baseline_ref": info.baseline_ref, "status": info.status,
+        "reason": info.reason, "created_at": info.created_at.isoformat(),
+        "figures": info.figures,
+    }  # fmt: skip

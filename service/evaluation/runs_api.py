@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import SRE_ROLES, require_roles, store_parts
@@ -14,6 +15,7 @@ from service.auth import Principal
 from service.evaluation.errors import RunInvalid
 from service.evaluation.executor import RunExecutor, RunRequest
 from service.evaluation.runs import RunInfo, get_run, list_runs
+from service.evaluation.service import run_page
 
 router = APIRouter(prefix="/v1/admin/eval", tags=["evaluation"])
 SreKey = Annotated[Principal, Depends(require_roles(*SRE_ROLES))]
@@ -147,3 +149,17 @@ async def runs(
 async def run(run_id: str, request: Request, _: SreKey) -> RunOut:
     async with store_parts(request).sessions() as session:
         return RunOut.of(await get_run(session, run_id))
+
+
+@router.get(
+    "/runs/{run_id}/report",
+    summary="One evaluation run as an HTML page",
+    description="Self-contained (nothing loaded from elsewhere): each arm's rates with their "
+    "95 % intervals, the paired verdict, confusion matrices, per-slice rates, and every case the "
+    "candidate failed beside the expected answer and the baseline's.",
+    response_class=HTMLResponse,
+    responses={**ERRORS, 404: {"description": "No such run."}},
+)
+async def run_report(run_id: str, request: Request, _: SreKey) -> HTMLResponse:
+    async with store_parts(request).sessions() as session:
+        return HTMLResponse(await run_page(session, run_id))

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from service.cli.common import KeyOption, UrlOption, call_gateway, fail, gateway_url, settings_of
 from service.cli.db import with_session
-from service.evaluation.runs import RunInfo, get_run, list_runs
+from service.evaluation.runs import as_dict, get_run, list_runs
+from service.evaluation.service import run_page
 from service.evaluation.summary import BASELINE, CANDIDATE
 
 runs_app = typer.Typer(help="Evaluation runs: list and read them.", no_args_is_help=True)
@@ -95,6 +97,19 @@ def list_(
         typer.echo("no evaluation runs" + (f" for {route}" if route else ""))
 
 
+@runs_app.command("report")
+def report(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run's id (run_...).")],
+    out: Annotated[Path, typer.Option(help="Where to write the HTML page.")],
+) -> None:
+    """One self-contained HTML page: rates with intervals, the paired verdict, confusion
+    matrices, per-slice rates, and each failed case beside what was expected."""
+    page = with_session(settings_of(ctx), lambda session: run_page(session, run_id))
+    out.write_text(page, encoding="utf-8")
+    typer.echo(f"wrote {out}")
+
+
 @runs_app.command("show")
 def show(
     ctx: typer.Context,
@@ -108,15 +123,6 @@ def show(
         return
     for line in report_lines(as_dict(info)):
         typer.echo(line)
-
-
-def as_dict(info: RunInfo) -> dict[str, Any]:
-    return {
-        "id": info.id, "route": info.route, "pack": info.pack_id, "candidate": info.candidate,
-        "baseline": info.baseline, "baseline_ref": info.baseline_ref, "status": info.status,
-        "reason": info.reason, "created_at": info.created_at.isoformat(),
-        "figures": info.figures,
-    }  # fmt: skip
 
 
 def _one_line(run: dict[str, Any]) -> str:

@@ -14,7 +14,9 @@ from service.db.models import Route
 from service.evaluation.cases import Case
 from service.evaluation.errors import PackInvalid
 from service.evaluation.from_reviews import ReviewWindow, reviewed_cases
-from service.evaluation.store import CreatedPack, check_name, create_pack
+from service.evaluation.report import render
+from service.evaluation.runs import as_dict, get_run, run_answers
+from service.evaluation.store import CreatedPack, check_name, create_pack, read_pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +64,10 @@ async def make_pack(
 async def _check_route(session: AsyncSession, route: str) -> None:
     if await session.scalar(select(Route.name).where(Route.name == route)) is None:
         raise PackInvalid(f"no route {route!r}: a pack belongs to an existing route")
+
+
+async def run_page(session: AsyncSession, run_id: str) -> str:
+    """The run's HTML report (``report.render``) with its pack's cases and its answers."""
+    run = await get_run(session, run_id)
+    _, cases = await read_pack(session, run.pack_id)
+    return render(as_dict(run), cases, await run_answers(session, run_id))
