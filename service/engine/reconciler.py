@@ -175,13 +175,16 @@ class AdapterReconciler:
         traffic.update(pool.started_by_target, set(pool.in_flight_by_target), saturated, now)
         demand = traffic.demand(wanted, set().union(*loaded.values()))
         by_url = {r.url: r for r in pool.replicas}
+        # An ejected replica serves nothing: its versions are placed as if it held none, on
+        # the others, and it is left as it is until it is usable again.
+        usable = {url: have for url, have in loaded.items() if by_url[url].usable(now)}
 
         def may_leave(url: str, version: str) -> bool:
             if version in wanted:  # a copy beyond what its traffic asks for: idle there
                 return by_url[url].running[version] == 0
             return may_unload(version)
 
-        return plan_by_traffic(demand, loaded, capacity, may_leave)
+        return plan_by_traffic(demand, usable, capacity, may_leave)
 
     async def _running(self, replica: Replica) -> frozenset[str]:
         """The adapters the replica's batch runs, or none known when its /metrics fails."""

@@ -31,6 +31,7 @@ async def held(
     settings = make_settings(
         sqlite_url, tmp_path, [], engines=[pool],
         adapter_reconcile_interval_s=3600, adapter_unload_grace_s=0,
+        health_probe_interval_s=3600,  # an ejection holds until the test ends it
     )  # fmt: skip
     async with running_gateway(settings) as harness:
         yield harness
@@ -136,3 +137,19 @@ async def test_a_spare_copy_goes_only_once_no_request_runs_on_it(
         replica.running.clear()
     await gateway.reconciler.reconcile()
     assert ["triage@1" in fake.adapters for fake in (engine, engine2)].count(True) == 1
+
+
+async def test_a_version_whose_only_replica_is_ejected_is_placed_on_another(
+    held: Harness, engine: FakeEngine, engine2: FakeEngine, tmp_path: Path
+) -> None:
+    await add_version(held, "triage", 1, tmp_path)
+    assert (await set_target(held, "triage@1"))["status"] == 200
+    gateway = held.app.state.gateway
+    pool = gateway.engines.pool("default")
+    (holder,) = [r for r in pool.replicas if "triage@1" in r.loaded]
+    pool.eject(holder, "HTTP 500")
+    await gateway.reconciler.reconcile()
+    assert "triage@1" in engine.adapters and "triage@1" in engine2.adapters
+    other = next(fake for fake in (engine, engine2) if fake.url != holder.url)
+    await ask(held, 2)
+    assert [b["model"] for b in other.requests[-2:]] == ["triage@1"] * 2
