@@ -408,3 +408,11 @@ async def _latency_at(
     )
     value = await session.scalar(query)
     return float(value) if value is not None else None
+
+
+async def for_candidate(session: AsyncSession, version: str) -> list[StoredRollout]:
+    """Every rollout of ``version``, the oldest first (its model card)."""
+    rows = await session.scalars(
+        select(Rollout).where(Rollout.candidate == version).order_by(Rollout.created_at)
+    )
+    return [stored(r) for r in rows]

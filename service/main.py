@@ -29,6 +29,7 @@ from service.api.edge import EdgeParts, document_the_edge
 from service.api.errors import document_validation_errors_as_400, install_error_handlers
 from service.audit import api as audit_api
 from service.audit.retention import audit_pruner
+from service.cards import api as cards_api
 from service.clock import Clock, now
 from service.db import repositories
 from service.db.change_listener import ChangeListener
@@ -349,6 +350,7 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(engine_api.router)
     app.include_router(adapters_api.router)
+    app.include_router(cards_api.router)
     app.include_router(rollouts_api.router)
     app.include_router(drift_api.router)
     app.include_router(eval_api.router)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from adapters.cli import adapters_app
 from rollout.cli import rollout_app
 from service.audit.cli import audit_app
+from service.cards.cli import card
 from service.cli.common import fail, settings_of
 from service.cli.db import with_session, with_sessions
 from service.cli.engine import engine_app
@@ -36,6 +37,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(routes_app, name="routes")
 app.add_typer(engine_app, name="engine")
+adapters_app.command("card")(card)  # it reads other domains: wired here, at the root
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(reviews_app, name="reviews")

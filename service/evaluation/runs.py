@@ -219,3 +219,13 @@ def as_dict(info: RunInfo) -> dict[str, Any]:
         "reason": info.reason, "created_at": info.created_at.isoformat(),
         "figures": info.figures,
     }  # fmt: skip
+
+
+async def runs_of_version(session: AsyncSession, version: str) -> list[RunInfo]:
+    """Every run with ``version`` as the candidate or the baseline, the oldest first."""
+    query = (
+        select(EvalRun)
+        .where((EvalRun.candidate == version) | (EvalRun.baseline == version))
+        .order_by(EvalRun.created_at)
+    )
+    return [_info(row) for row in await session.scalars(query)]
