@@ -118,6 +118,11 @@ def render(status: dict[str, Any]) -> str:
         + f", inconclusive {status['inconclusive']}"
         + _alpha(status),
     ]
+    if status.get("evaluation_run"):
+        lines.append(
+            f"evaluation {status['evaluation_run']} (loragate eval runs show "
+            f"{status['evaluation_run']})"
+        )
     figures, gates = _figures(status)
     lines += figures
     lines += _gates(gates)
