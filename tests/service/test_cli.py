@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -21,6 +22,7 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner, Result
 
+from service.cli import common as cli_common
 from service.cli.app import app
 from service.cli.common import READ_ATTEMPTS, call_gateway
 from service.db.models import ApiKey
@@ -104,20 +106,37 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
 async def unmigrated(
-    request: pytest.FixtureRequest, cli_env: Path, monkeypatch: pytest.MonkeyPatch
+    dialect: str, cli_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[str]:
     """A fresh, empty database named by LORAGATE_DATABASE_URL."""
-    async with fresh_database(request.param, cli_env, migrate=False) as url:
+    async with fresh_database(dialect, cli_env, migrate=False) as url:
         monkeypatch.setenv("LORAGATE_DATABASE_URL", url)
         yield url
 
 
 @pytest.fixture
-def migrated(unmigrated: str) -> str:
+async def at_head(
+    dialect: str, cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    """A migrated database (a copy of the tests' template) named by LORAGATE_DATABASE_URL."""
+    async with fresh_database(dialect, cli_env) as url:
+        monkeypatch.setenv("LORAGATE_DATABASE_URL", url)
+        yield url
+
+
+@pytest.fixture
+def migrated(at_head: str) -> str:
+    """A database at head, as `db upgrade` says (the upgrade from an empty database is
+    test_db_upgrade_creates_the_schema_and_is_repeatable's)."""
     result = ok("db", "upgrade")
     assert result.output.startswith("database at head: ")
-    return unmigrated
+    return at_head
 
 
 # -- db ---------------------------------------------------------------------------------------
@@ -589,18 +608,32 @@ def dropping_gateway(drops: int) -> Iterator[tuple[str, list[str]]]:
         thread.join()
 
 
-def test_a_read_whose_connection_dropped_is_sent_again(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The CLI's waits between tries, recorded instead of slept."""
+    waited: list[float] = []
+    monkeypatch.setattr(cli_common, "time", SimpleNamespace(sleep=waited.append))
+    return waited
+
+
+def test_a_read_whose_connection_dropped_is_sent_again(
+    capsys: pytest.CaptureFixture[str], waits: list[float]
+) -> None:
     with dropping_gateway(drops=READ_ATTEMPTS - 1) as (url, seen):
         assert call_gateway(url, "lg-x", "GET", "/v1/admin/rollouts/chat", None) == {"ok": True}
     assert seen == ["GET"] * READ_ATTEMPTS
     assert capsys.readouterr().err.count("trying again") == READ_ATTEMPTS - 1
+    assert waits == [1, 2]  # 1 s, then 2 s
 
 
-def test_a_read_that_keeps_failing_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_read_that_keeps_failing_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], waits: list[float]
+) -> None:
     with dropping_gateway(drops=READ_ATTEMPTS) as (url, seen), pytest.raises(typer.Exit):
         call_gateway(url, "lg-x", "GET", "/v1/admin/rollouts/chat", None)
     assert seen == ["GET"] * READ_ATTEMPTS
     assert f"error: cannot reach the gateway at {url}" in capsys.readouterr().err
+    assert waits == [1, 2]
 
 
 def test_a_change_whose_connection_dropped_is_not_sent_again(
