@@ -599,6 +599,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.heavy
 async def test_registration_runs_peft_in_a_worker_and_the_gateway_never_imports_torch(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine, base_model_dir: Path
 ) -> None:

@@ -184,6 +184,7 @@ def open_in_chromium(path: Path, screenshot: Path) -> dict[str, Any]:
     return seen
 
 
+@pytest.mark.heavy
 async def test_the_report_opens_in_a_browser(drifted: Harness, tmp_path: Path) -> None:
     if not HAVE_BROWSER:
         pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromium)")

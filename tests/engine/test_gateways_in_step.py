@@ -30,7 +30,7 @@ from tests.conftest import chat_body, fresh_database, insert_key, wait_until
 from tests.fake_engine import MODEL, Behaviour, FakeEngine
 from tests.gateway_process import GatewayProcess
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.heavy]
 
 REFRESH_S = 60.0  # the fallback refresh: nothing in these tests may wait for it
 SEEN_WITHIN_S = 30.0  # generous on a loaded machine, and still well inside REFRESH_S

@@ -71,6 +71,7 @@ def where_and_how(schema: dict[str, Any]) -> Refusal | None:
     return Refusal(str(os.getpid()), False)
 
 
+@pytest.mark.heavy
 async def test_the_gateway_checks_in_a_worker_process_and_survives_its_death() -> None:
     pool = SchemaChecks(
         where_and_how, Metrics(), executor=worker_processes(1), workers=1, max_waiting=4,
@@ -207,6 +208,7 @@ async def test_the_attack_is_refused_cheaply_by_four_clients_at_once(
     assert metas == [] and engine.requests == []
 
 
+@pytest.mark.heavy
 async def test_normal_requests_pass_four_attackers_waiting_on_checks(
     gateway: Harness, engine: FakeEngine
 ) -> None:
@@ -243,6 +245,7 @@ async def test_normal_requests_pass_four_attackers_waiting_on_checks(
     assert len(engine.requests) == 5 + 1 + 4
 
 
+@pytest.mark.heavy
 async def test_real_checks_under_four_attackers_answer_everyone(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:

@@ -24,6 +24,8 @@ from tests.fake_engine import MODEL, FakeEngine
 from tests.gateway_process import GatewayProcess
 from tests.limits.test_counters import REDIS_URL, redis_is_up
 
+pytestmark = pytest.mark.heavy
+
 RPM = 20
 MAX_CONCURRENT = 3
 

@@ -35,6 +35,8 @@ from tests.guard.test_output_contracts import (
     routes_file,
 )
 
+pytestmark = pytest.mark.heavy
+
 
 class Receiver:
     """A callback receiver that fails while ``failing`` is set."""

@@ -60,6 +60,7 @@ async def seed(sessions: async_sessionmaker[AsyncSession]) -> None:
         )
 
 
+@pytest.mark.heavy
 async def test_a_large_export_is_read_in_batches_in_flat_memory(
     sessions: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:

@@ -214,6 +214,7 @@ def lease_in_browser(
     return seen
 
 
+@pytest.mark.heavy
 async def test_in_a_browser_the_open_page_keeps_its_claim(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:

@@ -408,6 +408,7 @@ KINDS: list[tuple[str, str | None]] = [("approve", None), ("correct", '{"c": 1}'
 DECISION_KINDS = {"approve", "correct", "reject"}
 
 
+@pytest.mark.heavy
 async def test_eight_reviewers_drain_five_hundred_items_each_exactly_once(
     db_url: str, sessions: Sessions
 ) -> None:
@@ -509,6 +510,7 @@ async def test_eight_reviewers_drain_five_hundred_items_each_exactly_once(
           f"{elapsed:.1f}s, per reviewer {per_reviewer}")  # fmt: skip
 
 
+@pytest.mark.heavy
 async def test_eight_reviewers_give_five_hundred_critical_items_two_decisions_each(
     db_url: str, sessions: Sessions
 ) -> None:

@@ -188,6 +188,7 @@ def browser_two_reviewers(base: str, keys: dict[str, str]) -> dict[str, Any]:
     return seen
 
 
+@pytest.mark.heavy
 async def test_two_reviewers_and_a_lead_in_a_browser(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:

@@ -391,6 +391,7 @@ def browser_session(base: str, key: str, edited: str) -> dict[str, Any]:
     return seen
 
 
+@pytest.mark.heavy
 async def test_in_a_browser(sqlite_url: str, tmp_path: Path, engine: FakeEngine) -> None:
     if not HAVE_BROWSER:
         pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromium)")

@@ -146,6 +146,7 @@ def browser_run(base: str, sre: str, reviewer: str, shot: Path) -> dict[str, Any
     return seen
 
 
+@pytest.mark.heavy
 async def test_in_a_browser(gw: Harness, clock: Clock, tmp_path: Path) -> None:
     if not HAVE_BROWSER:
         pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromium)")

@@ -364,6 +364,7 @@ async def records_of(url: str) -> list[RequestRecord]:
         await db.dispose()
 
 
+@pytest.mark.heavy
 async def test_loragate_serve_closes_idle_connections_and_cuts_streams_nobody_reads(
     sqlite_url: str, tmp_path: Path, engine: FakeEngine
 ) -> None:

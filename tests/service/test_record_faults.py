@@ -22,6 +22,8 @@ from tests.db_proxy import CuttableProxy
 from tests.fake_engine import FakeEngine
 from tests.gateway_process import GatewayProcess
 
+pytestmark = pytest.mark.heavy
+
 CLIENTS = 8
 
 
