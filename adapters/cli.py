@@ -309,8 +309,9 @@ def adapters_demo(
 ) -> None:
     """Train the tutorial's three versions on the bundled ticket data (about a minute each on a
     laptop CPU): `good` (seed 0), `bad` (shuffled labels) and `good2` (seed 1); write the
-    `ticket-triage` route (routes.yaml) and the rollout spec (rollout.json) beside them. Versions
-    trained before with the same inputs are copied from the training cache."""
+    `ticket-triage` route (routes.yaml), the rollout spec (rollout.json) and an evaluation pack
+    (eval-pack.jsonl) beside them. Versions trained before with the same inputs are copied from
+    the training cache."""
     settings = settings_of(ctx)
     base_name, base_dir = _base_model(settings, pool, base_model_dir)
     target = (out or settings.effective_import_root / "demo").absolute()
@@ -331,10 +332,13 @@ def adapters_demo(
             _print_training(label, train_one(data, label, seed, shuffled))
     demo.write_route_files(target)
     typer.echo(
-        f"route and rollout spec: {target / 'routes.yaml'}, {target / 'rollout.json'}\n"
+        f"route, rollout spec and evaluation pack: {target / 'routes.yaml'}, "
+        f"{target / 'rollout.json'}, {target / 'eval-pack.jsonl'}\n"
         "next (README, Tutorial): register good, bad and good2 as ticket-triage@1, @2, @3,\n"
         f"  loragate routes sync {target / 'routes.yaml'}\n"
-        "  loragate routes set-target ticket-triage ticket-triage@1, then roll out @2 and @3"
+        "  loragate routes set-target ticket-triage ticket-triage@1,\n"
+        f"  loragate eval pack create ticket-triage tickets --jsonl {target / 'eval-pack.jsonl'}"
+        ",\n  then roll out @2 and @3"
     )
 
 

@@ -1,11 +1,21 @@
 """The rollout's evaluate step judged: a run's figures, candidate against baseline. Pure.
 
-The run answered the same cases with both versions, so the decisive check is the paired one
-(McNemar's exact test, computed with the run): a candidate found ``worse`` case by case fails.
-The limits then bound what a paired test can miss on a small pack: the pass rate, each judged
-field's exact match, the schema-valid rate and each named scenario kind may fall at most their
-``max_*_drop`` below the baseline's. A run still going is ``inconclusive``; one that failed or
-lost its gateway fails the step (``retry`` starts a new run).
+Each check asks whether the candidate is worse than the baseline by more than its limit
+(``max_*_drop``), and fails only when the pack shows it: when the whole confidence interval of
+the difference lies below minus the limit. A pack too small to tell passes, saying so, and the
+live gates judge next. The checks share ``alpha`` evenly (Bonferroni), so a candidate within
+every limit is rolled back here with probability at most ``alpha``.
+
+- Cases passed and each judged field's exact match are paired (the same cases): of the ``m``
+  cases where exactly one version passed, the candidate won ``b``; given ``m``, ``b`` is
+  binomial with ``pi``, and the difference of the rates is ``(2 pi - 1) m / n``. Its interval
+  comes from the exact (Clopper-Pearson) interval of ``pi`` (the conditional approach of
+  McNemar's test).
+- The schema-valid rate and each named scenario kind's pass rate are compared unpaired: the
+  difference is bounded by the arms' own Wilson intervals, each at half the check's share.
+
+A run still going is ``inconclusive``; one that failed or lost its gateway fails the step
+(``retry`` starts a new run).
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from scipy.stats import binomtest
 
 from rollout.core.spec import Evaluation, GateName
 from rollout.core.verdicts import EPSILON, GateResult, Verdict
@@ -32,6 +44,15 @@ class EvalResult:
     figures: Mapping[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Check:
+    what: str
+    candidate: Mapping[str, Any]  # a rate: hits, n, value
+    baseline: Mapping[str, Any]
+    drop: float
+    paired: Mapping[str, Any] | None  # the comparison's only_candidate/only_baseline, if paired
+
+
 def judge(spec: Evaluation, result: EvalResult) -> tuple[GateResult, ...]:
     run = f"evaluation {result.run_id}"
     if result.status == "running":
@@ -41,50 +62,65 @@ def judge(spec: Evaluation, result: EvalResult) -> tuple[GateResult, ...]:
     arms = result.figures["arms"]
     if "baseline" not in arms:
         return (_result(Verdict.PASS, f"{run}: no baseline to compare with"),)
-    candidate, baseline = arms["candidate"], arms["baseline"]
+    checks = _checks(spec, result.figures)
+    alpha = spec.alpha / max(1, len(checks))
     name = result.baseline or "the baseline"
-    checks = [_paired(run, name, result.figures["comparison"]["passed"])]
-    checks.append(_rate(f"{run}: cases passed", name, candidate["passed"], baseline["passed"],
-                        spec.max_pass_rate_drop))  # fmt: skip
+    return tuple(_judged(f"{run}: {c.what}", name, c, alpha) for c in checks)
+
+
+def _checks(spec: Evaluation, figures: Mapping[str, Any]) -> list[_Check]:
+    candidate, baseline = figures["arms"]["candidate"], figures["arms"]["baseline"]
+    compared = figures["comparison"]
+    checks = [_Check("cases passed", candidate["passed"], baseline["passed"],
+                     spec.max_pass_rate_drop, compared["passed"])]  # fmt: skip
     for field, found in candidate["fields"].items():
-        theirs = baseline["fields"].get(field)
-        if theirs is not None:
-            checks.append(_rate(f"{run}: {field} exact match", name, found["exact_match"],
-                                theirs["exact_match"], spec.max_field_match_drop))  # fmt: skip
-    if candidate["schema_valid"]["n"] and baseline["schema_valid"]["n"]:
-        checks.append(_rate(f"{run}: schema-valid", name, candidate["schema_valid"],
-                            baseline["schema_valid"], spec.max_schema_valid_drop))  # fmt: skip
+        theirs, paired = baseline["fields"].get(field), compared["fields"].get(field)
+        if theirs is not None and paired is not None:
+            drop = spec.max_field_match_drop
+            mine, their = found["exact_match"], theirs["exact_match"]
+            checks.append(_Check(f"{field} exact match", mine, their, drop, paired))
+    checks.append(_Check("schema-valid", candidate["schema_valid"], baseline["schema_valid"],
+                         spec.max_schema_valid_drop, None))  # fmt: skip
     for kind, drop in sorted(spec.max_kind_drop.items()):
         mine, theirs = candidate["by_kind"].get(kind), baseline["by_kind"].get(kind)
         if mine is not None and theirs is not None:
-            checks.append(_rate(f"{run}: {kind} cases passed", name, mine, theirs, drop))
-    return tuple(checks)
+            checks.append(_Check(f"{kind} cases passed", mine, theirs, drop, None))
+    return [c for c in checks if c.candidate["n"] and c.baseline["n"]]  # both arms judged
 
 
-def _paired(run: str, name: str, compared: Mapping[str, Any]) -> GateResult:
-    worse = compared["verdict"] == "worse"
+def difference(check: _Check, alpha: float) -> tuple[float, float]:
+    """The (low, high) interval of candidate's rate minus baseline's, at level 1 - alpha."""
+    c, s = check.candidate, check.baseline
+    if check.paired is not None:
+        won, lost = check.paired["only_candidate"], check.paired["only_baseline"]
+        m, n = won + lost, c["n"]
+        if m == 0:
+            return 0.0, 0.0
+        ci = binomtest(won, m).proportion_ci(confidence_level=1 - alpha, method="exact")
+        return (2 * ci.low - 1) * m / n, (2 * ci.high - 1) * m / n
+    mine = binomtest(c["hits"], c["n"]).proportion_ci(1 - alpha / 2, method="wilson")
+    theirs = binomtest(s["hits"], s["n"]).proportion_ci(1 - alpha / 2, method="wilson")
+    return mine.low - theirs.high, mine.high - theirs.low
+
+
+def _judged(what: str, name: str, check: _Check, alpha: float) -> GateResult:
+    low, high = difference(check, alpha)
+    floor = -check.drop
+    verdict = Verdict.FAIL if high < floor - EPSILON else Verdict.PASS
+    if verdict is Verdict.FAIL:
+        said = f"worse by more than {100 * check.drop:g} points"
+    elif low >= floor - EPSILON:
+        said = f"within {100 * check.drop:g} points"
+    else:
+        said = "this pack is too small to tell; the live gates judge next"
+    c, s = check.candidate["value"], check.baseline["value"]
     detail = (
-        f"{run}: {compared['verdict']} than {name} case by case ({compared['only_candidate']} "
-        f"cases only the candidate passed, {compared['only_baseline']} only {name}; "
-        f"p = {compared['p_value']:.3g})"
+        f"{what} {pct(c)} vs {name} {pct(s)}: difference [{100 * low:+.1f}, {100 * high:+.1f}] "
+        f"points, {said}"
     )
-    return _result(Verdict.FAIL if worse else Verdict.PASS, detail)
-
-
-def _rate(
-    what: str, name: str, mine: Mapping[str, Any], theirs: Mapping[str, Any], drop: float
-) -> GateResult:
-    c, s = mine["value"], theirs["value"]
-    if c is None or s is None:
-        return _result(Verdict.PASS, f"{what}: nothing to compare")
-    floor = s - drop
-    verdict = Verdict.PASS if c >= floor - EPSILON else Verdict.FAIL
-    relation = "at least" if verdict is Verdict.PASS else "below"
-    detail = f"{what} {pct(c)} vs {name} {pct(s)}: {relation} the floor {pct(max(floor, 0.0))}"
     return GateResult(
-        GATE, verdict, c, s, floor, detail, candidate_low=mine["low"],
-        candidate_high=mine["high"], stable_low=theirs["low"], stable_high=theirs["high"],
-        candidate_samples=mine["n"], stable_samples=theirs["n"],
+        GATE, verdict, c, s, floor, detail, low=low, high=high,
+        candidate_samples=check.candidate["n"], stable_samples=check.baseline["n"], alpha=alpha,
     )  # fmt: skip
 
 

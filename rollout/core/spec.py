@@ -108,7 +108,8 @@ class Thresholds(_Strict):
 class Evaluation(_Strict):
     """The offline evaluation a rollout starts with, when its route has a pack: the candidate
     and ``baseline`` answer every case before any live request reaches the candidate, and a
-    candidate that fails here is rolled back with 0 shadow or canary requests."""
+    candidate the pack shows worse than a limit allows is rolled back with 0 shadow or canary
+    requests. A pack too small to tell lets it go on to the live gates."""
 
     enabled: bool = Field(
         default=True, description="Evaluate first when the route has a pack (false: skip it)."
@@ -122,6 +123,11 @@ class Evaluation(_Strict):
         default="stable",
         max_length=300,
         description="`stable` (the route's version now), `base`, or a version `NAME@M`.",
+    )
+    alpha: Annotated[float, Field(gt=0, le=0.5)] = Field(
+        default=0.05,
+        description="The chance that the step rolls back a candidate within every limit; split "
+        "evenly over its checks.",
     )
     max_pass_rate_drop: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.02, description="Baseline's share of cases passed minus the candidate's, at most."

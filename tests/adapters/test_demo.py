@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from adapters import demo
 from rollout.core.spec import RolloutSpec
 from service.auth import Role
+from service.evaluation.cases import kind_counts, parse_jsonl
 from service.routes.config import load_routes_file
 from tests.conftest import Harness, make_settings, running_gateway, served
 from tests.fake_engine import Behaviour, FakeEngine
@@ -34,6 +36,11 @@ def test_the_demo_writes_a_route_that_loads_and_a_spec_that_validates(tmp_path: 
         {**json.loads((tmp_path / "rollout.json").read_text()), "candidate": "ticket-triage@2"}
     )
     assert rollout.steps[0].kind == "shadow" and "agreement" in rollout.gates
+    cases = parse_jsonl((tmp_path / "eval-pack.jsonl").read_text())
+    assert kind_counts(cases) == {"held_out": 12, "injection": 2, "formatting": 2}
+    assert all(case.fields == ("category",) for case in cases)
+    categories = Counter(json.loads(case.expected)["category"] for case in cases[:12])
+    assert categories == dict.fromkeys(demo.PACK_CATEGORIES, 3)
 
 
 def test_the_demo_reviewer_approves_right_answers_and_corrects_the_others() -> None:

@@ -60,7 +60,7 @@ async def test_a_worse_candidate_is_rolled_back_at_evaluate_with_no_live_request
     assert back["phase"] == "rolled_back", back
     reason = back["events"][-1]["reason"]
     assert reason.startswith("evaluation failed, before any live request: ")
-    assert "worse than triage@1 case by case" in reason and back["evaluation_run"] in reason
+    assert "worse by more than 2 points" in reason and back["evaluation_run"] in reason
     targets = await live(gw, 6)
     assert targets and set(targets) == {"triage@1"}
     asked = sum(b["model"] == "triage@2" for b in engine.requests)

@@ -3,6 +3,7 @@ pending -> evaluating -> first step, or rolled back before any live request."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,12 +30,15 @@ def reply(category: str) -> Reply:
     return Reply(f'{{"category": "{category}"}}', schema_valid=True)
 
 
-def figures(candidate: list[str], baseline: list[str], kinds: list[CaseKind]) -> dict[str, Any]:
-    """Figures of a run whose expected answers are ``baseline``'s (it is always right)."""
-    cases = [case(c, k) for c, k in zip(baseline, kinds, strict=True)]
+def figures(
+    candidate: list[str], truth: list[str], kinds: list[CaseKind], baseline: list[str] | None = None
+) -> dict[str, Any]:
+    """Figures of a run whose expected answers are ``truth``; the baseline answers ``baseline``
+    (the truth itself by default)."""
+    cases = [case(c, k) for c, k in zip(truth, kinds, strict=True)]
+    theirs = truth if baseline is None else baseline
     return run_figures(
-        cases,
-        {"candidate": [reply(c) for c in candidate], "baseline": [reply(c) for c in baseline]},
+        cases, {"candidate": [reply(c) for c in candidate], "baseline": [reply(c) for c in theirs]}
     )
 
 
@@ -42,47 +46,63 @@ def done(found: dict[str, Any]) -> EvalResult:
     return EvalResult("run_1", "done", None, "triage@1", found)
 
 
-def test_a_candidate_worse_case_by_case_fails_and_says_why() -> None:
+def test_a_candidate_clearly_worse_fails_and_says_why() -> None:
     truth = ["billing", "technical", "account"] * 4
     verdicts = judge(Evaluation(), done(figures(["billing"] * 12, truth, [CaseKind.HELD_OUT] * 12)))
     assert overall(verdicts) is Verdict.FAIL
     failed = [v.detail for v in verdicts if v.verdict is Verdict.FAIL]
-    assert any("worse than triage@1 case by case (0 cases only the candidate passed, 8" in d
+    assert any(d.startswith("evaluation run_1: cases passed 33.3 % vs triage@1 100.0 %: "
+                            "difference [") and d.endswith("worse by more than 2 points")
                for d in failed)  # fmt: skip
-    assert any(d.startswith("evaluation run_1: category exact match 33.3 % vs triage@1 100.0 %")
-               for d in failed)  # fmt: skip
+    assert any("category exact match" in d for d in failed)
 
 
-def test_a_small_drop_the_paired_test_misses_is_caught_by_the_limits() -> None:
-    """One case of twelve lost: no detectable difference, but 8 points under a 2-point limit."""
-    truth = ["billing"] * 12
-    worse = ["technical"] + ["billing"] * 11
-    verdicts = judge(Evaluation(), done(figures(worse, truth, [CaseKind.HELD_OUT] * 12)))
-    paired = next(v for v in verdicts if "case by case" in v.detail)
-    assert paired.verdict is Verdict.PASS and "no detectable difference" in paired.detail
-    assert overall(verdicts) is Verdict.FAIL
-    looser = Evaluation(max_pass_rate_drop=0.1, max_field_match_drop=0.1)
-    assert overall(judge(looser, done(figures(worse, truth, [CaseKind.HELD_OUT] * 12)))) is (
-        Verdict.PASS
-    )
-
-
-def test_an_injection_case_lost_fails_even_when_the_rest_is_better() -> None:
+def test_a_pack_too_small_to_tell_lets_the_live_gates_judge() -> None:
+    """One case of twelve lost, and one injection case of two: the pack cannot tell a 2-point
+    drop from chance, so the candidate goes on, and the verdict says why."""
     truth = ["billing"] * 10 + ["refuse", "refuse"]
     kinds = [CaseKind.HELD_OUT] * 10 + [CaseKind.INJECTION] * 2
     candidate = ["billing"] * 10 + ["refuse", "obey"]
-    loose = Evaluation(max_pass_rate_drop=0.5, max_field_match_drop=0.5)
-    verdicts = judge(loose, done(figures(candidate, truth, kinds)))
-    failed = [v.detail for v in verdicts if v.verdict is Verdict.FAIL]
-    assert failed == ["evaluation run_1: injection cases passed 50.0 % vs triage@1 100.0 %: below "
-                      "the floor 100.0 %"]  # fmt: skip
+    verdicts = judge(Evaluation(), done(figures(candidate, truth, kinds)))
+    assert overall(verdicts) is Verdict.PASS
+    passed = next(v for v in verdicts if "cases passed 91.7 %" in v.detail)
+    assert passed.detail.endswith("this pack is too small to tell; the live gates judge next")
+    assert passed.low is not None and passed.high is not None
+    assert passed.low < -0.02 < 0 < passed.high
+    assert any(v.detail.startswith("evaluation run_1: injection cases passed 50.0 %")
+               for v in verdicts)  # fmt: skip
+
+
+def test_a_large_pack_catches_a_drop_past_the_limit() -> None:
+    """400 cases, 40 lost: a 10-point drop, far past the 2-point limit even at this alpha."""
+    truth = ["billing"] * 400
+    candidate = ["technical"] * 40 + ["billing"] * 360
+    verdicts = judge(Evaluation(), done(figures(candidate, truth, [CaseKind.HELD_OUT] * 400)))
+    assert overall(verdicts) is Verdict.FAIL
+    passed = [v for v in verdicts if "cases passed" in v.detail]
+    assert passed and all(v.high is not None and v.high < -0.02 for v in passed)
+
+
+def test_a_candidate_at_the_limit_is_rolled_back_at_most_alpha_of_the_time() -> None:
+    """Simulated: 300 packs of 100 cases, the candidate passing each case with a probability 2
+    points below the baseline's (exactly at the limit), their answers independent. At most
+    alpha = 5 % of them may roll it back."""
+    rng = random.Random(1)
+    rolled_back = 0
+    truth = ["billing"] * 100
+    for _ in range(300):
+        theirs = ["billing" if rng.random() < 0.80 else "x" for _ in range(100)]
+        mine = ["billing" if rng.random() < 0.78 else "x" for _ in range(100)]
+        found = figures(mine, truth, [CaseKind.HELD_OUT] * 100, baseline=theirs)
+        rolled_back += overall(judge(Evaluation(), done(found))) is Verdict.FAIL
+    assert rolled_back / 300 <= 0.05
 
 
 def test_equal_versions_pass_and_a_running_or_failed_run_decides_as_it_should() -> None:
     truth = ["billing", "technical"] * 6
-    assert overall(judge(Evaluation(), done(figures(truth, truth, [CaseKind.HARD] * 12)))) is (
-        Verdict.PASS
-    )
+    same = judge(Evaluation(), done(figures(truth, truth, [CaseKind.HARD] * 12)))
+    assert overall(same) is Verdict.PASS
+    assert all(v.detail.endswith("within 2 points") for v in same if "passed" in v.detail)
     assert overall(judge(Evaluation(), EvalResult("run_1", "running"))) is Verdict.INCONCLUSIVE
     lost = judge(Evaluation(), EvalResult("run_1", "interrupted", "its gateway stopped"))
     assert overall(lost) is Verdict.FAIL and "interrupted: its gateway stopped" in lost[0].detail
