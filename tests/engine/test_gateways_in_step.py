@@ -48,7 +48,8 @@ class Fleet:
         return {"Authorization": f"Bearer {key}"}
 
     async def chat(self, gateway: GatewayProcess, **extra: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        # Held at the engine while the fleet switches and drains: minutes on a loaded machine.
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=300) as client:
             return await client.post(
                 "/v1/chat/completions", json=chat_body(**extra), headers=self.auth(self.app_key)
             )
