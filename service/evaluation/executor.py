@@ -84,14 +84,28 @@ class RunExecutor:
         self._base_models = base_models
         self._limits = limits
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._starting = 0  # starts past the cap check, not yet running: they count too
+
+    @property
+    def running(self) -> int:
+        """Runs this gateway is answering now."""
+        return len(self._tasks)
 
     async def start(self, request: RunRequest) -> runs.RunInfo:
         """Check the request, write the run ``running`` and start answering its cases."""
-        if len(self._tasks) >= self._limits.max_runs:
+        busy = len(self._tasks) + self._starting
+        if busy >= self._limits.max_runs:
             raise RunBusy(
-                f"this gateway already runs {len(self._tasks)} evaluations (the most at once); "
-                "try again when one has ended"
+                f"this gateway already runs {busy} evaluations (the most at once); try again "
+                "when one has ended"
             )
+        self._starting += 1
+        try:
+            return await self._start(request)
+        finally:
+            self._starting -= 1
+
+    async def _start(self, request: RunRequest) -> runs.RunInfo:
         route = self._route(request.route)
         pack_id = f"{request.route}/{request.pack}"
         async with self._sessions() as session:

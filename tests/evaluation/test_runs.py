@@ -269,3 +269,24 @@ async def test_the_cli_runs_a_pack_through_the_gateway_and_reads_runs(
     assert json.loads(shown.output)["figures"]["arms"]["candidate"]["passed"]["hits"] == 3
     unknown = await asyncio.to_thread(runner.invoke, cli, ["eval", "runs", "show", "run_nope"])
     assert unknown.exit_code == 1 and "no evaluation run" in unknown.output
+
+
+async def test_a_gateway_runs_at_most_its_share_of_evaluations_at_once(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    release = asyncio.Event()
+    engine.by_model["triage@2"] = Behaviour(hold=release)
+    started = await asyncio.gather(*(start(gw, baseline=None) for _ in range(3)))
+    codes = sorted(r.status_code for r in started)
+    assert codes == [202, 202, 429], [r.text for r in started]  # eval_max_runs: 2
+    refused = next(r for r in started if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "eval_runs_busy"
+    release.set()
+    for r in started:
+        if r.status_code == 202:
+            assert (await ended(gw, r.json()["id"]))["status"] == "done"
+    executor: RunExecutor = gw.app.state.evaluations
+    await wait_until(lambda: executor.running == 0, what="the runs' tasks to end")
+    again = await start(gw, baseline=None)
+    assert again.status_code == 202  # room again once they ended
+    await ended(gw, again.json()["id"])
