@@ -25,7 +25,7 @@ from monitoring.metrics import Metrics
 from service.engine.adapter_host import AdapterHost, AdapterHostError
 from service.engine.pool import EnginePool, Replica
 from service.errors import EngineError
-from service.routes.view import Snapshot
+from service.routes.view import Served
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,6 @@ class OtherGateways(Protocol):
     async def busy_elsewhere(self) -> frozenset[str]:
         """Versions another live gateway wants or still has requests in flight on."""
         ...
-
-
-class Served(Protocol):
-    """What the reconciler reads of the route snapshot: the one being served."""
-
-    @property
-    def current(self) -> Snapshot: ...
 
 
 class AdapterReconciler:

@@ -28,7 +28,7 @@ from service.evaluation.errors import PackNotFound, RunBusy, RunInvalid
 from service.evaluation.scoring import Reply
 from service.evaluation.store import read_pack
 from service.evaluation.summary import BASELINE, CANDIDATE, run_figures
-from service.routes.view import RouteView, Snapshot
+from service.routes.view import RouteView, Served
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,6 @@ STABLE, BASE = "stable", "base"
 
 class Answerer(Protocol):
     async def answer(self, route: RouteView, target: str, case: Case) -> Reply: ...
-
-
-class Served(Protocol):
-    @property
-    def current(self) -> Snapshot: ...
 
 
 # Loads a version on every usable replica of a pool and checks it generates, or raises

@@ -28,7 +28,6 @@ from service.evaluation.errors import RunNotFound
 from service.evaluation.scoring import Reply
 
 RUNNING, DONE, FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
-CANDIDATE, BASELINE = "candidate", "baseline"
 
 
 @dataclass(frozen=True, slots=True)

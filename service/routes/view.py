@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from rollout.core.split import Split
 from service.guard.route_guard import RouteContract
@@ -52,3 +53,10 @@ class Snapshot:
                 if route.split is not None:
                     wanted.add(route.split.candidate)
         return frozenset(wanted & self.adapters.keys())
+
+
+class Served(Protocol):
+    """What a reader of the route snapshot holds: the one being served now (``SnapshotStore``)."""
+
+    @property
+    def current(self) -> Snapshot: ...
