@@ -209,6 +209,18 @@ NoCacheOption = Annotated[
         "hyperparameters, seed, library versions); the new run replaces nothing.",
     ),
 ]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Compute threads (default LORAGATE_TRAINING_THREADS; 0 there: the cores other "
+        "processes leave free, decided again every few seconds).",
+    ),
+]
+
+
+def _threads(settings: Settings, option: int | None) -> int | None:
+    return option if option is not None else settings.training_threads or None
 
 
 def _training_cache(settings: Settings) -> TrainingCache:
@@ -269,6 +281,7 @@ def adapters_train(
         Path | None, typer.Option(help="Base model directory (default: the pool's model_dir).")
     ] = None,
     no_cache: NoCacheOption = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Fine-tune a LoRA adapter on chat JSONL and write it, with a manifest, ready to register.
     A run with the same inputs as an earlier one copies its result from the training cache."""
@@ -283,7 +296,7 @@ def adapters_train(
         data, target.absolute(), base_dir, base_model_name=base_name, epochs=epochs, lr=lr,
         rank=rank, alpha=alpha, seed=seed, val_fraction=val_fraction, max_len=max_len,
         batch_size=batch_size, max_steps=max_steps, labels_shuffled=shuffle_labels,
-        progress=progress,
+        progress=progress, threads=_threads(settings, threads),
         cache=None if no_cache else _training_cache(settings),
     ))  # fmt: skip
     _print_training(name, result)
@@ -306,6 +319,7 @@ def adapters_demo(
         Path | None, typer.Option(help="Base model directory (default: the pool's model_dir).")
     ] = None,
     no_cache: NoCacheOption = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train the tutorial's three versions on the bundled ticket data (about a minute each on a
     laptop CPU): `good` (seed 0), `bad` (shuffled labels) and `good2` (seed 1); write the
@@ -323,6 +337,7 @@ def adapters_demo(
         return _train_with_progress(label, lambda progress: training.train(
             data, target / label, base_dir, base_model_name=base_name, epochs=epochs, seed=seed,
             max_steps=max_steps, labels_shuffled=shuffled, progress=progress, cache=cache,
+            threads=_threads(settings, threads),
         ))  # fmt: skip
 
     cache = None if no_cache else _training_cache(settings)

@@ -39,6 +39,7 @@ from adapters.training_cache import (
     new_run_id,
     run_key,
 )
+from adapters.training_threads import ThreadGovernor
 from service.clock import now
 
 if TYPE_CHECKING:
@@ -183,6 +184,7 @@ class _Fit:
         batch_size: int,
         total_steps: int,
         progress: ProgressCallback | None,
+        threads: ThreadGovernor,
     ) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -203,6 +205,7 @@ class _Fit:
         self.total_steps = total_steps
         self.step = 0
         self.progress = progress
+        self.threads = threads
 
     def evaluate(self, items: Sequence[_Tokenized], pad_id: int, epoch: int) -> float:
         """Mean cross-entropy per answer token over ``items``."""
@@ -213,6 +216,7 @@ class _Fit:
         steps = math.ceil(len(items) / self.batch_size)
         with torch.no_grad():
             for step, batch in enumerate(_batches(items, self.batch_size), start=1):
+                self.threads.tick()
                 loss, tokens = _summed_loss(self.model, _collate(batch, pad_id))
                 total, count = total + loss.item(), count + tokens
                 if self.progress:
@@ -228,6 +232,7 @@ class _Fit:
         for batch in _batches(items, self.batch_size):
             if self.step == self.total_steps:
                 break  # a step budget below the epochs' worth ends this epoch early
+            self.threads.tick()
             summed, tokens = _summed_loss(self.model, _collate(batch, pad_id))
             mean: Any = summed / tokens
             mean.backward()
@@ -268,6 +273,7 @@ def train(
     labels_shuffled: bool = False,
     progress: ProgressCallback | None = None,
     cache: TrainingCache | None = None,
+    threads: int | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter and write it with its manifest to ``out_dir`` (which must not exist).
 
@@ -278,7 +284,8 @@ def train(
     ``max_steps`` ends training after that many optimizer steps (the learning rate decays to 0
     over them), inside an epoch if need be. With a ``cache``, a run with the same inputs as an
     earlier one copies that run's result instead of training again (the manifest says
-    ``cached: true`` and names the run in ``cached_from``).
+    ``cached: true`` and names the run in ``cached_from``). ``threads`` fixes the compute
+    threads; unset, they follow the cores other processes leave free (``training_threads``).
     """
     if epochs < 1 or rank < 1 or batch_size < 1 or lr <= 0 or max_len < 1:
         raise ValueError("epochs, rank, batch_size, max_len and lr must be positive")
@@ -308,7 +315,7 @@ def train(
     def fit_and_write(key: str | None) -> TrainingResult:
         return _fit_and_write(
             examples, data_path, data_sha256, out_dir, base_model_dir, base_model_name,
-            hyperparameters, seed, progress, started, key,
+            hyperparameters, seed, progress, started, key, threads,
         )  # fmt: skip
 
     if cache is None:
@@ -330,7 +337,7 @@ def train(
 def _fit_and_write(
     examples: Sequence[Example], data_path: Path, data_sha256: str, out_dir: Path,
     base_model_dir: Path, base_model_name: str, hyperparameters: dict[str, Any], seed: int,
-    progress: ProgressCallback | None, started: float, key: str | None,
+    progress: ProgressCallback | None, started: float, key: str | None, threads: int | None,
 ) -> TrainingResult:  # fmt: skip
     """The run itself: split, tokenize, train, evaluate, write ``out_dir`` and its manifest."""
     val_fraction, labels_shuffled = (
@@ -343,10 +350,12 @@ def _fit_and_write(
     if labels_shuffled:
         train_set = shuffle_labels(train_set, seed=seed)
 
+    import torch
     from transformers import AutoTokenizer, set_seed
     from transformers import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    governor = ThreadGovernor(threads, torch.set_num_threads)
     set_seed(seed)  # python, numpy and torch generators: the LoRA initialisation
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -365,6 +374,7 @@ def _fit_and_write(
             epochs, len(train_items), batch_size, hyperparameters["max_steps"]
         ),
         progress=progress,
+        threads=governor,
     )
     val_before = fit.evaluate(val_items, pad_id, 0)
     history: list[EpochLoss] = []
@@ -391,6 +401,7 @@ def _fit_and_write(
     partial = _partial(out_dir)
     fit.save(partial, base_model_name)
     manifest = _manifest(result, hyperparameters, base_model_name, seed)
+    manifest["threads"] = sorted(governor.used)
     if key is not None:
         manifest["cache_key"] = key
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -273,6 +273,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest training cache; the least recently used runs go first.",
     )
+    training_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Compute threads of `adapters train` and `adapters demo`; 0: the cores "
+        "other processes (a local engine) leave free, decided again every few seconds.",
+    )
     max_adapter_bytes: int = Field(
         default=512 * 1024 * 1024, description="Largest adapter directory accepted."
     )

@@ -25,6 +25,7 @@ from adapters.dataset import (
     shuffle_labels,
     split_examples,
 )
+from adapters.training_threads import usable_cores
 from service.cli.app import app
 from tests.conftest import prepared_model
 
@@ -292,8 +293,10 @@ def test_the_same_inputs_again_copy_the_cached_run_and_no_cache_trains(
     weights = "adapter_model.safetensors"
     assert (out.with_name("again") / weights).read_bytes() == (out / weights).read_bytes()
 
-    fresh = train_cli(*args, "--out", str(out.with_name("fresh")), "--no-cache")
+    fresh = train_cli(*args, "--out", str(out.with_name("fresh")), "--no-cache", "--threads", "1")
     assert fresh.exit_code == 0, (fresh.output, fresh.exception)
     retrained = json.loads((out.with_name("fresh") / "manifest.json").read_text())
     assert retrained["cached"] is False and "cached_from" not in retrained
+    assert retrained["threads"] == [1]  # fixed; the first run's followed the free cores
+    assert first["threads"] and set(first["threads"]) <= set(range(1, usable_cores() + 1))
     assert "cached:" not in fresh.output and "2 epochs" in fresh.output
