@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,7 +119,8 @@ def main() -> None:
                 print(f"steps {row[0]:>3} seed {row[1]:>3}: agreement bad {row[2]:.2f}, "
                       f"good2 {row[3]:.2f}; {row[4]:.0f} s to train each", flush=True)  # fmt: skip
     finally:
-        engine.kill()
+        # The server's engine-core and worker processes share its session: end them all.
+        os.killpg(engine.pid, signal.SIGKILL)
     print("\nsteps  seed  bad vs good  good2 vs good  train s (each)")
     for steps, seed, bad, good2, seconds in rows:
         print(f"{steps:>5}  {seed:>4}  {bad:>11.2f}  {good2:>13.2f}  {seconds:>14.0f}")
