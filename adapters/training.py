@@ -39,11 +39,12 @@ from adapters.training_cache import (
     new_run_id,
     run_key,
 )
-from adapters.training_threads import ThreadGovernor
 from service.clock import now
 
 if TYPE_CHECKING:
     import torch
+
+    from adapters.training_threads import ThreadGovernor
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 IGNORE_INDEX = -100  # the label torch's cross-entropy skips
@@ -355,6 +356,8 @@ def _fit_and_write(
     from transformers import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    from adapters.training_threads import ThreadGovernor  # psutil: the engine extra
+
     governor = ThreadGovernor(threads, torch.set_num_threads)
     set_seed(seed)  # python, numpy and torch generators: the LoRA initialisation
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
