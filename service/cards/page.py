@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from service.evaluation.summary import rate_text
+
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #212121; max-width: 1100px; }
 h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 22px 0 6px; }
@@ -73,10 +75,7 @@ def _training(training: Mapping[str, Any]) -> str:
 
 
 def _rate(arm: Mapping[str, Any] | None) -> str:
-    if not arm or not arm["passed"]["n"]:
-        return "-"
-    p = arm["passed"]
-    return f"{p['hits']}/{p['n']} [{100 * p['low']:.0f}, {100 * p['high']:.0f}] %"
+    return rate_text(arm["passed"]) if arm else "-"
 
 
 def _evaluations(runs: Sequence[Mapping[str, Any]]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.evaluation.cases import Case
 from service.evaluation.scoring import Outcome, Reply, passed
-from service.evaluation.summary import BASELINE, CANDIDATE
+from service.evaluation.summary import BASELINE, CANDIDATE, rate_text
 
 VERDICT_COLOURS = {"better": "#2e7d32", "worse": "#c62828", "no detectable difference": "#757575"}
 STYLE = """
@@ -64,12 +64,7 @@ def render(
 
 
 def _rate(rate: Mapping[str, Any]) -> str:
-    if not rate["n"]:
-        return "-"
-    return (
-        f"{rate['hits']}/{rate['n']} = {100 * rate['value']:.1f} % "
-        f"[{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
-    )
+    return rate_text(rate, decimals=1)
 
 
 def _comparison(compared: Mapping[str, Any] | None, baseline: str | None) -> str:

@@ -14,7 +14,7 @@ from service.cli.common import KeyOption, UrlOption, call_gateway, fail, gateway
 from service.cli.db import with_session
 from service.evaluation.runs import as_dict, get_run, list_runs
 from service.evaluation.service import run_page
-from service.evaluation.summary import BASELINE, CANDIDATE
+from service.evaluation.summary import BASELINE, CANDIDATE, rate_text
 
 runs_app = typer.Typer(help="Evaluation runs: list and read them.", no_args_is_help=True)
 POLL_S = 2.0
@@ -127,17 +127,11 @@ def show(
 
 def _one_line(run: dict[str, Any]) -> str:
     arms = (run.get("figures") or {}).get("arms", {})
-    rates = " ".join(f"{arm}={_rate(figures['passed'])}" for arm, figures in arms.items())
+    rates = " ".join(f"{arm}={rate_text(figures['passed'])}" for arm, figures in arms.items())
     return (
         f"{run['id']}  {run['status']:<11} {run['pack']}  {run['candidate']} vs "
         f"{run['baseline'] or '-'}  {rates}"
     ).rstrip()
-
-
-def _rate(rate: dict[str, Any]) -> str:
-    if not rate["n"]:
-        return "-"
-    return f"{rate['hits']}/{rate['n']} {rate['value']:.0%} [{rate['low']:.0%}-{rate['high']:.0%}]"
 
 
 def report_lines(run: dict[str, Any]) -> list[str]:
@@ -148,17 +142,18 @@ def report_lines(run: dict[str, Any]) -> list[str]:
     if not figures:
         return lines
     arms = [a for a in (CANDIDATE, BASELINE) if a in figures["arms"]]
+    by_arm = [figures["arms"][a] for a in arms]
     rows: list[tuple[str, list[str]]] = [
-        ("passed", [_rate(figures["arms"][a]["passed"]) for a in arms]),
-        ("schema valid", [_rate(figures["arms"][a]["schema_valid"]) for a in arms]),
-        ("escalated", [_rate(figures["arms"][a]["escalated"]) for a in arms]),
+        ("passed", [rate_text(arm["passed"]) for arm in by_arm]),
+        ("schema valid", [rate_text(arm["schema_valid"]) for arm in by_arm]),
+        ("escalated", [rate_text(arm["escalated"]) for arm in by_arm]),
     ]
     first = figures["arms"][CANDIDATE]
     for kind in first["by_kind"]:
-        rows.append((f"kind {kind}", [_rate(figures["arms"][a]["by_kind"][kind]) for a in arms]))
+        rows.append((f"kind {kind}", [rate_text(arm["by_kind"][kind]) for arm in by_arm]))
     for name, field in first["fields"].items():
-        rows.append((f"{name} exact", [_rate(figures["arms"][a]["fields"][name]["exact_match"])
-                                       for a in arms]))  # fmt: skip
+        rows.append((f"{name} exact", [rate_text(arm["fields"][name]["exact_match"])
+                                       for arm in by_arm]))  # fmt: skip
         for label in field["classes"]:
             rows.append((f"{name}={label} F1", [_f1(figures["arms"][a], name, label)
                                                   for a in arms]))  # fmt: skip

@@ -88,6 +88,14 @@ def _p95(values: list[float]) -> float | None:
     return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
+def rate_text(rate: Mapping[str, Any], decimals: int = 0) -> str:
+    """A stored rate as people read it: ``3/12 = 25 % [9, 53]`` (the interval in percent)."""
+    if not rate["n"]:
+        return "-"
+    low, high = (f"{100 * rate[k]:.{decimals}f}" for k in ("low", "high"))
+    return f"{rate['hits']}/{rate['n']} = {100 * rate['value']:.{decimals}f} % [{low}, {high}]"
+
+
 def rate_json(rate: Rate) -> dict[str, Any]:
     return {"value": rate.value, "hits": rate.hits, "n": rate.n, "low": rate.low, "high": rate.high}
 
