@@ -76,6 +76,12 @@ class EnginePoolSettings(BaseModel):
         "this or max_loras declared, each replica holds at most this many versions (else "
         "max_loras), placed by traffic; unset, every version a route wants is on every replica.",
     )
+    priority_scheduling: bool = Field(
+        default=False,
+        description="The replicas run with vLLM --scheduling-policy priority: evaluation runs "
+        "send their calls at a lower priority than live traffic, so a batch takes live "
+        "requests first. Unset, evaluation calls queue like any other.",
+    )
     spill_queue_depth: int = Field(
         default=16,
         ge=1,
@@ -619,6 +625,7 @@ class Settings(BaseSettings):
                 max_lora_rank=managed.max_lora_rank,
                 model_dir=managed.model_dir or self.data_dir / "models" / BUNDLED_MODEL_DIR,
                 tool_call_parser=managed.tool_call_parser,
+                priority_scheduling=True,  # vllm_command starts it so
                 max_loras=managed.max_loras if managed.max_cpu_loras else None,
                 max_cpu_loras=managed.max_cpu_loras,
             )

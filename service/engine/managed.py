@@ -71,6 +71,8 @@ def vllm_command(
         # Without this the JSON grammar allows endless whitespace (see ENGINE.md).
         "--structured-outputs-config",
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
+        # Evaluation runs ask at a lower priority than live traffic (see EnginePoolSettings).
+        "--scheduling-policy", "priority",
         *trace_flags(otlp_endpoint),
         *tool_flags(config),
     ]  # fmt: skip

@@ -1,7 +1,8 @@
 """One case answered by one version as its route would answer a live request for it.
 
 The body is what the route's contract makes of a client's (its output schema forced, logprobs
-for confidence), at temperature 0 so that a run can be repeated; the answer is judged by the
+for confidence), at a lower priority than live traffic where the pool's engines schedule by
+priority, at temperature 0 so that a run can be repeated; the answer is judged by the
 same contract, with the random ``escalate: sample`` draw left out (``draw=1.0``), so
 ``escalated`` says what the route's thresholds would send to review. Nothing here writes a
 request record: an evaluation is not traffic, and never counts against a key or a gate.
@@ -23,11 +24,17 @@ from service.guard.route_guard import judge
 from service.routes.view import RouteView
 from service.settings import Settings
 
+# vLLM serves lower numbers first; live requests carry none (0).
+EVAL_PRIORITY = 1
+
 
 class EngineAnswers:
     def __init__(self, engines: EngineClient, settings: Settings) -> None:
         self._engines = engines
         self._settings = settings
+
+    def _prioritised(self, pool: str) -> bool:
+        return any(p.name == pool and p.priority_scheduling for p in self._settings.engine_pools())
 
     async def answer(self, route: RouteView, target: str, case: Case) -> Reply:
         payload: dict[str, Any] = {
@@ -38,6 +45,8 @@ class EngineAnswers:
         try:
             forced = route.contract.forced_fields(payload) if route.contract else None
             limits = Limits.for_route(self._settings, route)
+            if self._prioritised(route.pool):
+                forced = {**(forced or {}), "priority": EVAL_PRIORITY}
             prepared = prepare(Endpoint.CHAT, payload, target, limits, forced)
             started = time.perf_counter()
             reply = await self._engines.complete(

@@ -355,6 +355,8 @@ def test_gateway_configuration_is_accepted_by_the_gateway(
         vllm = container(pod_spec(statefulset), "vllm")
         assert f"--served-model-name={pool.base_model}" in vllm["args"]
         assert f"--max-lora-rank={pool.max_lora_rank}" in vllm["args"]
+        # The gateway sends evaluation calls at a lower priority: the engine must accept them.
+        assert pool.priority_scheduling and "--scheduling-policy=priority" in vllm["args"]
         if pool.model_dir is not None:
             # The model is on a volume mounted here, or copied by an init container.
             under_mount = any(str(pool.model_dir).startswith(m + "/") for m in mounts)

@@ -18,7 +18,7 @@ import pytest
 
 from monitoring.metrics import Metrics
 from service.engine.managed import ManagedEngine, engine_dtype, vllm_command
-from service.settings import ManagedEngineSettings
+from service.settings import ManagedEngineSettings, Settings
 from tests.conftest import free_port, wait_until
 
 FAKE = Path(__file__).resolve().parent.parent / "fake_vllm_process.py"
@@ -96,6 +96,11 @@ def test_vllm_command_turns_on_what_the_gateway_relies_on(tmp_path: Path) -> Non
     assert "--port 9999" in joined and "--served-model-name smollm2-135m-instruct" in joined
     # Without it the JSON grammar allows endless whitespace (ENGINE.md).
     assert '"disable_any_whitespace": true' in joined
+    # Evaluation calls carry priority 1, which vLLM refuses unless it schedules by priority;
+    # the managed pool says so to the gateway.
+    assert "--scheduling-policy priority" in joined
+    (pool,) = Settings(_env_file=None).engine_pools()  # type: ignore[call-arg]
+    assert pool.priority_scheduling
 
 
 def test_the_managed_engine_runs_a_tool_call_parser_with_a_template_that_renders_tools(

@@ -143,6 +143,7 @@ async def test_a_run_scores_the_candidate_against_stable_case_by_case(
     assert len(asked) == 24
     assert all(b["temperature"] == 0 and b["logprobs"] for b in asked)
     assert all(b["response_format"]["type"] == "json_schema" for b in asked)
+    assert all("priority" not in b for b in asked)  # the pool does not schedule by priority
     async with gw.app.state.gateway.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(RequestRecord)) == 0
         stored = await session.scalar(
@@ -151,6 +152,32 @@ async def test_a_run_scores_the_candidate_against_stable_case_by_case(
     assert stored == 24
     listed = await gw.client.get(f"/v1/admin/eval/runs?route={ROUTE}", headers=gw.auth(Role.SRE))
     assert [x["id"] for x in listed.json()["data"]] == [run["id"]]
+
+
+async def test_on_a_pool_that_schedules_by_priority_evaluation_asks_after_live_traffic(
+    gw: Harness, engine: FakeEngine
+) -> None:
+    (pool,) = gw.app.state.gateway.settings.engine_pools()
+    pool.priority_scheduling = True  # as the managed engine's pool declares
+    run = await ended(gw, (await start(gw)).json()["id"])
+    assert run["status"] == "done", run
+    live = await gw.client.post(
+        "/v1/chat/completions", headers=gw.auth(Role.APP),
+        json={"model": ROUTE, "messages": [{"role": "user", "content": "my invoice is wrong"}]},
+    )  # fmt: skip
+    assert live.status_code == 200, live.text
+    asked = [b for b in engine.requests if b["model"] in {"triage@1", "triage@2"}]
+    cases = {c["messages"][-1]["content"] for c in pack_cases()}
+    evaluated = [b for b in asked if b["messages"][-1]["content"] in cases]
+    assert len(evaluated) == 24 and {b.get("priority") for b in evaluated} == {1}
+    served = asked[-1]
+    assert served["messages"][-1]["content"] == "my invoice is wrong"
+    assert "priority" not in served  # live traffic: vLLM's default, 0, served first
+    refused = await gw.client.post(
+        "/v1/chat/completions", headers=gw.auth(Role.APP),
+        json={"model": ROUTE, "messages": [{"role": "user", "content": "hi"}], "priority": -5},
+    )  # fmt: skip
+    assert refused.status_code == 400, refused.text  # no client jumps the queue
 
 
 async def test_the_base_model_as_baseline_and_no_baseline(gw: Harness, engine: FakeEngine) -> None:

@@ -218,7 +218,7 @@ model volume, mounted read-only, or a copy from the engine image; empty when nei
 {{- range $i := until (int $pool.replicas) -}}
 {{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc:%d" $name $i $name $.Release.Namespace (int $.Values.engine.port)) -}}
 {{- end -}}
-{{- $entry := dict "name" $pool.name "base_model" $pool.servedModelName "urls" $urls "max_lora_rank" (int $pool.maxLoraRank) -}}
+{{- $entry := dict "name" $pool.name "base_model" $pool.servedModelName "urls" $urls "max_lora_rank" (int $pool.maxLoraRank) "priority_scheduling" true -}}
 {{- $modelDir := include "loragate.gatewayModelDir" $pool -}}
 {{- if $modelDir -}}
 {{- $_ := set $entry "model_dir" $modelDir -}}
