@@ -14,7 +14,9 @@ How a claim stays atomic:
 
 - PostgreSQL: ``UPDATE review_items SET ... WHERE id = (SELECT id ... ORDER BY priority DESC,
   created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ...``: concurrent claimers skip the rows
-  another transaction holds instead of queueing behind it.
+  another transaction holds instead of queueing behind it. When every candidate was held (by
+  claimers, or by another writer for a moment), the claim looks again a few times, briefly, and
+  answers "nothing" only when no candidate is left.
 - SQLite: the same single ``UPDATE ... RETURNING`` (without the locking clause) inside a
   transaction opened with ``BEGIN IMMEDIATE``, which takes the database's write lock up front.
   Writers are serialised; a waiting writer is bounded by the busy timeout (``db.session``).
@@ -22,6 +24,7 @@ How a claim stays atomic:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +56,10 @@ from service.review.queue import (
 from service.review.sla import SlaTargets
 
 DEFAULT_MAX_EXPIRIES = 3
+# A claim that found every candidate held by another transaction looks again, at most this often
+# (waiting 0.05, 0.1, ... s between looks: 1.4 s in all).
+CLAIM_ATTEMPTS = 8
+CLAIM_RETRY_S = 0.05
 # Expired leases released per claim at most (there are about as many as reviewers at work).
 RELEASE_BATCH = 100
 
@@ -152,36 +159,44 @@ async def claim_next(
     states = [ItemState.PENDING.value]
     if adjudicator:
         states.append(ItemState.DISPUTED.value)
-    async with write_transaction(sessions) as session:
-        await _release_expired(session, now, max_expiries)
-        pick = select(ReviewItem.id).where(ReviewItem.state.in_(states), _not_voted_by(reviewer))
-        wanted = Scope(route=route, reason=reason) if scope is None else scope
-        if scope is not None and (route is not None or reason is not None):
-            wanted = Scope(scope.routes, scope.tiers, route, reason, scope.tier)
-        for clause in scope_clauses(wanted):
-            pick = pick.where(clause)
-        order = claim_order(sla, now)
-        if adjudicator:
-            order = (case((ReviewItem.state == ItemState.DISPUTED.value, 0), else_=1), *order)
-        pick = pick.order_by(*order).limit(1)
-        if await is_postgres(session):
-            pick = pick.with_for_update(skip_locked=True)
-        claim = (
-            update(ReviewItem)
-            .where(
-                ReviewItem.id == pick.scalar_subquery(),
-                ReviewItem.state.in_(states),
-            )
-            .values(
-                state=ItemState.CLAIMED.value,
-                claimed_by=reviewer,
-                lease_until=lease_until,
-                claim_token=ReviewItem.claim_token + 1,
-            )
-            .returning(*ReviewItem.__table__.columns)
-            .execution_options(synchronize_session=False)
+    pick = select(ReviewItem.id).where(ReviewItem.state.in_(states), _not_voted_by(reviewer))
+    wanted = Scope(route=route, reason=reason) if scope is None else scope
+    if scope is not None and (route is not None or reason is not None):
+        wanted = Scope(scope.routes, scope.tiers, route, reason, scope.tier)
+    for clause in scope_clauses(wanted):
+        pick = pick.where(clause)
+    order = claim_order(sla, now)
+    if adjudicator:
+        order = (case((ReviewItem.state == ItemState.DISPUTED.value, 0), else_=1), *order)
+    claim = (
+        update(ReviewItem)
+        .values(
+            state=ItemState.CLAIMED.value,
+            claimed_by=reviewer,
+            lease_until=lease_until,
+            claim_token=ReviewItem.claim_token + 1,
         )
-        row = (await session.execute(claim)).one_or_none()
+        .returning(*ReviewItem.__table__.columns)
+        .execution_options(synchronize_session=False)
+    )
+    for attempt in range(1, CLAIM_ATTEMPTS + 1):
+        async with write_transaction(sessions) as session:
+            await _release_expired(session, now, max_expiries)
+            postgres = await is_postgres(session)
+            first = pick.order_by(*order).limit(1)
+            if postgres:
+                first = first.with_for_update(skip_locked=True)
+            chosen = claim.where(
+                ReviewItem.id == first.scalar_subquery(), ReviewItem.state.in_(states)
+            )
+            row = (await session.execute(chosen)).one_or_none()
+            # PostgreSQL skipped every candidate another transaction held. A claimer's rows are
+            # gone once it commits; a row another writer holds for a moment (the SLA stamp in
+            # stats.py) is still claimable: look again shortly rather than answer "nothing".
+            held = row is None and postgres and bool(await session.scalar(select(exists(pick))))
+        if not held or attempt == CLAIM_ATTEMPTS:
+            break
+        await asyncio.sleep(CLAIM_RETRY_S * attempt)
     if row is None:
         return None
     item = item_view(row)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -141,6 +141,27 @@ async def test_claims_the_highest_priority_then_the_oldest(sessions: Sessions) -
         assert [i.id for i in await reads.list_items(session, limit=2, offset=1)] == [
             high[1], mid[0]
         ]  # fmt: skip
+
+
+async def test_an_item_another_writer_holds_for_a_moment_is_claimed_not_skipped(
+    sessions: Sessions,
+) -> None:
+    """The SLA loop stamps overdue items in a transaction of its own. A claim that comes while
+    it holds the only pending item waits for it; on PostgreSQL, SKIP LOCKED used to skip the
+    held row and answer "nothing to claim" (seen in CI as a 204 with an item pending)."""
+    (item_id,) = await add(sessions)
+    async with sessions() as holder, holder.begin():
+        await holder.execute(
+            update(ReviewItem)
+            .where(ReviewItem.id == item_id)
+            .values(sla_breached_at=at(1))
+            .execution_options(synchronize_session=False)
+        )
+        claim = asyncio.create_task(claims.claim_next(sessions, "rev", at(60), LEASE_S))
+        done, _ = await asyncio.wait([claim], timeout=0.2)  # the claim meets the held row
+        assert not done or claim.result() is not None, "nothing claimed while it was held"
+    claimed = await asyncio.wait_for(claim, timeout=30)
+    assert claimed is not None and claimed.item.id == item_id
 
 
 async def test_claim_filters_by_route_and_reason(sessions: Sessions) -> None:
