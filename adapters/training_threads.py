@@ -7,7 +7,9 @@ Measured on 2 cores beside a vLLM answering two clients: 24 training steps took 
 thread and did not finish in 500 s on two (alone, both took 16 s). So
 unless a count is set, training measures what the other processes used since its last look (the
 machine's busy CPU time less its own) and computes on the cores left, re-deciding every few
-seconds as engines start and stop beside it.
+seconds: fewer as soon as another process gets busy, never more again within the run (on
+contended cores the others get less CPU than they want, so what they used understates what they
+need, and a count that rises again brings back the stalls).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 
 import psutil
 
-# Another process using up to this share of a core still leaves that core to training.
-SLACK_CORES = 0.25
+# Other processes using up to this share of a core in all still leave every core to training.
+SLACK_CORES = 0.1
 DECIDE_EVERY_S = 2.0
 
 
@@ -46,20 +48,21 @@ def usable_cores() -> int:
 
 
 def free_threads(cores: int, before: CpuTimes, after: CpuTimes) -> int:
-    """Threads for the next steps: the cores that other processes did not use between the two
-    samples, rounded down (a core another process used less than ``SLACK_CORES`` of counts as
-    free); at least 1, at most ``cores``."""
+    """Threads for the next steps: the cores that other processes left entirely free between
+    the two samples (a core of which others used any share beyond ``SLACK_CORES`` counts as
+    taken); at least 1, at most ``cores``."""
     elapsed = after.at_s - before.at_s
     if elapsed <= 0:
         return cores
     busy = after.machine_busy_s - before.machine_busy_s
     own = after.own_s - before.own_s
     others = max(0.0, busy - own) / elapsed
-    return max(1, min(cores, math.floor(cores - others + SLACK_CORES)))
+    return max(1, min(cores, cores - math.ceil(others - SLACK_CORES)))
 
 
 class ThreadGovernor:
-    """Sets the compute threads between steps: ``fixed`` if given, else what is free."""
+    """Sets the compute threads between steps: ``fixed`` if given, else what is free: decided
+    after the model loads, then only ever lowered."""
 
     def __init__(
         self,
@@ -77,18 +80,22 @@ class ThreadGovernor:
         self._last = read()
         self.current: int | None = None
         self.used: set[int] = set()
-        if fixed is not None:
-            self._set(fixed)
+        # Following the free cores, loading the model runs on one thread: under contention it
+        # is as slow as the steps (measured: 96 s instead of 21 s for a 12-step run when it
+        # ran on every core), and the first step's look decides from the time it took.
+        self._set(fixed if fixed is not None else 1)
+        self._decided = fixed is not None
 
     def tick(self) -> None:
         """Between steps: re-decide once ``every_s`` has passed since the last decision."""
         if self._fixed is not None:
             return
         now = self._read()
-        if self.current is not None and now.at_s - self._last.at_s < self._every_s:
+        if self._decided and now.at_s - self._last.at_s < self._every_s:
             return
-        self._set(free_threads(self._cores, self._last, now))
-        self._last = now
+        free = free_threads(self._cores, self._last, now)
+        self._set(free if not self._decided else min(free, self.current or free))
+        self._last, self._decided = now, True
 
     def _set(self, threads: int) -> None:
         if threads != self.current:
