@@ -4,12 +4,12 @@ torch's CPU kernels split each operation over a pool of threads that spin at eve
 one of those threads shares its core with another busy process (vLLM's CPU worker keeps one
 core busy, even between requests), every operation waits for the thread that lost its core.
 Measured on 2 cores beside a vLLM answering two clients: 24 training steps took 41 s on one
-thread and did not finish in 500 s on two (alone, both took 16 s). So
-unless a count is set, training measures what the other processes used since its last look (the
-machine's busy CPU time less its own) and computes on the cores left, re-deciding every few
-seconds: fewer as soon as another process gets busy, never more again within the run (on
-contended cores the others get less CPU than they want, so what they used understates what they
-need, and a count that rises again brings back the stalls).
+thread and did not finish in 500 s on two (alone, both took 16 s). So unless a count is set,
+training measures what the other processes used since its last look (the machine's busy CPU
+time less its own) and computes on the cores they left, re-deciding every few seconds: fewer as
+soon as another process gets busy, never more again within the run (on contended cores the
+others get less CPU than they want, so what they used understates what they need, and a count
+that rises again brings back the stalls).
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ class ThreadGovernor:
         self._last = read()
         self.current: int | None = None
         self.used: set[int] = set()
-        # Following the free cores, loading the model runs on one thread: under contention it
-        # is as slow as the steps (measured: 96 s instead of 21 s for a 12-step run when it
-        # ran on every core), and the first step's look decides from the time it took.
+        # Following the free cores, the model loads on one thread (a count too high stalls
+        # every operation beside a busy engine), and the first step's look decides from what
+        # the other processes used meanwhile.
         self._set(fixed if fixed is not None else 1)
         self._decided = fixed is not None
 
