@@ -78,7 +78,7 @@ class ThreadGovernor:
         self._fixed, self._apply, self._read, self._every_s = fixed, apply, read, every_s
         self._cores = cores or usable_cores()
         self._last = read()
-        self.current: int | None = None
+        self.current = 0  # none applied yet
         self.used: set[int] = set()
         # Following the free cores, the model loads on one thread (a count too high stalls
         # every operation beside a busy engine), and the first step's look decides from what
@@ -94,7 +94,7 @@ class ThreadGovernor:
         if self._decided and now.at_s - self._last.at_s < self._every_s:
             return
         free = free_threads(self._cores, self._last, now)
-        self._set(free if not self._decided else min(free, self.current or free))
+        self._set(min(free, self.current) if self._decided else free)
         self._last, self._decided = now, True
 
     def _set(self, threads: int) -> None:
